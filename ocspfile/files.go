@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -16,6 +17,15 @@ func ReadCertificates(path string) ([]*x509.Certificate, error) {
 	if err != nil {
 		return nil, err
 	}
+	certs, err := ParseCertificatesPEM(b)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", path, err)
+	}
+	return certs, nil
+}
+
+// ParseCertificatesPEM parses every CERTIFICATE block of PEM text, in order.
+func ParseCertificatesPEM(b []byte) ([]*x509.Certificate, error) {
 	var certs []*x509.Certificate
 	for n := 1; ; n++ {
 		var block *pem.Block
@@ -28,12 +38,12 @@ func ReadCertificates(path string) ([]*x509.Certificate, error) {
 		}
 		c, err := x509.ParseCertificate(block.Bytes)
 		if err != nil {
-			return nil, fmt.Errorf("%s: PEM block %d: %w", path, n, err)
+			return nil, fmt.Errorf("PEM block %d: %w", n, err)
 		}
 		certs = append(certs, c)
 	}
 	if len(certs) == 0 {
-		return nil, fmt.Errorf("%s: no PEM CERTIFICATE block", path)
+		return nil, errors.New("no PEM CERTIFICATE block")
 	}
 	return certs, nil
 }

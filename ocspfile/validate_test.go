@@ -158,4 +158,3 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
-

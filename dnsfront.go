@@ -1,0 +1,13 @@
+// Package dnsfront registers the dnsfront Caddy modules: DNS over TLS (the
+// `dot` app), DNS over HTTPS (`http.handlers.doh`), the DNS handler chain
+// (`dns.handlers.*`) and OCSP stapling under the operator's control (the
+// `ocsp` app). Build Caddy with it:
+//
+//	xcaddy build --with github.com/dnsfront/dnsfront
+package dnsfront
+
+import (
+	// plug in the modules
+	_ "github.com/dnsfront/dnsfront/caddyfile"
+	_ "github.com/dnsfront/dnsfront/ocspfile"
+)

@@ -1,0 +1,324 @@
+package ocspfile
+
+import (
+	"context"
+	"crypto/sha256"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `ocsp` app: it owns the OCSP staples of the certificates it is
+// given, keeps each one validated and fresh, and serves them on every TLS
+// handshake that takes its certificate from the tls app:
+//
+//   - certificates listed in Certificates are served, with their staple,
+//     by the `tls.get_certificate.ocsp` manager (Caddyfile: `tls {
+//     get_certificate ocsp }`) and by the `dot` app; a changed staple
+//     reaches the very next handshake;
+//   - certificates Caddy manages itself (`tls internal`, ACME) get their
+//     staple from the Managed source through the `caddy.storage.ocsp`
+//     storage module, which certmagic asks when it staples.
+//
+// A staple that fails validation is never served; the last valid one stays
+// until it expires. Staples survive config reloads.
+type App struct {
+	// Certificates supplied by the operator, each with its staple source.
+	Certificates []*Certificate `json:"certificates,omitempty"`
+
+	// ManagedRaw is the staple source for certificates Caddy manages
+	// (`tls internal`, ACME), used through the `caddy.storage.ocsp`
+	// storage module. Usually `pki` for `tls internal` certificates.
+	ManagedRaw json.RawMessage `json:"managed,omitempty" caddy:"namespace=ocsp.sources inline_key=source"`
+
+	ctx     caddy.Context
+	logger  *zap.Logger
+	events  *caddyevents.App
+	managed Source
+	entries []*entry
+
+	managedMu      *sync.Mutex
+	managedEntries map[string]*entry // by certmagic's OCSP storage key
+
+	cancel context.CancelFunc
+	wg     *sync.WaitGroup
+}
+
+// Certificate is a certificate the operator supplies, with its staple.
+type Certificate struct {
+	// Certificate is the PEM file with the certificate, followed by the
+	// chain that is served with it.
+	Certificate string `json:"certificate,omitempty"`
+	// Key is the PEM file with the certificate's private key.
+	Key string `json:"key,omitempty"`
+	// Issuer is the PEM file with the certificate of the CA that issued
+	// the certificate. Default: the second certificate of Certificate.
+	Issuer string `json:"issuer,omitempty"`
+	// SourceRaw says where the staple comes from: `file`, `local_ca`,
+	// `pki` or `responder`. Default: `responder` (the certificate's OCSP
+	// URL).
+	SourceRaw json.RawMessage `json:"source,omitempty" caddy:"namespace=ocsp.sources inline_key=source"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "ocsp", New: func() caddy.Module { return new(App) }}
+}
+
+// Provision loads every certificate and key (an unreadable one is a
+// configuration error), and obtains a first staple for each (a bad staple
+// is logged and not served, and never fails the configuration).
+func (a *App) Provision(ctx caddy.Context) error {
+	a.ctx = ctx
+	a.logger = ctx.Logger()
+	a.managedEntries = make(map[string]*entry)
+	a.managedMu, a.wg = new(sync.Mutex), new(sync.WaitGroup)
+	registerMetrics(ctx.GetMetricsRegistry(), a.logger)
+	ev, err := ctx.App("events")
+	if err != nil {
+		return fmt.Errorf("loading events app: %w", err)
+	}
+	a.events = ev.(*caddyevents.App)
+
+	if a.ManagedRaw != nil {
+		mod, err := ctx.LoadModule(a, "ManagedRaw")
+		if err != nil {
+			return fmt.Errorf("loading managed staple source: %w", err)
+		}
+		a.managed = mod.(Source)
+	}
+	for i, c := range a.Certificates {
+		e, err := a.provisionCertificate(ctx, c)
+		if err != nil {
+			return fmt.Errorf("certificates[%d]: %w", i, err)
+		}
+		a.entries = append(a.entries, e)
+	}
+	// two entries for one certificate would fight over one staple slot
+	for i, e := range a.entries {
+		for _, o := range a.entries[:i] {
+			if e.slot == o.slot {
+				return fmt.Errorf("certificates[%d]: %s is listed twice (also as %s)", i, e.name, o.name)
+			}
+		}
+	}
+	for _, e := range a.entries {
+		a.refresh(ctx, e, false)
+	}
+	return nil
+}
+
+func (a *App) provisionCertificate(ctx caddy.Context, c *Certificate) (*entry, error) {
+	repl := caddy.NewReplacer()
+	c.Certificate, c.Key, c.Issuer = repl.ReplaceAll(c.Certificate, ""), repl.ReplaceAll(c.Key, ""), repl.ReplaceAll(c.Issuer, "")
+	if c.Certificate == "" || c.Key == "" {
+		return nil, errors.New("certificate and key files are required")
+	}
+	pair, err := LoadKeyPair(c.Certificate, c.Key)
+	if err != nil {
+		return nil, err
+	}
+	var issuer *x509.Certificate
+	if c.Issuer != "" {
+		certs, err := ReadCertificates(c.Issuer)
+		if err != nil {
+			return nil, fmt.Errorf("issuer: %w", err)
+		}
+		issuer = certs[0]
+	} else if len(pair.Certificate) > 1 {
+		if issuer, err = x509.ParseCertificate(pair.Certificate[1]); err != nil {
+			return nil, fmt.Errorf("certificate %s: chain: %w", c.Certificate, err)
+		}
+	} else {
+		return nil, fmt.Errorf("certificate %s holds no issuer certificate: add the CA certificate after it, or set issuer", c.Certificate)
+	}
+	if err := pair.Leaf.CheckSignatureFrom(issuer); err != nil {
+		return nil, fmt.Errorf("certificate %s was not issued by %q (issuer %s): %w", c.Certificate,
+			issuer.Subject.String(), cmpOr(c.Issuer, "second certificate of the chain"), err)
+	}
+	var src Source
+	if c.SourceRaw != nil {
+		mod, err := ctx.LoadModule(c, "SourceRaw")
+		if err != nil {
+			return nil, fmt.Errorf("certificate %s: loading staple source: %w", c.Certificate, err)
+		}
+		src = mod.(Source)
+	} else {
+		r := new(ResponderSource)
+		if err := r.Provision(ctx); err != nil {
+			return nil, err
+		}
+		src = r
+	}
+	e := a.newEntry(c.Certificate, pair.Leaf, issuer, src)
+	e.cert = pair
+	e.storageHash = bundleHash(pair.Certificate)
+	return e, nil
+}
+
+func cmpOr(a, b string) string {
+	if a != "" {
+		return a
+	}
+	return b
+}
+
+// newEntry makes the per-config entry for a certificate and takes a
+// reference to its staple slot, which outlives the config.
+func (a *App) newEntry(name string, leaf, issuer *x509.Certificate, src Source) *entry {
+	sum := sha256.Sum256(leaf.Raw)
+	key := hex.EncodeToString(sum[:])
+	s, _, _ := slots.LoadOrNew(key, func() (caddy.Destructor, error) { return newSlot(key), nil })
+	e := &entry{
+		name:       name,
+		leaf:       leaf,
+		issuer:     issuer,
+		source:     src,
+		slot:       s.(*slot),
+		mustStaple: hasMustStaple(leaf),
+	}
+	e.labels = [2]string{subjectName(leaf), FormatSerial(leaf.SerialNumber)}
+	return e
+}
+
+// Start begins keeping the staples fresh.
+func (a *App) Start() error {
+	ctx, cancel := context.WithCancel(a.ctx)
+	a.cancel = cancel
+	for _, e := range a.entries {
+		a.wg.Add(1)
+		go a.maintain(ctx, e)
+	}
+	a.logger.Info("ocsp stapling started", zap.Int("certificates", len(a.entries)), zap.Bool("managed", a.managed != nil))
+	return nil
+}
+
+// Stop ends the refresh loops and waits for them.
+func (a *App) Stop() error {
+	if a.cancel != nil {
+		a.cancel()
+	}
+	a.wg.Wait()
+	return nil
+}
+
+// Cleanup releases the staple slots; a slot lives on while the next
+// config uses it.
+func (a *App) Cleanup() error {
+	for _, e := range a.allEntries() {
+		_, _ = slots.Delete(e.slot.key)
+	}
+	return nil
+}
+
+func (a *App) allEntries() []*entry {
+	a.managedMu.Lock()
+	defer a.managedMu.Unlock()
+	all := slices.Clone(a.entries)
+	for _, e := range a.managedEntries {
+		all = append(all, e)
+	}
+	return all
+}
+
+// maintain refreshes one staple at its source's pace until ctx ends.
+func (a *App) maintain(ctx context.Context, e *entry) {
+	defer a.wg.Done()
+	defer func() {
+		if r := recover(); r != nil {
+			a.logger.Error("ocsp refresh loop panicked", zap.String("certificate", e.name), zap.Any("panic", r))
+		}
+	}()
+	timer := time.NewTimer(time.Until(e.nextRefresh()))
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-timer.C:
+		}
+		a.refresh(ctx, e, false)
+		timer.Reset(max(time.Until(e.nextRefresh()), minRefreshDelay))
+	}
+}
+
+// Reload obtains every staple again now, whatever its age (POST
+// /ocsp/reload), and returns the state of each.
+func (a *App) Reload(ctx context.Context) []Status {
+	for _, e := range a.allEntries() {
+		a.refresh(ctx, e, true)
+	}
+	return a.Statuses()
+}
+
+// Statuses reports the state of every staple the app owns.
+func (a *App) Statuses() []Status {
+	all := a.allEntries()
+	out := make([]Status, 0, len(all))
+	for _, e := range all {
+		out = append(out, e.status(time.Now()))
+	}
+	return out
+}
+
+// GetCertificate returns the configured certificate that fits hello, with
+// its current valid staple. Without SNI, the first certificate the client
+// supports is chosen. It never returns nil without an error: certmagic
+// would fall through to on-demand issuance.
+func (a *App) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	var fallback *entry
+	for _, e := range a.entries {
+		if name != "" && e.leaf.VerifyHostname(name) != nil {
+			continue
+		}
+		if hello.SupportsCertificate(&e.cert) == nil {
+			return e.serve(time.Now()), nil
+		}
+		if fallback == nil {
+			fallback = e
+		}
+	}
+	if fallback != nil {
+		return fallback.serve(time.Now()), nil
+	}
+	return nil, fmt.Errorf("ocsp app: no certificate for server name %q", hello.ServerName)
+}
+
+// StapleFor returns the current valid staple for leaf, from any source the
+// app knows it by, or nil. Transports that build their own TLS config
+// call it on each handshake to staple certificates Caddy manages.
+func (a *App) StapleFor(leaf *x509.Certificate) []byte {
+	if leaf == nil {
+		return nil
+	}
+	sum := sha256.Sum256(leaf.Raw)
+	if s := lookupSlot(hex.EncodeToString(sum[:])); s != nil {
+		if st := s.staple.Load(); st.ValidAt(time.Now()) {
+			return st.DER
+		}
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+)

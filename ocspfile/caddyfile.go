@@ -1,0 +1,213 @@
+package ocspfile
+
+import (
+	"encoding/json"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up the app from the tokens of the global option.
+// Syntax:
+//
+//	ocsp {
+//		certificate <cert_file> <key_file> {
+//			issuer <ca_cert_file>
+//			staple <source> [<args...>] {
+//				...
+//			}
+//		}
+//		managed <source> [<args...>] {
+//			...
+//		}
+//	}
+//
+// Sources and their arguments:
+//
+//	staple file <path> { poll_interval <duration> }
+//	staple local_ca <ca_cert_file> <ca_key_file> { validity <d>; backdate <d>; write_to <path> }
+//	staple pki [<ca_id>] { validity <d>; backdate <d>; write_to <path> }
+//	staple responder [<url>] { timeout <d>; write_to <path> }
+func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for nesting := d.Nesting(); d.NextBlock(nesting); {
+		switch d.Val() {
+		case "certificate":
+			c := new(Certificate)
+			if !d.AllArgs(&c.Certificate, &c.Key) {
+				return d.Errf("certificate needs a certificate file and a key file")
+			}
+			for n := d.Nesting(); d.NextBlock(n); {
+				switch d.Val() {
+				case "issuer":
+					if c.Issuer != "" {
+						return d.Err("issuer already specified")
+					}
+					if !d.AllArgs(&c.Issuer) {
+						return d.ArgErr()
+					}
+				case "staple":
+					if c.SourceRaw != nil {
+						return d.Err("staple source already specified")
+					}
+					raw, err := unmarshalSource(d)
+					if err != nil {
+						return err
+					}
+					c.SourceRaw = raw
+				default:
+					return d.Errf("unrecognized subdirective '%s'", d.Val())
+				}
+			}
+			a.Certificates = append(a.Certificates, c)
+		case "managed":
+			if a.ManagedRaw != nil {
+				return d.Err("managed source already specified")
+			}
+			raw, err := unmarshalSource(d)
+			if err != nil {
+				return err
+			}
+			a.ManagedRaw = raw
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// unmarshalSource reads `<directive> <source> [<args...>] [{...}]` with
+// the dispenser on the directive.
+func unmarshalSource(d *caddyfile.Dispenser) (json.RawMessage, error) {
+	if !d.NextArg() {
+		return nil, d.Errf("%s needs a source: file, local_ca, pki or responder", d.Val())
+	}
+	name := d.Val()
+	mod, err := caddyfile.UnmarshalModule(d, "ocsp.sources."+name)
+	if err != nil {
+		return nil, err
+	}
+	return caddyconfig.JSONModuleObject(mod, "source", name, nil), nil
+}
+
+// UnmarshalCaddyfile: `file <path> { poll_interval <duration> }`.
+func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if !d.AllArgs(&f.Path) {
+		return d.Errf("file needs the path of the OCSP response")
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch d.Val() {
+		case "poll_interval":
+			if err := parseDuration(d, &f.Interval); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile: `local_ca <ca_cert> <ca_key> { validity; backdate; write_to }`.
+func (l *LocalCASource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if !d.AllArgs(&l.CACert, &l.CAKey) {
+		return d.Errf("local_ca needs the CA certificate file and the CA key file")
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		if err := unmarshalGeneration(d, &l.Generation, &l.WriteThrough); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile: `pki [<ca_id>] { validity; backdate; write_to }`.
+func (p *PKISource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if d.NextArg() {
+		p.CA = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		if err := unmarshalGeneration(d, &p.Generation, &p.WriteThrough); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// UnmarshalCaddyfile: `responder [<url>] { timeout; write_to }`.
+func (r *ResponderSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // source name
+	if d.NextArg() {
+		r.URL = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch d.Val() {
+		case "timeout":
+			if err := parseDuration(d, &r.Timeout); err != nil {
+				return err
+			}
+		case "write_to":
+			if !d.AllArgs(&r.WriteTo) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
+		}
+	}
+	return nil
+}
+
+func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough) error {
+	switch d.Val() {
+	case "validity":
+		return parseDuration(d, &g.Validity)
+	case "backdate":
+		return parseDuration(d, &g.Backdate)
+	case "write_to":
+		if !d.AllArgs(&w.WriteTo) {
+			return d.ArgErr()
+		}
+		return nil
+	default:
+		return d.Errf("unrecognized subdirective '%s'", d.Val())
+	}
+}
+
+func parseDuration(d *caddyfile.Dispenser, into *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	dur, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	if dur <= 0 && name != "backdate" {
+		return d.Errf("%s must be positive, got %s", name, s)
+	}
+	*into = caddy.Duration(dur)
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyfile.Unmarshaler = (*App)(nil)
+	_ caddyfile.Unmarshaler = (*FileSource)(nil)
+	_ caddyfile.Unmarshaler = (*LocalCASource)(nil)
+	_ caddyfile.Unmarshaler = (*PKISource)(nil)
+	_ caddyfile.Unmarshaler = (*ResponderSource)(nil)
+)

@@ -1,0 +1,373 @@
+package ocspfile
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/asn1"
+	"errors"
+	"path"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// slots holds the staple of each certificate across config reloads,
+// keyed by the SHA-256 of the leaf; slotIndex finds a slot without
+// taking a reference (for lookups on the handshake path).
+var (
+	slots     = caddy.NewUsagePool()
+	slotIndex sync.Map // key -> *slot
+)
+
+// slot is the staple of one certificate and the record of its refreshes.
+type slot struct {
+	key    string
+	staple atomic.Pointer[Staple]
+
+	mu          sync.Mutex // serialises refreshes; guards the fields below
+	lastRefresh time.Time
+	lastResult  string
+	lastErr     string
+	backoff     time.Duration
+}
+
+func newSlot(key string) *slot {
+	s := &slot{key: key}
+	slotIndex.Store(key, s)
+	return s
+}
+
+func lookupSlot(key string) *slot {
+	if v, ok := slotIndex.Load(key); ok {
+		return v.(*slot)
+	}
+	return nil
+}
+
+// Destruct implements caddy.Destructor: the last config that used the
+// certificate is gone.
+func (s *slot) Destruct() error {
+	slotIndex.CompareAndDelete(s.key, s)
+	return nil
+}
+
+// entry is one certificate in one config: its source and its slot.
+type entry struct {
+	name       string // the certificate file, or the managed subject
+	cert       tls.Certificate
+	leaf       *x509.Certificate
+	issuer     *x509.Certificate
+	source     Source
+	slot       *slot
+	mustStaple bool
+	labels     [2]string // metric labels: certificate, serial
+	// storageHash is certmagic's hash of the PEM chain, which names the
+	// certificate's staple in storage (ocsp/<name>-<hash>)
+	storageHash string
+}
+
+// Results of a refresh, as they appear in the admin API and metrics.
+const (
+	resultUpdated   = "updated"
+	resultUnchanged = "unchanged"
+	resultFailed    = "failed"
+	resultRevoked   = "revoked"
+)
+
+const (
+	minRefreshDelay = time.Second
+	minBackoff      = 2 * time.Second
+	maxBackoff      = 10 * time.Minute
+)
+
+// serve returns a copy of the certificate carrying the current staple, if
+// it is still valid at now.
+func (e *entry) serve(now time.Time) *tls.Certificate {
+	c := e.cert
+	c.OCSPStaple = nil
+	if st := e.slot.staple.Load(); st.ValidAt(now) {
+		c.OCSPStaple = st.DER
+	}
+	return &c
+}
+
+// nextRefresh says when the source should be asked again.
+func (e *entry) nextRefresh() time.Time {
+	e.slot.mu.Lock()
+	defer e.slot.mu.Unlock()
+	now := time.Now()
+	if p, ok := e.source.(Poller); ok {
+		return now.Add(p.PollInterval())
+	}
+	st := e.slot.staple.Load()
+	if e.slot.lastResult == resultFailed || e.slot.lastResult == resultRevoked || st == nil {
+		return now.Add(max(e.slot.backoff, minBackoff))
+	}
+	return st.RefreshAt()
+}
+
+// refresh asks the source for a new staple, validates it, and swaps it in.
+// When force is false a staple made by the app that has not reached its
+// half-life is kept (after a reload it need not be made again). Failures
+// keep the previous staple while it is valid, and are logged once per
+// change of reason.
+func (a *App) refresh(ctx context.Context, e *entry, force bool) {
+	s := e.slot
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	now := time.Now()
+	cur := s.staple.Load()
+	_, polled := e.source.(Poller)
+
+	if !force && !polled {
+		if cur.ValidAt(now) && now.Before(cur.RefreshAt()) {
+			return
+		}
+		// a staple another server of the fleet (or this one before a
+		// restart) stored may still be fresh
+		if st := a.loadStored(ctx, e, now); st != nil {
+			s.staple.Store(st)
+			s.lastRefresh, s.lastResult, s.lastErr, s.backoff = now, resultUpdated, "", 0
+			a.logger.Info("ocsp staple loaded from storage", e.logFields(st)...)
+			return
+		}
+	}
+
+	raw, err := e.source.Obtain(ctx, Subject{Leaf: e.leaf, Issuer: e.issuer})
+	var st *Staple
+	if err == nil {
+		st, err = Validate(raw, e.leaf, e.issuer, now)
+	}
+	s.lastRefresh = now
+	if err != nil {
+		a.refreshFailed(ctx, e, cur, err, now)
+		return
+	}
+	s.backoff = 0
+	if cur != nil && bytes.Equal(cur.DER, st.DER) {
+		s.lastResult, s.lastErr = resultUnchanged, ""
+		refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUnchanged).Inc()
+		return
+	}
+	s.staple.Store(st)
+	s.lastResult, s.lastErr = resultUpdated, ""
+	refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUpdated).Inc()
+	nextUpdate.WithLabelValues(e.labels[0], e.labels[1]).Set(float64(st.NextUpdate().Unix()))
+	a.logger.Info("ocsp staple updated", e.logFields(st)...)
+	a.emit(ctx, "ocsp_staple_updated", e, st, nil)
+	if !polled {
+		a.store(ctx, e, st)
+	}
+}
+
+func (a *App) refreshFailed(ctx context.Context, e *entry, cur *Staple, err error, now time.Time) {
+	s := e.slot
+	result := resultFailed
+	if errors.Is(err, ErrRevoked) {
+		// a revoked certificate's earlier "good" staple must not be served
+		result = resultRevoked
+		s.staple.Store(nil)
+		cur = nil
+	} else if cur != nil && !cur.ValidAt(now) {
+		s.staple.Store(nil)
+		cur = nil
+	}
+	s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
+	refreshes.WithLabelValues(e.labels[0], e.labels[1], result).Inc()
+	if cur == nil {
+		nextUpdate.WithLabelValues(e.labels[0], e.labels[1]).Set(0)
+	}
+	msg := e.source.String() + ": " + err.Error()
+	changed := msg != s.lastErr || result != s.lastResult
+	s.lastResult, s.lastErr = result, msg
+	level := zapcore.ErrorLevel
+	if !changed {
+		level = zapcore.DebugLevel // logged once per change of reason
+	}
+	if c := a.logger.Check(level, "ocsp staple refused"); c != nil {
+		fields := []zap.Field{
+			zap.String("certificate", e.name),
+			zap.String("serial", e.labels[1]),
+			zap.String("source", e.source.String()),
+			zap.Error(err),
+			zap.Bool("serving_previous", cur != nil),
+		}
+		if cur != nil {
+			fields = append(fields, zap.Time("previous_next_update", cur.NextUpdate()))
+		}
+		c.Write(fields...)
+	}
+	if e.mustStaple && cur == nil {
+		a.logger.Error("must-staple certificate has no valid ocsp staple: clients will refuse it",
+			zap.String("certificate", e.name), zap.String("serial", e.labels[1]))
+	}
+	if changed {
+		name := "ocsp_staple_failed"
+		if result == resultRevoked {
+			name = "ocsp_staple_revoked"
+		}
+		a.emit(ctx, name, e, cur, err)
+	}
+}
+
+func (e *entry) logFields(st *Staple) []zap.Field {
+	return []zap.Field{
+		zap.String("certificate", e.name),
+		zap.Strings("subjects", subjects(e.leaf)),
+		zap.String("serial", e.labels[1]),
+		zap.String("source", e.source.String()),
+		zap.Time("this_update", st.ThisUpdate()),
+		zap.Time("next_update", st.NextUpdate()),
+	}
+}
+
+func (a *App) emit(ctx context.Context, name string, e *entry, st *Staple, err error) {
+	if a.events == nil || !a.events.ShouldEmit(name) {
+		return
+	}
+	data := map[string]any{
+		"certificate": e.name,
+		"subjects":    subjects(e.leaf),
+		"serial":      e.labels[1],
+		"source":      e.source.String(),
+	}
+	if st != nil {
+		data["next_update"] = st.NextUpdate()
+	}
+	if err != nil {
+		data["error"] = err.Error()
+	}
+	a.events.Emit(a.ctx, name, data)
+}
+
+// storageKey is where a generated or fetched staple is kept in Caddy's
+// storage, so that a fleet on one storage backend shares it.
+func (e *entry) storageKey() string { return path.Join("dnsfront", "ocsp", e.slot.key+".der") }
+
+func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
+	stor := a.ctx.Storage()
+	if stor == nil {
+		return nil
+	}
+	b, err := stor.Load(ctx, e.storageKey())
+	if err != nil {
+		return nil
+	}
+	st, err := Validate(b, e.leaf, e.issuer, now)
+	if err != nil || !now.Before(st.RefreshAt()) {
+		return nil
+	}
+	return st
+}
+
+// store keeps a made staple in Caddy's storage and writes it through to
+// the source's file, if it names one. Failures are logged; the staple is
+// served all the same.
+func (a *App) store(ctx context.Context, e *entry, st *Staple) {
+	if stor := a.ctx.Storage(); stor != nil {
+		if err := stor.Store(ctx, e.storageKey(), st.DER); err != nil {
+			a.logger.Error("storing ocsp staple", zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
+		}
+	}
+	if w, ok := e.source.(writeThrougher); ok && w.writePath() != "" {
+		if err := WriteFileAtomic(w.writePath(), st.DER, 0o644); err != nil {
+			a.logger.Error("writing ocsp staple through to file", zap.String("certificate", e.name),
+				zap.String("file", w.writePath()), zap.Error(err))
+		}
+	}
+}
+
+// Status is the state of one staple, as GET /ocsp/ reports it.
+type Status struct {
+	Certificate string     `json:"certificate"`
+	Subjects    []string   `json:"subjects"`
+	Serial      string     `json:"serial"`
+	Source      string     `json:"source"`
+	Status      string     `json:"status"`
+	MustStaple  bool       `json:"must_staple,omitempty"`
+	ThisUpdate  *time.Time `json:"this_update,omitempty"`
+	NextUpdate  *time.Time `json:"next_update,omitempty"`
+	LastRefresh *time.Time `json:"last_refresh,omitempty"`
+	LastResult  string     `json:"last_result,omitempty"`
+	LastError   string     `json:"last_error,omitempty"`
+}
+
+// Staple states in Status.Status.
+const (
+	StatusGood    = "good"    // a valid staple is served
+	StatusNone    = "none"    // no valid staple: none is served
+	StatusRevoked = "revoked" // the source says the certificate is revoked
+)
+
+func (e *entry) status(now time.Time) Status {
+	s := e.slot
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	out := Status{
+		Certificate: e.name,
+		Subjects:    subjects(e.leaf),
+		Serial:      e.labels[1],
+		Source:      e.source.String(),
+		Status:      StatusNone,
+		MustStaple:  e.mustStaple,
+		LastResult:  s.lastResult,
+		LastError:   s.lastErr,
+	}
+	if !s.lastRefresh.IsZero() {
+		t := s.lastRefresh.UTC()
+		out.LastRefresh = &t
+	}
+	if st := s.staple.Load(); st.ValidAt(now) {
+		tu, nu := st.ThisUpdate().UTC(), st.NextUpdate().UTC()
+		out.Status, out.ThisUpdate, out.NextUpdate = StatusGood, &tu, &nu
+	} else if s.lastResult == resultRevoked {
+		out.Status = StatusRevoked
+	}
+	return out
+}
+
+func subjects(leaf *x509.Certificate) []string {
+	names := append([]string{}, leaf.DNSNames...)
+	for _, ip := range leaf.IPAddresses {
+		names = append(names, ip.String())
+	}
+	if len(names) == 0 && leaf.Subject.CommonName != "" {
+		names = append(names, leaf.Subject.CommonName)
+	}
+	return names
+}
+
+func subjectName(leaf *x509.Certificate) string {
+	if n := subjects(leaf); len(n) > 0 {
+		return n[0]
+	}
+	return ""
+}
+
+var oidTLSFeature = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 1, 24}
+
+// hasMustStaple reports whether leaf carries the TLS Feature extension
+// (RFC 7633) with status_request (5).
+func hasMustStaple(leaf *x509.Certificate) bool {
+	for _, ext := range leaf.Extensions {
+		if !ext.Id.Equal(oidTLSFeature) {
+			continue
+		}
+		var features []int
+		if _, err := asn1.Unmarshal(ext.Value, &features); err != nil {
+			return false
+		}
+		for _, f := range features {
+			if f == 5 {
+				return true
+			}
+		}
+	}
+	return false
+}
