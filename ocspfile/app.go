@@ -185,12 +185,13 @@ func (a *App) newEntry(name string, leaf, issuer *x509.Certificate, src Source) 
 	key := hex.EncodeToString(sum[:])
 	s, _, _ := slots.LoadOrNew(key, func() (caddy.Destructor, error) { return newSlot(key), nil })
 	e := &entry{
-		name:       name,
-		leaf:       leaf,
-		issuer:     issuer,
-		source:     src,
-		slot:       s.(*slot),
-		mustStaple: hasMustStaple(leaf),
+		name:        name,
+		leaf:        leaf,
+		issuer:      issuer,
+		source:      src,
+		slot:        s.(*slot),
+		mustStaple:  hasMustStaple(leaf),
+		rescheduled: make(chan struct{}, 1),
 	}
 	e.labels = [2]string{subjectName(leaf), FormatSerial(leaf.SerialNumber)}
 	return e
@@ -250,9 +251,13 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 		select {
 		case <-ctx.Done():
 			return
+		case <-e.rescheduled:
+			// refreshed elsewhere: the next refresh time changed
+			timer.Stop()
 		case <-timer.C:
+			a.refresh(ctx, e, false)
+			<-e.rescheduled // our own refresh's signal
 		}
-		a.refresh(ctx, e, false)
 		timer.Reset(max(time.Until(e.nextRefresh()), minRefreshDelay))
 	}
 }

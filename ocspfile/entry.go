@@ -70,6 +70,9 @@ type entry struct {
 	// storageHash is certmagic's hash of the PEM chain, which names the
 	// certificate's staple in storage (ocsp/<name>-<hash>)
 	storageHash string
+	// rescheduled wakes the refresh loop after a refresh it did not run
+	// (POST /ocsp/reload), so that a failure starts the back-off at once
+	rescheduled chan struct{}
 }
 
 // Results of a refresh, as they appear in the admin API and metrics.
@@ -97,6 +100,13 @@ func (e *entry) serve(now time.Time) *tls.Certificate {
 	return &c
 }
 
+func (e *entry) reschedule() {
+	select {
+	case e.rescheduled <- struct{}{}:
+	default:
+	}
+}
+
 // nextRefresh says when the source should be asked again.
 func (e *entry) nextRefresh() time.Time {
 	e.slot.mu.Lock()
@@ -121,11 +131,14 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	s := e.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
+	defer e.reschedule()
 	now := time.Now()
 	cur := s.staple.Load()
 	_, polled := e.source.(Poller)
 
-	if !force && !polled {
+	// a fresh staple is kept, unless the last attempt failed: then the
+	// back-off retries until the source answers again
+	if !force && !polled && s.lastResult != resultFailed {
 		if cur.ValidAt(now) && now.Before(cur.RefreshAt()) {
 			return
 		}
@@ -260,7 +273,7 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
 		return nil
 	}
 	st, err := Validate(b, e.leaf, e.issuer, now)
-	if err != nil || !now.Before(st.RefreshAt()) {
+	if err != nil || !now.Before(st.HalfLife()) {
 		return nil
 	}
 	return st

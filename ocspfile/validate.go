@@ -29,6 +29,8 @@ type Staple struct {
 	DER []byte
 	// Response is the parsed entry for the certificate.
 	Response *ocsp.Response
+	// Validated is when the staple was validated (obtained).
+	Validated time.Time
 }
 
 // ThisUpdate and NextUpdate are shorthands for the response's times.
@@ -42,11 +44,23 @@ func (s *Staple) ValidAt(t time.Time) bool {
 	return s != nil && t.Before(s.Response.NextUpdate)
 }
 
-// RefreshAt is the half-life of the staple: the moment a new one should be
-// obtained, as certmagic and RFC 5019 practice suggest.
-func (s *Staple) RefreshAt() time.Time {
+// HalfLife is the middle of the response's validity window: past it a
+// stored response is no longer worth loading (certmagic's freshness rule).
+func (s *Staple) HalfLife() time.Time {
 	r := s.Response
 	return r.ThisUpdate.Add(r.NextUpdate.Sub(r.ThisUpdate) / 2)
+}
+
+// RefreshAt is when a new staple should be obtained: half-way through the
+// life the staple had left when it was validated, and never before its
+// HalfLife. (A backdated thisUpdate must not make a short-lived staple
+// look half-spent the moment it is made.)
+func (s *Staple) RefreshAt() time.Time {
+	rest := s.Validated.Add(s.Response.NextUpdate.Sub(s.Validated) / 2)
+	if h := s.HalfLife(); h.After(rest) {
+		return h
+	}
+	return rest
 }
 
 // DecodeResponse returns the DER bytes of an OCSP response given as DER or
@@ -141,7 +155,7 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 		return nil, fmt.Errorf("%w: nextUpdate %s is after the certificate's NotAfter %s",
 			ErrOutlivesCertificate, fmtTime(resp.NextUpdate), fmtTime(leaf.NotAfter))
 	}
-	return &Staple{DER: der, Response: resp}, nil
+	return &Staple{DER: der, Response: resp, Validated: now}, nil
 }
 
 // checkSigner makes sure the response was signed by the issuer itself or by

@@ -158,3 +158,28 @@ func FuzzValidate(f *testing.F) {
 		}
 	})
 }
+
+func TestRefreshAt(t *testing.T) {
+	ca := testpki.NewCA(t, "CA", testpki.ECDSA)
+	leaf := ca.Issue(t, testpki.LeafOptions{}, "a.example.test")
+	now := time.Now()
+	for _, tc := range []struct {
+		validity, backdate time.Duration
+		want               time.Duration // from now
+	}{
+		{7 * 24 * time.Hour, time.Hour, 7 * 24 * time.Hour / 2}, // half of what was left, past the window's middle
+		{10 * time.Second, time.Hour, 5 * time.Second},          // half of what was left
+	} {
+		der, err := Generate(leaf.Cert, ca.Cert, ca.Key, GenerateOptions{Now: now, Validity: tc.validity, Backdate: tc.backdate})
+		if err != nil {
+			t.Fatal(err)
+		}
+		st, err := Validate(der, leaf.Cert, ca.Cert, now)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := st.RefreshAt().Sub(now); got < tc.want-2*time.Second || got > tc.want+2*time.Second {
+			t.Errorf("validity %v backdate %v: refresh in %v, want %v", tc.validity, tc.backdate, got, tc.want)
+		}
+	}
+}
