@@ -8,6 +8,8 @@ package dnsfront
 
 import (
 	// plug in the modules
+	_ "github.com/dnsfront/dnsfront/caddydns"
 	_ "github.com/dnsfront/dnsfront/caddyfile"
+	_ "github.com/dnsfront/dnsfront/dotapp"
 	_ "github.com/dnsfront/dnsfront/ocspfile"
 )

@@ -1,19 +1,49 @@
 // Package caddyfile registers the Caddyfile global options and directives
-// of dnsfront that span its packages: the `ocsp` global option (and, with
-// the DNS transports, `dot` and `doh`). Each module's own
+// of dnsfront that span its packages: the `ocsp` and `dot` global options
+// and the `doh` directive. Each module's own
 // UnmarshalCaddyfile stays beside its type.
 package caddyfile
 
 import (
+	"encoding/json"
+	"fmt"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
 
+	"github.com/dnsfront/dnsfront/dotapp"
 	"github.com/dnsfront/dnsfront/ocspfile"
 )
 
 func init() {
 	httpcaddyfile.RegisterGlobalOption("ocsp", parseOCSP)
+	httpcaddyfile.RegisterGlobalOption("dot", parseDoT)
+}
+
+// parseDoT adds a DNS over TLS server to the `dot` app for each `dot`
+// global option (see dotapp.Server.UnmarshalCaddyfile). Servers are named
+// dot0, dot1, ... in the order they appear.
+func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(dotapp.App)
+	if existing != nil {
+		prev, ok := existing.(httpcaddyfile.App)
+		if !ok {
+			return nil, d.Errf("unexpected value for dot option: %T", existing)
+		}
+		if err := json.Unmarshal(prev.Value, app); err != nil {
+			return nil, err
+		}
+	}
+	srv := new(dotapp.Server)
+	if err := srv.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	if app.Servers == nil {
+		app.Servers = make(map[string]*dotapp.Server)
+	}
+	app.Servers[fmt.Sprintf("dot%d", len(app.Servers))] = srv
+	return httpcaddyfile.App{Name: "dot", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // parseOCSP sets up the `ocsp` app from the global option (see

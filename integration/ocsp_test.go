@@ -562,3 +562,43 @@ func valueOr(m []string, i int) string {
 	}
 	return ""
 }
+
+// TestFilePolled: a replaced staple file is noticed by itself, with no
+// reload, within poll_interval.
+func TestFilePolled(t *testing.T) {
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test")
+	pk.writeStaple(t, pk.response(t, ocsp.Good, 2*time.Hour))
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	startCaddy(t, dir, `{
+	ocsp {
+		certificate {{.Cert}} {{.Key}} {
+			staple file {{.Staple}} {
+				poll_interval 1s
+			}
+		}
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	respond "ok"
+}
+`, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Port": port})
+	waitListen(t, addr)
+	newer := pk.response(t, ocsp.Good, time.Hour)
+	// written atomically, as an operator's cron job should
+	tmp := pk.stapleFile + ".new"
+	testpki.WriteFile(t, tmp, newer)
+	if err := os.Rename(tmp, pk.stapleFile); err != nil {
+		t.Fatal(err)
+	}
+	if err := eventually(10*time.Second, func() bool {
+		got, _ := stapleGo(t, addr, "dns.example.test", nil)
+		return bytes.Equal(got, newer)
+	}); err != nil {
+		t.Fatal("the replaced staple file was not picked up without a reload")
+	}
+}

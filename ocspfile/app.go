@@ -151,6 +151,11 @@ func (a *App) provisionCertificate(ctx caddy.Context, c *Certificate) (*entry, e
 		return nil, fmt.Errorf("certificate %s was not issued by %q (issuer %s): %w", c.Certificate,
 			issuer.Subject.String(), cmpOr(c.Issuer, "second certificate of the chain"), err)
 	}
+	if len(pair.Certificate) == 1 {
+		// clients check a staple against the issuer in the served chain
+		// (kdig +tls-ocsp-stapling refuses it otherwise)
+		pair.Certificate = append(pair.Certificate, issuer.Raw)
+	}
 	var src Source
 	if c.SourceRaw != nil {
 		mod, err := ctx.LoadModule(c, "SourceRaw")

@@ -1,0 +1,116 @@
+// Package caddydns is dnsfront's DNS core: the transport-agnostic handler
+// chain (modules in namespace `dns.handlers`: `zone`, `forward`), query
+// validation, EDNS and padding, upstreams with health checks, and
+// metrics. Transports (the `dot` app, the `doh` HTTP handler) decode a
+// query, call Chain.Serve, and encode the answer; they hold no DNS logic.
+package caddydns
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"net/netip"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+// Request is one query as the handlers see it.
+type Request struct {
+	// Msg is the query. Handlers must not modify it; forward copies it.
+	Msg *dns.Msg
+	// Transport is "dot", "doh", ... (metrics and logs).
+	Transport string
+	// Server names the server or handler that received it (metrics).
+	Server string
+	// Client is the client's address (after trusted proxies for DoH).
+	Client netip.AddrPort
+	// Size is the largest response the client accepts: 65535 on stream
+	// transports.
+	Size int
+}
+
+// Name is the query name, lower-cased.
+func (r *Request) Name() string { return dns.CanonicalName(r.Msg.Question[0].Name) }
+
+// Type is the query type.
+func (r *Request) Type() uint16 { return r.Msg.Question[0].Qtype }
+
+// Handler answers DNS queries or passes them on: a module in the
+// namespace `dns.handlers`. A handler that does not answer calls next.
+type Handler interface {
+	ServeDNS(ctx context.Context, r *Request, next Next) (*dns.Msg, error)
+}
+
+// Next is the rest of the chain.
+type Next func(ctx context.Context, r *Request) (*dns.Msg, error)
+
+// Chain is the handler chain a transport serves through. Embed it in a
+// transport's configuration and Provision it.
+type Chain struct {
+	// HandlersRaw is the list of handlers, in order. A query no handler
+	// answers gets REFUSED.
+	HandlersRaw []json.RawMessage `json:"handle,omitempty" caddy:"namespace=dns.handlers inline_key=handler"`
+
+	handlers []Handler
+	next     Next
+	logger   *zap.Logger
+	metrics  *serverMetrics
+}
+
+// Provision loads the handlers and compiles the chain. server and
+// transport label the metrics.
+func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
+	c.logger = ctx.Logger()
+	mods, err := ctx.LoadModule(c, "HandlersRaw")
+	if err != nil {
+		return fmt.Errorf("loading dns handlers: %w", err)
+	}
+	for _, m := range mods.([]any) {
+		c.handlers = append(c.handlers, m.(Handler))
+	}
+	c.next = refused
+	for i := len(c.handlers) - 1; i >= 0; i-- {
+		h, next := c.handlers[i], c.next
+		c.next = func(ctx context.Context, r *Request) (*dns.Msg, error) {
+			return h.ServeDNS(ctx, r, next)
+		}
+	}
+	c.metrics = newServerMetrics(ctx, server, transport)
+	return nil
+}
+
+// refused ends the chain: no handler is configured for the name.
+func refused(_ context.Context, r *Request) (*dns.Msg, error) {
+	m := new(dns.Msg)
+	m.SetRcode(r.Msg, dns.RcodeRefused)
+	return m, nil
+}
+
+// Serve answers one query: it validates it (FORMERR, NOTIMP, BADVERS
+// answered here), runs the chain, and finishes the response (the client's
+// ID and question, EDNS, padding). A handler error becomes SERVFAIL. It
+// always returns a response.
+func (c *Chain) Serve(ctx context.Context, r *Request) *dns.Msg {
+	start := time.Now()
+	resp := checkQuery(r.Msg)
+	if resp == nil {
+		var err error
+		resp, err = c.next(ctx, r)
+		if err != nil || resp == nil {
+			if ce := c.logger.Check(zapcore.DebugLevel, "query failed"); ce != nil {
+				ce.Write(zap.String("name", r.Msg.Question[0].Name), zap.Uint16("type", r.Type()),
+					zap.Stringer("client", r.Client), zap.Error(err))
+			}
+			resp = new(dns.Msg)
+			resp.SetRcode(r.Msg, dns.RcodeServerFailure)
+		}
+	}
+	finish(r, resp)
+	c.metrics.observe(resp.Rcode, time.Since(start))
+	return resp
+}
+

@@ -1,0 +1,212 @@
+package caddydns
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+)
+
+const testZone = `$ORIGIN example.org.
+$TTL 3600
+@       IN SOA ns1 hostmaster 1 7200 3600 1209600 300
+        IN NS  ns1
+ns1     IN A   192.0.2.53
+www     IN A   192.0.2.80
+api 60  IN A   192.0.2.81
+alias   IN CNAME www
+far     IN CNAME www.example.net.
+loop1   IN CNAME loop2
+loop2   IN CNAME loop1
+a.b.c   IN TXT "deep"
+*.apps  IN A   192.0.2.90
+sub     IN NS  ns.sub
+ns.sub  IN A   192.0.2.99
+`
+
+func testChain(t testing.TB) *Chain {
+	t.Helper()
+	zd, err := newZoneData("example.org.", mustParse(t, testZone))
+	if err != nil {
+		t.Fatal(err)
+	}
+	z := &Zone{Origin: "example.org.", zone: zd}
+	c := &Chain{handlers: []Handler{z}}
+	c.next = func(ctx context.Context, r *Request) (*dns.Msg, error) { return z.ServeDNS(ctx, r, refused) }
+	c.metrics = &serverMetrics{server: "test", transport: "test", duration: queryDuration.WithLabelValues("test", "test")}
+	c.logger = zap.NewNop()
+	return c
+}
+
+func mustParse(t testing.TB, s string) []dns.RR {
+	t.Helper()
+	rrs, err := parseZone(strings.NewReader(s), "example.org.", "test")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return rrs
+}
+
+func ask(c *Chain, q *dns.Msg) *dns.Msg {
+	return c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage})
+}
+
+func query(name string, qtype uint16) *dns.Msg {
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	return q
+}
+
+func TestZoneAnswers(t *testing.T) {
+	c := testChain(t)
+	for _, tc := range []struct {
+		name     string
+		qtype    uint16
+		rcode    int
+		answers  int
+		aa       bool
+		soaInNs  bool
+		contains string
+	}{
+		{"www.example.org.", dns.TypeA, dns.RcodeSuccess, 1, true, false, "192.0.2.80"},
+		{"WwW.ExAmPlE.oRg.", dns.TypeA, dns.RcodeSuccess, 1, true, false, "192.0.2.80"},
+		{"www.example.org.", dns.TypeAAAA, dns.RcodeSuccess, 0, true, true, ""},              // NODATA
+		{"nope.example.org.", dns.TypeA, dns.RcodeNameError, 0, true, true, ""},              // NXDOMAIN
+		{"b.c.example.org.", dns.TypeA, dns.RcodeSuccess, 0, true, true, ""},                 // empty non-terminal
+		{"alias.example.org.", dns.TypeA, dns.RcodeSuccess, 2, true, false, "192.0.2.80"},    // CNAME chased
+		{"far.example.org.", dns.TypeA, dns.RcodeSuccess, 1, true, false, "www.example.net"}, // out of zone
+		{"x.apps.example.org.", dns.TypeA, dns.RcodeSuccess, 1, true, false, "x.apps.example.org.\t3600\tIN\tA\t192.0.2.90"},
+		{"host.sub.example.org.", dns.TypeA, dns.RcodeSuccess, 0, false, false, "ns.sub.example.org"}, // referral
+		{"loop1.example.org.", dns.TypeA, dns.RcodeSuccess, maxCNAMEChain, true, false, ""},
+	} {
+		t.Run(tc.name+"/"+dns.TypeToString[tc.qtype], func(t *testing.T) {
+			q := query(tc.name, tc.qtype)
+			r := ask(c, q)
+			if r.Rcode != tc.rcode || len(r.Answer) != tc.answers || r.Authoritative != tc.aa {
+				t.Fatalf("rcode %s answers %d aa %v, want %s %d %v\n%s", dns.RcodeToString[r.Rcode], len(r.Answer), r.Authoritative,
+					dns.RcodeToString[tc.rcode], tc.answers, tc.aa, r)
+			}
+			if r.Question[0].Name != tc.name {
+				t.Fatalf("question %q, want the client's casing %q", r.Question[0].Name, tc.name)
+			}
+			hasSOA := len(r.Ns) == 1 && r.Ns[0].Header().Rrtype == dns.TypeSOA
+			if hasSOA != tc.soaInNs {
+				t.Fatalf("SOA in authority: %v, want %v\n%s", hasSOA, tc.soaInNs, r)
+			}
+			if hasSOA && r.Ns[0].Header().Ttl != 300 {
+				t.Fatalf("negative SOA TTL %d, want the minimum 300", r.Ns[0].Header().Ttl)
+			}
+			if tc.contains != "" && !strings.Contains(r.String(), tc.contains) {
+				t.Fatalf("answer lacks %q:\n%s", tc.contains, r)
+			}
+		})
+	}
+	// outside the origin: the next handler (REFUSED at the end)
+	if r := ask(c, query("example.com.", dns.TypeA)); r.Rcode != dns.RcodeRefused {
+		t.Fatalf("out of zone: %s, want REFUSED", dns.RcodeToString[r.Rcode])
+	}
+}
+
+func TestQueryValidation(t *testing.T) {
+	c := testChain(t)
+	mk := func(f func(*dns.Msg)) *dns.Msg {
+		q := query("www.example.org.", dns.TypeA)
+		q.Id = 4242
+		f(q)
+		return q
+	}
+	for _, tc := range []struct {
+		name  string
+		q     *dns.Msg
+		rcode int
+	}{
+		{"QR set", mk(func(q *dns.Msg) { q.Response = true }), dns.RcodeFormatError},
+		{"opcode NOTIFY", mk(func(q *dns.Msg) { q.Opcode = dns.OpcodeNotify }), dns.RcodeNotImplemented},
+		{"no question", mk(func(q *dns.Msg) { q.Question = nil }), dns.RcodeFormatError},
+		{"two questions", mk(func(q *dns.Msg) { q.Question = append(q.Question, q.Question[0]) }), dns.RcodeFormatError},
+		{"AXFR", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeAXFR }), dns.RcodeNotImplemented},
+		{"IXFR", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeIXFR }), dns.RcodeNotImplemented},
+		{"EDNS version 1", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.IsEdns0().SetVersion(1) }), dns.RcodeBadVers},
+		{"two OPT", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.Extra = append(q.Extra, q.Extra[0]) }), dns.RcodeFormatError},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := ask(c, tc.q)
+			if r.Rcode != tc.rcode || r.Id != 4242 || !r.Response {
+				t.Fatalf("rcode %s id %d, want %s with the client's ID", dns.RcodeToString[r.Rcode], r.Id, dns.RcodeToString[tc.rcode])
+			}
+			if _, err := r.Pack(); err != nil {
+				t.Fatalf("response does not pack: %v", err)
+			}
+		})
+	}
+}
+
+func TestEDNSAndPadding(t *testing.T) {
+	c := testChain(t)
+	// no OPT in, none out
+	if r := ask(c, query("www.example.org.", dns.TypeA)); r.IsEdns0() != nil {
+		t.Fatal("OPT in the answer to a query without one")
+	}
+	// DO echoed
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(4096, true)
+	r := ask(c, q)
+	if r.IsEdns0() == nil || !r.IsEdns0().Do() {
+		t.Fatal("DO bit not echoed")
+	}
+	if wantsPadding(r.IsEdns0()) {
+		t.Fatal("padded without being asked")
+	}
+	// padding to a multiple of 468 when asked
+	for _, name := range []string{"www.example.org.", "nope.example.org.", "alias.example.org."} {
+		q := query(name, dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 100)})
+		b, err := ask(c, q).Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(b)%PaddingBlock != 0 {
+			t.Fatalf("%s: padded answer is %d octets, not a multiple of %d", name, len(b), PaddingBlock)
+		}
+	}
+}
+
+func TestDecodeGarbage(t *testing.T) {
+	if q, fe := Decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}); q != nil || fe == nil ||
+		fe.Id != 0xABCD || fe.Rcode != dns.RcodeFormatError {
+		t.Fatalf("garbage after a header: %v %v", q, fe)
+	}
+	if q, fe := Decode([]byte{1, 2, 3}); q != nil || fe != nil {
+		t.Fatal("a message shorter than a header got an answer")
+	}
+}
+
+func FuzzServe(f *testing.F) {
+	c := testChain(f)
+	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("alias.example.org.", dns.TypeANY)} {
+		q.SetEdns0(1232, true)
+		b, _ := q.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q, fe := Decode(b)
+		if q == nil {
+			if fe != nil {
+				if _, err := fe.Pack(); err != nil {
+					t.Fatalf("FORMERR does not pack: %v", err)
+				}
+			}
+			return
+		}
+		r := ask(c, q)
+		if r.Id != q.Id || !r.Response {
+			t.Fatal("answer lost the query's ID")
+		}
+		if _, err := r.Pack(); err != nil {
+			t.Fatalf("answer does not pack: %v", err)
+		}
+	})
+}

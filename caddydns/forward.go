@@ -1,0 +1,452 @@
+package caddydns
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+)
+
+func init() {
+	caddy.RegisterModule(Forward{})
+}
+
+// Forward sends queries to upstream resolvers and returns their answers,
+// as dnsdist and CoreDNS's forward do: over UDP (falling back to TCP when
+// an answer is truncated), TCP or TLS, with connections reused and
+// queries pipelined; a load-balancing policy; passive failure counting and
+// optional active health checks; a per-try timeout and retries on another
+// upstream. When no upstream answers, the client gets SERVFAIL.
+//
+// Upstreams are shared by every handler of every config that names them:
+// their health and connections survive reloads.
+type Forward struct {
+	// To lists the upstreams: "udp://host:port", "tcp://host:port",
+	// "tls://host:port" (DNS over TLS), or "host[:port]" for UDP. Ports
+	// default to 53, or 853 for tls.
+	To []string `json:"to,omitempty"`
+	// TLSServerName is the name verified in tls upstreams' certificates.
+	// Default: the upstream's host.
+	TLSServerName string `json:"tls_server_name,omitempty"`
+	// TLSCAFiles are PEM files of the CAs trusted for tls upstreams.
+	// Default: the system's roots.
+	TLSCAFiles []string `json:"tls_ca_files,omitempty"`
+	// Policy chooses among healthy upstreams: least_outstanding (default),
+	// round_robin, random or first.
+	Policy string `json:"policy,omitempty"`
+	// Timeout of one try. Default: 2s.
+	Timeout caddy.Duration `json:"timeout,omitempty"`
+	// Tries is how many upstreams a query is sent to before SERVFAIL.
+	// Default: the number of upstreams, at least 2 and at most 3.
+	Tries int `json:"tries,omitempty"`
+	// MaxConcurrent bounds the queries in flight to one upstream; past it
+	// the next upstream is tried. Default: 1000.
+	MaxConcurrent int `json:"max_concurrent,omitempty"`
+	// MaxFails is how many failed queries in a row mark an upstream down
+	// (passive health) for FailDuration. 0 means 3; -1 turns it off.
+	MaxFails int `json:"max_fails,omitempty"`
+	// FailDuration is how long a passively failed upstream stays down
+	// (a passing active check ends it sooner). Default: 5s.
+	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
+	// HealthCheck turns on active health checks.
+	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+
+	ups      []*upstream
+	keys     []string
+	pick     func([]*upstream, time.Time) []*upstream
+	rr       *atomic.Uint32
+	timeout  time.Duration
+	tries    int
+	maxFails int
+	failDur  time.Duration
+	maxConc  int64
+	logger   *zap.Logger
+	bufPool  *sync.Pool
+}
+
+// CaddyModule returns the Caddy module information.
+func (Forward) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "dns.handlers.forward", New: func() caddy.Module { return new(Forward) }}
+}
+
+// Provision sets up the upstreams (shared through a usage pool).
+func (f *Forward) Provision(ctx caddy.Context) error {
+	f.logger = ctx.Logger()
+	registerCoreMetrics(ctx)
+	if len(f.To) == 0 {
+		return errors.New("forward: no upstream in to")
+	}
+	f.timeout = time.Duration(f.Timeout)
+	if f.timeout <= 0 {
+		f.timeout = 2 * time.Second
+	}
+	f.tries = f.Tries
+	if f.tries <= 0 {
+		f.tries = min(max(len(f.To), 2), 3)
+	}
+	switch {
+	case f.MaxFails == 0:
+		f.maxFails = 3
+	case f.MaxFails > 0:
+		f.maxFails = f.MaxFails
+	}
+	f.failDur = time.Duration(f.FailDuration)
+	if f.failDur <= 0 {
+		f.failDur = 5 * time.Second
+	}
+	f.maxConc = int64(f.MaxConcurrent)
+	if f.maxConc <= 0 {
+		f.maxConc = 1000
+	}
+	f.rr = new(atomic.Uint32)
+	var err error
+	if f.pick, err = f.policy(); err != nil {
+		return err
+	}
+	var checks *healthConfig
+	if f.HealthCheck != nil {
+		if checks, err = f.HealthCheck.compile(); err != nil {
+			return fmt.Errorf("forward: %w", err)
+		}
+	}
+	tlsCfg, err := f.tlsConfig()
+	if err != nil {
+		return err
+	}
+	repl := caddy.NewReplacer()
+	for _, to := range f.To {
+		spec, err := parseUpstream(repl.ReplaceAll(to, ""))
+		if err != nil {
+			return fmt.Errorf("forward: %w", err)
+		}
+		if spec.proto == "tls" {
+			spec.serverName, spec.caFiles = f.TLSServerName, strings.Join(f.TLSCAFiles, ",")
+		}
+		var cfg *tls.Config
+		if spec.proto == "tls" {
+			cfg = tlsCfg.Clone()
+			if cfg.ServerName == "" {
+				cfg.ServerName, _, _ = net.SplitHostPort(spec.addr)
+			}
+		}
+		key := spec.key()
+		v, _, err := upstreams.LoadOrNew(key, func() (caddy.Destructor, error) { return newUpstream(spec, cfg), nil })
+		if err != nil {
+			return err
+		}
+		u := v.(*upstream)
+		u.useChecks(checks, f.logger)
+		f.ups = append(f.ups, u)
+		f.keys = append(f.keys, key)
+	}
+	f.bufPool = &sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+	return nil
+}
+
+func (f *Forward) tlsConfig() (*tls.Config, error) {
+	cfg := &tls.Config{
+		MinVersion:         tls.VersionTLS12,
+		ServerName:         f.TLSServerName,
+		NextProtos:         []string{"dot"},
+		ClientSessionCache: tls.NewLRUClientSessionCache(64),
+	}
+	if len(f.TLSCAFiles) > 0 {
+		pool := x509.NewCertPool()
+		for _, file := range f.TLSCAFiles {
+			b, err := os.ReadFile(file)
+			if err != nil {
+				return nil, fmt.Errorf("forward: tls_ca_files: %w", err)
+			}
+			if !pool.AppendCertsFromPEM(b) {
+				return nil, fmt.Errorf("forward: tls_ca_files: %s holds no PEM certificate", file)
+			}
+		}
+		cfg.RootCAs = pool
+	}
+	return cfg, nil
+}
+
+// policy returns the function that orders upstreams for one query: the
+// healthy ones as the policy ranks them, then the unhealthy ones (tried
+// only when every healthy one failed, or none is healthy).
+func (f *Forward) policy() (func([]*upstream, time.Time) []*upstream, error) {
+	order := func(ups []*upstream, now time.Time, first func(healthy []*upstream) int) []*upstream {
+		out := make([]*upstream, 0, len(ups))
+		for _, u := range ups {
+			if u.isHealthy(now) {
+				out = append(out, u)
+			}
+		}
+		healthy := len(out)
+		if healthy > 1 {
+			i := first(out)
+			out[0], out[i] = out[i], out[0]
+		}
+		for _, u := range ups {
+			if !u.isHealthy(now) {
+				out = append(out, u)
+			}
+		}
+		return out
+	}
+	switch f.Policy {
+	case "", "least_outstanding":
+		return func(ups []*upstream, now time.Time) []*upstream {
+			return order(ups, now, func(h []*upstream) int {
+				best, bestN, ties := 0, h[0].outstanding.Load(), 1
+				for i := 1; i < len(h); i++ {
+					n := h[i].outstanding.Load()
+					switch {
+					case n < bestN:
+						best, bestN, ties = i, n, 1
+					case n == bestN:
+						ties++
+						if rand.IntN(ties) == 0 { // a fair pick among equals
+							best = i
+						}
+					}
+				}
+				return best
+			})
+		}, nil
+	case "round_robin":
+		return func(ups []*upstream, now time.Time) []*upstream {
+			return order(ups, now, func(h []*upstream) int { return int(f.rr.Add(1)-1) % len(h) })
+		}, nil
+	case "random":
+		return func(ups []*upstream, now time.Time) []*upstream {
+			return order(ups, now, func(h []*upstream) int { return rand.IntN(len(h)) })
+		}, nil
+	case "first":
+		return func(ups []*upstream, now time.Time) []*upstream {
+			return order(ups, now, func([]*upstream) int { return 0 })
+		}, nil
+	}
+	return nil, fmt.Errorf("forward: unknown policy %q (least_outstanding, round_robin, random, first)", f.Policy)
+}
+
+// Cleanup releases the upstreams.
+func (f *Forward) Cleanup() error {
+	for _, k := range f.keys {
+		_, _ = upstreams.Delete(k)
+	}
+	return nil
+}
+
+// ServeDNS forwards the query.
+func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (*dns.Msg, error) {
+	bp := f.bufPool.Get().(*[]byte)
+	defer f.bufPool.Put(bp)
+	packed, err := r.Msg.PackBuffer((*bp)[:cap(*bp)])
+	if err != nil {
+		return nil, fmt.Errorf("forward: packing query: %w", err)
+	}
+	if r.Msg.IsEdns0() == nil {
+		// let the upstream answer more than 512 octets over UDP; the
+		// client never sees this OPT (finish removes it)
+		packed = appendOPT(packed, advertisedUDPSize)
+	}
+	*bp = packed[:0]
+
+	order := f.pick(f.ups, time.Now())
+	var lastErr error
+	for try := 0; try < f.tries; try++ {
+		u := order[try%len(order)]
+		if u.outstanding.Add(1) > f.maxConc {
+			u.outstanding.Add(-1)
+			lastErr = fmt.Errorf("%s: %w", u.name, ErrUpstreamBusy)
+			continue
+		}
+		tctx, cancel := context.WithTimeout(ctx, f.timeout)
+		start := time.Now()
+		resp, err := u.query(tctx, r.Msg, packed)
+		cancel()
+		u.outstanding.Add(-1)
+		u.record(err, time.Since(start), f.maxFails, f.failDur)
+		if err == nil {
+			return resp, nil
+		}
+		lastErr = err
+		if ce := f.logger.Check(zapcore.DebugLevel, "upstream try failed"); ce != nil {
+			ce.Write(zap.String("upstream", u.name), zap.Int("try", try+1), zap.Error(err))
+		}
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	if lastErr == nil {
+		lastErr = errNoUpstream
+	}
+	return nil, fmt.Errorf("forward: no upstream answered: %w", lastErr)
+}
+
+// appendOPT adds an OPT record (EDNS version 0, no options) to a packed
+// message without one.
+func appendOPT(packed []byte, udpSize uint16) []byte {
+	packed = append(packed, 0, 0, byte(dns.TypeOPT), byte(udpSize>>8), byte(udpSize), 0, 0, 0, 0, 0, 0)
+	ar := uint16(packed[10])<<8 | uint16(packed[11]) + 1
+	packed[10], packed[11] = byte(ar>>8), byte(ar)
+	return packed
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	forward <upstreams...> {
+//		to <upstreams...>
+//		tls_server_name <name>
+//		tls_ca_files <pem files...>
+//		policy least_outstanding|round_robin|random|first
+//		timeout <duration>
+//		tries <n>
+//		max_concurrent <n>
+//		max_fails <n>
+//		fail_duration <duration>
+//		health_check [<name> [<type>]] {
+//			interval <duration>
+//			timeout <duration>
+//			fails <n>
+//			passes <n>
+//		}
+//	}
+func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // handler name
+	f.To = append(f.To, d.RemainingArgs()...)
+	for n := d.Nesting(); d.NextBlock(n); {
+		opt := d.Val()
+		switch opt {
+		case "to":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			f.To = append(f.To, args...)
+		case "tls_server_name":
+			if !d.AllArgs(&f.TLSServerName) {
+				return d.ArgErr()
+			}
+		case "tls_ca_files":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			f.TLSCAFiles = append(f.TLSCAFiles, args...)
+		case "policy":
+			if !d.AllArgs(&f.Policy) {
+				return d.ArgErr()
+			}
+		case "timeout", "fail_duration":
+			into := &f.Timeout
+			if opt == "fail_duration" {
+				into = &f.FailDuration
+			}
+			if err := parseCaddyDuration(d, into); err != nil {
+				return err
+			}
+		case "tries", "max_concurrent", "max_fails":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			v, err := strconv.Atoi(s)
+			if err != nil || (v < 0 && opt != "max_fails") {
+				return d.Errf("%s: want a whole number, got %q", opt, s)
+			}
+			switch opt {
+			case "tries":
+				f.Tries = v
+			case "max_concurrent":
+				f.MaxConcurrent = v
+			default:
+				f.MaxFails = v
+			}
+		case "health_check":
+			hc := new(HealthCheck)
+			args := d.RemainingArgs()
+			if len(args) > 2 {
+				return d.ArgErr()
+			}
+			if len(args) > 0 {
+				hc.Name = args[0]
+			}
+			if len(args) > 1 {
+				hc.Type = args[1]
+			}
+			for n2 := d.Nesting(); d.NextBlock(n2); {
+				switch sub := d.Val(); sub {
+				case "interval":
+					if err := parseCaddyDuration(d, &hc.Interval); err != nil {
+						return err
+					}
+				case "timeout":
+					if err := parseCaddyDuration(d, &hc.Timeout); err != nil {
+						return err
+					}
+				case "fails", "passes":
+					var s string
+					if !d.AllArgs(&s) {
+						return d.ArgErr()
+					}
+					v, err := strconv.Atoi(s)
+					if err != nil || v < 1 {
+						return d.Errf("%s: want a positive whole number, got %q", sub, s)
+					}
+					if sub == "fails" {
+						hc.Fails = v
+					} else {
+						hc.Passes = v
+					}
+				default:
+					return d.Errf("unrecognized subdirective '%s'", sub)
+				}
+			}
+			f.HealthCheck = hc
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	if len(f.To) == 0 {
+		return d.Err("forward needs at least one upstream")
+	}
+	return nil
+}
+
+// parseCaddyDuration reads one positive duration argument.
+func parseCaddyDuration(d *caddyfile.Dispenser, into *caddy.Duration) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	v, err := caddy.ParseDuration(s)
+	if err != nil {
+		return d.Errf("%s: %v", name, err)
+	}
+	if v <= 0 {
+		return d.Errf("%s must be positive, got %s", name, s)
+	}
+	*into = caddy.Duration(v)
+	return nil
+}
+
+// Interface guards
+var (
+	_ Handler               = (*Forward)(nil)
+	_ caddy.Provisioner     = (*Forward)(nil)
+	_ caddy.CleanerUpper    = (*Forward)(nil)
+	_ caddyfile.Unmarshaler = (*Forward)(nil)
+)

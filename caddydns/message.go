@@ -1,0 +1,173 @@
+package caddydns
+
+import (
+	"encoding/binary"
+
+	"github.com/miekg/dns"
+)
+
+// Protocol limits.
+const (
+	// MinMessage is the size of a DNS header: a shorter message is not DNS.
+	MinMessage = 12
+	// MaxMessage is the largest DNS message (RFC 1035 over TCP, RFC 8484).
+	MaxMessage = 65535
+	// PaddingBlock is the block size responses are padded to (RFC 8467).
+	PaddingBlock = 468
+	// advertisedUDPSize is the EDNS buffer size we announce (DNS Flag Day
+	// 2020); our transports are streams, so it only informs the client.
+	advertisedUDPSize = 1232
+)
+
+// Decode unpacks a query. When it does not parse, the returned response is
+// a FORMERR with the query's ID and opcode (if there is a header at all),
+// to be sent back instead.
+func Decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
+	q = new(dns.Msg)
+	if err := q.Unpack(b); err == nil {
+		return q, nil
+	}
+	if len(b) < MinMessage {
+		return nil, nil
+	}
+	m := new(dns.Msg)
+	m.Id = binary.BigEndian.Uint16(b)
+	m.Response = true
+	m.Opcode = int(b[2]>>3) & 0xF
+	m.RecursionDesired = b[2]&1 == 1
+	m.Rcode = dns.RcodeFormatError
+	return nil, m
+}
+
+// checkQuery returns the response to a query that must not reach the
+// handlers, or nil for a query they may answer.
+func checkQuery(q *dns.Msg) *dns.Msg {
+	reply := func(rcode int) *dns.Msg {
+		m := new(dns.Msg)
+		m.SetRcode(q, rcode)
+		return m
+	}
+	switch {
+	case q.Response:
+		return reply(dns.RcodeFormatError)
+	case q.Opcode != dns.OpcodeQuery:
+		return reply(dns.RcodeNotImplemented)
+	case len(q.Question) != 1:
+		return reply(dns.RcodeFormatError)
+	case q.Question[0].Qtype == dns.TypeAXFR || q.Question[0].Qtype == dns.TypeIXFR:
+		return reply(dns.RcodeNotImplemented)
+	}
+	opts := 0
+	for _, rr := range q.Extra {
+		if opt, ok := rr.(*dns.OPT); ok {
+			opts++
+			if opt.Version() > 0 {
+				return reply(dns.RcodeBadVers)
+			}
+		}
+	}
+	if opts > 1 {
+		return reply(dns.RcodeFormatError)
+	}
+	return nil
+}
+
+// finish makes resp an answer to r as the client sent it: the client's ID,
+// opcode, RD and question (its casing too), an OPT record exactly when the
+// query had one (with the DO bit echoed), padding when asked for, and
+// truncation to what the client accepts.
+func finish(r *Request, resp *dns.Msg) {
+	q := r.Msg
+	resp.Id = q.Id
+	resp.Response = true
+	resp.Opcode = q.Opcode
+	resp.RecursionDesired = q.RecursionDesired
+	resp.CheckingDisabled = q.CheckingDisabled
+	if len(q.Question) > 0 {
+		resp.Question = q.Question
+	}
+	resp.Compress = true
+
+	qopt := q.IsEdns0()
+	ropt := removeOPT(resp)
+	if qopt == nil {
+		if resp.Rcode > 0xF {
+			// an extended rcode needs an OPT the client did not offer
+			resp.Rcode = dns.RcodeServerFailure
+		}
+		truncate(resp, r.Size)
+		return
+	}
+	if ropt == nil {
+		ropt = new(dns.OPT)
+		ropt.Hdr.Name = "."
+		ropt.Hdr.Rrtype = dns.TypeOPT
+	}
+	ropt.SetVersion(0)
+	ropt.SetUDPSize(advertisedUDPSize)
+	ropt.SetDo(qopt.Do())
+	// padding and cookies are per hop: drop the upstream's
+	kept := ropt.Option[:0]
+	for _, o := range ropt.Option {
+		switch o.Option() {
+		case dns.EDNS0PADDING, dns.EDNS0COOKIE, dns.EDNS0TCPKEEPALIVE:
+		default:
+			kept = append(kept, o)
+		}
+	}
+	ropt.Option = kept
+	resp.Extra = append(resp.Extra, ropt)
+	truncate(resp, r.Size)
+	if wantsPadding(qopt) {
+		pad(resp, ropt)
+	}
+}
+
+// truncate cuts resp to size bytes (RFC 2181 9: set TC).
+func truncate(resp *dns.Msg, size int) {
+	if size <= 0 || size > MaxMessage {
+		size = MaxMessage
+	}
+	if resp.Len() > size {
+		resp.Truncate(size)
+	}
+}
+
+func removeOPT(m *dns.Msg) *dns.OPT {
+	var found *dns.OPT
+	kept := m.Extra[:0]
+	for _, rr := range m.Extra {
+		if opt, ok := rr.(*dns.OPT); ok {
+			if found == nil {
+				found = opt
+			}
+			continue
+		}
+		kept = append(kept, rr)
+	}
+	m.Extra = kept
+	return found
+}
+
+func wantsPadding(opt *dns.OPT) bool {
+	for _, o := range opt.Option {
+		if o.Option() == dns.EDNS0PADDING {
+			return true
+		}
+	}
+	return false
+}
+
+// pad adds an EDNS padding option (RFC 7830) so that the packed response
+// is a multiple of PaddingBlock octets (RFC 8467 4.1), unless that would
+// pass the largest message.
+func pad(resp *dns.Msg, opt *dns.OPT) {
+	p := &dns.EDNS0_PADDING{}
+	opt.Option = append(opt.Option, p)
+	n := resp.Len() // includes the option's 4-octet header
+	padLen := (PaddingBlock - n%PaddingBlock) % PaddingBlock
+	if n+padLen > MaxMessage {
+		padLen = 0
+	}
+	p.Padding = make([]byte, padLen)
+}

@@ -1,0 +1,102 @@
+package caddydns
+
+import (
+	"errors"
+	"sync"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+)
+
+// Process-wide metrics (counters survive config reloads), registered in
+// each config's registry.
+var (
+	queriesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront",
+		Name:      "queries_total",
+		Help:      "DNS queries answered, by server, transport and response code.",
+	}, []string{"server", "transport", "rcode"})
+	queryDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "dnsfront",
+		Name:      "query_duration_seconds",
+		Help:      "Time from a decoded query to its response, by server and transport.",
+		Buckets:   []float64{.00005, .0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"server", "transport"})
+	upstreamQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_queries_total",
+		Help:      "Queries sent to an upstream.",
+	}, []string{"upstream"})
+	upstreamErrors = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_errors_total",
+		Help:      "Queries to an upstream that got no usable answer.",
+	}, []string{"upstream"})
+	upstreamDuration = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_duration_seconds",
+		Help:      "Round trip of answered queries to an upstream.",
+		Buckets:   []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5},
+	}, []string{"upstream"})
+	upstreamHealthy = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_healthy",
+		Help:      "1 when the upstream is considered up, 0 when down.",
+	}, []string{"upstream"})
+
+	registerMu sync.Mutex
+)
+
+// RegisterCollectors registers collectors in a config's registry,
+// tolerating ones registered already.
+func RegisterCollectors(reg *prometheus.Registry, cs ...prometheus.Collector) error {
+	if reg == nil {
+		return nil
+	}
+	registerMu.Lock()
+	defer registerMu.Unlock()
+	for _, c := range cs {
+		if err := reg.Register(c); err != nil {
+			var are prometheus.AlreadyRegisteredError
+			if !errors.As(err, &are) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+func registerCoreMetrics(ctx caddy.Context) {
+	_ = RegisterCollectors(ctx.GetMetricsRegistry(), queriesTotal, queryDuration,
+		upstreamQueries, upstreamErrors, upstreamDuration, upstreamHealthy)
+}
+
+// serverMetrics are one server's query metrics with their labels bound,
+// so the query path does no label look-up for the common rcodes.
+type serverMetrics struct {
+	server, transport string
+	byRcode           [24]prometheus.Counter
+	duration          prometheus.Observer
+}
+
+func newServerMetrics(ctx caddy.Context, server, transport string) *serverMetrics {
+	registerCoreMetrics(ctx)
+	m := &serverMetrics{server: server, transport: transport, duration: queryDuration.WithLabelValues(server, transport)}
+	for rc := range m.byRcode {
+		if name, ok := dns.RcodeToString[rc]; ok {
+			m.byRcode[rc] = queriesTotal.WithLabelValues(server, transport, name)
+		}
+	}
+	return m
+}
+
+func (m *serverMetrics) observe(rcode int, d time.Duration) {
+	if rcode >= 0 && rcode < len(m.byRcode) && m.byRcode[rcode] != nil {
+		m.byRcode[rcode].Inc()
+	} else {
+		queriesTotal.WithLabelValues(m.server, m.transport, dns.RcodeToString[rcode]).Inc()
+	}
+	m.duration.Observe(d.Seconds())
+}

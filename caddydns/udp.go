@@ -1,0 +1,153 @@
+package caddydns
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"sync"
+	"sync/atomic"
+
+	"github.com/miekg/dns"
+)
+
+// udpSockets is how many sockets a UDP upstream multiplexes queries over:
+// enough to spread load and source ports, few enough to stay cheap.
+const udpSockets = 4
+
+// udpClient sends queries to one UDP upstream over a few connected
+// sockets, each read by one goroutine that hands answers to the waiting
+// query by ID. Answers whose ID is unknown or whose question differs are
+// dropped (anti-spoofing), and the query goes on waiting.
+type udpClient struct {
+	addr  string
+	next  atomic.Uint32
+	socks [udpSockets]udpSocket
+}
+
+type udpSocket struct {
+	mu      sync.Mutex
+	conn    *net.UDPConn // nil until first use or after an error
+	pending map[uint16]*call
+	closed  bool
+}
+
+// call is one query waiting for its answer.
+type call struct {
+	q    *dns.Msg
+	resp chan *dns.Msg // buffered 1; nil is sent when the connection dies
+}
+
+func newUDPClient(addr string) *udpClient {
+	c := &udpClient{addr: addr}
+	for i := range c.socks {
+		c.socks[i].pending = make(map[uint16]*call)
+	}
+	return c
+}
+
+// exchange sends packed (its ID is replaced) and waits for the answer.
+func (c *udpClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+	s := &c.socks[c.next.Add(1)%udpSockets]
+	call := &call{q: q, resp: make(chan *dns.Msg, 1)}
+
+	s.mu.Lock()
+	if s.closed {
+		s.mu.Unlock()
+		return nil, ErrUpstreamClosed
+	}
+	if s.conn == nil {
+		conn, err := dialUDP(c.addr)
+		if err != nil {
+			s.mu.Unlock()
+			return nil, err
+		}
+		s.conn = conn
+		go c.read(s, conn)
+	}
+	conn := s.conn
+	var id uint16
+	for {
+		id = queryID()
+		if _, busy := s.pending[id]; !busy {
+			break
+		}
+	}
+	s.pending[id] = call
+	s.mu.Unlock()
+	defer func() {
+		s.mu.Lock()
+		if s.pending[id] == call {
+			delete(s.pending, id)
+		}
+		s.mu.Unlock()
+	}()
+
+	withID(packed, id)
+	if _, err := conn.Write(packed); err != nil {
+		return nil, fmt.Errorf("udp %s: %w", c.addr, err)
+	}
+	select {
+	case resp := <-call.resp:
+		return resp, nil
+	case <-ctx.Done():
+		return nil, fmt.Errorf("udp %s: %w", c.addr, ctx.Err())
+	}
+}
+
+func dialUDP(addr string) (*net.UDPConn, error) {
+	ua, err := net.ResolveUDPAddr("udp", addr)
+	if err != nil {
+		return nil, err
+	}
+	return net.DialUDP("udp", nil, ua)
+}
+
+// read hands each answer on conn to its query until conn fails.
+func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
+	buf := make([]byte, MaxMessage)
+	for {
+		n, err := conn.Read(buf)
+		if err != nil {
+			s.mu.Lock()
+			if s.conn == conn {
+				s.conn = nil // the next query dials again
+			}
+			s.mu.Unlock()
+			conn.Close()
+			return
+		}
+		if n < MinMessage {
+			continue
+		}
+		id := uint16(buf[0])<<8 | uint16(buf[1])
+		s.mu.Lock()
+		call := s.pending[id]
+		s.mu.Unlock()
+		if call == nil {
+			continue // late, or not ours
+		}
+		resp := new(dns.Msg)
+		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(call.q, resp) {
+			continue // spoofed or garbled: keep waiting for the real one
+		}
+		s.mu.Lock()
+		if s.pending[id] == call {
+			delete(s.pending, id)
+			call.resp <- resp
+		}
+		s.mu.Unlock()
+	}
+}
+
+func (c *udpClient) close() {
+	for i := range c.socks {
+		s := &c.socks[i]
+		s.mu.Lock()
+		s.closed = true
+		if s.conn != nil {
+			s.conn.Close()
+			s.conn = nil
+		}
+		s.mu.Unlock()
+	}
+}

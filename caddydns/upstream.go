@@ -1,0 +1,230 @@
+package caddydns
+
+import (
+	"context"
+	"crypto/tls"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"net"
+	"net/url"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.uber.org/zap"
+)
+
+// upstreams are shared by every forward handler of every config that
+// names the same upstream, so health and connections survive reloads.
+var upstreams = caddy.NewUsagePool()
+
+// Errors of an exchange with an upstream.
+var (
+	ErrUpstreamBusy    = errors.New("upstream has too many queries in flight")
+	ErrMismatch        = errors.New("upstream answer does not match the query")
+	ErrUpstreamClosed  = errors.New("upstream connection closed")
+	errNoUpstream      = errors.New("no upstream")
+	errAnswerTruncated = errors.New("upstream answer truncated")
+)
+
+// upstreamSpec says what an upstream is; it is the key of the pool.
+type upstreamSpec struct {
+	proto      string // udp, tcp, tls
+	addr       string // host:port
+	serverName string // tls
+	caFiles    string // tls: comma-joined PEM files, "" = system roots
+}
+
+func (s upstreamSpec) key() string {
+	return s.proto + "://" + s.addr + "|" + s.serverName + "|" + s.caFiles
+}
+
+// String is the upstream's name in metrics and logs.
+func (s upstreamSpec) String() string { return s.proto + "://" + s.addr }
+
+// parseUpstream reads "udp://host:port", "tcp://...", "tls://..." or a
+// bare "host[:port]" (UDP). Ports default to 53, or 853 for tls.
+func parseUpstream(s string) (upstreamSpec, error) {
+	spec := upstreamSpec{proto: "udp"}
+	rest := s
+	if i := strings.Index(s, "://"); i >= 0 {
+		u, err := url.Parse(s)
+		if err != nil {
+			return spec, fmt.Errorf("upstream %q: %w", s, err)
+		}
+		if u.Path != "" || u.RawQuery != "" || u.User != nil {
+			return spec, fmt.Errorf("upstream %q: only scheme://host:port is allowed", s)
+		}
+		spec.proto, rest = u.Scheme, u.Host
+	}
+	port := "53"
+	switch spec.proto {
+	case "udp", "tcp", "dns":
+		if spec.proto == "dns" {
+			spec.proto = "udp"
+		}
+	case "tls":
+		port = "853"
+	default:
+		return spec, fmt.Errorf("upstream %q: unsupported scheme %q (udp, tcp or tls)", s, spec.proto)
+	}
+	host, p, err := net.SplitHostPort(rest)
+	if err != nil {
+		host, p = strings.Trim(rest, "[]"), port
+	}
+	if host == "" {
+		return spec, fmt.Errorf("upstream %q: no host", s)
+	}
+	spec.addr = net.JoinHostPort(host, p)
+	return spec, nil
+}
+
+// exchanger sends one packed query and returns the raw answer.
+type exchanger interface {
+	exchange(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error)
+	close()
+}
+
+// upstream is one upstream server with its clients and health.
+type upstream struct {
+	spec   upstreamSpec
+	name   string
+	udp    *udpClient    // nil unless proto is udp
+	stream *streamClient // tcp or tls; for udp, the TC=1 fallback
+
+	outstanding atomic.Int64
+
+	// passive health: consecutive failures of real queries
+	fails     atomic.Int32
+	downUntil atomic.Int64 // unix nanos
+	// active health
+	activeDown     atomic.Bool
+	checks         atomic.Pointer[healthConfig] // nil: no active checks
+	checkerMu      sync.Mutex
+	checkerRunning bool
+	checkerKick    chan struct{}
+	checkerStop    chan struct{}
+	checkerDone    chan struct{}
+	healthLogger   atomic.Pointer[zap.Logger]
+
+	queries  prometheus.Counter
+	errors   prometheus.Counter
+	duration prometheus.Observer
+	healthy  prometheus.Gauge
+}
+
+func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
+	name := spec.String()
+	u := &upstream{
+		spec:        spec,
+		name:        name,
+		checkerKick: make(chan struct{}, 1),
+		checkerStop: make(chan struct{}),
+		checkerDone: make(chan struct{}),
+		queries:     upstreamQueries.WithLabelValues(name),
+		errors:      upstreamErrors.WithLabelValues(name),
+		duration:    upstreamDuration.WithLabelValues(name),
+		healthy:     upstreamHealthy.WithLabelValues(name),
+	}
+	u.healthy.Set(1)
+	switch spec.proto {
+	case "udp":
+		u.udp = newUDPClient(spec.addr)
+		u.stream = newStreamClient(spec.addr, nil)
+	case "tcp":
+		u.stream = newStreamClient(spec.addr, nil)
+	case "tls":
+		u.stream = newStreamClient(spec.addr, tlsCfg)
+	}
+	return u
+}
+
+// Destruct implements caddy.Destructor: the last user is gone.
+func (u *upstream) Destruct() error {
+	close(u.checkerStop)
+	u.checkerMu.Lock()
+	running := u.checkerRunning
+	u.checkerMu.Unlock()
+	if running {
+		<-u.checkerDone
+	}
+	if u.udp != nil {
+		u.udp.close()
+	}
+	u.stream.close()
+	return nil
+}
+
+// isHealthy reports whether queries should be sent to u.
+func (u *upstream) isHealthy(now time.Time) bool {
+	return !u.activeDown.Load() && now.UnixNano() >= u.downUntil.Load()
+}
+
+// query sends q (packed, with the ID to use) and returns the answer; over
+// UDP a truncated answer is asked again over TCP.
+func (u *upstream) query(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+	var resp *dns.Msg
+	var err error
+	if u.udp != nil {
+		resp, err = u.udp.exchange(ctx, q, packed)
+		if err == nil && resp.Truncated {
+			resp, err = u.stream.exchange(ctx, q, packed)
+		}
+	} else {
+		resp, err = u.stream.exchange(ctx, q, packed)
+	}
+	return resp, err
+}
+
+// record notes the outcome of a real query for passive health checking.
+func (u *upstream) record(err error, d time.Duration, maxFails int, failDuration time.Duration) {
+	u.queries.Inc()
+	if err == nil {
+		u.duration.Observe(d.Seconds())
+		u.fails.Store(0)
+		u.updateGauge()
+		return
+	}
+	u.errors.Inc()
+	if maxFails > 0 && int(u.fails.Add(1)) >= maxFails {
+		u.fails.Store(0)
+		u.downUntil.Store(time.Now().Add(failDuration).UnixNano())
+		if l := u.healthLogger.Load(); l != nil {
+			l.Warn("upstream marked down after failed queries", zap.String("upstream", u.name),
+				zap.Int("failures", maxFails), zap.Duration("for", failDuration), zap.Error(err))
+		}
+		u.healthy.Set(0)
+	}
+}
+
+func (u *upstream) updateGauge() {
+	if u.isHealthy(time.Now()) {
+		u.healthy.Set(1)
+	} else {
+		u.healthy.Set(0)
+	}
+}
+
+// queryID returns a random message ID (ChaCha8, unpredictable to an
+// off-path attacker).
+func queryID() uint16 { return uint16(rand.Uint32()) }
+
+// withID returns packed with its ID set (the first two octets).
+func withID(packed []byte, id uint16) {
+	packed[0], packed[1] = byte(id>>8), byte(id)
+}
+
+// sameQuestion checks that an answer is for the question asked
+// (anti-spoofing, with RFC 4343 case-insensitivity).
+func sameQuestion(q, a *dns.Msg) bool {
+	if len(a.Question) != 1 || len(q.Question) != 1 {
+		return false
+	}
+	x, y := q.Question[0], a.Question[0]
+	return x.Qtype == y.Qtype && x.Qclass == y.Qclass && strings.EqualFold(x.Name, y.Name)
+}

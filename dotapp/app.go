@@ -1,0 +1,90 @@
+// Package dotapp is the `dot` Caddy app: DNS over TLS servers (RFC 7858)
+// with RFC 7766 connection handling, TLS from Caddy's tls app (with the
+// ocsp app's staples), answering through the caddydns handler chain.
+package dotapp
+
+import (
+	"fmt"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"go.uber.org/zap"
+)
+
+func init() {
+	caddy.RegisterModule(App{})
+}
+
+// App is the `dot` app: a set of DNS over TLS servers.
+type App struct {
+	// Servers by name (the name labels metrics and logs).
+	Servers map[string]*Server `json:"servers,omitempty"`
+
+	logger *zap.Logger
+}
+
+// CaddyModule returns the Caddy module information.
+func (App) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "dot", New: func() caddy.Module { return new(App) }}
+}
+
+// Provision sets up each server.
+func (a *App) Provision(ctx caddy.Context) error {
+	a.logger = ctx.Logger()
+	for name, s := range a.Servers {
+		if err := s.provision(ctx, name, a.logger.With(zap.String("server", name))); err != nil {
+			return fmt.Errorf("server %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Validate checks that no two servers listen on the same address.
+func (a *App) Validate() error {
+	seen := make(map[string]string)
+	for name, s := range a.Servers {
+		for _, addr := range s.addrs {
+			for port := addr.StartPort; port <= addr.EndPort; port++ {
+				k := addr.JoinHostPort(port - addr.StartPort)
+				if other, dup := seen[k]; dup {
+					return fmt.Errorf("servers %s and %s both listen on %s", other, name, k)
+				}
+				seen[k] = name
+			}
+		}
+	}
+	return nil
+}
+
+// Start opens every server's listeners.
+func (a *App) Start() error {
+	for name, s := range a.Servers {
+		if err := s.start(); err != nil {
+			// the caller stops the apps of a config that failed to start
+			return fmt.Errorf("server %s: %w", name, err)
+		}
+	}
+	return nil
+}
+
+// Stop closes the listeners. Open connections are handed to the server
+// that replaces this one on the same address (a reload) or drained.
+func (a *App) Stop() error {
+	var wg sync.WaitGroup
+	for _, s := range a.Servers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.stop()
+		}()
+	}
+	wg.Wait()
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddy.App         = (*App)(nil)
+	_ caddy.Provisioner = (*App)(nil)
+	_ caddy.Validator   = (*App)(nil)
+)

@@ -1,0 +1,84 @@
+package dotapp
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+)
+
+// UnmarshalCaddyfile sets up a server from the tokens of a `dot` global
+// option. Syntax:
+//
+//	dot [<listen addresses...>] {
+//		listen <addresses...>
+//		server_name <names...>
+//		idle_timeout <duration>
+//		read_timeout <duration>
+//		handshake_timeout <duration>
+//		grace_period <duration>
+//		max_in_flight <n>
+//		max_queries <n>
+//		max_connections <n>
+//		max_connections_per_client <n>
+//		<dns handler> ...    # zone, forward: answered in this order
+//	}
+func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // option name
+	s.Listen = append(s.Listen, d.RemainingArgs()...)
+	for n := d.Nesting(); d.NextBlock(n); {
+		opt := d.Val()
+		switch opt {
+		case "listen":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			s.Listen = append(s.Listen, args...)
+		case "server_name":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.ArgErr()
+			}
+			s.ServerNames = append(s.ServerNames, args...)
+		case "idle_timeout", "read_timeout", "handshake_timeout", "grace_period":
+			into := map[string]*caddy.Duration{"idle_timeout": &s.IdleTimeout, "read_timeout": &s.ReadTimeout,
+				"handshake_timeout": &s.HandshakeTimeout, "grace_period": &s.GracePeriod}[opt]
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(v)
+			if err != nil || dur <= 0 {
+				return d.Errf("%s: want a positive duration, got %q", opt, v)
+			}
+			*into = caddy.Duration(dur)
+		case "max_in_flight", "max_queries", "max_connections", "max_connections_per_client":
+			into := map[string]*int{"max_in_flight": &s.MaxInFlight, "max_queries": &s.MaxQueries,
+				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient}[opt]
+			var v string
+			if !d.AllArgs(&v) {
+				return d.ArgErr()
+			}
+			i, err := strconv.Atoi(v)
+			if err != nil || i < 0 {
+				return d.Errf("%s: want a whole number, got %q", opt, v)
+			}
+			*into = i
+		default:
+			ok, err := s.Chain.UnmarshalHandler(d)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return d.Errf("unrecognized subdirective '%s' (not a dot option nor a dns handler)", opt)
+			}
+		}
+	}
+	if len(s.Listen) == 0 {
+		return d.Err("dot needs a listen address, e.g. dot 127.0.0.1:853")
+	}
+	return nil
+}
+
+var _ caddyfile.Unmarshaler = (*Server)(nil)

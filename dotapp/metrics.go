@@ -1,0 +1,44 @@
+package dotapp
+
+import (
+	"github.com/caddyserver/caddy/v2"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+)
+
+var (
+	connsOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_open",
+		Help: "DNS over TLS connections open, after the handshake.",
+	}, []string{"server"})
+	handshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront", Subsystem: "dot", Name: "handshake_failures_total",
+		Help: "TLS handshakes that failed or timed out.",
+	}, []string{"server"})
+	connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_refused_total",
+		Help: "Connections closed at once by a limit, by reason.",
+	}, []string{"server", "reason"})
+	badFrames = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront", Subsystem: "dot", Name: "bad_frames_total",
+		Help: "Connections closed for a length prefix shorter than a DNS header.",
+	}, []string{"server"})
+)
+
+type dotMetrics struct {
+	open              prometheus.Gauge
+	handshakeFailures prometheus.Counter
+	refused           *prometheus.CounterVec
+	badFrames         prometheus.Counter
+}
+
+func newDotMetrics(ctx caddy.Context, server string) *dotMetrics {
+	_ = caddydns.RegisterCollectors(ctx.GetMetricsRegistry(), connsOpen, handshakeFailures, connsRefused, badFrames)
+	return &dotMetrics{
+		open:              connsOpen.WithLabelValues(server),
+		handshakeFailures: handshakeFailures.WithLabelValues(server),
+		refused:           connsRefused.MustCurryWith(prometheus.Labels{"server": server}),
+		badFrames:         badFrames.WithLabelValues(server),
+	}
+}
