@@ -113,4 +113,3 @@ func (c *Chain) Serve(ctx context.Context, r *Request) *dns.Msg {
 	c.metrics.observe(resp.Rcode, time.Since(start))
 	return resp
 }
-
