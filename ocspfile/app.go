@@ -12,10 +12,12 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
+	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"go.uber.org/zap"
 )
 
@@ -50,7 +52,10 @@ type App struct {
 	logger  *zap.Logger
 	events  *caddyevents.App
 	managed Source
-	entries []*entry
+	// entries are the certificates of Certificates, copy-on-write: a
+	// renewed issued certificate replaces its entry while handshakes read
+	entries   *atomic.Pointer[[]*entry]
+	entriesMu *sync.Mutex
 
 	managedMu      *sync.Mutex
 	managedEntries map[string]*entry // by certmagic's OCSP storage key
@@ -59,13 +64,25 @@ type App struct {
 	wg     *sync.WaitGroup
 }
 
-// Certificate is a certificate the operator supplies, with its staple.
+// Certificate is a certificate the operator supplies as files, or one the
+// app issues from Caddy's internal CA, with its staple.
 type Certificate struct {
 	// Certificate is the PEM file with the certificate, followed by the
 	// chain that is served with it.
 	Certificate string `json:"certificate,omitempty"`
 	// Key is the PEM file with the certificate's private key.
 	Key string `json:"key,omitempty"`
+	// Issue makes the app issue the certificate itself, for these names,
+	// from a CA of Caddy's pki app (instead of Certificate and Key): like
+	// `tls internal`, but with the first name as the subject's common
+	// name, which clients built on GnuTLS (kdig) require. It is kept in
+	// Caddy's storage and issued again at two thirds of its lifetime; its
+	// staple source defaults to `pki`.
+	Issue []string `json:"issue,omitempty"`
+	// CA is the pki app's CA that issues Issue. Default: "local".
+	CA string `json:"ca,omitempty"`
+	// Lifetime of an issued certificate. Default: 7 days.
+	Lifetime caddy.Duration `json:"lifetime,omitempty"`
 	// Issuer is the PEM file with the certificate of the CA that issued
 	// the certificate. Default: the second certificate of Certificate.
 	Issuer string `json:"issuer,omitempty"`
@@ -87,7 +104,8 @@ func (a *App) Provision(ctx caddy.Context) error {
 	a.ctx = ctx
 	a.logger = ctx.Logger()
 	a.managedEntries = make(map[string]*entry)
-	a.managedMu, a.wg = new(sync.Mutex), new(sync.WaitGroup)
+	a.managedMu, a.wg, a.entriesMu = new(sync.Mutex), new(sync.WaitGroup), new(sync.Mutex)
+	a.entries = new(atomic.Pointer[[]*entry])
 	registerMetrics(ctx.GetMetricsRegistry(), a.logger)
 	ev, err := ctx.App("events")
 	if err != nil {
@@ -102,24 +120,122 @@ func (a *App) Provision(ctx caddy.Context) error {
 		}
 		a.managed = mod.(Source)
 	}
+	var entries []*entry
 	for i, c := range a.Certificates {
-		e, err := a.provisionCertificate(ctx, c)
+		var e *entry
+		var err error
+		if len(c.Issue) > 0 {
+			e, err = a.provisionIssued(ctx, c)
+		} else {
+			e, err = a.provisionCertificate(ctx, c)
+		}
 		if err != nil {
 			return fmt.Errorf("certificates[%d]: %w", i, err)
 		}
-		a.entries = append(a.entries, e)
-	}
-	// two entries for one certificate would fight over one staple slot
-	for i, e := range a.entries {
-		for _, o := range a.entries[:i] {
+		// two entries for one certificate would fight over one staple slot
+		for _, o := range entries {
 			if e.slot == o.slot {
 				return fmt.Errorf("certificates[%d]: %s is listed twice (also as %s)", i, e.name, o.name)
 			}
 		}
+		entries = append(entries, e)
 	}
-	for _, e := range a.entries {
+	a.entries.Store(&entries)
+	for _, e := range entries {
 		a.refresh(ctx, e, false)
 	}
+	return nil
+}
+
+// certEntries returns the current entries of Certificates.
+func (a *App) certEntries() []*entry {
+	if a.entries == nil {
+		return nil
+	}
+	if p := a.entries.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
+// provisionIssued sets up a certificate the app issues from the pki app.
+func (a *App) provisionIssued(ctx caddy.Context, c *Certificate) (*entry, error) {
+	if c.Certificate != "" || c.Key != "" {
+		return nil, errors.New("give either issue or certificate and key, not both")
+	}
+	is := &issuer{names: c.Issue, caID: c.CA, lifetime: time.Duration(c.Lifetime)}
+	if is.caID == "" {
+		is.caID = caddypki.DefaultCAID
+	}
+	if is.lifetime <= 0 {
+		is.lifetime = DefaultIssueLifetime
+	}
+	pkiApp, err := ctx.App("pki")
+	if err != nil {
+		return nil, fmt.Errorf("issue: loading pki app: %w", err)
+	}
+	ca, ok := pkiApp.(*caddypki.PKI).CAs[is.caID]
+	if !ok {
+		return nil, fmt.Errorf("issue: no CA %q in the pki app", is.caID)
+	}
+	is.ca = ca
+	var src Source
+	if c.SourceRaw != nil {
+		mod, err := ctx.LoadModule(c, "SourceRaw")
+		if err != nil {
+			return nil, fmt.Errorf("issue %v: loading staple source: %w", c.Issue, err)
+		}
+		src = mod.(Source)
+	} else {
+		p := &PKISource{CA: is.caID}
+		if err := p.Provision(ctx); err != nil {
+			return nil, err
+		}
+		src = p
+	}
+	return a.issuedEntry(ctx, is, src)
+}
+
+// issuedEntry gets (from storage, or newly issued) the certificate of is
+// and makes its entry.
+func (a *App) issuedEntry(ctx context.Context, is *issuer, src Source) (*entry, error) {
+	pair, err := is.certificate(ctx, a.ctx.Storage(), time.Now())
+	if err != nil {
+		return nil, fmt.Errorf("issue %v: %w", is.names, err)
+	}
+	issuerCert, err := x509.ParseCertificate(pair.Certificate[1])
+	if err != nil {
+		return nil, err
+	}
+	e := a.newEntry("issued "+is.names[0], pair.Leaf, issuerCert, src)
+	e.cert = pair
+	e.storageHash = bundleHash(pair.Certificate)
+	e.reissue, e.renewAt = is, renewAt(pair.Leaf)
+	return e, nil
+}
+
+// renew issues a new certificate for an issued entry, obtains its staple,
+// and puts it in the old one's place; the old entry's loop ends.
+func (a *App) renew(ctx context.Context, old *entry) error {
+	e, err := a.issuedEntry(ctx, old.reissue, old.source)
+	if err != nil {
+		return err
+	}
+	a.refresh(ctx, e, true)
+	a.entriesMu.Lock()
+	next := slices.Clone(a.certEntries())
+	for i, x := range next {
+		if x == old {
+			next[i] = e
+		}
+	}
+	a.entries.Store(&next)
+	a.entriesMu.Unlock()
+	_, _ = slots.Delete(old.slot.key)
+	a.logger.Info("issued certificate renewed", zap.Strings("names", old.reissue.names),
+		zap.String("serial", e.labels[1]), zap.Time("not_after", e.leaf.NotAfter))
+	a.wg.Add(1)
+	go a.maintain(ctx, e)
 	return nil
 }
 
@@ -206,11 +322,11 @@ func (a *App) newEntry(name string, leaf, issuer *x509.Certificate, src Source) 
 func (a *App) Start() error {
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
-	for _, e := range a.entries {
+	for _, e := range a.certEntries() {
 		a.wg.Add(1)
 		go a.maintain(ctx, e)
 	}
-	a.logger.Info("ocsp stapling started", zap.Int("certificates", len(a.entries)), zap.Bool("managed", a.managed != nil))
+	a.logger.Info("ocsp stapling started", zap.Int("certificates", len(a.certEntries())), zap.Bool("managed", a.managed != nil))
 	return nil
 }
 
@@ -235,7 +351,7 @@ func (a *App) Cleanup() error {
 func (a *App) allEntries() []*entry {
 	a.managedMu.Lock()
 	defer a.managedMu.Unlock()
-	all := slices.Clone(a.entries)
+	all := slices.Clone(a.certEntries())
 	for _, e := range a.managedEntries {
 		all = append(all, e)
 	}
@@ -250,7 +366,14 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 			a.logger.Error("ocsp refresh loop panicked", zap.String("certificate", e.name), zap.Any("panic", r))
 		}
 	}()
-	timer := time.NewTimer(time.Until(e.nextRefresh()))
+	next := func() time.Duration {
+		d := time.Until(e.nextRefresh())
+		if e.reissue != nil {
+			d = min(d, time.Until(e.renewAt))
+		}
+		return max(d, minRefreshDelay)
+	}
+	timer := time.NewTimer(next())
 	defer timer.Stop()
 	for {
 		select {
@@ -260,10 +383,18 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 			// refreshed elsewhere: the next refresh time changed
 			timer.Stop()
 		case <-timer.C:
+			if e.reissue != nil && !time.Now().Before(e.renewAt) {
+				err := a.renew(ctx, e)
+				if err == nil {
+					return // the new entry has its own loop
+				}
+				a.logger.Error("renewing issued certificate", zap.Strings("names", e.reissue.names), zap.Error(err))
+				e.renewAt = time.Now().Add(time.Minute)
+			}
 			a.refresh(ctx, e, false)
 			<-e.rescheduled // our own refresh's signal
 		}
-		timer.Reset(max(time.Until(e.nextRefresh()), minRefreshDelay))
+		timer.Reset(next())
 	}
 }
 
@@ -293,7 +424,7 @@ func (a *App) Statuses() []Status {
 func (a *App) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
 	var fallback *entry
-	for _, e := range a.entries {
+	for _, e := range a.certEntries() {
 		if name != "" && e.leaf.VerifyHostname(name) != nil {
 			continue
 		}

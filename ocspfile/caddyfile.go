@@ -18,6 +18,11 @@ import (
 //				...
 //			}
 //		}
+//		issue <names...> {
+//			ca <pki_ca_id>
+//			lifetime <duration>
+//			staple <source> [<args...>]
+//		}
 //		managed <source> [<args...>] {
 //			...
 //		}
@@ -49,6 +54,35 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					}
 					if !d.AllArgs(&c.Issuer) {
 						return d.ArgErr()
+					}
+				case "staple":
+					if c.SourceRaw != nil {
+						return d.Err("staple source already specified")
+					}
+					raw, err := unmarshalSource(d)
+					if err != nil {
+						return err
+					}
+					c.SourceRaw = raw
+				default:
+					return d.Errf("unrecognized subdirective '%s'", d.Val())
+				}
+			}
+			a.Certificates = append(a.Certificates, c)
+		case "issue":
+			c := &Certificate{Issue: d.RemainingArgs()}
+			if len(c.Issue) == 0 {
+				return d.Errf("issue needs the names to issue a certificate for")
+			}
+			for n := d.Nesting(); d.NextBlock(n); {
+				switch d.Val() {
+				case "ca":
+					if !d.AllArgs(&c.CA) {
+						return d.ArgErr()
+					}
+				case "lifetime":
+					if err := parseDuration(d, &c.Lifetime); err != nil {
+						return err
 					}
 				case "staple":
 					if c.SourceRaw != nil {

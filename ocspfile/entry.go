@@ -70,6 +70,9 @@ type entry struct {
 	// storageHash is certmagic's hash of the PEM chain, which names the
 	// certificate's staple in storage (ocsp/<name>-<hash>)
 	storageHash string
+	// reissue makes the certificate again at renewAt (issued entries)
+	reissue *issuer
+	renewAt time.Time
 	// rescheduled wakes the refresh loop after a refresh it did not run
 	// (POST /ocsp/reload), so that a failure starts the back-off at once
 	rescheduled chan struct{}

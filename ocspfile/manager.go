@@ -40,7 +40,7 @@ func (m *Manager) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("get_certificate ocsp: %w", err)
 	}
 	m.app = app.(*App)
-	if len(m.app.entries) == 0 {
+	if len(m.app.certEntries()) == 0 {
 		return errors.New("get_certificate ocsp: the ocsp app has no certificates: add a certificate to the global ocsp option")
 	}
 	return nil

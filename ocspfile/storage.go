@@ -155,7 +155,7 @@ func (a *App) entryForStorageKey(ctx context.Context, backend certmagic.Storage,
 	if !ok {
 		return nil
 	}
-	for _, e := range a.entries {
+	for _, e := range a.certEntries() {
 		if e.storageHash == hash {
 			return e
 		}

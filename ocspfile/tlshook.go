@@ -35,7 +35,7 @@ func StapleConnectionPolicies(ctx caddy.Context, cps caddytls.ConnectionPolicies
 
 func (a *App) wrapGetCertificate(next func(*tls.ClientHelloInfo) (*tls.Certificate, error)) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-		if len(a.entries) > 0 {
+		if len(a.certEntries()) > 0 {
 			if c, err := a.GetCertificate(hello); err == nil {
 				return c, nil
 			}
