@@ -10,6 +10,7 @@ import (
 	// plug in the modules
 	_ "github.com/dnsfront/dnsfront/caddydns"
 	_ "github.com/dnsfront/dnsfront/caddyfile"
+	_ "github.com/dnsfront/dnsfront/dohhandler"
 	_ "github.com/dnsfront/dnsfront/dotapp"
 	_ "github.com/dnsfront/dnsfront/ocspfile"
 )

@@ -11,7 +11,9 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/caddyconfig/httpcaddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 
+	"github.com/dnsfront/dnsfront/dohhandler"
 	"github.com/dnsfront/dnsfront/dotapp"
 	"github.com/dnsfront/dnsfront/ocspfile"
 )
@@ -19,6 +21,17 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("ocsp", parseOCSP)
 	httpcaddyfile.RegisterGlobalOption("dot", parseDoT)
+	httpcaddyfile.RegisterHandlerDirective("doh", parseDoH)
+	// before respond, so that a site can answer DoH on its path and
+	// something else everywhere else without an order line
+	httpcaddyfile.RegisterDirectiveOrder("doh", httpcaddyfile.Before, "respond")
+}
+
+// parseDoH sets up the `doh` directive (see dohhandler.Handler).
+func parseDoH(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
+	handler := new(dohhandler.Handler)
+	err := handler.UnmarshalCaddyfile(h.Dispenser)
+	return handler, err
 }
 
 // parseDoT adds a DNS over TLS server to the `dot` app for each `dot`

@@ -1,0 +1,261 @@
+// Package dohhandler is `http.handlers.doh`: DNS over HTTPS (RFC 8484)
+// inside any Caddy site, answering through the caddydns handler chain.
+package dohhandler
+
+import (
+	"bytes"
+	"encoding/base64"
+	"io"
+	"mime"
+	"net/http"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+)
+
+func init() {
+	caddy.RegisterModule(Handler{})
+}
+
+// Media types of RFC 8484 and of the JSON API.
+const (
+	MessageType = "application/dns-message"
+	JSONType    = "application/dns-json"
+)
+
+// Handler answers DNS over HTTPS requests (RFC 8484): GET with the query
+// in the `dns` parameter (base64url), POST with the query as an
+// application/dns-message body, HEAD as GET without the body; and the JSON
+// API Google and Cloudflare serve (`?name=&type=`), unless disabled.
+// Requests are answered through the same handler chain as DoT. A DNS
+// failure (no upstream answered) is a SERVFAIL answer with HTTP 200, as
+// RFC 8484 4.2.1 intends; a bad HTTP request gets a 4xx with a short text
+// saying what was wrong.
+type Handler struct {
+	caddydns.Chain
+
+	// Name labels the handler's metrics. Default: "doh".
+	Name string `json:"name,omitempty"`
+	// DisableJSON turns the JSON API off.
+	DisableJSON bool `json:"disable_json,omitempty"`
+
+	logger    *zap.Logger
+	responses *responseMetrics
+}
+
+// CaddyModule returns the Caddy module information.
+func (Handler) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "http.handlers.doh", New: func() caddy.Module { return new(Handler) }}
+}
+
+// Provision sets up the chain.
+func (h *Handler) Provision(ctx caddy.Context) error {
+	h.logger = ctx.Logger()
+	if h.Name == "" {
+		h.Name = "doh"
+	}
+	if err := h.Chain.Provision(ctx, h.Name, "doh"); err != nil {
+		return err
+	}
+	h.responses = newResponseMetrics(ctx, h.Name)
+	return nil
+}
+
+var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
+
+// ServeHTTP answers a DoH request.
+func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
+	bp := bufPool.Get().(*[]byte)
+	defer bufPool.Put(bp)
+
+	var wire []byte
+	switch r.Method {
+	case http.MethodGet, http.MethodHead:
+		param := r.URL.Query().Get("dns")
+		if param == "" {
+			if !h.DisableJSON && (r.URL.Query().Has("name") || acceptsJSON(r)) {
+				return h.serveJSON(w, r)
+			}
+			return h.fail(w, http.StatusBadRequest, "missing dns parameter: send the query base64url-encoded in ?dns=")
+		}
+		param = strings.TrimRight(param, "=") // padding is tolerated
+		need := base64.RawURLEncoding.DecodedLen(len(param))
+		if need > caddydns.MaxMessage {
+			return h.fail(w, http.StatusRequestURITooLong, "dns parameter holds more than 65535 octets")
+		}
+		buf := (*bp)[:0]
+		if cap(buf) < need {
+			buf = make([]byte, need)
+		}
+		n, err := base64.RawURLEncoding.Decode(buf[:need], []byte(param))
+		if err != nil {
+			return h.fail(w, http.StatusBadRequest, "dns parameter is not base64url: "+err.Error())
+		}
+		wire = buf[:n]
+	case http.MethodPost:
+		ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
+		if err != nil || ct != MessageType {
+			return h.fail(w, http.StatusUnsupportedMediaType, "POST body must be "+MessageType)
+		}
+		buf := bytes.NewBuffer((*bp)[:0])
+		if _, err := buf.ReadFrom(io.LimitReader(r.Body, caddydns.MaxMessage+1)); err != nil {
+			return h.fail(w, http.StatusBadRequest, "reading body: "+err.Error())
+		}
+		wire = buf.Bytes()
+		if len(wire) > caddydns.MaxMessage {
+			return h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
+		}
+	default:
+		w.Header().Set("Allow", "GET, HEAD, POST")
+		return h.fail(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed: use GET or POST")
+	}
+
+	q, _ := caddydns.Decode(wire)
+	if q == nil {
+		return h.fail(w, http.StatusBadRequest, "not a DNS message")
+	}
+	resp := h.Chain.Serve(r.Context(), &caddydns.Request{
+		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
+	})
+	out, err := resp.PackBuffer((*bp)[:cap(*bp)])
+	if err != nil {
+		return h.fail(w, http.StatusInternalServerError, "packing answer: "+err.Error())
+	}
+	*bp = out[:0]
+	hdr := w.Header()
+	hdr["Content-Type"] = []string{MessageType}
+	hdr["Content-Length"] = []string{strconv.Itoa(len(out))}
+	if ttl, ok := cacheTTL(resp); ok {
+		hdr["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(ttl), 10)}
+	}
+	w.WriteHeader(http.StatusOK)
+	h.responses.count(http.StatusOK)
+	if r.Method != http.MethodHead {
+		_, _ = w.Write(out)
+	}
+	return nil
+}
+
+// fail writes an HTTP error with a short text body.
+func (h *Handler) fail(w http.ResponseWriter, status int, msg string) error {
+	if ce := h.logger.Check(zapcore.DebugLevel, "doh request refused"); ce != nil {
+		ce.Write(zap.Int("status", status), zap.String("reason", msg))
+	}
+	h.responses.count(status)
+	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+	w.Header().Set("X-Content-Type-Options", "nosniff")
+	w.WriteHeader(status)
+	_, _ = io.WriteString(w, msg+"\n")
+	return nil
+}
+
+// clientAddr is the client as Caddy determined it (trusted proxies
+// included), not raw headers.
+func clientAddr(r *http.Request) netip.AddrPort {
+	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
+	addr, err := netip.ParseAddr(ip)
+	if err != nil {
+		if ap, err := netip.ParseAddrPort(r.RemoteAddr); err == nil {
+			return ap
+		}
+		return netip.AddrPort{}
+	}
+	return netip.AddrPortFrom(addr.Unmap(), 0)
+}
+
+// cacheTTL is the Cache-Control max-age of an answer (RFC 8484 5.1): the
+// smallest TTL of its records, or for a negative answer the SOA's
+// negative TTL (RFC 2308); none for an answer with nothing to cache.
+func cacheTTL(m *dns.Msg) (uint32, bool) {
+	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
+		return 0, false
+	}
+	ttl, found := uint32(0), false
+	take := func(t uint32) {
+		if !found || t < ttl {
+			ttl, found = t, true
+		}
+	}
+	if len(m.Answer) == 0 {
+		for _, rr := range m.Ns {
+			if soa, ok := rr.(*dns.SOA); ok {
+				take(min(soa.Hdr.Ttl, soa.Minttl))
+			}
+		}
+		return ttl, found
+	}
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if rr.Header().Rrtype != dns.TypeOPT {
+				take(rr.Header().Ttl)
+			}
+		}
+	}
+	return ttl, found
+}
+
+func acceptsJSON(r *http.Request) bool {
+	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
+		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(a)); err == nil && mt == JSONType {
+			return true
+		}
+	}
+	return false
+}
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
+//
+//	doh [<matcher>] {
+//		name <metrics label>
+//		json off
+//		<dns handler> ...    # zone, forward: answered in this order
+//	}
+func (h *Handler) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // directive name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch opt := d.Val(); opt {
+		case "name":
+			if !d.AllArgs(&h.Name) {
+				return d.ArgErr()
+			}
+		case "json":
+			var v string
+			if !d.AllArgs(&v) || (v != "on" && v != "off") {
+				return d.Err("json takes on or off")
+			}
+			h.DisableJSON = v == "off"
+		default:
+			ok, err := h.Chain.UnmarshalHandler(d)
+			if err != nil {
+				return err
+			}
+			if !ok {
+				return d.Errf("unrecognized subdirective '%s' (not a doh option nor a dns handler)", opt)
+			}
+		}
+	}
+	if len(h.HandlersRaw) == 0 {
+		return d.Err("doh needs at least one dns handler, e.g. forward or zone")
+	}
+	return nil
+}
+
+// Interface guards
+var (
+	_ caddyhttp.MiddlewareHandler = (*Handler)(nil)
+	_ caddy.Provisioner           = (*Handler)(nil)
+	_ caddyfile.Unmarshaler       = (*Handler)(nil)
+)
