@@ -1,0 +1,212 @@
+package integration
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"fmt"
+	"io"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// testUpstream is a DNS server on loopback (UDP and TCP on one port) that
+// the forward handler is pointed at. It answers:
+//   - slow.up.test.: after slowDelay;
+//   - big.up.test. TXT: 40 records, truncated (TC=1) over UDP;
+//   - any other name: an A record 198.51.100.<id>, so a test sees which
+//     upstream answered.
+type testUpstream struct {
+	t        testing.TB
+	id       byte
+	addr     string
+	mu       sync.Mutex
+	udp, tcp *dns.Server
+	answered atomic.Int64
+}
+
+const slowDelay = 400 * time.Millisecond
+
+func newTestUpstream(t testing.TB, id byte) *testUpstream {
+	t.Helper()
+	u := &testUpstream{t: t, id: id}
+	// find a port free for both UDP and TCP
+	for i := 0; ; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := pc.LocalAddr().String()
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			pc.Close()
+			if i < 20 {
+				continue
+			}
+			t.Fatal(err)
+		}
+		u.addr = addr
+		u.serve(pc, l)
+		break
+	}
+	t.Cleanup(u.stop)
+	return u
+}
+
+func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
+	u.answered.Add(1)
+	m := new(dns.Msg)
+	m.SetReply(q)
+	m.RecursionAvailable = true
+	name := strings.ToLower(q.Question[0].Name)
+	switch {
+	case name == "slow.up.test.":
+		time.Sleep(slowDelay)
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
+	case name == "big.up.test." && q.Question[0].Qtype == dns.TypeTXT:
+		for i := 0; i < 40; i++ {
+			m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "record %02d padding padding padding padding"`, q.Question[0].Name, i)))
+		}
+		if _, udp := w.RemoteAddr().(*net.UDPAddr); udp {
+			size := 512
+			if opt := q.IsEdns0(); opt != nil {
+				size = int(opt.UDPSize())
+			}
+			m.Truncate(size)
+		}
+	default:
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
+	}
+	_ = w.WriteMsg(m)
+}
+
+func rr(t testing.TB, s string) dns.RR {
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+func (u *testUpstream) serve(pc net.PacketConn, l net.Listener) {
+	started := make(chan struct{}, 2)
+	u.mu.Lock()
+	u.udp = &dns.Server{PacketConn: pc, Handler: dns.HandlerFunc(u.handle), NotifyStartedFunc: func() { started <- struct{}{} }}
+	u.tcp = &dns.Server{Listener: l, Handler: dns.HandlerFunc(u.handle), NotifyStartedFunc: func() { started <- struct{}{} }}
+	udp, tcp := u.udp, u.tcp
+	u.mu.Unlock()
+	go func() { _ = udp.ActivateAndServe() }()
+	go func() { _ = tcp.ActivateAndServe() }()
+	<-started
+	<-started
+}
+
+// stop shuts the upstream down (its port refuses from then on).
+func (u *testUpstream) stop() {
+	u.mu.Lock()
+	udp, tcp := u.udp, u.tcp
+	u.udp, u.tcp = nil, nil
+	u.mu.Unlock()
+	if udp != nil {
+		_ = udp.Shutdown()
+		_ = tcp.Shutdown()
+	}
+}
+
+// start brings a stopped upstream back on its port.
+func (u *testUpstream) start() {
+	pc, err := net.ListenPacket("udp", u.addr)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	l, err := net.Listen("tcp", u.addr)
+	if err != nil {
+		u.t.Fatal(err)
+	}
+	u.serve(pc, l)
+}
+
+// dotConn is a raw DoT connection for framing-level checks.
+type dotConn struct {
+	*tls.Conn
+}
+
+func dialDoT(t testing.TB, addr string) *dotConn {
+	t.Helper()
+	c, err := tls.DialWithDialer(&net.Dialer{Timeout: 5 * time.Second}, "tcp", addr,
+		&tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}}) // trust is checked by kdig elsewhere
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return &dotConn{c}
+}
+
+func (c *dotConn) send(t testing.TB, q *dns.Msg) {
+	t.Helper()
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	c.sendRaw(t, binary.BigEndian.AppendUint16(nil, uint16(len(b))), b)
+}
+
+func (c *dotConn) sendRaw(t testing.TB, parts ...[]byte) {
+	t.Helper()
+	var b []byte
+	for _, p := range parts {
+		b = append(b, p...)
+	}
+	if _, err := c.Write(b); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// recv reads one answer; an error means the server closed or the
+// deadline passed.
+func (c *dotConn) recv(timeout time.Duration) (*dns.Msg, error) {
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	var l [2]byte
+	if _, err := io.ReadFull(c, l[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	return m, m.Unpack(b)
+}
+
+// closedByServer waits up to timeout for the server to close c.
+func (c *dotConn) closedByServer(timeout time.Duration) bool {
+	_ = c.SetReadDeadline(time.Now().Add(timeout))
+	buf := make([]byte, 512)
+	for {
+		_, err := c.Read(buf)
+		if err == nil {
+			continue
+		}
+		var ne net.Error
+		return !(errorAs(err, &ne) && ne.Timeout())
+	}
+}
+
+func question(name string, qtype uint16, id uint16) *dns.Msg {
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.Id = id
+	return q
+}
+
+// kdig runs kdig and returns its output.
+func kdig(t testing.TB, args ...string) string {
+	t.Helper()
+	out, _ := run(t, true, need(t, "kdig"), args...)
+	return out
+}

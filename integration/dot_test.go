@@ -1,0 +1,352 @@
+package integration
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+func errorAs(err error, target any) bool { return errors.As(err, target) }
+
+// exampleZone is the absolute path of the quick start's zone file.
+func exampleZone(t testing.TB) string {
+	t.Helper()
+	p, err := filepath.Abs("../examples/example.test.zone")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+const dotSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		idle_timeout {{.Idle}}
+		read_timeout 1s
+		max_connections_per_client {{.PerClient}}
+		zone example.test {{.Zone}}
+		forward {{.Upstreams}} {
+			timeout 500ms
+			max_fails 2
+			fail_duration 1s
+			health_check up.test A {
+				interval 200ms
+				fails 2
+			}
+		}
+	}
+}
+`
+
+type dotEnv struct {
+	c    *caddyProc
+	addr string
+	root string // Caddy's root CA, for strict TLS clients
+	ups  []*testUpstream
+	vars Vars
+}
+
+func startDoT(t *testing.T, idle string, perClient, upstreams int) *dotEnv {
+	t.Helper()
+	dir := t.TempDir()
+	env := &dotEnv{}
+	var to []string
+	for i := 1; i <= upstreams; i++ {
+		u := newTestUpstream(t, byte(i))
+		env.ups = append(env.ups, u)
+		to = append(to, "udp://"+u.addr)
+	}
+	port := freePort(t)
+	env.addr = fmt.Sprintf("127.0.0.1:%d", port)
+	env.vars = Vars{"Port": port, "Idle": idle, "PerClient": perClient, "Zone": exampleZone(t), "Upstreams": strings.Join(to, " ")}
+	env.c = startCaddy(t, dir, dotSite, env.vars)
+	waitListen(t, env.addr)
+	env.root = filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	return env
+}
+
+// TestDoTAnswers: kdig and dig over TLS, from the zone and through
+// forward, with and without SNI; strict kdig checks the certificate and
+// requires a valid OCSP staple.
+func TestDoTAnswers(t *testing.T) {
+	env := startDoT(t, "10s", 0, 1)
+	host, port, _ := net.SplitHostPort(env.addr)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"zone, no SNI", []string{"+tls", "@" + host, "-p", port, "www.example.test", "A"}, "192.0.2.80"},
+		{"zone, SNI, verified, staple required", []string{"+tls-ca=" + env.root, "+tls-hostname=dns.example.test", "+tls-ocsp-stapling",
+			"@" + host, "-p", port, "alias.example.test", "A"}, "192.0.2.80"},
+		{"forward, no SNI", []string{"+tls", "@" + host, "-p", port, "host.up.test", "A"}, "198.51.100.1"},
+		{"forward, SNI, staple required", []string{"+tls-ca=" + env.root, "+tls-hostname=dns.example.test", "+tls-ocsp-stapling",
+			"@" + host, "-p", port, "other.up.test", "A"}, "198.51.100.1"},
+		{"NXDOMAIN with SOA", []string{"+tls", "@" + host, "-p", port, "nope.example.test", "A"}, "status: NXDOMAIN"},
+		{"truncated UDP upstream answer arrives whole", []string{"+tls", "@" + host, "-p", port, "big.up.test", "TXT"}, `"record 39 padding`},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			out := kdig(t, tc.args...)
+			if !strings.Contains(out, tc.want) || strings.Contains(out, ";; ERROR") {
+				t.Fatalf("kdig %s: want %q\n%s", strings.Join(tc.args, " "), tc.want, out)
+			}
+			if strings.Contains(tc.name, "truncated") && regexp.MustCompile(`flags:[^;]*\btc\b`).MatchString(out) {
+				t.Fatalf("answer still truncated:\n%s", out)
+			}
+		})
+	}
+	out, _ := run(t, true, need(t, "dig"), "+tls", "+tls-ca="+env.root, "+tls-hostname=dns.example.test", "@"+host, "-p", port, "mail.example.test", "A", "+short")
+	if strings.TrimSpace(out) != "192.0.2.25" {
+		t.Fatalf("dig +tls: %q", out)
+	}
+}
+
+// TestDoTPipelining: 100 queries written before any answer is read get
+// 100 right answers; a slow upstream answer is overtaken by later ones.
+func TestDoTPipelining(t *testing.T) {
+	env := startDoT(t, "10s", 0, 1)
+	c := dialDoT(t, env.addr)
+	names := []string{"www.example.test.", "mail.example.test.", "alias.example.test.", "x.up.test."}
+	want := map[string]string{"www.example.test.": "192.0.2.80", "mail.example.test.": "192.0.2.25",
+		"alias.example.test.": "192.0.2.80", "x.up.test.": "198.51.100.1"}
+	var batch []byte
+	for i := 0; i < 100; i++ {
+		b, _ := question(names[i%len(names)], dns.TypeA, uint16(1000+i)).Pack()
+		batch = append(batch, byte(len(b)>>8), byte(len(b)))
+		batch = append(batch, b...)
+	}
+	c.sendRaw(t, batch)
+	seen := make(map[uint16]bool)
+	for i := 0; i < 100; i++ {
+		m, err := c.recv(5 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d answers: %v", i, err)
+		}
+		name := m.Question[0].Name
+		if seen[m.Id] || m.Id < 1000 || m.Id >= 1100 || names[(m.Id-1000)%4] != name {
+			t.Fatalf("answer %d: id %d for %s is not one of ours or came twice", i, m.Id, name)
+		}
+		seen[m.Id] = true
+		if len(m.Answer) == 0 || !strings.Contains(m.Answer[len(m.Answer)-1].String(), want[name]) {
+			t.Fatalf("answer for %s: %v, want %s", name, m.Answer, want[name])
+		}
+	}
+
+	// out of order: the slow query first, then five fast ones
+	c.send(t, question("slow.up.test.", dns.TypeA, 1))
+	for i := 0; i < 5; i++ {
+		c.send(t, question("www.example.test.", dns.TypeA, uint16(10+i)))
+	}
+	var order []uint16
+	for i := 0; i < 6; i++ {
+		m, err := c.recv(5 * time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		order = append(order, m.Id)
+	}
+	if order[0] == 1 || order[5] != 1 {
+		t.Fatalf("answers in order %v: the slow answer (id 1) held back the fast ones", order)
+	}
+}
+
+// TestDoTConnectionLimits: idle timeout (reset by each query), a length
+// prefix shorter than a header, a client that stops mid-query, and the
+// per-client connection limit each close what they should, and another
+// client is served meanwhile.
+func TestDoTConnectionLimits(t *testing.T) {
+	env := startDoT(t, "1s", 3, 1)
+	host, port, _ := net.SplitHostPort(env.addr)
+	otherClientOK := func(t *testing.T) {
+		t.Helper()
+		out := kdig(t, "+tls", "-b", "127.0.0.9", "@"+host, "-p", port, "www.example.test", "A", "+short")
+		if strings.TrimSpace(out) != "192.0.2.80" {
+			t.Fatalf("another client is not served: %q", out)
+		}
+	}
+
+	t.Run("idle timeout, reset by each query", func(t *testing.T) {
+		c := dialDoT(t, env.addr)
+		// three queries 0.6s apart: 1.8s in all, open past the 1s timeout
+		for i := 0; i < 3; i++ {
+			c.send(t, question("www.example.test.", dns.TypeA, uint16(i)))
+			if _, err := c.recv(2 * time.Second); err != nil {
+				t.Fatalf("query %d: connection closed although each query resets the idle timeout: %v", i, err)
+			}
+			time.Sleep(600 * time.Millisecond) // the scenario: a client that pauses, shorter than idle_timeout
+		}
+		if !c.closedByServer(5 * time.Second) {
+			t.Fatal("idle connection not closed")
+		}
+		otherClientOK(t)
+	})
+	t.Run("length prefix under 12", func(t *testing.T) {
+		c := dialDoT(t, env.addr)
+		c.sendRaw(t, []byte{0, 5, 1, 2, 3, 4, 5})
+		if !c.closedByServer(3 * time.Second) {
+			t.Fatal("connection with a 5-octet message not closed")
+		}
+		otherClientOK(t)
+	})
+	t.Run("slowloris", func(t *testing.T) {
+		c := dialDoT(t, env.addr)
+		b, _ := question("www.example.test.", dns.TypeA, 7).Pack()
+		c.sendRaw(t, []byte{0, byte(len(b))}, b[:5]) // and never the rest
+		if !c.closedByServer(5 * time.Second) {
+			t.Fatal("half-sent query kept the connection open")
+		}
+		otherClientOK(t)
+	})
+	t.Run("connections per client", func(t *testing.T) {
+		var held []*dotConn
+		for i := 0; i < 3; i++ {
+			c := dialDoT(t, env.addr)
+			c.send(t, question("www.example.test.", dns.TypeA, 1))
+			if _, err := c.recv(2 * time.Second); err != nil {
+				t.Fatal(err)
+			}
+			held = append(held, c)
+		}
+		// the fourth is closed before its handshake completes
+		if _, _, err := tryStaple(env.addr, "", nil); err == nil {
+			t.Fatal("a fourth connection from one client was accepted (limit 3)")
+		}
+		otherClientOK(t)
+		held[0].send(t, question("mail.example.test.", dns.TypeA, 2))
+		if _, err := held[0].recv(2 * time.Second); err != nil {
+			t.Fatalf("a held connection stopped answering: %v", err)
+		}
+	})
+}
+
+// TestForwardFailover: with two upstreams, stopping one under load loses
+// no query and the health metric shows it down; started again, it comes
+// back; with both down the client gets SERVFAIL.
+func TestForwardFailover(t *testing.T) {
+	env := startDoT(t, "10s", 0, 2)
+	up1, up2 := env.ups[0], env.ups[1]
+	var failures, answered atomic.Int64
+	stopLoad := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		c := dialDoT(t, env.addr)
+		for i := 0; ; i++ {
+			select {
+			case <-stopLoad:
+				return
+			default:
+			}
+			c.send(t, question(fmt.Sprintf("q%d.up.test.", i), dns.TypeA, uint16(i)))
+			m, err := c.recv(5 * time.Second)
+			if err != nil || m.Rcode != dns.RcodeSuccess {
+				failures.Add(1)
+				continue
+			}
+			answered.Add(1)
+		}
+	}()
+	metric := func(u *testUpstream) string {
+		re := regexp.MustCompile(`dnsfront_upstream_healthy\{upstream="udp://` + regexp.QuoteMeta(u.addr) + `"\} (\d)`)
+		m := re.FindStringSubmatch(string(env.c.api("GET", "/metrics")))
+		if m == nil {
+			return ""
+		}
+		return m[1]
+	}
+	waitAnswered := func(n int64) {
+		start := answered.Load()
+		if err := eventually(10*time.Second, func() bool { return answered.Load() >= start+n }); err != nil {
+			t.Fatalf("load stalled at %d answers", answered.Load())
+		}
+	}
+	waitAnswered(50)
+	up1.stop()
+	if err := eventually(10*time.Second, func() bool { return metric(up1) == "0" }); err != nil {
+		t.Fatalf("upstream 1 stopped, health metric %q, want 0", metric(up1))
+	}
+	waitAnswered(50)
+	if metric(up2) != "1" {
+		t.Fatalf("upstream 2 metric %q, want 1", metric(up2))
+	}
+	up1.start()
+	before := up1.answered.Load()
+	if err := eventually(10*time.Second, func() bool { return metric(up1) == "1" && up1.answered.Load() > before+20 }); err != nil {
+		t.Fatalf("upstream 1 started again: metric %q, %d queries", metric(up1), up1.answered.Load()-before)
+	}
+	close(stopLoad)
+	wg.Wait()
+	if f := failures.Load(); f != 0 {
+		t.Fatalf("%d of %d queries failed during failover", f, f+answered.Load())
+	}
+
+	up1.stop()
+	up2.stop()
+	c := dialDoT(t, env.addr)
+	c.send(t, question("down.up.test.", dns.TypeA, 99))
+	m, err := c.recv(5 * time.Second)
+	if err != nil || m.Rcode != dns.RcodeServerFailure || m.Id != 99 {
+		t.Fatalf("with both upstreams down: %v %v, want SERVFAIL", m, err)
+	}
+}
+
+// TestDoTReloadUnderLoad: five `caddy reload --force` during a dnsperf
+// run over DoT lose no query (open connections are handed to the new
+// config).
+func TestDoTReloadUnderLoad(t *testing.T) {
+	dnsperf := need(t, "dnsperf")
+	env := startDoT(t, "10s", 0, 1)
+	host, port, _ := net.SplitHostPort(env.addr)
+	qfile := filepath.Join(t.TempDir(), "queries")
+	if err := os.WriteFile(qfile, []byte("www.example.test A\nmail.example.test A\nalias.example.test A\nnope.example.test AAAA\nq.up.test A\n"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	type result struct {
+		out string
+		err error
+	}
+	done := make(chan result, 1)
+	go func() {
+		out, err := run(t, true, dnsperf, "-m", "dot", "-s", host, "-p", port, "-d", qfile, "-c", "4", "-q", "40", "-l", "8", "-t", "3")
+		done <- result{out, err}
+	}()
+	// reload while dnsperf runs: each reload is real (--force)
+	reloads := 0
+	for reloads < 5 {
+		select {
+		case r := <-done:
+			t.Fatalf("dnsperf ended after %d reloads: %v\n%s", reloads, r.err, r.out)
+		case <-time.After(time.Second):
+		}
+		if err := env.c.reload("", nil); err != nil {
+			t.Fatal(err)
+		}
+		reloads++
+	}
+	r := <-done
+	m := regexp.MustCompile(`Queries lost:\s+(\d+)`).FindStringSubmatch(r.out)
+	completed := regexp.MustCompile(`Queries completed:\s+(\d+)`).FindStringSubmatch(r.out)
+	if m == nil || completed == nil {
+		t.Fatalf("dnsperf output: %v\n%s", r.err, r.out)
+	}
+	if m[1] != "0" || completed[1] == "0" {
+		t.Fatalf("dnsperf across 5 reloads: %s queries lost, %s completed\n%s", m[1], completed[1], r.out)
+	}
+	if n := len(env.c.log.lines("connections_handed_over")); n < 5 {
+		t.Errorf("%d hand-overs logged, want one per reload", n)
+	}
+	t.Logf("dnsperf across 5 reloads: %s completed, 0 lost", completed[1])
+}
