@@ -2,6 +2,7 @@ package integration
 
 import (
 	"crypto/tls"
+	"crypto/x509"
 	"encoding/binary"
 	"fmt"
 	"io"
@@ -209,4 +210,13 @@ func kdig(t testing.TB, args ...string) string {
 	t.Helper()
 	out, _ := run(t, true, need(t, "kdig"), args...)
 	return out
+}
+
+func x509NewPool(t testing.TB, pemBytes []byte) *x509.CertPool {
+	t.Helper()
+	pool := x509.NewCertPool()
+	if !pool.AppendCertsFromPEM(pemBytes) {
+		t.Fatal("no certificate in the root file")
+	}
+	return pool
 }

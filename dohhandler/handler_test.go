@@ -1,0 +1,131 @@
+package dohhandler
+
+import (
+	"bytes"
+	"context"
+	"encoding/base64"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+)
+
+// newTestHandler provisions a handler whose chain answers from a zone.
+func newTestHandler(t testing.TB) *Handler {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	h := &Handler{Chain: caddydns.Chain{HandlersRaw: nil}}
+	zone := `{"handler":"zone","origin":"example.org.","records":["@ 3600 IN SOA ns1 host 1 7200 3600 1209600 300","www 60 IN A 192.0.2.80"]}`
+	h.HandlersRaw = append(h.HandlersRaw, []byte(zone))
+	if err := h.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	return h
+}
+
+func serve(t testing.TB, h *Handler, r *http.Request) *httptest.ResponseRecorder {
+	t.Helper()
+	w := httptest.NewRecorder()
+	if err := h.ServeHTTP(w, r, nil); err != nil {
+		t.Fatal(err)
+	}
+	return w
+}
+
+func TestHandlerLimits(t *testing.T) {
+	h := newTestHandler(t)
+	huge := base64.RawURLEncoding.EncodeToString(make([]byte, 70000))
+	w := serve(t, h, httptest.NewRequest("GET", "/dns-query?dns="+huge, nil))
+	if w.Code != http.StatusRequestURITooLong || !strings.Contains(w.Body.String(), "65535") {
+		t.Fatalf("GET over 65535: %d %q", w.Code, w.Body.String())
+	}
+	r := httptest.NewRequest("POST", "/dns-query", bytes.NewReader(make([]byte, 65536)))
+	r.Header.Set("Content-Type", MessageType)
+	if w := serve(t, h, r); w.Code != http.StatusRequestEntityTooLarge {
+		t.Fatalf("POST over 65535: %d", w.Code)
+	}
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	b, _ := q.Pack()
+	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?dns="+base64.RawURLEncoding.EncodeToString(b), nil))
+	if w.Code != 200 || w.Header().Get("Cache-Control") != "max-age=60" {
+		t.Fatalf("GET: %d %v", w.Code, w.Header())
+	}
+	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=A", nil))
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"data":"192.0.2.80"`) || w.Header().Get("Content-Type") != "application/json" {
+		t.Fatalf("JSON: %d %s %v", w.Code, w.Body.String(), w.Header())
+	}
+	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=BOGUS", nil))
+	if w.Code != 400 {
+		t.Fatalf("JSON with a bad type: %d", w.Code)
+	}
+}
+
+// BenchmarkHandler measures the handler's own cost per request (decode,
+// chain, encode), without the HTTP stack.
+func BenchmarkHandler(b *testing.B) {
+	h := newTestHandler(b)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	wire, _ := q.Pack()
+	get := "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(wire)
+	b.Run("GET", func(b *testing.B) {
+		r := httptest.NewRequest("GET", get, nil)
+		b.ReportAllocs()
+		for b.Loop() {
+			w := discard{h: http.Header{}}
+			_ = h.ServeHTTP(&w, r, nil)
+		}
+	})
+	b.Run("POST", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			r := httptest.NewRequest("POST", "/dns-query", bytes.NewReader(wire))
+			r.Header.Set("Content-Type", MessageType)
+			w := discard{h: http.Header{}}
+			_ = h.ServeHTTP(&w, r, nil)
+		}
+	})
+}
+
+type discard struct{ h http.Header }
+
+func (d *discard) Header() http.Header         { return d.h }
+func (d *discard) Write(p []byte) (int, error) { return len(p), nil }
+func (d *discard) WriteHeader(int)             {}
+
+func FuzzRequest(f *testing.F) {
+	h := newTestHandler(f)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	wire, _ := q.Pack()
+	f.Add("GET", "dns="+base64.RawURLEncoding.EncodeToString(wire), []byte(nil))
+	f.Add("POST", "", wire)
+	f.Add("GET", "name=www.example.org&type=AAAA&do=1", []byte(nil))
+	f.Fuzz(func(t *testing.T, method, query string, body []byte) {
+		if method != "GET" && method != "POST" && method != "HEAD" {
+			method = "POST"
+		}
+		r, err := http.NewRequest(method, "https://dns.example.org/dns-query?"+query, bytes.NewReader(body))
+		if err != nil {
+			return
+		}
+		r.Header.Set("Content-Type", MessageType)
+		w := httptest.NewRecorder()
+		if err := h.ServeHTTP(w, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		if w.Code == 200 && w.Header().Get("Content-Type") == MessageType {
+			m := new(dns.Msg)
+			if err := m.Unpack(w.Body.Bytes()); err != nil && method != "HEAD" {
+				t.Fatalf("200 with an answer that does not unpack: %v", err)
+			}
+		}
+	})
+}

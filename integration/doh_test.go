@@ -1,0 +1,460 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/base64"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"github.com/quic-go/quic-go/http3"
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/dnsfront/dnsfront/internal/testpki"
+)
+
+const dohSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	doh /dns-query {
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}} {
+			timeout 500ms
+			tries 1
+		}
+	}
+	respond "not a DoH path" 404
+}
+`
+
+type dohEnv struct {
+	c    *caddyProc
+	addr string
+	url  string // https://dns.example.test:PORT/dns-query
+	root string
+	up   *testUpstream
+	http *http.Client // HTTP/2, trusting Caddy's root, dialing addr
+}
+
+func startDoH(t *testing.T) *dohEnv {
+	t.Helper()
+	dir := t.TempDir()
+	env := &dohEnv{up: newTestUpstream(t, 1)}
+	port := freePort(t)
+	env.addr = fmt.Sprintf("127.0.0.1:%d", port)
+	env.url = fmt.Sprintf("https://dns.example.test:%d/dns-query", port)
+	env.c = startCaddy(t, dir, dohSite, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr})
+	waitListen(t, env.addr)
+	env.root = filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	env.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig:   env.tlsConfig(t),
+		ForceAttemptHTTP2: true,
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, env.addr)
+		},
+	}}
+	t.Cleanup(env.http.CloseIdleConnections)
+	return env
+}
+
+func (env *dohEnv) tlsConfig(t testing.TB) *tls.Config {
+	t.Helper()
+	pem, err := os.ReadFile(env.root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509NewPool(t, pem)
+	return &tls.Config{RootCAs: pool, ServerName: "dns.example.test"}
+}
+
+func packQuery(t testing.TB, name string, qtype uint16, edit func(*dns.Msg)) []byte {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.Id = 0 // RFC 8484 4.1: cache-friendly
+	if edit != nil {
+		edit(q)
+	}
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return b
+}
+
+func (env *dohEnv) get(t testing.TB, wire []byte) *http.Response {
+	t.Helper()
+	resp, err := env.http.Get(env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(wire))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+func (env *dohEnv) post(t testing.TB, wire []byte) *http.Response {
+	t.Helper()
+	resp, err := env.http.Post(env.url, "application/dns-message", bytes.NewReader(wire))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return resp
+}
+
+// answer reads a 200 application/dns-message response.
+func answer(t testing.TB, resp *http.Response) (*dns.Msg, []byte) {
+	t.Helper()
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/dns-message" ||
+		resp.Header.Get("Content-Length") != fmt.Sprint(len(body)) {
+		t.Fatalf("status %d, content-type %q, content-length %q for %d octets: %s", resp.StatusCode,
+			resp.Header.Get("Content-Type"), resp.Header.Get("Content-Length"), len(body), body)
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(body); err != nil {
+		t.Fatal(err)
+	}
+	return m, body
+}
+
+// TestDoHClients: kdig, dig and curl (HTTP/1.1 and HTTP/2, GET and POST)
+// and an HTTP/3 client get right answers with the RFC 8484 headers.
+func TestDoHClients(t *testing.T) {
+	env := startDoH(t)
+	host, port, _ := net.SplitHostPort(env.addr)
+	tlsArgs := []string{"+tls-ca=" + env.root, "+tls-hostname=dns.example.test"}
+	for _, tc := range []struct {
+		tool string
+		args []string
+		want string
+	}{
+		{"kdig", append([]string{"+https=/dns-query", "@" + host, "-p", port, "www.example.test", "A"}, tlsArgs...), "192.0.2.80"},
+		{"kdig", append([]string{"+https=/dns-query", "+https-get", "@" + host, "-p", port, "x.up.test", "A"}, tlsArgs...), "198.51.100.1"},
+		{"kdig", append([]string{"+https=/dns-query", "+tls-ocsp-stapling", "@" + host, "-p", port, "mail.example.test", "A"}, tlsArgs...), "192.0.2.25"},
+		{"dig", append([]string{"+https=/dns-query", "@" + host, "-p", port, "www.example.test", "AAAA", "+short"}, tlsArgs...), "2001:db8::80"},
+		{"dig", append([]string{"+https-get=/dns-query", "@" + host, "-p", port, "big.up.test", "TXT", "+short"}, tlsArgs...), `"record 39 padding`},
+	} {
+		t.Run(tc.tool+" "+strings.Join(tc.args[:3], " "), func(t *testing.T) {
+			out, _ := run(t, true, need(t, tc.tool), tc.args...)
+			if !strings.Contains(out, tc.want) || strings.Contains(out, ";; ERROR") {
+				t.Fatalf("%s %s: want %q\n%s", tc.tool, strings.Join(tc.args, " "), tc.want, out)
+			}
+		})
+	}
+
+	curl := need(t, "curl")
+	wire := packQuery(t, "api.example.test.", dns.TypeA, nil)
+	dir := t.TempDir()
+	qfile := filepath.Join(dir, "q.bin")
+	if err := os.WriteFile(qfile, wire, 0o644); err != nil {
+		t.Fatal(err)
+	}
+	common := []string{"-s", "--cacert", env.root, "--resolve", "dns.example.test:" + port + ":127.0.0.1", "-D", "-", "-o", filepath.Join(dir, "body")}
+	for _, tc := range []struct {
+		name string
+		args []string
+		ver  string
+	}{
+		{"GET HTTP/2", []string{"--http2", env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(wire)}, "HTTP/2 200"},
+		{"POST HTTP/2", []string{"--http2", "-H", "Content-Type: application/dns-message", "--data-binary", "@" + qfile, env.url}, "HTTP/2 200"},
+		{"GET HTTP/1.1", []string{"--http1.1", env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(wire)}, "HTTP/1.1 200"},
+		{"POST HTTP/1.1", []string{"--http1.1", "-H", "Content-Type: application/dns-message", "--data-binary", "@" + qfile, env.url}, "HTTP/1.1 200"},
+	} {
+		t.Run("curl "+tc.name, func(t *testing.T) {
+			headers, err := run(t, true, curl, append(common, tc.args...)...)
+			if err != nil || !strings.HasPrefix(headers, tc.ver) {
+				t.Fatalf("curl %s: %v\n%s", tc.name, err, headers)
+			}
+			lower := strings.ToLower(headers)
+			for _, h := range []string{"content-type: application/dns-message", "cache-control: max-age=60", "content-length: "} {
+				if !strings.Contains(lower, h) {
+					t.Fatalf("curl %s: no %q in\n%s", tc.name, h, headers)
+				}
+			}
+			body, _ := os.ReadFile(filepath.Join(dir, "body"))
+			m := new(dns.Msg)
+			if err := m.Unpack(body); err != nil || len(m.Answer) != 1 || !strings.Contains(m.Answer[0].String(), "192.0.2.81") || m.Id != 0 {
+				t.Fatalf("curl %s: answer %v %v", tc.name, m, err)
+			}
+		})
+	}
+
+	t.Run("HTTP/3", func(t *testing.T) {
+		tr := &http3.Transport{TLSClientConfig: env.tlsConfig(t)}
+		defer tr.Close()
+		c := &http.Client{Transport: tr, Timeout: 10 * time.Second}
+		url := strings.Replace(env.url, "dns.example.test", "127.0.0.1", 1)
+		req, _ := http.NewRequest(http.MethodPost, url, bytes.NewReader(wire))
+		req.Header.Set("Content-Type", "application/dns-message")
+		resp, err := c.Do(req)
+		if err != nil {
+			t.Fatalf("HTTP/3 POST: %v", err)
+		}
+		if resp.ProtoMajor != 3 {
+			t.Fatalf("answered over %s", resp.Proto)
+		}
+		m, _ := answer(t, resp)
+		if len(m.Answer) != 1 || !strings.Contains(m.Answer[0].String(), "192.0.2.81") {
+			t.Fatalf("HTTP/3 answer: %v", m)
+		}
+	})
+}
+
+// TestDoHErrors: each bad request gets its status and a text saying why;
+// a DNS failure is a SERVFAIL answer with 200.
+func TestDoHErrors(t *testing.T) {
+	env := startDoH(t)
+	// HTTP/1.1 as well: an HTTP/2 client will not send a header list past
+	// the server's advertised limit, so the 414 row goes over HTTP/1.1
+	h1 := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: env.tlsConfig(t),
+		TLSNextProto:    map[string]func(string, *tls.Conn) http.RoundTripper{},
+		DialContext: func(ctx context.Context, network, _ string) (net.Conn, error) {
+			return (&net.Dialer{}).DialContext(ctx, network, env.addr)
+		},
+	}}
+	do := func(method, url, ctype string, body []byte) (int, string, http.Header) {
+		req, _ := http.NewRequest(method, url, bytes.NewReader(body))
+		if ctype != "" {
+			req.Header.Set("Content-Type", ctype)
+		}
+		client := env.http
+		if len(url) > 16<<10 {
+			client = h1
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			t.Fatalf("%s %.80s...: %v", method, url, errors.Unwrap(err))
+		}
+		defer resp.Body.Close()
+		b, _ := io.ReadAll(resp.Body)
+		return resp.StatusCode, string(b), resp.Header
+	}
+	good := packQuery(t, "www.example.test.", dns.TypeA, nil)
+	huge := bytes.Repeat([]byte{0}, 70000)
+	for _, tc := range []struct {
+		name, method, query, ctype string
+		body                       []byte
+		status                     int
+		text                       string
+	}{
+		{"missing dns", "GET", "", "", nil, 400, "missing dns parameter"},
+		{"dns not base64url", "GET", "?dns=!!!not*base64", "", nil, 400, "not base64url"},
+		{"dns not DNS (GET)", "GET", "?dns=" + base64.RawURLEncoding.EncodeToString([]byte("hello")), "", nil, 400, "not a DNS message"},
+		{"body not DNS (POST)", "POST", "", "application/dns-message", []byte("hello, this is not DNS"), 400, "not a DNS message"},
+		{"wrong content type", "POST", "", "application/json", good, 415, "must be application/dns-message"},
+		{"no content type", "POST", "", "", good, 415, "must be application/dns-message"},
+		{"PUT", "PUT", "", "application/dns-message", good, 405, "not allowed"},
+		{"DELETE", "DELETE", "", "", nil, 405, "not allowed"},
+		{"body over 65535", "POST", "", "application/dns-message", huge, 413, "more than 65535"},
+		// Caddy's request header limit answers before the handler (which
+		// says 414 when a raised max_header_size lets the request in)
+		{"GET over 65535", "GET", "?dns=" + base64.RawURLEncoding.EncodeToString(huge), "", nil, 431, "Request Header Fields Too Large"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			status, body, hdr := do(tc.method, env.url+tc.query, tc.ctype, tc.body)
+			if status != tc.status || !strings.Contains(body, tc.text) {
+				t.Fatalf("%s: %d %q, want %d with %q", tc.name, status, body, tc.status, tc.text)
+			}
+			if status == 405 && hdr.Get("Allow") != "GET, HEAD, POST" {
+				t.Fatalf("405 without Allow: %v", hdr)
+			}
+		})
+	}
+	t.Run("padding tolerated in GET", func(t *testing.T) {
+		resp, err := env.http.Get(env.url + "?dns=" + base64.URLEncoding.EncodeToString(good))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if m, _ := answer(t, resp); len(m.Answer) != 1 {
+			t.Fatalf("padded base64: %v", m)
+		}
+	})
+	t.Run("HEAD", func(t *testing.T) {
+		req, _ := http.NewRequest("HEAD", env.url+"?dns="+base64.RawURLEncoding.EncodeToString(good), nil)
+		resp, err := env.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode != 200 || resp.Header.Get("Content-Type") != "application/dns-message" || resp.Header.Get("Content-Length") == "" {
+			t.Fatalf("HEAD: %d %v", resp.StatusCode, resp.Header)
+		}
+	})
+	t.Run("upstream down: SERVFAIL with 200", func(t *testing.T) {
+		env.up.stop()
+		m, _ := answer(t, env.post(t, packQuery(t, "q.up.test.", dns.TypeA, nil)))
+		if m.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("rcode %s, want SERVFAIL", dns.RcodeToString[m.Rcode])
+		}
+	})
+}
+
+// TestDoHCachingAndPadding: Cache-Control follows the TTLs (the SOA's
+// negative TTL for NXDOMAIN); padding is to 468 octets when asked only;
+// the DNS ID is the client's (0 when it sent 0).
+func TestDoHCachingAndPadding(t *testing.T) {
+	env := startDoH(t)
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		cache string
+	}{
+		{"www.example.test.", dns.TypeA, "max-age=3600"},
+		{"api.example.test.", dns.TypeA, "max-age=60"},
+		{"nope.example.test.", dns.TypeA, "max-age=300"}, // SOA minimum
+		{"www.example.test.", dns.TypeMX, "max-age=300"}, // NODATA
+	} {
+		resp := env.get(t, packQuery(t, tc.name, tc.qtype, nil))
+		if got := resp.Header.Get("Cache-Control"); got != tc.cache {
+			t.Errorf("%s %s: Cache-Control %q, want %q", tc.name, dns.TypeToString[tc.qtype], got, tc.cache)
+		}
+		answer(t, resp)
+	}
+	env.up.stop()
+	if resp := env.get(t, packQuery(t, "x.up.test.", dns.TypeA, nil)); resp.Header.Get("Cache-Control") != "" {
+		t.Errorf("SERVFAIL cached: %q", resp.Header.Get("Cache-Control"))
+	}
+
+	padded := packQuery(t, "www.example.test.", dns.TypeA, func(q *dns.Msg) {
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 64)})
+	})
+	m, body := answer(t, env.post(t, padded))
+	if len(body)%468 != 0 {
+		t.Fatalf("padded answer is %d octets, not a multiple of 468", len(body))
+	}
+	plain := packQuery(t, "www.example.test.", dns.TypeA, func(q *dns.Msg) { q.SetEdns0(1232, false); q.Id = 4321 })
+	m, _ = answer(t, env.post(t, plain))
+	for _, o := range m.IsEdns0().Option {
+		if o.Option() == dns.EDNS0PADDING {
+			t.Fatal("padded without being asked")
+		}
+	}
+	if m.Id != 4321 {
+		t.Fatalf("ID %d, want the client's 4321", m.Id)
+	}
+}
+
+// TestDoHStapleReload: the DoH port staples; after the staple file is
+// replaced and Caddy reloaded (--force), the next handshake carries the
+// new one.
+func TestDoHStapleReload(t *testing.T) {
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test", "127.0.0.1")
+	first := pk.response(t, ocsp.Good, 2*time.Hour)
+	pk.writeStaple(t, first)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, dir, `{
+	ocsp {
+		certificate {{.Cert}} {{.Key}} {
+			staple file {{.Staple}}
+		}
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	doh /dns-query {
+		zone example.test {{.Zone}}
+	}
+}
+`, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Port": port, "Zone": exampleZone(t)})
+	waitListen(t, addr)
+	if out := sClient(t, addr, "dns.example.test"); !strings.Contains(out, "OCSP Response Status: successful") {
+		t.Fatalf("openssl s_client -status on the DoH port:\n%s", out)
+	}
+	second := pk.response(t, ocsp.Good, time.Hour)
+	pk.writeStaple(t, second)
+	if err := c.reload("", nil); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(got, second) {
+		t.Fatal("after the reload the DoH handshake does not carry the new staple")
+	}
+	out := sClient(t, addr, "")
+	r, _ := ocsp.ParseResponse(second, nil)
+	if !strings.Contains(out, "OCSP Response Status: successful") || !strings.Contains(out, r.ThisUpdate.UTC().Format("Jan _2 15:04:05 2006")) {
+		t.Fatalf("openssl does not see the new staple (thisUpdate %v):\n%s", r.ThisUpdate, out)
+	}
+}
+
+// TestDoHReloadUnderLoad: five `caddy reload --force` during a DoH load
+// run fail no request.
+func TestDoHReloadUnderLoad(t *testing.T) {
+	env := startDoH(t)
+	var ok, failed atomic.Int64
+	var firstErr atomic.Value
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	names := []string{"www.example.test.", "mail.example.test.", "x.up.test."}
+	for w := 0; w < 8; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ; i++ {
+				select {
+				case <-stop:
+					return
+				default:
+				}
+				wire := packQuery(t, names[(w+i)%len(names)], dns.TypeA, nil)
+				resp, err := env.http.Post(env.url, "application/dns-message", bytes.NewReader(wire))
+				if err == nil {
+					body, _ := io.ReadAll(resp.Body)
+					resp.Body.Close()
+					m := new(dns.Msg)
+					if resp.StatusCode == 200 && m.Unpack(body) == nil && m.Rcode == dns.RcodeSuccess {
+						ok.Add(1)
+						continue
+					}
+					err = fmt.Errorf("status %d, %d octets", resp.StatusCode, len(body))
+				}
+				failed.Add(1)
+				firstErr.CompareAndSwap(nil, err.Error())
+			}
+		}(w)
+	}
+	for i := 0; i < 5; i++ {
+		n := ok.Load()
+		if err := eventually(10*time.Second, func() bool { return ok.Load() > n+200 }); err != nil {
+			t.Fatal("load stalled")
+		}
+		if err := env.c.reload("", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	n := ok.Load()
+	if err := eventually(10*time.Second, func() bool { return ok.Load() > n+200 }); err != nil {
+		t.Fatal("load stalled after the reloads")
+	}
+	close(stop)
+	wg.Wait()
+	if failed.Load() != 0 {
+		t.Fatalf("%d of %d requests failed across 5 reloads; first: %v", failed.Load(), failed.Load()+ok.Load(), firstErr.Load())
+	}
+	t.Logf("%d DoH requests across 5 reloads, none failed", ok.Load())
+}
