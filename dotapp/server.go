@@ -174,6 +174,10 @@ func (s *Server) start() error {
 			go s.accept(l, key)
 			s.logger.Info("dns over tls server listening", zap.String("address", l.Addr().String()),
 				zap.Strings("server_names", s.ServerNames))
+			host, port, _ := net.SplitHostPort(l.Addr().String())
+			s.logger.Info("try it",
+				zap.String("query", fmt.Sprintf("kdig +tls @%s -p %s example.test SOA", host, port)),
+				zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn dot -status < /dev/null | grep -A3 'OCSP Response Status'", l.Addr())))
 		}
 	}
 	return nil
