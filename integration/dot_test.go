@@ -320,7 +320,7 @@ func TestDoTReloadUnderLoad(t *testing.T) {
 	}
 	done := make(chan result, 1)
 	go func() {
-		out, err := run(t, true, dnsperf, "-m", "dot", "-s", host, "-p", port, "-d", qfile, "-c", "4", "-q", "40", "-l", "8", "-t", "3")
+		out, err := run(t, true, dnsperf, "-m", "dot", "-s", host, "-p", port, "-d", qfile, "-c", "4", "-q", "40", "-l", "15", "-t", "3")
 		done <- result{out, err}
 	}()
 	// reload while dnsperf runs: each reload is real (--force)
@@ -329,7 +329,7 @@ func TestDoTReloadUnderLoad(t *testing.T) {
 		select {
 		case r := <-done:
 			t.Fatalf("dnsperf ended after %d reloads: %v\n%s", reloads, r.err, r.out)
-		case <-time.After(time.Second):
+		case <-time.After(500 * time.Millisecond):
 		}
 		if err := env.c.reload("", nil); err != nil {
 			t.Fatal(err)

@@ -34,7 +34,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	caddyBin = filepath.Join(dir, "caddy")
-	build := exec.Command("go", "build", "-o", caddyBin, "../cmd/caddy")
+	args := []string{"build", "-o", caddyBin}
+	if raceEnabled {
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "../cmd/caddy")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building caddy:", err)
@@ -207,6 +211,9 @@ func (p *caddyProc) stop() {
 		_ = p.cmd.Process.Kill()
 		<-p.done
 		p.t.Errorf("caddy did not stop on SIGINT within 15s\n%s", p.log.String())
+	}
+	if strings.Contains(p.log.String(), "WARNING: DATA RACE") {
+		p.t.Errorf("the race detector found a data race in caddy")
 	}
 	if p.t.Failed() {
 		p.t.Logf("caddy log:\n%s", p.log.String())
