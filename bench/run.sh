@@ -1,0 +1,293 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: dnsfront against dnsdist and unbound, all from
+# this machine, alternating A B C for several rounds, servers pinned to one
+# core and load generators to the other.
+#
+#   bash bench/run.sh                 # all scenarios, 3 rounds
+#   ROUNDS=5 DURATION=20 bash bench/run.sh
+#   SCENARIOS="dot doh" bash bench/run.sh
+#
+# Installs what it needs (dnsdist, nsd, unbound, nghttp2-client, dnsperf,
+# openssl) with apt-get. Everything listens on 127.0.0.1 only. Prints a
+# table and writes it to bench/results/latest.md (with the raw numbers in
+# bench/results/latest.tsv).
+#
+# Upstream for the forwarders (dnsfront forward, dnsdist): nsd serving
+# examples/example.test.zone on 127.0.0.1:5301 (rrl off). unbound and
+# "dnsfront zone" answer from their own copy of the zone: those rows are
+# labelled so.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+ROUNDS=${ROUNDS:-3}
+DURATION=${DURATION:-10}
+SCENARIOS=${SCENARIOS:-"udp dot doh handshake"}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+
+need_pkgs=()
+for p in dnsdist:dnsdist nsd:nsd unbound:unbound h2load:nghttp2-client dnsperf:dnsperf openssl:openssl; do
+	command -v "${p%%:*}" >/dev/null || need_pkgs+=("${p#*:}")
+done
+if [ ${#need_pkgs[@]} -gt 0 ]; then
+	SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+	$SUDO apt-get update -qq
+	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
+fi
+
+T=$(mktemp -d /tmp/dnsfront-bench.XXXXXX)
+pids=()
+cleanup() {
+	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
+	wait 2>/dev/null || true
+	rm -rf "$T"
+}
+trap cleanup EXIT
+
+echo "== build dnsfront and the query files ($T)"
+go build -o "$T/caddy" ./cmd/caddy
+go run ./bench/mkqueries -out "$T"
+cp examples/example.test.zone "$T/example.test.zone"
+
+echo "== certificate, key and OCSP staple shared by every server"
+openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/ca.key" -out "$T/ca.pem" \
+	-days 30 -subj "/CN=bench CA" -addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+openssl req -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/server.key" -out "$T/server.csr" \
+	-subj "/CN=dns.example.test" 2>/dev/null
+printf 'subjectAltName=DNS:dns.example.test,IP:127.0.0.1\nextendedKeyUsage=serverAuth\n' > "$T/ext.cnf"
+openssl x509 -req -in "$T/server.csr" -CA "$T/ca.pem" -CAkey "$T/ca.key" -CAcreateserial -days 20 \
+	-out "$T/leaf.pem" -extfile "$T/ext.cnf" 2>/dev/null
+cat "$T/leaf.pem" "$T/ca.pem" > "$T/server.pem"
+"$T/caddy" ocsp generate --cert "$T/server.pem" --ca-cert "$T/ca.pem" --ca-key "$T/ca.key" --out "$T/server.ocsp" >/dev/null
+
+cat > "$T/nsd.conf" <<EOF
+server:
+	ip-address: 127.0.0.1@5301
+	username: ""
+	chroot: ""
+	zonesdir: "$T"
+	database: ""
+	pidfile: "$T/nsd.pid"
+	logfile: "$T/nsd.log"
+	xfrdfile: "$T/xfrd.state"
+	xfrdir: "$T"
+	zonelistfile: "$T/zone.list"
+	server-count: 1
+	rrl-ratelimit: 0
+	verbosity: 0
+remote-control:
+	control-enable: no
+zone:
+	name: example.test
+	zonefile: "$T/example.test.zone"
+EOF
+
+cat > "$T/Caddyfile" <<EOF
+{
+	admin localhost:2999
+	default_bind 127.0.0.1
+	auto_https disable_redirects
+	local_certs
+	skip_install_trust
+	log {
+		level WARN
+	}
+	ocsp {
+		certificate $T/server.pem $T/server.key {
+			staple file $T/server.ocsp
+		}
+	}
+	dot 127.0.0.1:8853 {
+		forward udp://127.0.0.1:5301
+	}
+	dot 127.0.0.1:8854 {
+		zone example.test $T/example.test.zone
+	}
+}
+https://:8443 {
+	tls {
+		get_certificate ocsp
+	}
+	doh /dns-query {
+		forward udp://127.0.0.1:5301
+	}
+	doh /zone-query {
+		zone example.test $T/example.test.zone
+	}
+	respond /respond "x"
+}
+EOF
+
+cat > "$T/dnsdist.conf" <<EOF
+setSecurityPollSuffix("")
+newServer({address="127.0.0.1:5301"})
+addTLSLocal("127.0.0.1:9853", "$T/server.pem", "$T/server.key", {ocspResponses={"$T/server.ocsp"}})
+addDOHLocal("127.0.0.1:9443", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
+EOF
+
+cat > "$T/unbound.conf" <<EOF
+server:
+	interface: 127.0.0.1@10853
+	interface: 127.0.0.1@10443
+	tls-port: 10853
+	https-port: 10443
+	tls-service-key: "$T/server.key"
+	tls-service-pem: "$T/server.pem"
+	username: ""
+	chroot: ""
+	directory: "$T"
+	pidfile: "$T/unbound.pid"
+	do-daemonize: no
+	use-syslog: no
+	verbosity: 0
+	num-threads: 1
+	access-control: 127.0.0.0/8 allow
+	module-config: "iterator"
+	incoming-num-tcp: 1000
+auth-zone:
+	name: "example.test"
+	zonefile: "$T/example.test.zone"
+	for-downstream: yes
+	for-upstream: no
+remote-control:
+	control-enable: no
+EOF
+
+# start VAR name host:port command...: runs a server pinned to the server
+# core, waits until it accepts connections, and sets VAR to its pid
+start() {
+	local var=$1 name=$2 addr=$3
+	shift 3
+	taskset -c "$SERVER_CPU" "$@" >"$T/$name.log" 2>&1 </dev/null &
+	local pid=$!
+	pids+=("$pid")
+	printf -v "$var" '%s' "$pid"
+	for _ in $(seq 100); do
+		if (exec 3<>"/dev/tcp/${addr%:*}/${addr#*:}") 2>/dev/null; then
+			return
+		fi
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.1
+	done
+	echo "$name did not start:" >&2
+	cat "$T/$name.log" >&2
+	exit 1
+}
+
+echo "== start nsd (upstream), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
+start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
+start DNSFRONT dnsfront 127.0.0.1:8853 env HOME="$T" "$T/caddy" run --config "$T/Caddyfile" --adapter caddyfile
+start DNSDIST dnsdist 127.0.0.1:9853 dnsdist --supervised --disable-syslog -C "$T/dnsdist.conf"
+start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
+sleep 1
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+TICK=$(getconf CLK_TCK)
+RAW="$T/raw.tsv"
+printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\tpeak_rss_mb\n' > "$RAW"
+
+# measure name scenario pid command...: runs the client on the client core
+measure() {
+	local scenario=$1 name=$2 pid=$3
+	shift 3
+	local before after out qps avg n
+	before=$(cpu_ticks "$pid")
+	out=$(taskset -c "$CLIENT_CPU" "$@" 2>&1) || true
+	after=$(cpu_ticks "$pid")
+	case "$1" in
+	dnsperf)
+		qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
+		avg=$(echo "$out" | awk '/Average Latency/ {printf "%.3f", $4 * 1000; exit}')
+		n=$(echo "$out" | awk '/Queries completed/ {print $3}')
+		local lost
+		lost=$(echo "$out" | awk '/Queries lost/ {print $3}')
+		[ "${lost:-0}" = 0 ] || echo "   ($name: $lost queries lost)" >&2
+		;;
+	h2load)
+		qps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
+		avg=$(echo "$out" | awk '/^time for request:/ {v=$6; u=v; sub(/[a-z]+$/, "", v); if (u ~ /us$/) v/=1000; if (u ~ /[^m]s$/ && u !~ /us$/ && u !~ /ms$/) v*=1000; printf "%.3f", v}')
+		n=$(echo "$out" | awk '/^requests:/ {print $8}')
+		local failed
+		failed=$(echo "$out" | awk '/^requests:/ {print $10}')
+		[ "${failed:-0}" = 0 ] || echo "   ($name: $failed requests failed)" >&2
+		;;
+	esac
+	if [ -z "${qps:-}" ] || [ -z "${n:-}" ] || [ "$n" = 0 ]; then
+		echo "   $scenario $name: no result:" >&2
+		echo "$out" | tail -5 >&2
+		return
+	fi
+	local cpu
+	cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / t / n * 100000}')
+	local rss
+	rss=$(awk -v k="$(peak_rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" >> "$RAW"
+	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
+}
+
+DP="dnsperf -d $T/dnsperf.txt -l $DURATION"
+H2N=$((DURATION * 15000))
+for round in $(seq "$ROUNDS"); do
+	echo "== round $round of $ROUNDS"
+	for s in $SCENARIOS; do
+		case $s in
+		udp)
+			measure "UDP ceiling (nsd direct)" nsd "$NSD" $DP -s 127.0.0.1 -p 5301 -c 10 -q 100
+			;;
+		dot)
+			measure "DoT -c 10 -q 100" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 10 -q 100
+			measure "DoT -c 10 -q 100" "dnsdist forward" "$DNSDIST" $DP -m dot -s 127.0.0.1 -p 9853 -c 10 -q 100
+			measure "DoT -c 10 -q 100" "dnsfront zone (own data)" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8854 -c 10 -q 100
+			measure "DoT -c 10 -q 100" "unbound (own data)" "$UNBOUND" $DP -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
+			;;
+		doh)
+			for method in GET POST; do
+				for target in dnsfront:8443:"$DNSFRONT" dnsdist:9443:"$DNSDIST" unbound:10443:"$UNBOUND"; do
+					IFS=: read -r name port pid <<<"$target"
+					label="$name"
+					[ "$name" = unbound ] && label="unbound (own data)"
+					if [ $method = GET ]; then
+						sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
+						measure "DoH $method h2 -c 10 -m 10" "$label" "$pid" h2load -c 10 -m 10 -n $H2N -i "$T/urls-$port.txt"
+					else
+						measure "DoH $method h2 -c 10 -m 10" "$label" "$pid" h2load -c 10 -m 10 -n $H2N -d "$T/post.bin" \
+							-H "content-type: application/dns-message" "https://127.0.0.1:$port/dns-query"
+					fi
+				done
+			done
+			sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
+			measure "DoH GET h2 -c 10 -m 10" "dnsfront zone (own data)" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/urls-zone.txt"
+			measure "HTTP/2 ceiling -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N "https://127.0.0.1:8443/respond"
+			;;
+		handshake)
+			# a new TLS connection per query, staple attached
+			measure "DoT new conn per query" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 20 -q 20 -O num-queries-per-conn=1
+			measure "DoT new conn per query" "dnsdist forward" "$DNSDIST" $DP -m dot -s 127.0.0.1 -p 9853 -c 20 -q 20 -O num-queries-per-conn=1
+			measure "DoT new conn per query" "unbound (own data)" "$UNBOUND" $DP -m dot -s 127.0.0.1 -p 10853 -c 20 -q 20 -O num-queries-per-conn=1
+			;;
+		esac
+	done
+done
+
+mkdir -p bench/results
+{
+	echo "# dnsfront benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+	echo
+	echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU;"
+	echo "$ROUNDS rounds of ${DURATION}s, alternating; medians. dnsdist $(dnsdist --version 2>&1 | head -1 | awk '{print $2}'),"
+	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2}'), nsd $(nsd -v 2>&1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}'), $(h2load --version | head -1)."
+	echo
+	echo "| scenario | server | median q/s | avg latency ms | CPU s per 100k | peak RSS MB | vs dnsdist |"
+	echo "|---|---|---:|---:|---:|---:|---:|"
+	awk -F'\t' 'NR > 1 {k = $1 "\t" $2; if (!(k in seen)) {order[++n] = k; seen[k] = 1}; vals[k] = vals[k] " " $4; lat[k] = lat[k] " " $5; cpu[k] = cpu[k] " " $6; if ($7 > rss[k]) rss[k] = $7}
+	function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
+	END {
+		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); q[k] = median(vals[k]); if (p[2] ~ /^dnsdist/) base[p[1]] = q[k]}
+		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); r = (p[1] in base && base[p[1]] > 0) ? sprintf("%.2f", q[k] / base[p[1]]) : "";
+			printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", p[1], p[2], q[k], median(lat[k]), median(cpu[k]), rss[k], r}
+	}' "$RAW"
+} > bench/results/latest.md
+cp "$RAW" bench/results/latest.tsv
+echo
+cat bench/results/latest.md
