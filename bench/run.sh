@@ -276,17 +276,9 @@ mkdir -p bench/results
 	echo
 	echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU;"
 	echo "$ROUNDS rounds of ${DURATION}s, alternating; medians. dnsdist $(dnsdist --version 2>&1 | head -1 | awk '{print $2}'),"
-	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2}'), nsd $(nsd -v 2>&1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2}'), $(h2load --version | head -1)."
+	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}'), nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}'), $(h2load --version | head -1)."
 	echo
-	echo "| scenario | server | median q/s | avg latency ms | CPU s per 100k | peak RSS MB | vs dnsdist |"
-	echo "|---|---|---:|---:|---:|---:|---:|"
-	awk -F'\t' 'NR > 1 {k = $1 "\t" $2; if (!(k in seen)) {order[++n] = k; seen[k] = 1}; vals[k] = vals[k] " " $4; lat[k] = lat[k] " " $5; cpu[k] = cpu[k] " " $6; if ($7 > rss[k]) rss[k] = $7}
-	function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
-	END {
-		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); q[k] = median(vals[k]); if (p[2] ~ /^dnsdist/) base[p[1]] = q[k]}
-		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); r = (p[1] in base && base[p[1]] > 0) ? sprintf("%.2f", q[k] / base[p[1]]) : "";
-			printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", p[1], p[2], q[k], median(lat[k]), median(cpu[k]), rss[k], r}
-	}' "$RAW"
+	bash bench/table.sh "$RAW"
 } > bench/results/latest.md
 cp "$RAW" bench/results/latest.tsv
 echo
