@@ -1,0 +1,144 @@
+package dotapp
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/binary"
+	"encoding/json"
+	"io"
+	"net"
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/internal/testpki"
+)
+
+// newTestServer is a provisioned server with a zone, serving connections
+// handed to it (no listener).
+func newTestServer(t testing.TB) *Server {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	s := &Server{ReadTimeout: caddy.Duration(time.Second), IdleTimeout: caddy.Duration(2 * time.Second)}
+	s.HandlersRaw = []json.RawMessage{json.RawMessage(`{"handler":"zone","origin":"example.org.","records":[` +
+		`"@ 3600 IN SOA ns1 host 1 7200 3600 1209600 300","www 60 IN A 192.0.2.80"]}`)}
+	s.name, s.logger, s.ctx = "test", zap.NewNop(), ctx
+	s.conns, s.perClient = make(map[*conn]struct{}), make(map[netip.Addr]int)
+	if err := s.Chain.Provision(ctx, "test", "dot"); err != nil {
+		t.Fatal(err)
+	}
+	s.metrics = newDotMetrics(ctx, "test")
+	ca := testpki.NewCA(t, "test", testpki.ECDSA)
+	leaf := ca.Issue(t, testpki.LeafOptions{}, "dns.example.org")
+	s.tlsCfg = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}},
+		NextProtos: []string{"dot"}}
+	return s
+}
+
+// exchange serves one connection that sends input after the handshake
+// and closes its side, and returns every frame the server sent back.
+func exchange(t testing.TB, s *Server, input []byte) [][]byte {
+	t.Helper()
+	srvSide, cliSide := net.Pipe()
+	c := newConn(&pipeConn{srvSide}, "test")
+	if reason := s.admit(c); reason != "" {
+		t.Fatal(reason)
+	}
+	done := make(chan struct{})
+	go func() { c.serve(s); close(done) }()
+	cli := tls.Client(cliSide, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}, RootCAs: x509.NewCertPool()})
+	_ = cli.SetDeadline(time.Now().Add(5 * time.Second))
+	var frames [][]byte
+	if err := cli.Handshake(); err != nil {
+		t.Fatal(err)
+	}
+	go func() {
+		_, _ = cli.Write(input)
+		_ = cli.CloseWrite() // close_notify: the server reads EOF
+	}()
+	for {
+		var l [2]byte
+		if _, err := io.ReadFull(cli, l[:]); err != nil {
+			break
+		}
+		b := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(cli, b); err != nil {
+			t.Fatalf("truncated frame: %v", err)
+		}
+		frames = append(frames, b)
+	}
+	cli.Close()
+	select {
+	case <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("the connection was not closed after the client went away")
+	}
+	return frames
+}
+
+// pipeConn gives net.Pipe a TCP-like remote address.
+type pipeConn struct{ net.Conn }
+
+func (pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353} }
+
+func frame(q *dns.Msg) []byte {
+	b, _ := q.Pack()
+	return append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)
+}
+
+func TestFraming(t *testing.T) {
+	s := newTestServer(t)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	var in []byte
+	for i := 0; i < 3; i++ {
+		q.Id = uint16(i + 1)
+		in = append(in, frame(q)...)
+	}
+	// then garbage with a valid header: a FORMERR with its ID, then a
+	// frame shorter than a header: the connection closes
+	in = append(in, 0, 13, 0xBE, 0xEF, 1, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF)
+	in = append(in, 0, 3, 1, 2, 3)
+	frames := exchange(t, s, in)
+	if len(frames) != 4 {
+		t.Fatalf("%d answers, want 3 and a FORMERR", len(frames))
+	}
+	ids := map[uint16]int{}
+	for _, f := range frames {
+		m := new(dns.Msg)
+		if err := m.Unpack(f); err != nil {
+			t.Fatal(err)
+		}
+		ids[m.Id] = m.Rcode
+	}
+	if ids[1] != dns.RcodeSuccess || ids[3] != dns.RcodeSuccess || ids[0xBEEF] != dns.RcodeFormatError {
+		t.Fatalf("answers by ID: %v", ids)
+	}
+}
+
+func FuzzFraming(f *testing.F) {
+	s := newTestServer(f)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	f.Add(frame(q))
+	f.Add(append(frame(q), frame(q)...))
+	f.Add([]byte{0, 12, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0})
+	f.Add([]byte{0xFF, 0xFF, 1})
+	f.Fuzz(func(t *testing.T, in []byte) {
+		for _, b := range exchange(t, s, in) {
+			if len(b) < 12 {
+				t.Fatalf("a %d-octet answer", len(b))
+			}
+			if err := new(dns.Msg).Unpack(b); err != nil {
+				t.Fatalf("an answer that does not unpack: %v", err)
+			}
+		}
+	})
+}
