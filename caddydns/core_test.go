@@ -210,3 +210,35 @@ func FuzzServe(f *testing.F) {
 		}
 	})
 }
+
+func TestInZone(t *testing.T) {
+	for _, tc := range []struct {
+		origin, name string
+		want         bool
+	}{
+		{"example.org.", "example.org.", true},
+		{"example.org.", "www.example.org.", true},
+		{"example.org.", "a.b.example.org.", true},
+		{"example.org.", "badexample.org.", false},
+		{"example.org.", "org.", false},
+		{"example.org.", "example.com.", false},
+		{".", "anything.", true},
+	} {
+		if got := inZone(tc.origin, tc.name); got != tc.want || got != dns.IsSubDomain(tc.origin, tc.name) {
+			t.Errorf("inZone(%q, %q) = %v, want %v (as dns.IsSubDomain)", tc.origin, tc.name, got, tc.want)
+		}
+	}
+}
+
+func TestHugeAnswerFits(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("big.example.org.", dns.TypeTXT)
+	for i := 0; i < 400; i++ {
+		m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: "big.example.org.", Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+			Txt: []string{strings.Repeat("x", 250)}})
+	}
+	out, err := FitMessage(m, nil)
+	if err != nil || len(out) > MaxMessage || !m.Truncated {
+		t.Fatalf("%d octets, truncated %v, %v", len(out), m.Truncated, err)
+	}
+}

@@ -123,14 +123,28 @@ func finish(r *Request, resp *dns.Msg) {
 	}
 }
 
-// truncate cuts resp to size bytes (RFC 2181 9: set TC).
+// truncate cuts resp to what the client accepts (RFC 2181 9: set TC).
+// Measuring a message costs a compression map, so stream clients (which
+// take up to MaxMessage) are not measured here: the transport calls
+// FitMessage on the rare answer that packs larger.
 func truncate(resp *dns.Msg, size int) {
-	if size <= 0 || size > MaxMessage {
-		size = MaxMessage
+	if size <= 0 || size >= MaxMessage {
+		return
 	}
 	if resp.Len() > size {
 		resp.Truncate(size)
 	}
+}
+
+// FitMessage packs resp into buf, truncated (TC set) if it would pass
+// MaxMessage octets.
+func FitMessage(resp *dns.Msg, buf []byte) ([]byte, error) {
+	out, err := resp.PackBuffer(buf)
+	if err == nil && len(out) <= MaxMessage {
+		return out, nil
+	}
+	resp.Truncate(MaxMessage)
+	return resp.PackBuffer(buf)
 }
 
 func removeOPT(m *dns.Msg) *dns.OPT {

@@ -90,10 +90,19 @@ func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
 func (z *Zone) ServeDNS(ctx context.Context, r *Request, next Next) (*dns.Msg, error) {
 	q := r.Msg.Question[0]
 	name := dns.CanonicalName(q.Name)
-	if !dns.IsSubDomain(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
+	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
 		return next(ctx, r)
 	}
 	return z.zone.answer(r.Msg, name, q.Qtype), nil
+}
+
+// inZone reports whether the canonical name is origin or under it, as
+// dns.IsSubDomain does, without splitting both into labels.
+func inZone(origin, name string) bool {
+	if origin == "." {
+		return true
+	}
+	return name == origin || (strings.HasSuffix(name, origin) && name[len(name)-len(origin)-1] == '.')
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -233,7 +242,7 @@ func (z *zoneData) answer(q *dns.Msg, name string, qtype uint16) *dns.Msg {
 		}
 		m.Answer = append(m.Answer, synthesize(cname, name, !exact)...)
 		target := dns.CanonicalName(cname[0].(*dns.CNAME).Target)
-		if !dns.IsSubDomain(z.origin, target) {
+		if !inZone(z.origin, target) {
 			return m // the resolver follows it
 		}
 		name = target

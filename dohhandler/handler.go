@@ -9,6 +9,7 @@ import (
 	"mime"
 	"net/http"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"sync"
@@ -71,6 +72,31 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// messageTypeHeader is shared by every response; nothing modifies it.
+var messageTypeHeader = []string{MessageType}
+
+// queryParam returns the value of key in a raw query string without
+// building url.Values (this runs for every GET).
+func queryParam(raw, key string) (string, bool) {
+	for raw != "" {
+		var kv string
+		kv, raw, _ = strings.Cut(raw, "&")
+		k, v, _ := strings.Cut(kv, "=")
+		if k != key {
+			continue
+		}
+		if strings.ContainsAny(v, "%+") {
+			u, err := url.QueryUnescape(v)
+			if err != nil {
+				return "", true
+			}
+			v = u
+		}
+		return v, true
+	}
+	return "", false
+}
+
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
 // ServeHTTP answers a DoH request.
@@ -81,9 +107,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	var wire []byte
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
-		param := r.URL.Query().Get("dns")
-		if param == "" {
-			if !h.DisableJSON && (r.URL.Query().Has("name") || acceptsJSON(r)) {
+		param, ok := queryParam(r.URL.RawQuery, "dns")
+		if !ok || param == "" {
+			if _, hasName := queryParam(r.URL.RawQuery, "name"); !h.DisableJSON && (hasName || acceptsJSON(r)) {
 				return h.serveJSON(w, r)
 			}
 			return h.fail(w, http.StatusBadRequest, "missing dns parameter: send the query base64url-encoded in ?dns=")
@@ -93,11 +119,14 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 		if need > caddydns.MaxMessage {
 			return h.fail(w, http.StatusRequestURITooLong, "dns parameter holds more than 65535 octets")
 		}
+		// the decoded query, then the encoded one, in the pooled buffer
 		buf := (*bp)[:0]
-		if cap(buf) < need {
-			buf = make([]byte, need)
+		if cap(buf) < need+len(param) {
+			buf = make([]byte, 0, need+len(param))
+			*bp = buf
 		}
-		n, err := base64.RawURLEncoding.Decode(buf[:need], []byte(param))
+		src := append(buf[need:need], param...)
+		n, err := base64.RawURLEncoding.Decode(buf[:need], src)
 		if err != nil {
 			return h.fail(w, http.StatusBadRequest, "dns parameter is not base64url: "+err.Error())
 		}
@@ -127,13 +156,13 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	resp := h.Chain.Serve(r.Context(), &caddydns.Request{
 		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
 	})
-	out, err := resp.PackBuffer((*bp)[:cap(*bp)])
+	out, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
 	if err != nil {
 		return h.fail(w, http.StatusInternalServerError, "packing answer: "+err.Error())
 	}
 	*bp = out[:0]
 	hdr := w.Header()
-	hdr["Content-Type"] = []string{MessageType}
+	hdr["Content-Type"] = messageTypeHeader
 	hdr["Content-Length"] = []string{strconv.Itoa(len(out))}
 	if ttl, ok := cacheTTL(resp); ok {
 		hdr["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(ttl), 10)}

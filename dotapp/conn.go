@@ -158,7 +158,7 @@ func (c *conn) answer(q *dns.Msg, resp *dns.Msg) {
 		})
 	}
 	bp := packPool.Get().(*[]byte)
-	packed, err := resp.PackBuffer((*bp)[:cap(*bp)])
+	packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
 	if err != nil {
 		srv.logger.Error("packing answer", zap.Error(err))
 		packPool.Put(bp)
