@@ -1,0 +1,431 @@
+package integration
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"os"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/dnsfront/dnsfront/internal/testpki"
+)
+
+// goroutines reads the running Caddy's goroutine count from pprof.
+func (p *caddyProc) goroutines() int {
+	p.t.Helper()
+	m := regexp.MustCompile(`goroutine profile: total (\d+)`).FindSubmatch(p.api("GET", "/debug/pprof/goroutine?debug=1"))
+	if m == nil {
+		p.t.Fatal("no goroutine count in /debug/pprof/goroutine")
+	}
+	n, _ := strconv.Atoi(string(m[1]))
+	return n
+}
+
+// TestSoak: DoT and DoH load while the config is force-reloaded and the
+// staple file replaced, over and over: no failed query, no handshake
+// without a staple, no goroutines left behind. DNSFRONT_SOAK=5m runs it
+// longer (reload every 5 s, staple every 10 s, as an operator would
+// schedule them); CI runs 15 s at a faster pace.
+func TestSoak(t *testing.T) {
+	length, reloadEvery, stapleEvery := 15*time.Second, time.Second, 500*time.Millisecond
+	if v := os.Getenv("DNSFRONT_SOAK"); v != "" {
+		d, err := time.ParseDuration(v)
+		if err != nil {
+			t.Fatalf("DNSFRONT_SOAK=%q: %v", v, err)
+		}
+		length, reloadEvery, stapleEvery = d, 5*time.Second, 10*time.Second
+	}
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test", "127.0.0.1")
+	pk.writeStaple(t, pk.response(t, ocsp.Good, 3*time.Hour))
+	up := newTestUpstream(t, 1)
+	dotPort, dohPort := freePort(t), freePort(t)
+	c := startCaddy(t, dir, `{
+	ocsp {
+		certificate {{.Cert}} {{.Key}} {
+			staple file {{.Staple}}
+		}
+	}
+	dot 127.0.0.1:{{.DoT}} {
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}}
+	}
+}
+https://:{{.DoH}} {
+	tls {
+		get_certificate ocsp
+	}
+	doh /dns-query {
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}}
+	}
+}
+`, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "DoT": dotPort, "DoH": dohPort, "Zone": exampleZone(t), "Up": up.addr})
+	dotAddr, dohAddr := fmt.Sprintf("127.0.0.1:%d", dotPort), fmt.Sprintf("127.0.0.1:%d", dohPort)
+	waitListen(t, dotAddr)
+	waitListen(t, dohAddr)
+	// warm up, then count goroutines at rest
+	for _, a := range []string{dotAddr, dohAddr} {
+		if s, _, err := tryStaple(a, "dns.example.test", nil); err != nil || s == nil {
+			t.Fatalf("%s: no staple before the soak: %v", a, err)
+		}
+	}
+	before := c.goroutines()
+
+	var queries, failures, unstapled atomic.Int64
+	var firstFailure atomic.Value
+	fail := func(what string) {
+		failures.Add(1)
+		firstFailure.CompareAndSwap(nil, what)
+	}
+	ctx, stop := context.WithTimeout(context.Background(), length)
+	defer stop()
+	var wg sync.WaitGroup
+	names := []string{"www.example.test.", "mail.example.test.", "q.up.test.", "nope.example.test."}
+	// DoT: long connections, and a new connection (handshake) now and then
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				conn, err := tls.Dial("tcp", dotAddr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}, ServerName: "dns.example.test"})
+				if err != nil {
+					fail("dial: " + err.Error())
+					continue
+				}
+				if len(conn.ConnectionState().OCSPResponse) == 0 {
+					unstapled.Add(1)
+				}
+				dc := &dotConn{conn}
+				for i := 0; i < 200 && ctx.Err() == nil; i++ {
+					q := question(names[(w+i)%len(names)], dns.TypeA, uint16(i))
+					b, _ := q.Pack()
+					if _, err := conn.Write(append([]byte{byte(len(b) >> 8), byte(len(b))}, b...)); err != nil {
+						fail("dot write: " + err.Error())
+						break
+					}
+					m, err := dc.recv(5 * time.Second)
+					if err != nil || m.Id != uint16(i) || m.Rcode == dns.RcodeServerFailure {
+						fail(fmt.Sprintf("dot answer: %v %v", m, err))
+						break
+					}
+					queries.Add(1)
+				}
+				conn.Close()
+			}
+		}(w)
+	}
+	// DoH over HTTP/2
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
+		TLSClientConfig: &tls.Config{InsecureSkipVerify: true}, ForceAttemptHTTP2: true,
+		DialTLSContext: func(ctx context.Context, network, addr string) (net.Conn, error) {
+			conn, err := (&tls.Dialer{Config: &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"h2"}, ServerName: "dns.example.test"}}).DialContext(ctx, network, dohAddr)
+			if err == nil && len(conn.(*tls.Conn).ConnectionState().OCSPResponse) == 0 {
+				unstapled.Add(1)
+			}
+			return conn, err
+		},
+	}}
+	defer client.CloseIdleConnections()
+	for w := 0; w < 3; w++ {
+		wg.Add(1)
+		go func(w int) {
+			defer wg.Done()
+			for i := 0; ctx.Err() == nil; i++ {
+				b, _ := question(names[(w+i)%len(names)], dns.TypeA, 0).Pack()
+				resp, err := client.Post("https://dns.example.test/dns-query", "application/dns-message", bytes.NewReader(b))
+				if err != nil {
+					fail("doh: " + err.Error())
+					continue
+				}
+				body, _ := io.ReadAll(resp.Body)
+				resp.Body.Close()
+				m := new(dns.Msg)
+				if resp.StatusCode != 200 || m.Unpack(body) != nil || m.Rcode == dns.RcodeServerFailure {
+					fail(fmt.Sprintf("doh answer: %d %v", resp.StatusCode, m))
+					continue
+				}
+				queries.Add(1)
+			}
+		}(w)
+	}
+	// the operator: reloads and new staples
+	reloads, staples := 0, 0
+	reloadTick, stapleTick := time.NewTicker(reloadEvery), time.NewTicker(stapleEvery)
+	defer reloadTick.Stop()
+	defer stapleTick.Stop()
+	for ctx.Err() == nil {
+		select {
+		case <-reloadTick.C:
+			if err := c.reload("", nil); err != nil {
+				t.Errorf("reload %d: %v", reloads+1, err)
+			}
+			reloads++
+		case <-stapleTick.C:
+			// written atomically, as a careful operator does
+			tmp := pk.stapleFile + ".tmp"
+			testpki.WriteFile(t, tmp, pk.response(t, ocsp.Good, time.Duration(staples%3600)*time.Second+time.Minute))
+			if err := os.Rename(tmp, pk.stapleFile); err != nil {
+				t.Fatal(err)
+			}
+			staples++
+		case <-ctx.Done():
+		}
+	}
+	wg.Wait()
+	client.CloseIdleConnections()
+	t.Logf("soak %v: %d queries, %d reloads, %d staple files, %d failures, %d handshakes without a staple",
+		length, queries.Load(), reloads, staples, failures.Load(), unstapled.Load())
+	if failures.Load() != 0 || unstapled.Load() != 0 || queries.Load() == 0 {
+		t.Fatalf("%d failed queries (first: %v), %d handshakes without a staple", failures.Load(), firstFailure.Load(), unstapled.Load())
+	}
+	// goroutines come back to where they were once the clients are gone
+	var after int
+	if err := eventually(10*time.Second, func() bool { after = c.goroutines(); return after <= before+5 }); err != nil {
+		t.Fatalf("goroutines: %d before the soak, %d after", before, after)
+	}
+}
+
+// TestUpstreamFaults: an upstream that answers garbage, answers with the
+// wrong ID or question, or never answers, gets SERVFAIL within the
+// timeout from its forward, while a handler with a good upstream next to
+// it is served; the bad answers are never passed on.
+func TestUpstreamFaults(t *testing.T) {
+	bad := func(t *testing.T, reply func(pc net.PacketConn, addr net.Addr, q []byte)) string {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { pc.Close() })
+		go func() {
+			buf := make([]byte, 4096)
+			for {
+				n, addr, err := pc.ReadFrom(buf)
+				if err != nil {
+					return
+				}
+				reply(pc, addr, append([]byte(nil), buf[:n]...))
+			}
+		}()
+		return pc.LocalAddr().String()
+	}
+	answerFor := func(q []byte, edit func(*dns.Msg)) []byte {
+		m := new(dns.Msg)
+		if m.Unpack(q) != nil {
+			return nil
+		}
+		r := new(dns.Msg)
+		r.SetReply(m)
+		r.Answer = append(r.Answer, rr(t, m.Question[0].Name+" 30 IN A 203.0.113.66"))
+		edit(r)
+		b, _ := r.Pack()
+		return b
+	}
+	garbage := bad(t, func(pc net.PacketConn, a net.Addr, q []byte) {
+		_, _ = pc.WriteTo(append(q[:2:2], []byte("not a DNS answer at all")...), a)
+	})
+	wrongID := bad(t, func(pc net.PacketConn, a net.Addr, q []byte) {
+		_, _ = pc.WriteTo(answerFor(q, func(r *dns.Msg) { r.Id++ }), a)
+	})
+	wrongQuestion := bad(t, func(pc net.PacketConn, a net.Addr, q []byte) {
+		_, _ = pc.WriteTo(answerFor(q, func(r *dns.Msg) { r.Question[0].Name = "evil.example." }), a)
+	})
+	silent := bad(t, func(net.PacketConn, net.Addr, []byte) {})
+	good := newTestUpstream(t, 7)
+
+	dir := t.TempDir()
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	startCaddy(t, dir, `{
+	ocsp {
+		issue dns.example.test
+	}
+	dot 127.0.0.1:{{.Port}} {
+		forward udp://{{.Good}}
+	}
+}
+`, Vars{"Port": port, "Good": good.addr})
+	waitListen(t, addr)
+	// each bad upstream behind its own server
+	for _, tc := range []struct{ name, up string }{{"garbage", garbage}, {"wrong ID", wrongID}, {"wrong question", wrongQuestion}, {"silent", silent}} {
+		t.Run(tc.name, func(t *testing.T) {
+			dir := t.TempDir()
+			p := freePort(t)
+			a := fmt.Sprintf("127.0.0.1:%d", p)
+			startCaddy(t, dir, `{
+	ocsp {
+		issue dns.example.test
+	}
+	dot 127.0.0.1:{{.Port}} {
+		forward udp://{{.Up}} {
+			timeout 300ms
+			tries 2
+		}
+	}
+}
+`, Vars{"Port": p, "Up": tc.up})
+			waitListen(t, a)
+			c := dialDoT(t, a)
+			start := time.Now()
+			c.send(t, question("x.bad.test.", dns.TypeA, 5))
+			m, err := c.recv(5 * time.Second)
+			if err != nil || m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
+				t.Fatalf("answer %v %v, want SERVFAIL and nothing of the bad upstream's", m, err)
+			}
+			if el := time.Since(start); el > 3*time.Second {
+				t.Fatalf("SERVFAIL after %v: not within the tries' timeouts", el)
+			}
+			// the server keeps serving others meanwhile
+			g := dialDoT(t, addr)
+			g.send(t, question("ok.up.test.", dns.TypeA, 6))
+			if m, err := g.recv(5 * time.Second); err != nil || len(m.Answer) != 1 || !strings.Contains(m.Answer[0].String(), "198.51.100.7") {
+				t.Fatalf("good upstream: %v %v", m, err)
+			}
+		})
+	}
+}
+
+// TestAbuse: 2,000 connections that never send a byte, and a pipeline of
+// 10,000 queries on one connection: the limits hold and another client is
+// served throughout.
+func TestAbuse(t *testing.T) {
+	env := startDoT(t, "10s", 0, 1)
+	host, port, _ := net.SplitHostPort(env.addr)
+	served := func() {
+		t.Helper()
+		out := kdig(t, "+tls", "@"+host, "-p", port, "www.example.test", "A", "+short")
+		if strings.TrimSpace(out) != "192.0.2.80" {
+			t.Fatalf("another client is not served: %q", out)
+		}
+	}
+	before := env.c.goroutines()
+	var idle []net.Conn
+	for i := 0; i < 2000; i++ {
+		conn, err := net.Dial("tcp", env.addr)
+		if err != nil {
+			t.Fatalf("connection %d: %v", i, err)
+		}
+		idle = append(idle, conn)
+	}
+	served()
+	// they never complete a handshake: closed after handshake_timeout
+	closed := 0
+	for _, conn := range idle {
+		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
+		if _, err := conn.Read(make([]byte, 1)); err != nil {
+			var ne net.Error
+			if !errorAs(err, &ne) || !ne.Timeout() {
+				closed++
+			}
+		}
+		conn.Close()
+	}
+	if closed != len(idle) {
+		t.Fatalf("%d of %d silent connections closed by the server", closed, len(idle))
+	}
+
+	// 10,000 queries written in one go: all answered, in-flight bounded
+	c := dialDoT(t, env.addr)
+	var batch []byte
+	for i := 0; i < 10000; i++ {
+		b, _ := question("www.example.test.", dns.TypeA, uint16(i)).Pack()
+		batch = append(batch, byte(len(b)>>8), byte(len(b)))
+		batch = append(batch, b...)
+	}
+	go func() { _, _ = c.Write(batch) }()
+	seen := make(map[uint16]bool, 10000)
+	for len(seen) < 10000 {
+		m, err := c.recv(10 * time.Second)
+		if err != nil {
+			t.Fatalf("after %d answers: %v", len(seen), err)
+		}
+		seen[m.Id] = true
+	}
+	served()
+	c.Close()
+	var after int
+	if err := eventually(10*time.Second, func() bool { after = env.c.goroutines(); return after <= before+5 }); err != nil {
+		t.Fatalf("goroutines: %d before, %d after the abuse", before, after)
+	}
+}
+
+// TestStapleFaults: a staple file that disappears keeps the last good
+// staple, is logged once (not at every poll), and is picked up again by
+// itself when it returns; a write-through target that cannot be written
+// is logged and the generated staple is served all the same.
+func TestStapleFaults(t *testing.T) {
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test")
+	gen := newPKI(t, dir, "gen", testpki.ECDSA, testpki.LeafOptions{}, "gen.example.test")
+	good := pk.response(t, ocsp.Good, 2*time.Hour)
+	pk.writeStaple(t, good)
+	notADir := testpki.WriteFile(t, dir+"/plain-file", []byte("x"))
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, dir, `{
+	ocsp {
+		certificate {{.Cert}} {{.Key}} {
+			staple file {{.Staple}} {
+				poll_interval 200ms
+			}
+		}
+		certificate {{.Gen}} {{.GenKey}} {
+			staple local_ca {{.CA}} {{.CAKey}} {
+				write_to {{.Bad}}
+			}
+		}
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	respond "ok"
+}
+`, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Gen": gen.certFile, "GenKey": gen.keyFile,
+		"CA": gen.caFile, "CAKey": gen.caKeyFile, "Bad": notADir + "/staple.ocsp", "Port": port})
+	waitListen(t, addr)
+	if s, _ := stapleGo(t, addr, "gen.example.test", nil); s == nil {
+		t.Fatal("a failing write_to stopped the generated staple from being served")
+	}
+	c.waitLog(`writing ocsp staple through to file`, 5*time.Second)
+
+	if err := os.Remove(pk.stapleFile); err != nil {
+		t.Fatal(err)
+	}
+	// several polls pass; the refusal is logged once
+	if err := eventually(5*time.Second, func() bool {
+		st := c.staples("GET", "/ocsp/")
+		return st[0].LastResult == "failed" && strings.Contains(st[0].LastError, "no such file")
+	}); err != nil {
+		t.Fatalf("a missing staple file was not noticed: %+v", c.staples("GET", "/ocsp/"))
+	}
+	time.Sleep(time.Second) // five more polls of the missing file: the scenario, not a sync point
+	if n := len(c.log.lines(`"ocsp staple refused"`)); n != 1 {
+		t.Fatalf("the missing file was logged %d times, want once", n)
+	}
+	if s, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(s, good) {
+		t.Fatal("the last good staple is not served while the file is missing")
+	}
+	newer := pk.response(t, ocsp.Good, time.Hour)
+	pk.writeStaple(t, newer)
+	if err := eventually(5*time.Second, func() bool {
+		s, _ := stapleGo(t, addr, "dns.example.test", nil)
+		return bytes.Equal(s, newer)
+	}); err != nil {
+		t.Fatal("the staple file came back but the new staple is not served")
+	}
+}
