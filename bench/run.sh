@@ -21,7 +21,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
-SCENARIOS=${SCENARIOS:-"udp dot doh handshake"}
+SCENARIOS=${SCENARIOS:-"udp dot doh handshake idle"}
+IDLE_CONNS=${IDLE_CONNS:-5000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -47,6 +48,8 @@ trap cleanup EXIT
 echo "== build dnsfront and the query files ($T)"
 go build -o "$T/caddy" ./cmd/caddy
 go run ./bench/mkqueries -out "$T"
+go build -o "$T/idleconns" ./bench/idleconns
+ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 cp examples/example.test.zone "$T/example.test.zone"
 
 echo "== certificate, key and OCSP staple shared by every server"
@@ -98,6 +101,7 @@ cat > "$T/Caddyfile" <<EOF
 		}
 	}
 	dot 127.0.0.1:8853 {
+		idle_timeout 30s
 		forward udp://127.0.0.1:5301
 	}
 	dot 127.0.0.1:8854 {
@@ -120,6 +124,7 @@ EOF
 
 cat > "$T/dnsdist.conf" <<EOF
 setSecurityPollSuffix("")
+setTCPRecvTimeout(30)
 newServer({address="127.0.0.1:5301"})
 addTLSLocal("127.0.0.1:9853", "$T/server.pem", "$T/server.key", {ocspResponses={"$T/server.ocsp"}})
 addDOHLocal("127.0.0.1:9443", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
@@ -143,7 +148,8 @@ server:
 	num-threads: 1
 	access-control: 127.0.0.0/8 allow
 	module-config: "iterator"
-	incoming-num-tcp: 1000
+	incoming-num-tcp: 6500
+	tcp-idle-timeout: 30000
 auth-zone:
 	name: "example.test"
 	zonefile: "$T/example.test.zone"
@@ -226,6 +232,25 @@ measure() {
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
 }
 
+# idle_measure name pid addr: memory per idle DoT connection
+IDLE="$T/idle.tsv"
+idle_measure() {
+	local name=$1 pid=$2 addr=$3 rss0 rss1 line n
+	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$IDLE_CONNS" 2>&1; }
+	read -r line <&"${IDLECONNS[0]}"
+	sleep 2
+	rss1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
+	n=$(echo "$line" | awk '{print $2}')
+	eval "exec ${IDLECONNS[1]}>&-"
+	wait "$IDLECONNS_PID" 2>/dev/null || true
+	local per
+	per=$(awk -v a="$rss1" -v b="$rss0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
+	printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$n" "$per" "$((rss1 / 1024))" >> "$IDLE"
+	printf '   %-28s %-22s %s connections  %s bytes each  rss %s MB\n' "idle DoT connections" "$name" "$n" "$per" "$((rss1 / 1024))"
+	sleep 2 # let the server let go of them
+}
+
 DP="dnsperf -d $T/dnsperf.txt -l $DURATION"
 H2N=$((DURATION * 15000))
 for round in $(seq "$ROUNDS"); do
@@ -260,6 +285,11 @@ for round in $(seq "$ROUNDS"); do
 			measure "DoH GET h2 -c 10 -m 10" "dnsfront zone (own data)" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/urls-zone.txt"
 			measure "HTTP/2 ceiling -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N "https://127.0.0.1:8443/respond"
 			;;
+		idle)
+			idle_measure "dnsfront" "$DNSFRONT" 127.0.0.1:8853
+			idle_measure "dnsdist" "$DNSDIST" 127.0.0.1:9853
+			idle_measure "unbound" "$UNBOUND" 127.0.0.1:10853
+			;;
 		handshake)
 			# a new TLS connection per query, staple attached
 			measure "DoT new conn per query" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 20 -q 20 -O num-queries-per-conn=1
@@ -279,7 +309,16 @@ mkdir -p bench/results
 	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}'), nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}'), $(h2load --version | head -1)."
 	echo
 	bash bench/table.sh "$RAW"
+	if [ -s "$IDLE" ]; then
+		echo
+		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, nothing sent; RSS growth / connections; median):"
+		echo
+		echo "| server | connections open | bytes per connection | RSS MB with them |"
+		echo "|---|---:|---:|---:|"
+		sort -t$'\t' -k1,1 -k4,4n "$IDLE" | awk -F'\t' '{v[$1] = v[$1] " " $4; o[$1] = $3; r[$1] = $5} END {for (k in v) {m = split(v[k], a, " "); printf "| %s | %s | %s | %s |\n", k, o[k], a[int((m + 1) / 2)], r[k]}}'
+	fi
 } > bench/results/latest.md
 cp "$RAW" bench/results/latest.tsv
+[ -s "$IDLE" ] && cp "$IDLE" bench/results/latest-idle.tsv
 echo
 cat bench/results/latest.md

@@ -22,6 +22,10 @@ import (
 // maxBatch bounds how many octets of answers are written in one go.
 const maxBatch = 16 << 10
 
+// readBufferSize holds many pipelined queries; a TLS read returns at
+// most one record anyway.
+const readBufferSize = 1 << 10
+
 // conn is one DoT connection. Its reader decodes queries in order; each
 // query is answered in its own goroutine (so a slow upstream answer does
 // not hold back the others: RFC 7766 6.2.1.1 out-of-order answers); a
@@ -33,11 +37,12 @@ type conn struct {
 	client netip.AddrPort
 	srv    atomic.Pointer[Server] // the server whose config applies now
 
-	out     chan *[]byte  // packed answers, to the writer
-	sem     chan struct{} // queries in flight
-	pending sync.WaitGroup
-	aborted atomic.Bool
-	reading atomic.Bool // waiting for a query, deadline set from srv
+	out        chan *[]byte  // packed answers, to the writer (from the first query on)
+	sem        chan struct{} // queries in flight
+	writerDone chan struct{}
+	pending    sync.WaitGroup
+	aborted    atomic.Bool
+	reading    atomic.Bool // waiting for a query, deadline set from srv
 }
 
 var packPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
@@ -51,7 +56,12 @@ func newConn(raw net.Conn, key string) *conn {
 }
 
 func (c *conn) serve(first *Server) {
-	defer c.release()
+	handedOn := false
+	defer func() {
+		if !handedOn {
+			c.release()
+		}
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			first.logger.Error("dot connection panicked", zap.Any("panic", r))
@@ -70,21 +80,33 @@ func (c *conn) serve(first *Server) {
 		return
 	}
 	_ = c.raw.SetDeadline(time.Time{})
+	// the handshake grew this goroutine's stack; a long-lived idle
+	// connection should not keep it: the reader starts afresh
+	handedOn = true
+	go c.run(first)
+}
+
+// run reads and answers queries until the connection ends, then closes it.
+func (c *conn) run(first *Server) {
+	defer c.release()
+	defer func() {
+		if r := recover(); r != nil {
+			first.logger.Error("dot connection panicked", zap.Any("panic", r))
+			c.raw.Close()
+		}
+	}()
+	m := first.metrics
 	m.open.Inc()
 	defer m.open.Dec()
 
-	n := first.maxInFlight()
-	c.out = make(chan *[]byte, n)
-	c.sem = make(chan struct{}, n)
-	writerDone := make(chan struct{})
-	go c.write(writerDone)
-
-	c.read()
+	c.read(first.maxInFlight())
 
 	// answer what was asked, then close cleanly (close_notify)
 	c.pending.Wait()
-	close(c.out)
-	<-writerDone
+	if c.out != nil {
+		close(c.out)
+		<-c.writerDone
+	}
 	if !c.aborted.Load() {
 		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = c.tc.Close()
@@ -94,10 +116,12 @@ func (c *conn) serve(first *Server) {
 }
 
 // read decodes queries until the connection ends, a limit closes it, or
-// the server stops with no successor and the connection goes quiet.
-func (c *conn) read() {
-	r := bufio.NewReaderSize(c.tc, 8<<10)
-	buf := make([]byte, 0, 512)
+// the server stops with no successor and the connection goes quiet. The
+// writer and its queues start with the first query: an idle connection
+// holds little more than its TLS state.
+func (c *conn) read(inFlight int) {
+	r := bufio.NewReaderSize(c.tc, readBufferSize)
+	var buf []byte
 	queries := 0
 	for {
 		srv := c.srv.Load()
@@ -135,6 +159,12 @@ func (c *conn) read() {
 			return
 		}
 		q, formErr := caddydns.Decode(buf)
+		if c.out == nil {
+			c.out = make(chan *[]byte, inFlight)
+			c.sem = make(chan struct{}, inFlight)
+			c.writerDone = make(chan struct{})
+			go c.write()
+		}
 		c.sem <- struct{}{}
 		c.pending.Add(1)
 		go c.answer(q, formErr)
@@ -182,8 +212,8 @@ func (c *conn) enter() *Server {
 }
 
 // write sends answers, batching those that are ready into one write.
-func (c *conn) write(done chan struct{}) {
-	defer close(done)
+func (c *conn) write() {
+	defer close(c.writerDone)
 	batch := make([]byte, 0, 4096)
 	failed := false
 	for bp := range c.out {
