@@ -167,7 +167,7 @@ func TestDoTPipelining(t *testing.T) {
 // per-client connection limit each close what they should, and another
 // client is served meanwhile.
 func TestDoTConnectionLimits(t *testing.T) {
-	env := startDoT(t, "1s", 3, 1)
+	env := startDoT(t, "2s", 3, 1)
 	host, port, _ := net.SplitHostPort(env.addr)
 	otherClientOK := func(t *testing.T) {
 		t.Helper()
@@ -179,13 +179,14 @@ func TestDoTConnectionLimits(t *testing.T) {
 
 	t.Run("idle timeout, reset by each query", func(t *testing.T) {
 		c := dialDoT(t, env.addr)
-		// three queries 0.6s apart: 1.8s in all, open past the 1s timeout
-		for i := 0; i < 3; i++ {
+		// four queries 1s apart: 3s in all, open past the 2s timeout (a
+		// wide margin: under load a round trip may take a while)
+		for i := 0; i < 4; i++ {
 			c.send(t, question("www.example.test.", dns.TypeA, uint16(i)))
 			if _, err := c.recv(2 * time.Second); err != nil {
 				t.Fatalf("query %d: connection closed although each query resets the idle timeout: %v", i, err)
 			}
-			time.Sleep(600 * time.Millisecond) // the scenario: a client that pauses, shorter than idle_timeout
+			time.Sleep(time.Second) // the scenario: a client that pauses, shorter than idle_timeout
 		}
 		if !c.closedByServer(5 * time.Second) {
 			t.Fatal("idle connection not closed")
