@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
-SCENARIOS=${SCENARIOS:-"udp dot doh handshake idle"}
+SCENARIOS=${SCENARIOS:-"idle udp dot doh handshake"}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -188,10 +188,10 @@ start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
 sleep 1
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
-peak_rss_kb() { awk '/VmHWM/ {print $2}' "/proc/$1/status"; }
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
 RAW="$T/raw.tsv"
-printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\tpeak_rss_mb\n' > "$RAW"
+printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\trss_mb\n' > "$RAW"
 
 # measure name scenario pid command...: runs the client on the client core
 measure() {
@@ -227,7 +227,7 @@ measure() {
 	local cpu
 	cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / t / n * 100000}')
 	local rss
-	rss=$(awk -v k="$(peak_rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
+	rss=$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" >> "$RAW"
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
 }
@@ -286,6 +286,8 @@ for round in $(seq "$ROUNDS"); do
 			measure "HTTP/2 ceiling -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N "https://127.0.0.1:8443/respond"
 			;;
 		idle)
+			# fresh processes only: a C allocator reuses what it already holds
+			[ "$round" = 1 ] || continue
 			idle_measure "dnsfront" "$DNSFRONT" 127.0.0.1:8853
 			idle_measure "dnsdist" "$DNSDIST" 127.0.0.1:9853
 			idle_measure "unbound" "$UNBOUND" 127.0.0.1:10853
@@ -309,9 +311,10 @@ mkdir -p bench/results
 	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}'), nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}'), $(h2load --version | head -1)."
 	echo
 	bash bench/table.sh "$RAW"
+	bash bench/chart.sh "$RAW" bench/results/latest.png >/dev/null
 	if [ -s "$IDLE" ]; then
 		echo
-		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, nothing sent; RSS growth / connections; median):"
+		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, nothing sent; RSS growth / connections; first round, fresh processes):"
 		echo
 		echo "| server | connections open | bytes per connection | RSS MB with them |"
 		echo "|---|---:|---:|---:|"

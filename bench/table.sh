@@ -6,7 +6,7 @@ RAW=$1
 echo "Ratios: a forwarder against dnsdist in the same scenario; a server answering from its own data against unbound;"
 echo "a DoH row against Caddy's respond (the ceiling of Caddy's HTTP/2 stack). nsd's CPU is not counted (it works in a child process)."
 echo
-echo "| scenario | server | median q/s | avg latency ms | CPU s per 100k | peak RSS MB | ratio |"
+echo "| scenario | server | median q/s | avg latency ms | CPU s per 100k | RSS MB after | ratio |"
 echo "|---|---|---:|---:|---:|---:|---|"
 awk -F'\t' 'NR > 1 {k = $1 "\t" $2; if (!(k in seen)) {order[++n] = k; seen[k] = 1}; vals[k] = vals[k] " " $4; lat[k] = lat[k] " " $5; cpu[k] = cpu[k] " " $6; if ($7 > rss[k]) rss[k] = $7}
 	function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}

@@ -302,6 +302,19 @@ func TestDoHErrors(t *testing.T) {
 			t.Fatalf("HEAD: %d %v", resp.StatusCode, resp.Header)
 		}
 	})
+	t.Run("metrics by HTTP status", func(t *testing.T) {
+		metrics := string(env.c.api("GET", "/metrics"))
+		for _, want := range []string{
+			`dnsfront_doh_responses_total{code="415",server="doh"} 2`,
+			`dnsfront_doh_responses_total{code="405",server="doh"} 2`,
+			`dnsfront_doh_responses_total{code="200",server="doh"}`,
+			`dnsfront_queries_total{rcode="NOERROR",server="doh",transport="doh"}`,
+		} {
+			if !strings.Contains(metrics, want) {
+				t.Errorf("/metrics has no %s", want)
+			}
+		}
+	})
 	t.Run("upstream down: SERVFAIL with 200", func(t *testing.T) {
 		env.up.stop()
 		m, _ := answer(t, env.post(t, packQuery(t, "q.up.test.", dns.TypeA, nil)))

@@ -111,6 +111,18 @@ func TestDoTAnswers(t *testing.T) {
 	if strings.TrimSpace(out) != "192.0.2.25" {
 		t.Fatalf("dig +tls: %q", out)
 	}
+	metrics := string(env.c.api("GET", "/metrics"))
+	for _, re := range []string{
+		`dnsfront_queries_total\{rcode="NOERROR",server="dot0",transport="dot"\} ([1-9]\d*)`,
+		`dnsfront_queries_total\{rcode="NXDOMAIN",server="dot0",transport="dot"\} ([1-9]\d*)`,
+		`dnsfront_query_duration_seconds_count\{server="dot0",transport="dot"\} ([1-9]\d*)`,
+		`dnsfront_upstream_queries_total\{upstream="udp://[^"]+"\} ([1-9]\d*)`,
+		`dnsfront_dot_connections_open\{server="dot0"\} (\d+)`,
+	} {
+		if !regexp.MustCompile(re).MatchString(metrics) {
+			t.Errorf("/metrics has no %s", re)
+		}
+	}
 }
 
 // TestDoTPipelining: 100 queries written before any answer is read get
