@@ -9,7 +9,6 @@ import (
 	"math/rand/v2"
 	"net"
 	"os"
-	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -20,6 +19,8 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
 
 func init() {
@@ -349,30 +350,25 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&f.Policy) {
 				return d.ArgErr()
 			}
-		case "timeout", "fail_duration":
-			into := &f.Timeout
-			if opt == "fail_duration" {
-				into = &f.FailDuration
-			}
-			if err := parseCaddyDuration(d, into); err != nil {
+		case "timeout":
+			if err := cfparse.Duration(d, &f.Timeout, false); err != nil {
 				return err
 			}
-		case "tries", "max_concurrent", "max_fails":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
+		case "fail_duration":
+			if err := cfparse.Duration(d, &f.FailDuration, false); err != nil {
+				return err
 			}
-			v, err := strconv.Atoi(s)
-			if err != nil || (v < 0 && opt != "max_fails") {
-				return d.Errf("%s: want a whole number, got %q", opt, s)
+		case "tries":
+			if err := cfparse.Int(d, &f.Tries, 0); err != nil {
+				return err
 			}
-			switch opt {
-			case "tries":
-				f.Tries = v
-			case "max_concurrent":
-				f.MaxConcurrent = v
-			default:
-				f.MaxFails = v
+		case "max_concurrent":
+			if err := cfparse.Int(d, &f.MaxConcurrent, 0); err != nil {
+				return err
+			}
+		case "max_fails":
+			if err := cfparse.Int(d, &f.MaxFails, -1); err != nil {
+				return err
 			}
 		case "health_check":
 			hc := new(HealthCheck)
@@ -389,26 +385,20 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			for n2 := d.Nesting(); d.NextBlock(n2); {
 				switch sub := d.Val(); sub {
 				case "interval":
-					if err := parseCaddyDuration(d, &hc.Interval); err != nil {
+					if err := cfparse.Duration(d, &hc.Interval, false); err != nil {
 						return err
 					}
 				case "timeout":
-					if err := parseCaddyDuration(d, &hc.Timeout); err != nil {
+					if err := cfparse.Duration(d, &hc.Timeout, false); err != nil {
 						return err
 					}
-				case "fails", "passes":
-					var s string
-					if !d.AllArgs(&s) {
-						return d.ArgErr()
+				case "fails":
+					if err := cfparse.Int(d, &hc.Fails, 1); err != nil {
+						return err
 					}
-					v, err := strconv.Atoi(s)
-					if err != nil || v < 1 {
-						return d.Errf("%s: want a positive whole number, got %q", sub, s)
-					}
-					if sub == "fails" {
-						hc.Fails = v
-					} else {
-						hc.Passes = v
+				case "passes":
+					if err := cfparse.Int(d, &hc.Passes, 1); err != nil {
+						return err
 					}
 				default:
 					return d.Errf("unrecognized subdirective '%s'", sub)
@@ -422,24 +412,6 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if len(f.To) == 0 {
 		return d.Err("forward needs at least one upstream")
 	}
-	return nil
-}
-
-// parseCaddyDuration reads one positive duration argument.
-func parseCaddyDuration(d *caddyfile.Dispenser, into *caddy.Duration) error {
-	name := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	v, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %v", name, err)
-	}
-	if v <= 0 {
-		return d.Errf("%s must be positive, got %s", name, s)
-	}
-	*into = caddy.Duration(v)
 	return nil
 }
 

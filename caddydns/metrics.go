@@ -1,13 +1,13 @@
 package caddydns
 
 import (
-	"errors"
-	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
 // Process-wide metrics (counters survive config reloads), registered in
@@ -45,31 +45,10 @@ var (
 		Name:      "upstream_healthy",
 		Help:      "1 when the upstream is considered up, 0 when down.",
 	}, []string{"upstream"})
-
-	registerMu sync.Mutex
 )
 
-// RegisterCollectors registers collectors in a config's registry,
-// tolerating ones registered already.
-func RegisterCollectors(reg *prometheus.Registry, cs ...prometheus.Collector) error {
-	if reg == nil {
-		return nil
-	}
-	registerMu.Lock()
-	defer registerMu.Unlock()
-	for _, c := range cs {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				return err
-			}
-		}
-	}
-	return nil
-}
-
 func registerCoreMetrics(ctx caddy.Context) {
-	_ = RegisterCollectors(ctx.GetMetricsRegistry(), queriesTotal, queryDuration,
+	_ = promreg.Register(ctx.GetMetricsRegistry(), queriesTotal, queryDuration,
 		upstreamQueries, upstreamErrors, upstreamDuration, upstreamHealthy)
 }
 

@@ -61,14 +61,7 @@ func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) 
 		sc.mu.Unlock()
 		return nil, ErrUpstreamClosed
 	}
-	var id uint16
-	for {
-		id = queryID()
-		if _, busy := sc.pending[id]; !busy {
-			break
-		}
-	}
-	sc.pending[id] = cl
+	id := reserveID(sc.pending, cl)
 	sc.mu.Unlock()
 	defer func() {
 		sc.mu.Lock()

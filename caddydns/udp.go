@@ -65,14 +65,7 @@ func (c *udpClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*d
 		go c.read(s, conn)
 	}
 	conn := s.conn
-	var id uint16
-	for {
-		id = queryID()
-		if _, busy := s.pending[id]; !busy {
-			break
-		}
-	}
-	s.pending[id] = call
+	id := reserveID(s.pending, call)
 	s.mu.Unlock()
 	defer func() {
 		s.mu.Lock()

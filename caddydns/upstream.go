@@ -214,6 +214,19 @@ func (u *upstream) updateGauge() {
 // off-path attacker).
 func queryID() uint16 { return uint16(rand.Uint32()) }
 
+// reserveID registers cl under a random ID that no query in pending
+// uses; the caller holds pending's lock. (Queries in flight are bounded
+// by max_concurrent, far below 65536.)
+func reserveID(pending map[uint16]*call, cl *call) uint16 {
+	for {
+		id := queryID()
+		if _, busy := pending[id]; !busy {
+			pending[id] = cl
+			return id
+		}
+	}
+}
+
 // withID returns packed with its ID set (the first two octets).
 func withID(packed []byte, id uint16) {
 	packed[0], packed[1] = byte(id>>8), byte(id)

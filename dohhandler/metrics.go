@@ -6,7 +6,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
 var responsesTotal = prometheus.NewCounterVec(prometheus.CounterOpts{
@@ -21,7 +21,7 @@ type responseMetrics struct {
 }
 
 func newResponseMetrics(ctx caddy.Context, server string) *responseMetrics {
-	_ = caddydns.RegisterCollectors(ctx.GetMetricsRegistry(), responsesTotal)
+	_ = promreg.Register(ctx.GetMetricsRegistry(), responsesTotal)
 	return &responseMetrics{server: server, ok: responsesTotal.WithLabelValues(server, "200")}
 }
 

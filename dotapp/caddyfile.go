@@ -1,10 +1,10 @@
 package dotapp
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
 
 // UnmarshalCaddyfile sets up a server from the tokens of a `dot` global
@@ -44,27 +44,15 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "idle_timeout", "read_timeout", "handshake_timeout", "grace_period":
 			into := map[string]*caddy.Duration{"idle_timeout": &s.IdleTimeout, "read_timeout": &s.ReadTimeout,
 				"handshake_timeout": &s.HandshakeTimeout, "grace_period": &s.GracePeriod}[opt]
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
+			if err := cfparse.Duration(d, into, false); err != nil {
+				return err
 			}
-			dur, err := caddy.ParseDuration(v)
-			if err != nil || dur <= 0 {
-				return d.Errf("%s: want a positive duration, got %q", opt, v)
-			}
-			*into = caddy.Duration(dur)
 		case "max_in_flight", "max_queries", "max_connections", "max_connections_per_client":
 			into := map[string]*int{"max_in_flight": &s.MaxInFlight, "max_queries": &s.MaxQueries,
 				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient}[opt]
-			var v string
-			if !d.AllArgs(&v) {
-				return d.ArgErr()
+			if err := cfparse.Int(d, into, 0); err != nil {
+				return err
 			}
-			i, err := strconv.Atoi(v)
-			if err != nil || i < 0 {
-				return d.Errf("%s: want a whole number, got %q", opt, v)
-			}
-			*into = i
 		default:
 			ok, err := s.Chain.UnmarshalHandler(d)
 			if err != nil {

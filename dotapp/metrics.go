@@ -4,7 +4,7 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 
-	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
 var (
@@ -34,7 +34,7 @@ type dotMetrics struct {
 }
 
 func newDotMetrics(ctx caddy.Context, server string) *dotMetrics {
-	_ = caddydns.RegisterCollectors(ctx.GetMetricsRegistry(), connsOpen, handshakeFailures, connsRefused, badFrames)
+	_ = promreg.Register(ctx.GetMetricsRegistry(), connsOpen, handshakeFailures, connsRefused, badFrames)
 	return &dotMetrics{
 		open:              connsOpen.WithLabelValues(server),
 		handshakeFailures: handshakeFailures.WithLabelValues(server),

@@ -179,19 +179,9 @@ func (a *App) provisionIssued(ctx caddy.Context, c *Certificate) (*entry, error)
 		return nil, fmt.Errorf("issue: no CA %q in the pki app", is.caID)
 	}
 	is.ca = ca
-	var src Source
-	if c.SourceRaw != nil {
-		mod, err := ctx.LoadModule(c, "SourceRaw")
-		if err != nil {
-			return nil, fmt.Errorf("issue %v: loading staple source: %w", c.Issue, err)
-		}
-		src = mod.(Source)
-	} else {
-		p := &PKISource{CA: is.caID}
-		if err := p.Provision(ctx); err != nil {
-			return nil, err
-		}
-		src = p
+	src, err := loadSource(ctx, c, &PKISource{CA: is.caID})
+	if err != nil {
+		return nil, fmt.Errorf("issue %v: %w", c.Issue, err)
 	}
 	return a.issuedEntry(ctx, is, src)
 }
@@ -272,24 +262,33 @@ func (a *App) provisionCertificate(ctx caddy.Context, c *Certificate) (*entry, e
 		// (kdig +tls-ocsp-stapling refuses it otherwise)
 		pair.Certificate = append(pair.Certificate, issuer.Raw)
 	}
-	var src Source
-	if c.SourceRaw != nil {
-		mod, err := ctx.LoadModule(c, "SourceRaw")
-		if err != nil {
-			return nil, fmt.Errorf("certificate %s: loading staple source: %w", c.Certificate, err)
-		}
-		src = mod.(Source)
-	} else {
-		r := new(ResponderSource)
-		if err := r.Provision(ctx); err != nil {
-			return nil, err
-		}
-		src = r
+	src, err := loadSource(ctx, c, new(ResponderSource))
+	if err != nil {
+		return nil, fmt.Errorf("certificate %s: %w", c.Certificate, err)
 	}
 	e := a.newEntry(c.Certificate, pair.Leaf, issuer, src)
 	e.cert = pair
 	e.storageHash = bundleHash(pair.Certificate)
 	return e, nil
+}
+
+// loadSource loads the certificate's staple source, or provisions def
+// when it names none.
+func loadSource(ctx caddy.Context, c *Certificate, def interface {
+	Source
+	caddy.Provisioner
+}) (Source, error) {
+	if c.SourceRaw == nil {
+		if err := def.Provision(ctx); err != nil {
+			return nil, err
+		}
+		return def, nil
+	}
+	mod, err := ctx.LoadModule(c, "SourceRaw")
+	if err != nil {
+		return nil, fmt.Errorf("loading staple source: %w", err)
+	}
+	return mod.(Source), nil
 }
 
 func cmpOr(a, b string) string {

@@ -6,6 +6,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
 
 // UnmarshalCaddyfile sets up the app from the tokens of the global option.
@@ -81,7 +83,7 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.ArgErr()
 					}
 				case "lifetime":
-					if err := parseDuration(d, &c.Lifetime); err != nil {
+					if err := cfparse.Duration(d, &c.Lifetime, false); err != nil {
 						return err
 					}
 				case "staple":
@@ -137,7 +139,7 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch d.Val() {
 		case "poll_interval":
-			if err := parseDuration(d, &f.Interval); err != nil {
+			if err := cfparse.Duration(d, &f.Interval, false); err != nil {
 				return err
 			}
 		default:
@@ -164,11 +166,8 @@ func (l *LocalCASource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile: `pki [<ca_id>] { validity; backdate; write_to }`.
 func (p *PKISource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
-	if d.NextArg() {
-		p.CA = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+	if err := cfparse.OptionalArg(d, &p.CA); err != nil {
+		return err
 	}
 	for n := d.Nesting(); d.NextBlock(n); {
 		if err := unmarshalGeneration(d, &p.Generation, &p.WriteThrough); err != nil {
@@ -181,16 +180,13 @@ func (p *PKISource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // UnmarshalCaddyfile: `responder [<url>] { timeout; write_to }`.
 func (r *ResponderSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
-	if d.NextArg() {
-		r.URL = d.Val()
-		if d.NextArg() {
-			return d.ArgErr()
-		}
+	if err := cfparse.OptionalArg(d, &r.URL); err != nil {
+		return err
 	}
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch d.Val() {
 		case "timeout":
-			if err := parseDuration(d, &r.Timeout); err != nil {
+			if err := cfparse.Duration(d, &r.Timeout, false); err != nil {
 				return err
 			}
 		case "write_to":
@@ -207,9 +203,14 @@ func (r *ResponderSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough) error {
 	switch d.Val() {
 	case "validity":
-		return parseDuration(d, &g.Validity)
+		return cfparse.Duration(d, &g.Validity, false)
 	case "backdate":
-		return parseDuration(d, &g.Backdate)
+		var b caddy.Duration
+		if err := cfparse.Duration(d, &b, true); err != nil {
+			return err
+		}
+		g.Backdate = &b
+		return nil
 	case "write_to":
 		if !d.AllArgs(&w.WriteTo) {
 			return d.ArgErr()
@@ -218,23 +219,6 @@ func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough)
 	default:
 		return d.Errf("unrecognized subdirective '%s'", d.Val())
 	}
-}
-
-func parseDuration(d *caddyfile.Dispenser, into *caddy.Duration) error {
-	name := d.Val()
-	var s string
-	if !d.AllArgs(&s) {
-		return d.ArgErr()
-	}
-	dur, err := caddy.ParseDuration(s)
-	if err != nil {
-		return d.Errf("%s: %v", name, err)
-	}
-	if dur <= 0 && name != "backdate" {
-		return d.Errf("%s must be positive, got %s", name, s)
-	}
-	*into = caddy.Duration(dur)
-	return nil
 }
 
 // Interface guards

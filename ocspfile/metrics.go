@@ -1,11 +1,10 @@
 package ocspfile
 
 import (
-	"errors"
-	"sync"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
 // The staple metrics live as long as the process, so counters survive
@@ -23,22 +22,10 @@ var (
 		Name:      "staple_refresh_total",
 		Help:      "OCSP staple refreshes by result: updated, unchanged, failed, revoked.",
 	}, []string{"certificate", "serial", "result"})
-
-	metricsMu sync.Mutex
 )
 
 func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
-	if reg == nil {
-		return
-	}
-	metricsMu.Lock()
-	defer metricsMu.Unlock()
-	for _, c := range []prometheus.Collector{nextUpdate, refreshes} {
-		if err := reg.Register(c); err != nil {
-			var are prometheus.AlreadyRegisteredError
-			if !errors.As(err, &are) {
-				logger.Warn("registering ocsp metrics", zap.Error(err))
-			}
-		}
+	if err := promreg.Register(reg, nextUpdate, refreshes); err != nil {
+		logger.Warn("registering ocsp metrics", zap.Error(err))
 	}
 }

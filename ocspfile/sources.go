@@ -108,13 +108,22 @@ type Generation struct {
 	// Validity of each response (nextUpdate - now), never past the
 	// certificate's NotAfter. Default: 7 days.
 	Validity caddy.Duration `json:"validity,omitempty"`
-	// Backdate moves thisUpdate into the past to absorb clock skew.
-	// Default: 1h.
-	Backdate caddy.Duration `json:"backdate,omitempty"`
+	// Backdate moves thisUpdate into the past to absorb clock skew; 0
+	// for none. Default: 1h.
+	Backdate *caddy.Duration `json:"backdate,omitempty"`
 }
 
 func (g Generation) options() GenerateOptions {
-	return GenerateOptions{Validity: time.Duration(g.Validity), Backdate: time.Duration(g.Backdate)}
+	o := GenerateOptions{Validity: time.Duration(g.Validity)}
+	switch {
+	case g.Backdate == nil:
+		// GenerateOptions' zero Backdate is the default
+	case *g.Backdate == 0:
+		o.Backdate = -1 // none
+	default:
+		o.Backdate = time.Duration(*g.Backdate)
+	}
+	return o
 }
 
 // LocalCASource generates responses signed directly by the CA that issued
