@@ -21,7 +21,7 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
-SCENARIOS=${SCENARIOS:-"idle udp dot doh handshake"}
+SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake"}
 IDLE_CONNS=${IDLE_CONNS:-5000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
@@ -292,6 +292,17 @@ for round in $(seq "$ROUNDS"); do
 			idle_measure "dnsdist" "$DNSDIST" 127.0.0.1:9853
 			idle_measure "unbound" "$UNBOUND" 127.0.0.1:10853
 			;;
+		latency)
+			# p50/p99 under the DoT load: dnsperf -v prints every answer's latency
+			for target in "dnsfront forward":8853 "dnsdist forward":9853 "dnsfront zone (own data)":8854 "unbound (own data)":10853; do
+				name=${target%:*} port=${target##*:}
+				taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "$port" -d "$T/dnsperf.txt" -l 5 -c 10 -q 100 -v \
+					-O suppress=unexpected,timeout,congestion,sendfailed,sockready 2>/dev/null |
+					awk -v n="$name" -v r="$round" '/^> / {print $NF * 1000}' | sort -n |
+					awk -v n="$name" -v r="$round" '{a[NR] = $1} END {if (NR) printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\n", n, r, NR, a[int(NR * .5) + 1], a[int(NR * .99) + 1], a[NR]}' >> "$T/latency.tsv"
+				tail -1 "$T/latency.tsv" | awk -F'\t' '{printf "   %-28s %-22s %s answers  p50 %s ms  p99 %s ms  max %s ms\n", "DoT latency -c 10 -q 100", $1, $3, $4, $5, $6}'
+			done
+			;;
 		handshake)
 			# a new TLS connection per query, staple attached
 			measure "DoT new conn per query" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 20 -q 20 -O num-queries-per-conn=1
@@ -311,7 +322,20 @@ mkdir -p bench/results
 	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}'), nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}'), $(h2load --version | head -1)."
 	echo
 	bash bench/table.sh "$RAW"
-	bash bench/chart.sh "$RAW" bench/results/latest.png >/dev/null
+	if [ "$(wc -l <"$RAW")" -gt 1 ]; then
+		bash bench/chart.sh "$RAW" bench/results/latest.png >/dev/null
+	fi
+	if [ -s "$T/latency.tsv" ]; then
+		echo
+		echo "DoT latency under load (dnsperf -m dot -c 10 -q 100 -v, 5 s; per-answer latencies; median over rounds):"
+		echo
+		echo "| server | answers | p50 ms | p99 ms | max ms |"
+		echo "|---|---:|---:|---:|---:|"
+		awk -F'\t' '{k = $1; if (!(k in seen)) {o[++n] = k; seen[k] = 1}; c[k] = c[k] " " $3; p[k] = p[k] " " $4; q[k] = q[k] " " $5; x[k] = x[k] " " $6}
+		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
+		END {for (i = 1; i <= n; i++) {k = o[i]; printf "| %s | %s | %s | %s | %s |\n", k, median(c[k]), median(p[k]), median(q[k]), median(x[k])}}' "$T/latency.tsv"
+		cp "$T/latency.tsv" bench/results/latest-latency.tsv
+	fi
 	if [ -s "$IDLE" ]; then
 		echo
 		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, nothing sent; RSS growth / connections; first round, fresh processes):"
