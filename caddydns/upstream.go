@@ -25,11 +25,9 @@ var upstreams = caddy.NewUsagePool()
 
 // Errors of an exchange with an upstream.
 var (
-	ErrUpstreamBusy    = errors.New("upstream has too many queries in flight")
-	ErrMismatch        = errors.New("upstream answer does not match the query")
-	ErrUpstreamClosed  = errors.New("upstream connection closed")
-	errNoUpstream      = errors.New("no upstream")
-	errAnswerTruncated = errors.New("upstream answer truncated")
+	ErrUpstreamBusy   = errors.New("upstream has too many queries in flight")
+	ErrUpstreamClosed = errors.New("upstream connection closed")
+	errNoUpstream     = errors.New("no upstream")
 )
 
 // upstreamSpec says what an upstream is; it is the key of the pool.

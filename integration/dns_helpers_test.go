@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -194,7 +195,7 @@ func (c *dotConn) closedByServer(timeout time.Duration) bool {
 			continue
 		}
 		var ne net.Error
-		return !(errorAs(err, &ne) && ne.Timeout())
+		return !(errors.As(err, &ne) && ne.Timeout())
 	}
 }
 

@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"errors"
 	"fmt"
 	"net"
 	"os"
@@ -15,8 +14,6 @@ import (
 
 	"github.com/miekg/dns"
 )
-
-func errorAs(err error, target any) bool { return errors.As(err, target) }
 
 // exampleZone is the absolute path of the quick start's zone file.
 func exampleZone(t testing.TB) string {

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -327,7 +328,7 @@ func TestAbuse(t *testing.T) {
 		_ = conn.SetReadDeadline(time.Now().Add(15 * time.Second))
 		if _, err := conn.Read(make([]byte, 1)); err != nil {
 			var ne net.Error
-			if !errorAs(err, &ne) || !ne.Timeout() {
+			if !errors.As(err, &ne) || !ne.Timeout() {
 				closed++
 			}
 		}

@@ -1,6 +1,7 @@
 package ocspfile
 
 import (
+	"cmp"
 	"context"
 	"crypto/sha256"
 	"crypto/tls"
@@ -255,7 +256,7 @@ func (a *App) provisionCertificate(ctx caddy.Context, c *Certificate) (*entry, e
 	}
 	if err := pair.Leaf.CheckSignatureFrom(issuer); err != nil {
 		return nil, fmt.Errorf("certificate %s was not issued by %q (issuer %s): %w", c.Certificate,
-			issuer.Subject.String(), cmpOr(c.Issuer, "second certificate of the chain"), err)
+			issuer.Subject.String(), cmp.Or(c.Issuer, "second certificate of the chain"), err)
 	}
 	if len(pair.Certificate) == 1 {
 		// clients check a staple against the issuer in the served chain
@@ -289,13 +290,6 @@ func loadSource(ctx caddy.Context, c *Certificate, def interface {
 		return nil, fmt.Errorf("loading staple source: %w", err)
 	}
 	return mod.(Source), nil
-}
-
-func cmpOr(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }
 
 // newEntry makes the per-config entry for a certificate and takes a
