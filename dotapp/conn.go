@@ -80,6 +80,10 @@ func (c *conn) serve(first *Server) {
 		return
 	}
 	_ = c.raw.SetDeadline(time.Time{})
+	// the client's Finished arrived and we have nothing to send: ACK it
+	// now, or a client with Nagle on holds its first query back for our
+	// delayed ACK (40 ms on Linux)
+	quickAck(c.raw)
 	// the handshake grew this goroutine's stack; a long-lived idle
 	// connection should not keep it: the reader starts afresh
 	handedOn = true
@@ -134,8 +138,10 @@ func (c *conn) read(inFlight int) {
 				return // idle timeout, client closed, or drained
 			}
 		}
-		// a query has started: the rest must come within read_timeout
+		// a query has started: the rest must come within read_timeout,
+		// and the client may be waiting for our ACK to send it
 		if r.Buffered() < 2 {
+			quickAck(c.raw)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
 		}
 		hdr, err := r.Peek(2)
@@ -148,6 +154,7 @@ func (c *conn) read(inFlight int) {
 			return // not DNS: close (RFC 7766 8)
 		}
 		if r.Buffered() < 2+size {
+			quickAck(c.raw)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
 		}
 		_, _ = r.Discard(2)
