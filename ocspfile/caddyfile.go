@@ -58,14 +58,9 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return d.ArgErr()
 					}
 				case "staple":
-					if c.SourceRaw != nil {
-						return d.Err("staple source already specified")
-					}
-					raw, err := unmarshalSource(d)
-					if err != nil {
+					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
 						return err
 					}
-					c.SourceRaw = raw
 				default:
 					return d.Errf("unrecognized subdirective '%s'", d.Val())
 				}
@@ -87,32 +82,35 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 						return err
 					}
 				case "staple":
-					if c.SourceRaw != nil {
-						return d.Err("staple source already specified")
-					}
-					raw, err := unmarshalSource(d)
-					if err != nil {
+					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
 						return err
 					}
-					c.SourceRaw = raw
 				default:
 					return d.Errf("unrecognized subdirective '%s'", d.Val())
 				}
 			}
 			a.Certificates = append(a.Certificates, c)
 		case "managed":
-			if a.ManagedRaw != nil {
-				return d.Err("managed source already specified")
-			}
-			raw, err := unmarshalSource(d)
-			if err != nil {
+			if err := unmarshalSourceOnce(d, &a.ManagedRaw); err != nil {
 				return err
 			}
-			a.ManagedRaw = raw
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}
 	}
+	return nil
+}
+
+// unmarshalSourceOnce reads a source into *into, refusing a second one.
+func unmarshalSourceOnce(d *caddyfile.Dispenser, into *json.RawMessage) error {
+	if *into != nil {
+		return d.Errf("%s source already specified", d.Val())
+	}
+	raw, err := unmarshalSource(d)
+	if err != nil {
+		return err
+	}
+	*into = raw
 	return nil
 }
 
