@@ -242,3 +242,15 @@ func TestHugeAnswerFits(t *testing.T) {
 		t.Fatalf("%d octets, truncated %v, %v", len(out), m.Truncated, err)
 	}
 }
+
+func TestZoneWithoutTTL(t *testing.T) {
+	_, err := parseZone(strings.NewReader("@ IN SOA ns1 host 1 2 3 4 5\n"), "example.org.", "z.zone")
+	if err == nil || !strings.Contains(err.Error(), "z.zone: example.org. SOA has no TTL") {
+		t.Fatalf("error = %v, want one naming the file and the record", err)
+	}
+	// an earlier record's TTL is inherited, as RFC 1035 says
+	rrs, err := parseZone(strings.NewReader("@ 600 IN SOA ns1 host 1 2 3 4 5\nwww IN A 192.0.2.1\n"), "example.org.", "z.zone")
+	if err != nil || rrs[1].Header().Ttl != 600 {
+		t.Fatalf("inherited TTL: %v %v", rrs, err)
+	}
+}

@@ -73,11 +73,21 @@ func (z *Zone) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// noTTL marks a record that has no TTL of its own, no $TTL and no
+// earlier record's TTL to inherit (RFC 1035 5.1): such a zone is refused,
+// not given a made-up TTL. (RFC 2181 8 caps TTLs at 2^31-1, so no real
+// record carries this value.)
+const noTTL = 1<<32 - 1
+
 func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
 	zp := dns.NewZoneParser(r, origin, file)
-	zp.SetDefaultTTL(3600)
+	zp.SetDefaultTTL(noTTL)
 	var rrs []dns.RR
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
+		if rr.Header().Ttl == noTTL {
+			return nil, fmt.Errorf("%s: %s %s has no TTL: start the zone with $TTL or give the record one",
+				file, rr.Header().Name, dns.TypeToString[rr.Header().Rrtype])
+		}
 		rrs = append(rrs, rr)
 	}
 	if err := zp.Err(); err != nil {
