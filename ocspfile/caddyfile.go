@@ -153,12 +153,7 @@ func (l *LocalCASource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if !d.AllArgs(&l.CACert, &l.CAKey) {
 		return d.Errf("local_ca needs the CA certificate file and the CA key file")
 	}
-	for n := d.Nesting(); d.NextBlock(n); {
-		if err := unmarshalGeneration(d, &l.Generation, &l.WriteThrough); err != nil {
-			return err
-		}
-	}
-	return nil
+	return unmarshalGeneration(d, &l.Generation, &l.WriteThrough)
 }
 
 // UnmarshalCaddyfile: `pki [<ca_id>] { validity; backdate; write_to }`.
@@ -167,12 +162,7 @@ func (p *PKISource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	if err := cfparse.OptionalArg(d, &p.CA); err != nil {
 		return err
 	}
-	for n := d.Nesting(); d.NextBlock(n); {
-		if err := unmarshalGeneration(d, &p.Generation, &p.WriteThrough); err != nil {
-			return err
-		}
-	}
-	return nil
+	return unmarshalGeneration(d, &p.Generation, &p.WriteThrough)
 }
 
 // UnmarshalCaddyfile: `responder [<url>] { timeout; write_to }`.
@@ -198,25 +188,30 @@ func (r *ResponderSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
+// unmarshalGeneration reads the block of a source that signs responses:
+// validity, backdate, write_to.
 func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough) error {
-	switch d.Val() {
-	case "validity":
-		return cfparse.Duration(d, &g.Validity, false)
-	case "backdate":
-		var b caddy.Duration
-		if err := cfparse.Duration(d, &b, true); err != nil {
-			return err
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch d.Val() {
+		case "validity":
+			if err := cfparse.Duration(d, &g.Validity, false); err != nil {
+				return err
+			}
+		case "backdate":
+			var b caddy.Duration
+			if err := cfparse.Duration(d, &b, true); err != nil {
+				return err
+			}
+			g.Backdate = &b
+		case "write_to":
+			if !d.AllArgs(&w.WriteTo) {
+				return d.ArgErr()
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}
-		g.Backdate = &b
-		return nil
-	case "write_to":
-		if !d.AllArgs(&w.WriteTo) {
-			return d.ArgErr()
-		}
-		return nil
-	default:
-		return d.Errf("unrecognized subdirective '%s'", d.Val())
 	}
+	return nil
 }
 
 // Interface guards

@@ -176,7 +176,7 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUpdated).Inc()
 	nextUpdate.WithLabelValues(e.labels[0], e.labels[1]).Set(float64(st.NextUpdate().Unix()))
 	a.logger.Info("ocsp staple updated", e.logFields(st)...)
-	a.emit(ctx, "ocsp_staple_updated", e, st, nil)
+	a.emit("ocsp_staple_updated", e, st, nil)
 	if !polled {
 		a.store(ctx, e, st)
 	}
@@ -228,7 +228,7 @@ func (a *App) refreshFailed(ctx context.Context, e *entry, cur *Staple, err erro
 		if result == resultRevoked {
 			name = "ocsp_staple_revoked"
 		}
-		a.emit(ctx, name, e, cur, err)
+		a.emit(name, e, cur, err)
 	}
 }
 
@@ -243,7 +243,7 @@ func (e *entry) logFields(st *Staple) []zap.Field {
 	}
 }
 
-func (a *App) emit(ctx context.Context, name string, e *entry, st *Staple, err error) {
+func (a *App) emit(name string, e *entry, st *Staple, err error) {
 	if a.events == nil || !a.events.ShouldEmit(name) {
 		return
 	}
