@@ -5,6 +5,7 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"fmt"
 	"io"
 	"net"
@@ -19,6 +20,7 @@ import (
 const (
 	streamMaxConns = 4
 	streamPipeline = 64
+	streamResends  = 8
 	dialTimeout    = 3 * time.Second
 )
 
@@ -29,9 +31,10 @@ type streamClient struct {
 	addr   string
 	tlsCfg *tls.Config // nil for plain TCP
 
-	mu     sync.Mutex
-	conns  []*streamConn
-	closed bool
+	mu      sync.Mutex
+	conns   []*streamConn
+	dialing int // connections being opened
+	closed  bool
 }
 
 type streamConn struct {
@@ -40,8 +43,9 @@ type streamConn struct {
 	wmu sync.Mutex // serialises frames
 	wb  []byte
 
-	mu      sync.Mutex // guards pending and dead
+	mu      sync.Mutex // guards pending, sent and dead
 	pending map[uint16]*call
+	sent    int // queries sent on the connection
 	dead    bool
 }
 
@@ -49,9 +53,29 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 	return &streamClient{addr: addr, tlsCfg: tlsCfg}
 }
 
-// exchange sends packed (its ID is replaced) and waits for the answer.
+// exchange sends packed (its ID is replaced) and waits for the answer. A
+// query whose connection closes before its answer arrives (the upstream's
+// idle timeout or per-connection query limit, a reset) is sent again on
+// another connection, as RFC 7766 6.2.1 asks of clients, up to
+// streamResends times; only then does it fail.
 func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
-	sc, err := c.conn(ctx)
+	for resend := 0; ; resend++ {
+		resp, err := c.exchangeOnce(ctx, q, packed, resend > 0)
+		if !errors.Is(err, errConnClosed) {
+			return resp, err
+		}
+		if resend == streamResends || ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", c.addr, ErrUpstreamClosed)
+		}
+	}
+}
+
+// errConnClosed: the connection a query went out on closed before its
+// answer; the query may be sent again.
+var errConnClosed = errors.New("connection closed before the answer")
+
+func (c *streamClient) exchangeOnce(ctx context.Context, q *dns.Msg, packed []byte, resend bool) (*dns.Msg, error) {
+	sc, err := c.conn(ctx, resend)
 	if err != nil {
 		return nil, err
 	}
@@ -59,9 +83,10 @@ func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) 
 	sc.mu.Lock()
 	if sc.dead {
 		sc.mu.Unlock()
-		return nil, ErrUpstreamClosed
+		return nil, errConnClosed
 	}
 	id := reserveID(sc.pending, cl)
+	sc.sent++
 	sc.mu.Unlock()
 	defer func() {
 		sc.mu.Lock()
@@ -74,12 +99,15 @@ func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) 
 	withID(packed, id)
 	if err := sc.write(ctx, packed); err != nil {
 		c.drop(sc, err)
-		return nil, fmt.Errorf("%s: %w", c.addr, err)
+		if ctx.Err() != nil {
+			return nil, fmt.Errorf("%s: %w", c.addr, ctx.Err())
+		}
+		return nil, errConnClosed
 	}
 	select {
 	case resp := <-cl.resp:
 		if resp == nil {
-			return nil, fmt.Errorf("%s: %w", c.addr, ErrUpstreamClosed)
+			return nil, errConnClosed
 		}
 		return resp, nil
 	case <-ctx.Done():
@@ -88,8 +116,11 @@ func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) 
 }
 
 // conn returns the connection with the fewest queries in flight, opening
-// one when all are busy and there is room.
-func (c *streamClient) conn(ctx context.Context) (*streamConn, error) {
+// one when all are busy and there is room. A resent query goes on a new
+// connection when there is room, else on the one that has carried the
+// fewest queries: its old connection most likely met the upstream's
+// per-connection query limit, which its siblings are close to as well.
+func (c *streamClient) conn(ctx context.Context, resend bool) (*streamConn, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -100,25 +131,32 @@ func (c *streamClient) conn(ctx context.Context) (*streamConn, error) {
 	for _, sc := range c.conns {
 		sc.mu.Lock()
 		n := len(sc.pending)
+		if resend {
+			n = sc.sent
+		}
 		sc.mu.Unlock()
 		if n < bestN {
 			best, bestN = sc, n
 		}
 	}
-	if best != nil && (bestN < streamPipeline || len(c.conns) >= streamMaxConns) {
+	room := len(c.conns)+c.dialing < streamMaxConns
+	if best != nil && (!room || (!resend && bestN < streamPipeline)) {
 		c.mu.Unlock()
 		return best, nil
 	}
+	c.dialing++
 	c.mu.Unlock()
 
 	sc, err := c.dial(ctx)
+	c.mu.Lock()
+	c.dialing--
 	if err != nil {
+		c.mu.Unlock()
 		if best != nil {
 			return best, nil
 		}
 		return nil, err
 	}
-	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
 		sc.conn.Close()

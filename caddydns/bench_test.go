@@ -1,0 +1,105 @@
+package caddydns
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+)
+
+// benchUpstream answers every query with one A record, over UDP and TCP
+// on the same loopback port, until the test ends. Like many servers it
+// closes a TCP connection after a number of queries (miekg/dns: 128).
+func benchUpstream(b testing.TB, maxTCPQueries int) string {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", pc.LocalAddr().String())
+	if err != nil {
+		b.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+		_ = w.WriteMsg(m)
+	})
+	var wg sync.WaitGroup
+	b.Cleanup(wg.Wait) // runs last: after each Shutdown below
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, MaxTCPQueries: maxTCPQueries}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.ActivateAndServe() }()
+		b.Cleanup(func() { _ = s.Shutdown() })
+	}
+	return pc.LocalAddr().String()
+}
+
+// forwardChain is a provisioned chain with one forward handler to up.
+func forwardChain(t testing.TB, up string) *Chain {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	cfg, _ := json.Marshal(map[string]any{"handler": "forward", "to": []string{up}, "tries": 1})
+	c := &Chain{HandlersRaw: []json.RawMessage{cfg}}
+	if err := c.Provision(ctx, "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// TestForwardUpstreamClosesConnections: an upstream that closes each TCP
+// connection after 16 queries, under parallel pipelined load with a single
+// try per query. Unanswered queries go again on another connection (RFC
+// 7766 6.2.1), so every query is answered.
+func TestForwardUpstreamClosesConnections(t *testing.T) {
+	c := forwardChain(t, "tcp://"+benchUpstream(t, 16))
+	var wg sync.WaitGroup
+	var failed atomic.Int64
+	for w := 0; w < 16; w++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := query("www.example.net.", dns.TypeA)
+			for i := 0; i < 200; i++ {
+				if m := c.Serve(context.Background(), &Request{Msg: q.Copy(), Transport: "test", Size: MaxMessage}); m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+					failed.Add(1)
+				}
+			}
+		}()
+	}
+	wg.Wait()
+	if n := failed.Load(); n != 0 {
+		t.Fatalf("%d of 3200 queries failed", n)
+	}
+}
+
+// BenchmarkForward is a query's round trip through a forward handler to a
+// loopback upstream and back (UDP, and a reused pipelined TCP connection),
+// with parallel clients as a busy server has.
+func BenchmarkForward(b *testing.B) {
+	addr := benchUpstream(b, 0)
+	for _, proto := range []string{"udp", "tcp"} {
+		b.Run(proto, func(b *testing.B) {
+			c := forwardChain(b, proto+"://"+addr)
+			b.ReportAllocs()
+			b.SetParallelism(8)
+			b.RunParallel(func(pb *testing.PB) {
+				q := query("www.example.net.", dns.TypeA)
+				for pb.Next() {
+					q.Id = dns.Id()
+					m := c.Serve(context.Background(), &Request{Msg: q, Transport: "bench", Size: MaxMessage})
+					if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+						b.Errorf("answer: %v", m)
+						return
+					}
+				}
+			})
+		})
+	}
+}
