@@ -5,11 +5,13 @@ import (
 	"context"
 	"crypto/tls"
 	"encoding/binary"
+	"errors"
 	"io"
 	"net"
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/miekg/dns"
@@ -26,135 +28,193 @@ const maxBatch = 16 << 10
 // most one record anyway.
 const readBufferSize = 1 << 10
 
+// parkAfter is how long a connection's reader waits for the next query
+// before it parks: its goroutine, read buffer and writer are let go, and
+// the idle poller resumes it when the client sends again.
+const parkAfter = time.Second
+
 // conn is one DoT connection. Its reader decodes queries in order; each
 // query is answered in its own goroutine (so a slow upstream answer does
 // not hold back the others: RFC 7766 6.2.1.1 out-of-order answers); a
 // writer goroutine sends the answers, as many as are ready in one write.
+// A connection that stays quiet is parked (see park): it then holds no
+// goroutine and no buffer of its own, only its TLS state.
 type conn struct {
-	raw    net.Conn
-	tc     *tls.Conn
-	key    string // listener address
-	client netip.AddrPort
-	srv    atomic.Pointer[Server] // the server whose config applies now
+	raw     net.Conn
+	rc      syscall.RawConn // nil where the socket has none: no parking, no quick ACKs
+	tc      *tls.Conn
+	key     string // listener address
+	client  netip.AddrPort
+	srv     atomic.Pointer[Server] // the server whose config applies now
+	metrics *dotMetrics            // of the server that accepted it
 
-	out        chan *[]byte  // packed answers, to the writer (from the first query on)
-	sem        chan struct{} // queries in flight
-	writerDone chan struct{}
-	pending    sync.WaitGroup
-	aborted    atomic.Bool
-	reading    atomic.Bool // waiting for a query, deadline set from srv
+	// owned by whoever runs the connection: the reader, or what ends it
+	w       *writer // from the first query on; stopped while parked
+	queries int
+
+	aborted atomic.Bool
+	reading atomic.Bool // waiting for a query, deadline set from srv
+	park    parking
 }
 
-var packPool = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+// parking is the state of a parked connection, shared by the reader that
+// parks it, the idle poller that resumes it, its idle timer and the
+// server's drain.
+type parking struct {
+	mu       sync.Mutex
+	parked   bool
+	since    time.Time // when the wait for the next query began
+	deadline time.Time // when the wait ends the connection
+	timer    *time.Timer
+	id       uint64 // registration with the idle poller; 0 before the first park
+}
+
+// writer sends a connection's answers; it runs while queries come and is
+// stopped when the connection parks with nothing in flight.
+type writer struct {
+	out      chan *[]byte  // packed answers
+	sem      chan struct{} // a slot per query in flight
+	inFlight atomic.Int32
+	pending  sync.WaitGroup
+	done     chan struct{}
+}
+
+var (
+	packPool   = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
+	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+)
 
 func newConn(raw net.Conn, key string) *conn {
 	c := &conn{raw: raw, key: key}
 	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {
 		c.client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
+	if sc, ok := raw.(syscall.Conn); ok {
+		c.rc, _ = sc.SyscallConn()
+	}
 	return c
 }
 
+// serve does the TLS handshake, then hands the connection to a reader.
 func (c *conn) serve(first *Server) {
-	handedOn := false
-	defer func() {
-		if !handedOn {
-			c.release()
-		}
-	}()
 	defer func() {
 		if r := recover(); r != nil {
 			first.logger.Error("dot connection panicked", zap.Any("panic", r))
 			c.raw.Close()
+			c.release()
 		}
 	}()
-	m := first.metrics
+	c.metrics = first.metrics
 	c.tc = tls.Server(c.raw, first.tlsCfg)
 	_ = c.raw.SetDeadline(time.Now().Add(first.handshakeTimeout()))
 	if err := c.tc.Handshake(); err != nil {
-		m.handshakeFailures.Inc()
+		c.metrics.handshakeFailures.Inc()
 		if ce := first.logger.Check(zapcore.DebugLevel, "tls handshake failed"); ce != nil {
 			ce.Write(zap.Stringer("client", c.client), zap.Error(err))
 		}
 		c.raw.Close()
+		c.release()
 		return
 	}
 	_ = c.raw.SetDeadline(time.Time{})
 	// the client's Finished arrived and we have nothing to send: ACK it
 	// now, or a client with Nagle on holds its first query back for our
 	// delayed ACK (40 ms on Linux)
-	quickAck(c.raw)
-	// the handshake grew this goroutine's stack; a long-lived idle
-	// connection should not keep it: the reader starts afresh
-	handedOn = true
-	go c.run(first)
+	quickAck(c.rc)
+	c.metrics.open.Inc()
+	// the handshake grew this goroutine's stack; the reader starts afresh
+	go c.run()
 }
 
-// run reads and answers queries until the connection ends, then closes it.
-func (c *conn) run(first *Server) {
-	defer c.release()
+// run reads and answers queries until the connection parks or ends; an
+// ended connection is closed once its answers are written.
+func (c *conn) run() {
+	parked := false
 	defer func() {
 		if r := recover(); r != nil {
-			first.logger.Error("dot connection panicked", zap.Any("panic", r))
-			c.raw.Close()
+			c.srv.Load().logger.Error("dot connection panicked", zap.Any("panic", r))
+			c.abort()
+			parked = false
+		}
+		if !parked {
+			c.finish()
 		}
 	}()
-	m := first.metrics
-	m.open.Inc()
-	defer m.open.Dec()
+	parked = c.read()
+}
 
-	c.read(first.maxInFlight())
-
-	// answer what was asked, then close cleanly (close_notify)
-	c.pending.Wait()
-	if c.out != nil {
-		close(c.out)
-		<-c.writerDone
+// finish ends the connection: the answers in flight are written, then it
+// is closed cleanly (close_notify) unless it was aborted.
+func (c *conn) finish() {
+	if c.w != nil {
+		c.w.pending.Wait()
+		c.w.stop()
+		c.w = nil
 	}
+	idlePoller.forget(c)
 	if !c.aborted.Load() {
 		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 		_ = c.tc.Close()
 	} else {
 		c.raw.Close()
 	}
+	c.metrics.open.Dec()
+	c.release()
 }
 
-// read decodes queries until the connection ends, a limit closes it, or
-// the server stops with no successor and the connection goes quiet. The
-// writer and its queues start with the first query: an idle connection
-// holds little more than its TLS state.
-func (c *conn) read(inFlight int) {
-	r := bufio.NewReaderSize(c.tc, readBufferSize)
+// read decodes queries until the connection ends (false), a limit closes
+// it, the server stops with no successor and the connection goes quiet,
+// or it stays quiet for parkAfter and is parked (true). The writer and
+// its queues start with the first query after a (re)start: an idle
+// connection holds little more than its TLS state.
+func (c *conn) read() (parked bool) {
+	r := readerPool.Get().(*bufio.Reader)
+	r.Reset(c.tc)
+	defer func() {
+		r.Reset(nil)
+		readerPool.Put(r)
+	}()
 	var buf []byte
-	queries := 0
 	for {
 		srv := c.srv.Load()
 		if r.Buffered() == 0 {
+			since := time.Now()
+			deadline := srv.idleDeadline(since)
+			wait := deadline
+			canPark := c.rc != nil && idlePoller.ok()
+			if canPark {
+				wait = minTime(deadline, since.Add(srv.parkAfter()))
+			}
 			c.reading.Store(true)
-			_ = c.raw.SetReadDeadline(srv.idleDeadline(time.Now()))
+			_ = c.raw.SetReadDeadline(wait)
 			_, err := r.Peek(1)
 			c.reading.Store(false)
 			if err != nil {
-				return // idle timeout, client closed, or drained
+				// quiet for a while, with nothing buffered at any layer
+				// (a read returns what TLS holds before it waits)
+				if canPark && isTimeout(err) && time.Now().Before(deadline) && c.parkNow(since) {
+					return true
+				}
+				return false // idle timeout, client closed, or drained
 			}
 		}
 		// a query has started: the rest must come within read_timeout,
 		// and the client may be waiting for our ACK to send it
 		if r.Buffered() < 2 {
-			quickAck(c.raw)
+			quickAck(c.rc)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
 		}
 		hdr, err := r.Peek(2)
 		if err != nil {
-			return
+			return false
 		}
 		size := int(binary.BigEndian.Uint16(hdr))
 		if size < caddydns.MinMessage {
 			srv.metrics.badFrames.Inc()
-			return // not DNS: close (RFC 7766 8)
+			return false // not DNS: close (RFC 7766 8)
 		}
 		if r.Buffered() < 2+size {
-			quickAck(c.raw)
+			quickAck(c.rc)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
 		}
 		_, _ = r.Discard(2)
@@ -163,30 +223,93 @@ func (c *conn) read(inFlight int) {
 		}
 		buf = buf[:size]
 		if _, err := io.ReadFull(r, buf); err != nil {
-			return
+			return false
 		}
 		q, formErr := caddydns.Decode(buf)
-		if c.out == nil {
-			c.out = make(chan *[]byte, inFlight)
-			c.sem = make(chan struct{}, inFlight)
-			c.writerDone = make(chan struct{})
-			go c.write()
+		if c.w == nil {
+			c.w = startWriter(c, srv.maxInFlight())
 		}
-		c.sem <- struct{}{}
-		c.pending.Add(1)
-		go c.answer(q, formErr)
-		queries++
-		if srv.MaxQueries > 0 && queries >= srv.MaxQueries {
-			return
+		c.w.sem <- struct{}{}
+		c.w.inFlight.Add(1)
+		c.w.pending.Add(1)
+		go c.answer(c.w, q, formErr)
+		c.queries++
+		if srv.MaxQueries > 0 && c.queries >= srv.MaxQueries {
+			return false
 		}
 	}
 }
 
+// parkNow parks the connection, waiting since the given time for its next
+// query: the idle poller resumes it when its socket turns readable, and
+// its timer ends it at the idle deadline. The writer goes too when no
+// answer is in flight. It reports false when the connection cannot be
+// parked and should end.
+func (c *conn) parkNow(since time.Time) bool {
+	if c.aborted.Load() {
+		return false
+	}
+	if c.w != nil && c.w.inFlight.Load() == 0 {
+		c.w.stop()
+		c.w = nil
+	}
+	p := &c.park
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.aborted.Load() {
+		return false // abort came first and found nothing parked
+	}
+	p.parked, p.since = true, since
+	p.deadline = c.srv.Load().idleDeadline(since)
+	if p.timer == nil {
+		p.timer = time.AfterFunc(time.Until(p.deadline), c.expire)
+	} else {
+		p.timer.Reset(time.Until(p.deadline))
+	}
+	if err := idlePoller.arm(c); err != nil {
+		p.parked = false
+		p.timer.Stop()
+		return false
+	}
+	c.metrics.parked.Inc()
+	return true
+}
+
+// resume runs the reader of a parked connection whose socket turned
+// readable (the client sent something, or closed).
+func (c *conn) resume() {
+	p := &c.park
+	p.mu.Lock()
+	if !p.parked {
+		p.mu.Unlock()
+		return // ended meanwhile
+	}
+	p.parked = false
+	p.timer.Stop()
+	p.mu.Unlock()
+	c.metrics.parked.Dec()
+	c.run()
+}
+
+// expire ends a parked connection at its idle deadline.
+func (c *conn) expire() {
+	p := &c.park
+	p.mu.Lock()
+	if !p.parked || time.Now().Before(p.deadline) {
+		p.mu.Unlock()
+		return // resumed meanwhile, or a stale firing
+	}
+	p.parked = false
+	p.mu.Unlock()
+	c.metrics.parked.Dec()
+	c.finish()
+}
+
 // answer runs one query through the chain of the server that owns the
 // connection now, and hands the packed answer to the writer.
-func (c *conn) answer(q *dns.Msg, resp *dns.Msg) {
-	defer c.pending.Done()
-	defer func() { <-c.sem }()
+func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg) {
+	defer w.pending.Done()
+	defer func() { <-w.sem }()
 	srv := c.enter()
 	defer srv.active.Add(-1)
 	if q != nil {
@@ -199,10 +322,12 @@ func (c *conn) answer(q *dns.Msg, resp *dns.Msg) {
 	if err != nil {
 		srv.logger.Error("packing answer", zap.Error(err))
 		packPool.Put(bp)
+		w.inFlight.Add(-1)
 		return
 	}
 	*bp = packed
-	c.out <- bp
+	w.out <- bp
+	w.inFlight.Add(-1) // after the send: a parking reader that sees 0 may close out
 }
 
 // enter returns the server whose chain answers a query, counted as
@@ -218,17 +343,33 @@ func (c *conn) enter() *Server {
 	}
 }
 
-// write sends answers, batching those that are ready into one write.
-func (c *conn) write() {
-	defer close(c.writerDone)
+func startWriter(c *conn, inFlight int) *writer {
+	w := &writer{
+		out:  make(chan *[]byte, inFlight),
+		sem:  make(chan struct{}, inFlight),
+		done: make(chan struct{}),
+	}
+	go w.run(c)
+	return w
+}
+
+// stop ends the writer once it has sent what it was given.
+func (w *writer) stop() {
+	close(w.out)
+	<-w.done
+}
+
+// run sends answers, batching those that are ready into one write.
+func (w *writer) run(c *conn) {
+	defer close(w.done)
 	batch := make([]byte, 0, 4096)
 	failed := false
-	for bp := range c.out {
+	for bp := range w.out {
 		batch = appendFrame(batch[:0], bp)
 	more:
 		for len(batch) < maxBatch {
 			select {
-			case next, ok := <-c.out:
+			case next, ok := <-w.out:
 				if !ok {
 					break more
 				}
@@ -262,10 +403,38 @@ func (c *conn) wake() {
 	if c.reading.Load() {
 		_ = c.raw.SetReadDeadline(c.srv.Load().idleDeadline(time.Now()))
 	}
+	p := &c.park
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if p.parked {
+		p.deadline = c.srv.Load().idleDeadline(p.since)
+		p.timer.Reset(time.Until(p.deadline))
+	}
 }
 
 // abort ends the connection now (grace period over, or a write failed).
 func (c *conn) abort() {
 	c.aborted.Store(true)
 	_ = c.raw.SetDeadline(time.Now())
+	p := &c.park
+	p.mu.Lock()
+	parked := p.parked
+	p.parked = false
+	p.mu.Unlock()
+	if parked {
+		c.metrics.parked.Dec()
+		go c.finish()
+	}
+}
+
+func isTimeout(err error) bool {
+	var ne net.Error
+	return errors.As(err, &ne) && ne.Timeout()
+}
+
+func minTime(a, b time.Time) time.Time {
+	if b.Before(a) {
+		return b
+	}
+	return a
 }

@@ -12,6 +12,10 @@ var (
 		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_open",
 		Help: "DNS over TLS connections open, after the handshake.",
 	}, []string{"server"})
+	connsParked = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_parked",
+		Help: "Open DNS over TLS connections parked while quiet: no goroutine or buffer of their own until the client sends again.",
+	}, []string{"server"})
 	handshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "dnsfront", Subsystem: "dot", Name: "handshake_failures_total",
 		Help: "TLS handshakes that failed or timed out.",
@@ -28,15 +32,17 @@ var (
 
 type dotMetrics struct {
 	open              prometheus.Gauge
+	parked            prometheus.Gauge
 	handshakeFailures prometheus.Counter
 	refused           *prometheus.CounterVec
 	badFrames         prometheus.Counter
 }
 
 func newDotMetrics(ctx caddy.Context, server string) *dotMetrics {
-	_ = promreg.Register(ctx.GetMetricsRegistry(), connsOpen, handshakeFailures, connsRefused, badFrames)
+	_ = promreg.Register(ctx.GetMetricsRegistry(), connsOpen, connsParked, handshakeFailures, connsRefused, badFrames)
 	return &dotMetrics{
 		open:              connsOpen.WithLabelValues(server),
+		parked:            connsParked.WithLabelValues(server),
 		handshakeFailures: handshakeFailures.WithLabelValues(server),
 		refused:           connsRefused.MustCurryWith(prometheus.Labels{"server": server}),
 		badFrames:         badFrames.WithLabelValues(server),

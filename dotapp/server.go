@@ -89,6 +89,8 @@ type Server struct {
 	drainEnd  atomic.Int64 // unix nanos; 0 while not draining
 
 	active atomic.Int64 // queries being answered with this server's chain
+
+	quietPark time.Duration // parkAfter unless a test sets it
 }
 
 func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) error {
@@ -331,17 +333,26 @@ func (s *Server) stop() {
 	s.mu.Unlock()
 }
 
-// idleDeadline is when a connection waiting for its next query gives up.
-func (s *Server) idleDeadline(now time.Time) time.Time {
+// idleDeadline is when a connection that has waited for its next query
+// since the given time gives up.
+func (s *Server) idleDeadline(since time.Time) time.Time {
 	idle := time.Duration(s.IdleTimeout)
 	if idle <= 0 {
 		idle = DefaultIdleTimeout
 	}
+	deadline := since.Add(idle)
 	if end := s.drainEnd.Load(); end != 0 {
 		// draining: a connection that goes quiet for a moment is closed
-		idle = min(idle, drainIdle, time.Until(time.Unix(0, end)))
+		deadline = minTime(deadline, minTime(time.Now().Add(drainIdle), time.Unix(0, end)))
 	}
-	return now.Add(idle)
+	return deadline
+}
+
+func (s *Server) parkAfter() time.Duration {
+	if s.quietPark > 0 {
+		return s.quietPark
+	}
+	return parkAfter
 }
 
 func (s *Server) readTimeout() time.Duration {

@@ -1,0 +1,188 @@
+//go:build linux
+
+package dotapp
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"errors"
+	"io"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// parkServer is a test server on a real loopback listener (parking needs
+// a socket), parking connections after 50 ms of quiet.
+func parkServer(t *testing.T, idle time.Duration) (*Server, string) {
+	t.Helper()
+	s := newTestServer(t)
+	s.IdleTimeout = caddy.Duration(idle)
+	s.quietPark = 50 * time.Millisecond
+	s.metrics = newDotMetrics(s.ctx, t.Name())
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { ln.Close() })
+	go func() {
+		for {
+			raw, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			c := newConn(raw, "park")
+			if s.admit(c) == "" {
+				go c.serve(s)
+			}
+		}
+	}()
+	return s, ln.Addr().String()
+}
+
+func gaugeValue(g prometheus.Gauge) float64 {
+	var m dto.Metric
+	_ = g.Write(&m)
+	return m.GetGauge().GetValue()
+}
+
+// waitGauge polls a gauge until it shows want.
+func waitGauge(t *testing.T, what string, g prometheus.Gauge, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for gaugeValue(g) != want {
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: %v, want %v", what, gaugeValue(g), want)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+func waitParked(t *testing.T, s *Server, want float64) {
+	t.Helper()
+	waitGauge(t, "connections parked", s.metrics.parked, want)
+}
+
+func dialDoT(t *testing.T, addr string) *tls.Conn {
+	t.Helper()
+	c, err := tls.Dial("tcp", addr, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	return c
+}
+
+// ask sends queries with the given IDs in one write and reads as many
+// answers, checking each against its query.
+func ask(t *testing.T, c *tls.Conn, ids ...uint16) {
+	t.Helper()
+	var out []byte
+	for _, id := range ids {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		q.Id = id
+		out = append(out, frame(q)...)
+	}
+	if _, err := c.Write(out); err != nil {
+		t.Fatal(err)
+	}
+	seen := map[uint16]bool{}
+	for range ids {
+		var l [2]byte
+		if _, err := io.ReadFull(c, l[:]); err != nil {
+			t.Fatalf("reading an answer: %v", err)
+		}
+		b := make([]byte, binary.BigEndian.Uint16(l[:]))
+		if _, err := io.ReadFull(c, b); err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatal(err)
+		}
+		if len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != "192.0.2.80" {
+			t.Fatalf("answer %d: %v", m.Id, m.Answer)
+		}
+		seen[m.Id] = true
+	}
+	for _, id := range ids {
+		if !seen[id] {
+			t.Fatalf("no answer for ID %d (got %v)", id, seen)
+		}
+	}
+}
+
+// TestParkAndResume: a quiet connection is parked, both right after the
+// handshake and after queries; a query then wakes it, pipelined queries
+// included, and each is answered.
+func TestParkAndResume(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second)
+	c := dialDoT(t, addr)
+	waitParked(t, s, 1) // parked before its first query
+	ask(t, c, 1)
+	waitParked(t, s, 1) // parked again, writer stopped
+	ask(t, c, 2, 3, 4, 5)
+	ask(t, c, 6)
+	c2 := dialDoT(t, addr)
+	waitParked(t, s, 2)
+	ask(t, c2, 7)
+	ask(t, c, 8)
+	if got := gaugeValue(s.metrics.open); got != 2 {
+		t.Fatalf("connections open: %v, want 2", got)
+	}
+}
+
+// TestParkedIdleTimeout: a parked connection is closed cleanly
+// (close_notify) at its idle deadline.
+func TestParkedIdleTimeout(t *testing.T) {
+	s, addr := parkServer(t, 300*time.Millisecond)
+	c := dialDoT(t, addr)
+	ask(t, c, 1)
+	waitParked(t, s, 1)
+	var b [1]byte
+	if _, err := c.Read(b[:]); !errors.Is(err, io.EOF) {
+		t.Fatalf("a parked connection past its idle timeout: read %v, want a clean close (EOF)", err)
+	}
+	waitParked(t, s, 0)
+	waitGauge(t, "connections open", s.metrics.open, 0)
+}
+
+// TestParkedClientClose: a client that closes a parked connection frees it.
+func TestParkedClientClose(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second)
+	c := dialDoT(t, addr)
+	waitParked(t, s, 1)
+	c.Close()
+	waitParked(t, s, 0)
+	waitGauge(t, "connections open", s.metrics.open, 0)
+}
+
+// TestParkedDrain: a server that stops with no successor closes its
+// parked connections after they stay quiet, within the grace period.
+func TestParkedDrain(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second)
+	s.GracePeriod = caddy.Duration(3 * time.Second)
+	c := dialDoT(t, addr)
+	ask(t, c, 1)
+	waitParked(t, s, 1)
+	stopped := make(chan struct{})
+	go func() { s.stop(); close(stopped) }()
+	var b [1]byte
+	if _, err := c.Read(b[:]); !errors.Is(err, io.EOF) {
+		t.Fatalf("a parked connection of a stopped server: read %v, want a clean close", err)
+	}
+	<-stopped
+	s.mu.Lock()
+	open := len(s.conns)
+	s.mu.Unlock()
+	if open != 0 {
+		t.Fatalf("%d connections left after stop", open)
+	}
+}
