@@ -64,6 +64,19 @@ func need(t testing.TB, tool string) string {
 	return ""
 }
 
+// fileModesApply returns what to run Caddy through so that file modes
+// hold for it: as root, setpriv drops the capabilities that let root read
+// and write regardless of them (CAP_DAC_OVERRIDE, CAP_DAC_READ_SEARCH);
+// as another user, nothing.
+func fileModesApply(t testing.TB) []string {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		return nil
+	}
+	caps := "-dac_override,-dac_read_search"
+	return []string{need(t, "setpriv"), "--inh-caps=" + caps, "--bounding-set=" + caps}
+}
+
 // freePort returns a loopback TCP port that was free a moment ago.
 func freePort(t testing.TB) int {
 	t.Helper()
@@ -94,10 +107,18 @@ type Vars map[string]any
 // added) and runs Caddy on it with its own storage, until the test ends.
 func startCaddy(t testing.TB, dir, tmpl string, vars Vars) *caddyProc {
 	t.Helper()
+	return startCaddyAs(t, dir, tmpl, vars, nil)
+}
+
+// startCaddyAs is startCaddy with the command run through wrap (e.g.
+// setpriv with its options), nil for none.
+func startCaddyAs(t testing.TB, dir, tmpl string, vars Vars, wrap []string) *caddyProc {
+	t.Helper()
 	p := &caddyProc{t: t, dir: dir, Admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: new(syncBuffer)}
 	p.config = filepath.Join(dir, "Caddyfile")
 	p.write(tmpl, vars)
-	p.cmd = exec.Command(caddyBin, "run", "--config", p.config, "--adapter", "caddyfile")
+	args := append(append([]string{}, wrap...), caddyBin, "run", "--config", p.config, "--adapter", "caddyfile")
+	p.cmd = exec.Command(args[0], args[1:]...)
 	p.cmd.Dir = dir
 	p.cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
 	p.cmd.Stdout, p.cmd.Stderr = p.log, p.log

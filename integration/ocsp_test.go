@@ -101,6 +101,7 @@ type stapleStatus struct {
 	NextUpdate  *time.Time `json:"next_update"`
 	LastResult  string     `json:"last_result"`
 	LastError   string     `json:"last_error"`
+	WriteError  string     `json:"write_error"`
 }
 
 func (p *caddyProc) staples(method, path string) []stapleStatus {

@@ -397,6 +397,30 @@ func TestAbuse(t *testing.T) {
 	}
 }
 
+// stapleFaultsConfig serves a file staple polled every 200 ms and a
+// generated one written through to a file, for the staple fault tests.
+const stapleFaultsConfig = `{
+	ocsp {
+		certificate {{.Cert}} {{.Key}} {
+			staple file {{.Staple}} {
+				poll_interval 200ms
+			}
+		}
+		certificate {{.Gen}} {{.GenKey}} {
+			staple local_ca {{.CA}} {{.CAKey}} {
+				write_to {{.Written}}
+			}
+		}
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	respond "ok"
+}
+`
+
 // TestStapleFaults: a staple file that disappears keeps the last good
 // staple, is logged once (not at every poll), and is picked up again by
 // itself when it returns; a write-through target that cannot be written
@@ -410,28 +434,8 @@ func TestStapleFaults(t *testing.T) {
 	notADir := testpki.WriteFile(t, dir+"/plain-file", []byte("x"))
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	c := startCaddy(t, dir, `{
-	ocsp {
-		certificate {{.Cert}} {{.Key}} {
-			staple file {{.Staple}} {
-				poll_interval 200ms
-			}
-		}
-		certificate {{.Gen}} {{.GenKey}} {
-			staple local_ca {{.CA}} {{.CAKey}} {
-				write_to {{.Bad}}
-			}
-		}
-	}
-}
-https://:{{.Port}} {
-	tls {
-		get_certificate ocsp
-	}
-	respond "ok"
-}
-`, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Gen": gen.certFile, "GenKey": gen.keyFile,
-		"CA": gen.caFile, "CAKey": gen.caKeyFile, "Bad": notADir + "/staple.ocsp", "Port": port})
+	c := startCaddy(t, dir, stapleFaultsConfig, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Gen": gen.certFile, "GenKey": gen.keyFile,
+		"CA": gen.caFile, "CAKey": gen.caKeyFile, "Written": notADir + "/staple.ocsp", "Port": port})
 	waitListen(t, addr)
 	if s, _ := stapleGo(t, addr, "gen.example.test", nil); s == nil {
 		t.Fatal("a failing write_to stopped the generated staple from being served")
@@ -463,4 +467,120 @@ https://:{{.Port}} {
 	}); err != nil {
 		t.Fatal("the staple file came back but the new staple is not served")
 	}
+}
+
+// metricValue sums the samples of /metrics whose line starts with prefix
+// (a metric name and some of its labels).
+func (p *caddyProc) metricValue(prefix string) float64 {
+	p.t.Helper()
+	var sum float64
+	for _, line := range strings.Split(string(p.api("GET", "/metrics")), "\n") {
+		if !strings.HasPrefix(line, prefix) {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			p.t.Fatalf("metrics line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+// TestStaplePermissionFaults: a staple file that becomes unreadable and a
+// write_to directory that becomes read-only (a write refused as a full
+// disk would refuse it), with Caddy run so that file modes hold for it.
+// Each time the staple is still served, the cause is logged once however
+// often it recurs, GET /ocsp/ and the metrics show it, and the server
+// recovers by itself once the fault is gone.
+func TestStaplePermissionFaults(t *testing.T) {
+	wrap := fileModesApply(t)
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test")
+	gen := newPKI(t, dir, "gen", testpki.ECDSA, testpki.LeafOptions{}, "gen.example.test")
+	good := pk.response(t, ocsp.Good, 2*time.Hour)
+	pk.writeStaple(t, good)
+	outDir := dir + "/out"
+	if err := os.Mkdir(outDir, 0o555); err != nil { // read-only from the start
+		t.Fatal(err)
+	}
+	written := outDir + "/gen.ocsp"
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddyAs(t, dir, stapleFaultsConfig, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Gen": gen.certFile, "GenKey": gen.keyFile,
+		"CA": gen.caFile, "CAKey": gen.caKeyFile, "Written": written, "Port": port}, wrap)
+	waitListen(t, addr)
+	status := func(cert string) stapleStatus {
+		for _, st := range c.staples("GET", "/ocsp/") {
+			if st.Certificate == cert {
+				return st
+			}
+		}
+		t.Fatalf("GET /ocsp/ has no entry for %s", cert)
+		return stapleStatus{}
+	}
+	// labels come sorted; the certificate label is its first name
+	fileFailed := `dnsfront_ocsp_staple_refresh_total{certificate="dns.example.test",result="failed",`
+	writeFailed := `dnsfront_ocsp_staple_write_total{certificate="gen.example.test",result="failed",`
+
+	t.Run("write_to directory read-only", func(t *testing.T) {
+		// refused at start and retried with back-off: two refusals, one log line
+		if err := eventually(20*time.Second, func() bool {
+			return c.metricValue(writeFailed) >= 2 && strings.Contains(status(gen.certFile).WriteError, "permission denied")
+		}); err != nil {
+			t.Fatalf("the refused write-through is not retried and shown: %+v, %v failed writes", status(gen.certFile), c.metricValue(writeFailed))
+		}
+		if n := len(c.log.lines(`"writing ocsp staple through to file"`)); n != 1 {
+			t.Fatalf("the refused write was logged %d times, want once", n)
+		}
+		served, _ := stapleGo(t, addr, "gen.example.test", nil)
+		if served == nil || status(gen.certFile).Status != "good" {
+			t.Fatal("a write_to that cannot be written stopped the generated staple from being served")
+		}
+		if err := os.Chmod(outDir, 0o755); err != nil {
+			t.Fatal(err)
+		}
+		var got []byte
+		if err := eventually(20*time.Second, func() bool {
+			got, _ = os.ReadFile(written)
+			return got != nil && status(gen.certFile).WriteError == ""
+		}); err != nil {
+			t.Fatalf("the directory is writable again but the staple was not written: %+v", status(gen.certFile))
+		}
+		if !bytes.Equal(got, served) {
+			t.Fatal("the file written on recovery is not the staple served")
+		}
+		c.waitLog(`ocsp staple written through to file again`, 5*time.Second)
+	})
+
+	t.Run("staple file unreadable", func(t *testing.T) {
+		failedBefore := c.metricValue(fileFailed)
+		if err := os.Chmod(pk.stapleFile, 0); err != nil {
+			t.Fatal(err)
+		}
+		// several polls (200 ms apart) refuse it; the refusal is logged once
+		if err := eventually(10*time.Second, func() bool {
+			st := status(pk.certFile)
+			return st.LastResult == "failed" && strings.Contains(st.LastError, "permission denied") &&
+				c.metricValue(fileFailed) >= failedBefore+3
+		}); err != nil {
+			t.Fatalf("the unreadable file is not shown as failing: %+v", status(pk.certFile))
+		}
+		if n := len(c.log.lines(`permission denied`)); n != 2 { // the write_to refusal above, and this one
+			t.Fatalf("%d log lines say permission denied, want 2 (each fault once):\n%s", n, strings.Join(c.log.lines(`permission denied`), "\n"))
+		}
+		if s, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(s, good) || status(pk.certFile).Status != "good" {
+			t.Fatal("the last good staple is not served while the file is unreadable")
+		}
+		if err := os.Chmod(pk.stapleFile, 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := eventually(10*time.Second, func() bool {
+			st := status(pk.certFile)
+			return st.LastResult == "unchanged" && st.LastError == ""
+		}); err != nil {
+			t.Fatalf("the file is readable again but the source still fails: %+v", status(pk.certFile))
+		}
+	})
 }

@@ -35,6 +35,7 @@ type slot struct {
 	lastResult  string
 	lastErr     string
 	backoff     time.Duration
+	writeErr    string // the last write-through failure; "" when it succeeded
 }
 
 func newSlot(key string) *slot {
@@ -119,7 +120,7 @@ func (e *entry) nextRefresh() time.Time {
 		return now.Add(p.PollInterval())
 	}
 	st := e.slot.staple.Load()
-	if e.slot.lastResult == resultFailed || e.slot.lastResult == resultRevoked || st == nil {
+	if e.slot.lastResult == resultFailed || e.slot.lastResult == resultRevoked || st == nil || e.slot.writeErr != "" {
 		return now.Add(max(e.slot.backoff, minBackoff))
 	}
 	return st.RefreshAt()
@@ -143,6 +144,9 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	// back-off retries until the source answers again
 	if !force && !polled && s.lastResult != resultFailed {
 		if cur.ValidAt(now) && now.Before(cur.RefreshAt()) {
+			if s.writeErr != "" {
+				a.writeThrough(e, cur) // the file could not be written: try again
+			}
 			return
 		}
 		// a staple another server of the fleet (or this one before a
@@ -291,11 +295,39 @@ func (a *App) store(ctx context.Context, e *entry, st *Staple) {
 			a.logger.Error("storing ocsp staple", zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
 		}
 	}
-	if w, ok := e.source.(writeThrougher); ok && w.writePath() != "" {
-		if err := WriteFileAtomic(w.writePath(), st.DER, 0o644); err != nil {
-			a.logger.Error("writing ocsp staple through to file", zap.String("certificate", e.name),
-				zap.String("file", w.writePath()), zap.Error(err))
+	a.writeThrough(e, st)
+}
+
+// writeThrough writes the staple to the source's file, if it names one.
+// A failure (a read-only directory, a full disk) is logged once per
+// change of reason and counted; the slot then retries with back-off until
+// a write succeeds, which is logged too. e.slot.mu is held.
+func (a *App) writeThrough(e *entry, st *Staple) {
+	w, ok := e.source.(writeThrougher)
+	if !ok || w.writePath() == "" {
+		return
+	}
+	s := e.slot
+	err := WriteFileAtomic(w.writePath(), st.DER, 0o644)
+	if err == nil {
+		writes.WithLabelValues(e.labels[0], e.labels[1], "ok").Inc()
+		if s.writeErr != "" {
+			a.logger.Info("ocsp staple written through to file again", zap.String("certificate", e.name),
+				zap.String("file", w.writePath()))
+			s.writeErr, s.backoff = "", 0
 		}
+		return
+	}
+	writes.WithLabelValues(e.labels[0], e.labels[1], "failed").Inc()
+	s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
+	level := zapcore.ErrorLevel
+	if err.Error() == s.writeErr {
+		level = zapcore.DebugLevel // logged once per change of reason
+	}
+	s.writeErr = err.Error()
+	if c := a.logger.Check(level, "writing ocsp staple through to file"); c != nil {
+		c.Write(zap.String("certificate", e.name), zap.String("file", w.writePath()), zap.Error(err),
+			zap.Duration("retry_in", s.backoff))
 	}
 }
 
@@ -312,6 +344,9 @@ type Status struct {
 	LastRefresh *time.Time `json:"last_refresh,omitempty"`
 	LastResult  string     `json:"last_result,omitempty"`
 	LastError   string     `json:"last_error,omitempty"`
+	// WriteError is why the staple could not be written through to its
+	// file (write_to); empty once a write succeeds.
+	WriteError string `json:"write_error,omitempty"`
 }
 
 // Staple states in Status.Status.
@@ -334,6 +369,7 @@ func (e *entry) status(now time.Time) Status {
 		MustStaple:  e.mustStaple,
 		LastResult:  s.lastResult,
 		LastError:   s.lastErr,
+		WriteError:  s.writeErr,
 	}
 	if !s.lastRefresh.IsZero() {
 		t := s.lastRefresh.UTC()

@@ -108,29 +108,43 @@ func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 
 // WriteFileAtomic writes data to path through a temporary file in the same
 // directory and a rename, so a reader sees the old or the new file, never a
-// part of one.
+// part of one. Its errors name path and the step that failed, never the
+// temporary file's random name (so the same fault reads the same twice).
 func WriteFileAtomic(path string, data []byte, perm os.FileMode) error {
-	dir := filepath.Dir(path)
-	f, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp*")
+	fail := func(step string, err error) error {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		var le *os.LinkError
+		if errors.As(err, &le) {
+			err = le.Err
+		}
+		return fmt.Errorf("writing %s: %s: %w", path, step, err)
+	}
+	f, err := os.CreateTemp(filepath.Dir(path), "."+filepath.Base(path)+".tmp*")
 	if err != nil {
-		return err
+		return fail("creating a temporary file", err)
 	}
 	tmp := f.Name()
 	defer os.Remove(tmp) // no-op after a successful rename
 	if _, err := f.Write(data); err != nil {
 		f.Close()
-		return err
+		return fail("write", err)
 	}
 	if err := f.Chmod(perm); err != nil {
 		f.Close()
-		return err
+		return fail("chmod", err)
 	}
 	if err := f.Sync(); err != nil {
 		f.Close()
-		return err
+		return fail("sync", err)
 	}
 	if err := f.Close(); err != nil {
-		return err
+		return fail("close", err)
 	}
-	return os.Rename(tmp, path)
+	if err := os.Rename(tmp, path); err != nil {
+		return fail("rename", err)
+	}
+	return nil
 }

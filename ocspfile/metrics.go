@@ -22,10 +22,16 @@ var (
 		Name:      "staple_refresh_total",
 		Help:      "OCSP staple refreshes by result: updated, unchanged, failed, revoked.",
 	}, []string{"certificate", "serial", "result"})
+	writes = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront",
+		Subsystem: "ocsp",
+		Name:      "staple_write_total",
+		Help:      "Writes of a made OCSP staple through to its write_to file, by result: ok, failed.",
+	}, []string{"certificate", "serial", "result"})
 )
 
 func registerMetrics(reg *prometheus.Registry, logger *zap.Logger) {
-	if err := promreg.Register(reg, nextUpdate, refreshes); err != nil {
+	if err := promreg.Register(reg, nextUpdate, refreshes, writes); err != nil {
 		logger.Warn("registering ocsp metrics", zap.Error(err))
 	}
 }
