@@ -87,12 +87,25 @@ func (c *udpClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*d
 	}
 }
 
+// udpReadBuffer is the receive buffer asked for on each upstream socket
+// (the kernel caps it at net.core.rmem_max). Linux's default, 208 KB,
+// holds a few hundred answers: a burst of them arriving while the CPU is
+// busy (thousands of DoH clients connecting at once) overflowed it in the
+// benchmarks, and every answer dropped there costs a query its timeout.
+// unbound and nsd ask for the same with so-rcvbuf.
+const udpReadBuffer = 4 << 20
+
 func dialUDP(addr string) (*net.UDPConn, error) {
 	ua, err := net.ResolveUDPAddr("udp", addr)
 	if err != nil {
 		return nil, err
 	}
-	return net.DialUDP("udp", nil, ua)
+	conn, err := net.DialUDP("udp", nil, ua)
+	if err != nil {
+		return nil, err
+	}
+	_ = conn.SetReadBuffer(udpReadBuffer) // best effort: a smaller buffer still works
+	return conn, nil
 }
 
 // read hands each answer on conn to its query until conn fails.
