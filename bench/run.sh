@@ -6,6 +6,7 @@
 #   bash bench/run.sh                 # all scenarios, 3 rounds
 #   ROUNDS=5 DURATION=20 bash bench/run.sh
 #   SCENARIOS="dot doh" bash bench/run.sh
+#   HOLD=1 bash bench/run.sh          # start the servers and keep them up for manual runs
 #
 # Installs what it needs (dnsdist, nsd, unbound, nghttp2-client, dnsperf,
 # openssl) with apt-get. Everything listens on 127.0.0.1 only. Prints a
@@ -187,7 +188,14 @@ start DNSDIST dnsdist 127.0.0.1:9853 dnsdist --supervised --disable-syslog -C "$
 start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
 sleep 1
 
+if [ -n "${HOLD:-}" ]; then
+	# keep the servers up for manual runs: ports as in the configs above
+	echo "== servers up (dnsfront $DNSFRONT, dnsdist $DNSDIST, unbound $UNBOUND, nsd $NSD); files in $T; Ctrl-C ends"
+	sleep infinity
+fi
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+udp_rcvbuf_errors() { awk '/^Udp: [0-9]/ {print $6}' /proc/net/snmp; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 TICK=$(getconf CLK_TCK)
 RAW="$T/raw.tsv"
@@ -197,10 +205,13 @@ printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\trss_mb\n' > "$RAW"
 measure() {
 	local scenario=$1 name=$2 pid=$3
 	shift 3
-	local before after out qps avg n
+	local before after out qps avg n drops0 drops1
+	drops0=$(udp_rcvbuf_errors)
 	before=$(cpu_ticks "$pid")
 	out=$(taskset -c "$CLIENT_CPU" "$@" 2>&1) || true
 	after=$(cpu_ticks "$pid")
+	drops1=$(udp_rcvbuf_errors)
+	[ "$drops1" = "$drops0" ] || echo "   ($name: $((drops1 - drops0)) UDP datagrams dropped at a full receive buffer, kernel count)" >&2
 	case "$1" in
 	dnsperf)
 		qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
@@ -308,6 +319,14 @@ for round in $(seq "$ROUNDS"); do
 			measure "DoT new conn per query" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 20 -q 20 -O num-queries-per-conn=1
 			measure "DoT new conn per query" "dnsdist forward" "$DNSDIST" $DP -m dot -s 127.0.0.1 -p 9853 -c 20 -q 20 -O num-queries-per-conn=1
 			measure "DoT new conn per query" "unbound (own data)" "$UNBOUND" $DP -m dot -s 127.0.0.1 -p 10853 -c 20 -q 20 -O num-queries-per-conn=1
+			# DoH: h2load, 3,000 clients connecting at once, one GET each
+			# (dnsperf's DoH mode with one query per connection swings
+			# between ~800/s and ~300/s from run to run, for every server)
+			for target in "dnsfront forward":8443:"$DNSFRONT" "dnsdist forward":9443:"$DNSDIST" "unbound (own data)":10443:"$UNBOUND"; do
+				IFS=: read -r name port pid <<<"$target"
+				sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
+				measure "DoH new conn per query" "$name" "$pid" h2load -n 3000 -c 3000 -m 1 -t 1 -i "$T/urls-$port.txt"
+			done
 			;;
 		esac
 	done
