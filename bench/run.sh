@@ -23,7 +23,7 @@ ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake"}
-IDLE_CONNS=${IDLE_CONNS:-5000}
+IDLE_CONNS=${IDLE_CONNS:-10000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 
@@ -149,7 +149,7 @@ server:
 	num-threads: 1
 	access-control: 127.0.0.0/8 allow
 	module-config: "iterator"
-	incoming-num-tcp: 6500
+	incoming-num-tcp: 12000
 	tcp-idle-timeout: 30000
 auth-zone:
 	name: "example.test"
@@ -181,12 +181,28 @@ start() {
 	exit 1
 }
 
+# start_servers: dnsfront, dnsdist and unbound, fresh
+start_servers() {
+	start DNSFRONT dnsfront 127.0.0.1:8853 env HOME="$T" "$T/caddy" run --config "$T/Caddyfile" --adapter caddyfile
+	start DNSDIST dnsdist 127.0.0.1:9853 dnsdist --supervised --disable-syslog -C "$T/dnsdist.conf"
+	start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
+	sleep 1
+}
+
+# restart_servers: fresh processes, for a memory measurement that a
+# process's earlier allocations would distort
+restart_servers() {
+	local p
+	for p in "$DNSFRONT" "$DNSDIST" "$UNBOUND"; do
+		kill "$p" 2>/dev/null || true
+		wait "$p" 2>/dev/null || true
+	done
+	start_servers
+}
+
 echo "== start nsd (upstream), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
 start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
-start DNSFRONT dnsfront 127.0.0.1:8853 env HOME="$T" "$T/caddy" run --config "$T/Caddyfile" --adapter caddyfile
-start DNSDIST dnsdist 127.0.0.1:9853 dnsdist --supervised --disable-syslog -C "$T/dnsdist.conf"
-start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
-sleep 1
+start_servers
 
 if [ -n "${HOLD:-}" ]; then
 	# keep the servers up for manual runs: ports as in the configs above
@@ -243,12 +259,13 @@ measure() {
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
 }
 
-# idle_measure name pid addr: memory per idle DoT connection
+# idle_measure kind name pid addr [query]: memory per idle DoT connection,
+# opened with nothing sent or after one query (kind says which)
 IDLE="$T/idle.tsv"
 idle_measure() {
-	local name=$1 pid=$2 addr=$3 rss0 rss1 line n
+	local kind=$1 name=$2 pid=$3 addr=$4 query=${5:-} rss0 rss1 line n
 	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$IDLE_CONNS" 2>&1; }
+	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$IDLE_CONNS" ${query:+-query "$query"} 2>&1; }
 	read -r line <&"${IDLECONNS[0]}"
 	sleep 2
 	rss1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -257,9 +274,9 @@ idle_measure() {
 	wait "$IDLECONNS_PID" 2>/dev/null || true
 	local per
 	per=$(awk -v a="$rss1" -v b="$rss0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
-	printf '%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$n" "$per" "$((rss1 / 1024))" >> "$IDLE"
-	printf '   %-28s %-22s %s connections  %s bytes each  rss %s MB\n' "idle DoT connections" "$name" "$n" "$per" "$((rss1 / 1024))"
-	sleep 2 # let the server let go of them
+	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$n" "$per" "$((rss1 / 1024))" "$kind" >> "$IDLE"
+	printf '   %-28s %-22s %s connections  %s bytes each  rss %s MB\n' "idle DoT, $kind" "$name" "$n" "$per" "$((rss1 / 1024))"
+	sleep 3 # let the server let go of them
 }
 
 DP="dnsperf -d $T/dnsperf.txt -l $DURATION"
@@ -299,9 +316,13 @@ for round in $(seq "$ROUNDS"); do
 		idle)
 			# fresh processes only: a C allocator reuses what it already holds
 			[ "$round" = 1 ] || continue
-			idle_measure "dnsfront" "$DNSFRONT" 127.0.0.1:8853
-			idle_measure "dnsdist" "$DNSDIST" 127.0.0.1:9853
-			idle_measure "unbound" "$UNBOUND" 127.0.0.1:10853
+			for kind in "nothing sent" "after one query"; do
+				q=
+				[ "$kind" = "nothing sent" ] || { q=www.example.test; restart_servers; }
+				idle_measure "$kind" "dnsfront" "$DNSFRONT" 127.0.0.1:8853 $q
+				idle_measure "$kind" "dnsdist" "$DNSDIST" 127.0.0.1:9853 $q
+				idle_measure "$kind" "unbound" "$UNBOUND" 127.0.0.1:10853 $q
+			done
 			;;
 		latency)
 			# p50/p99 under the DoT load: dnsperf -v prints every answer's latency
@@ -357,11 +378,12 @@ mkdir -p bench/results
 	fi
 	if [ -s "$IDLE" ]; then
 		echo
-		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, nothing sent; RSS growth / connections; first round, fresh processes):"
+		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, handshake done, then nothing sent or one query asked and answered; RSS growth / connections; round 1, fresh processes for each kind):"
 		echo
-		echo "| server | connections open | bytes per connection | RSS MB with them |"
-		echo "|---|---:|---:|---:|"
-		sort -t$'\t' -k1,1 -k4,4n "$IDLE" | awk -F'\t' '{v[$1] = v[$1] " " $4; o[$1] = $3; r[$1] = $5} END {for (k in v) {m = split(v[k], a, " "); printf "| %s | %s | %s | %s |\n", k, o[k], a[int((m + 1) / 2)], r[k]}}'
+		echo "| idle connections | server | connections open | bytes per connection | RSS MB with them |"
+		echo "|---|---|---:|---:|---:|"
+		awk -F'\t' '{k = $6 "\t" $1; if (!(k in n)) o[++c] = k; n[k] = $3; b[k] = $4; r[k] = $5}
+			END {for (i = 1; i <= c; i++) {split(o[i], f, "\t"); printf "| %s | %s | %s | %s | %s |\n", f[1], f[2], n[o[i]], b[o[i]], r[o[i]]}}' "$IDLE"
 	fi
 } > bench/results/latest.md
 cp "$RAW" bench/results/latest.tsv

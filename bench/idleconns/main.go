@@ -1,10 +1,12 @@
 // Command idleconns opens many DNS over TLS connections, completes each
-// handshake, sends nothing, and holds them open until its standard input
-// closes: the benchmark reads the server's memory meanwhile.
+// handshake, sends nothing (or, with -query, one query whose answer it
+// reads), and holds them open until its standard input closes: the
+// benchmark reads the server's memory meanwhile.
 package main
 
 import (
 	"crypto/tls"
+	"encoding/binary"
 	"flag"
 	"fmt"
 	"io"
@@ -13,12 +15,25 @@ import (
 	"os"
 	"sync"
 	"time"
+
+	"github.com/miekg/dns"
 )
 
 func main() {
 	addr := flag.String("addr", "127.0.0.1:853", "server address")
 	n := flag.Int("n", 10000, "connections")
+	query := flag.String("query", "", "a name to ask for (type A) on each connection before it goes idle; empty: ask nothing")
 	flag.Parse()
+	var frame []byte
+	if *query != "" {
+		q := new(dns.Msg)
+		q.SetQuestion(dns.Fqdn(*query), dns.TypeA)
+		b, err := q.Pack()
+		if err != nil {
+			log.Fatal(err)
+		}
+		frame = append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)
+	}
 	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}} // a load generator: the certificate is not the point
 	conns := make([]net.Conn, 0, *n)
 	var mu sync.Mutex
@@ -32,6 +47,9 @@ func main() {
 			defer wg.Done()
 			defer func() { <-sem }()
 			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", *addr, cfg)
+			if err == nil && frame != nil {
+				err = askOnce(c, frame)
+			}
 			mu.Lock()
 			defer mu.Unlock()
 			if err != nil {
@@ -50,4 +68,19 @@ func main() {
 	for _, c := range conns {
 		c.Close()
 	}
+}
+
+// askOnce sends one framed query and reads its answer.
+func askOnce(c net.Conn, frame []byte) error {
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	defer c.SetDeadline(time.Time{})
+	if _, err := c.Write(frame); err != nil {
+		return err
+	}
+	var l [2]byte
+	if _, err := io.ReadFull(c, l[:]); err != nil {
+		return err
+	}
+	_, err := io.CopyN(io.Discard, c, int64(binary.BigEndian.Uint16(l[:])))
+	return err
 }
