@@ -30,8 +30,11 @@ const readBufferSize = 1 << 10
 
 // parkAfter is how long a connection's reader waits for the next query
 // before it parks: its goroutine, read buffer and writer are let go, and
-// the idle poller resumes it when the client sends again.
-const parkAfter = time.Second
+// the idle poller resumes it when the client sends again. A pipelining
+// client is never quiet this long; a stub resolver asking now and then
+// is parked between its queries, at the cost of an epoll_ctl and a new
+// goroutine when it asks again.
+const parkAfter = 250 * time.Millisecond
 
 // conn is one DoT connection. Its reader decodes queries in order; each
 // query is answered in its own goroutine (so a slow upstream answer does
@@ -82,6 +85,7 @@ type writer struct {
 var (
 	packPool   = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
+	batchPool  = sync.Pool{New: func() any { b := make([]byte, 0, 4096); return &b }}
 )
 
 func newConn(raw net.Conn, key string) *conn {
@@ -359,13 +363,15 @@ func (w *writer) stop() {
 	<-w.done
 }
 
-// run sends answers, batching those that are ready into one write.
+// run sends answers, batching those that are ready into one write. The
+// batch buffer is taken from a pool for each write, so that a writer
+// waiting for answers holds none.
 func (w *writer) run(c *conn) {
 	defer close(w.done)
-	batch := make([]byte, 0, 4096)
 	failed := false
 	for bp := range w.out {
-		batch = appendFrame(batch[:0], bp)
+		batchp := batchPool.Get().(*[]byte)
+		batch := appendFrame((*batchp)[:0], bp)
 	more:
 		for len(batch) < maxBatch {
 			select {
@@ -378,14 +384,15 @@ func (w *writer) run(c *conn) {
 				break more
 			}
 		}
-		if failed {
-			continue // keep draining so that answering goroutines finish
+		if !failed { // after a failure, keep draining so that answering goroutines finish
+			_ = c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
+			if _, err := c.tc.Write(batch); err != nil {
+				failed = true
+				c.abort()
+			}
 		}
-		_ = c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
-		if _, err := c.tc.Write(batch); err != nil {
-			failed = true
-			c.abort()
-		}
+		*batchp = batch
+		batchPool.Put(batchp)
 	}
 }
 
@@ -419,7 +426,10 @@ func (c *conn) abort() {
 	p := &c.park
 	p.mu.Lock()
 	parked := p.parked
-	p.parked = false
+	if parked {
+		p.parked = false
+		p.timer.Stop()
+	}
 	p.mu.Unlock()
 	if parked {
 		c.metrics.parked.Dec()
