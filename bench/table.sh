@@ -4,7 +4,7 @@
 set -euo pipefail
 RAW=$1
 echo "Ratios: a forwarder against dnsdist in the same scenario; a server answering from its own data against unbound;"
-echo "a DoH row over long-lived HTTP/2 connections also against Caddy's respond (the ceiling of Caddy's HTTP/2 stack); a new-connection row"
+echo "a DoH row also against Caddy's respond in the same kind of row (the ceiling of Caddy's HTTP stack); a new-connection row"
 echo "also compares CPU per connection (the rate is bound by the one-core client for every server). nsd's CPU is not counted (it works in a child process)."
 echo
 echo "| scenario | server | median q/s | avg latency ms | CPU s per 100k | RSS MB after | ratio |"
@@ -14,11 +14,12 @@ awk -F'\t' 'NR > 1 {k = $1 "\t" $2; if (!(k in seen)) {order[++n] = k; seen[k] =
 	END {
 		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); q[k] = median(vals[k]);
 			c[k] = median(cpu[k])
-			if (p[2] ~ /^dnsdist/) {dd[p[1]] = q[k]; ddc[p[1]] = c[k]}; if (p[2] ~ /^unbound/) ub[p[1]] = q[k]; if (p[2] ~ /respond/) resp = q[k]}
+			if (p[2] ~ /^dnsdist/) {dd[p[1]] = q[k]; ddc[p[1]] = c[k]}; if (p[2] ~ /^unbound/) ub[p[1]] = q[k]; if (p[2] ~ /respond/) resp[p[1] ~ /new conn/ ? "new" : "h2"] = q[k]}
 		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); r = "";
 			if (p[2] ~ /own data/ && p[2] !~ /^unbound/ && ub[p[1]] > 0) r = sprintf("%.2f x unbound", q[k] / ub[p[1]]);
 			else if (p[2] ~ /^dnsfront/ && dd[p[1]] > 0) r = sprintf("%.2f x dnsdist", q[k] / dd[p[1]]);
 			if (p[1] ~ /new conn/ && p[2] ~ /^dnsfront/ && ddc[p[1]] > 0) r = r sprintf(", CPU per connection %.2f x dnsdist", c[k] / ddc[p[1]]);
-			if (p[1] ~ /^DoH (GET|POST) h2/ && p[2] ~ /^dnsfront/ && resp > 0) r = r (r == "" ? "" : ", ") sprintf("%.2f x respond", q[k] / resp);
+			rk = p[1] ~ /new conn/ ? "new" : "h2"
+			if (p[1] ~ /^DoH/ && p[2] ~ /^dnsfront/ && resp[rk] > 0) r = r (r == "" ? "" : ", ") sprintf("%.2f x respond", q[k] / resp[rk]);
 			printf "| %s | %s | %.0f | %s | %s | %s | %s |\n", p[1], p[2], q[k], median(lat[k]), median(cpu[k]), rss[k], r}
 	}' "$RAW"
