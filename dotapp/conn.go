@@ -50,6 +50,7 @@ type conn struct {
 	client  netip.AddrPort
 	srv     atomic.Pointer[Server] // the server whose config applies now
 	metrics *dotMetrics            // of the server that accepted it
+	helloBy time.Time              // the handshake's deadline, from accept
 
 	// owned by whoever runs the connection: the reader, or what ends it
 	w       *writer // from the first query on; stopped while parked
@@ -66,6 +67,7 @@ type conn struct {
 type parking struct {
 	mu       sync.Mutex
 	parked   bool
+	hello    bool      // parked before the handshake, waiting for the ClientHello
 	since    time.Time // when the wait for the next query began
 	deadline time.Time // when the wait ends the connection
 	timer    *time.Timer
@@ -99,25 +101,31 @@ func newConn(raw net.Conn, key string) *conn {
 	return c
 }
 
-// serve does the TLS handshake, then hands the connection to a reader.
-func (c *conn) serve(first *Server) {
+// serve does the TLS handshake, then hands the connection to a reader. A
+// client that connects and stays silent is parked until its ClientHello
+// comes or the handshake times out, holding no goroutine meanwhile.
+func (c *conn) serve(s *Server) {
 	defer func() {
 		if r := recover(); r != nil {
-			first.logger.Error("dot connection panicked", zap.Any("panic", r))
-			c.raw.Close()
-			c.release()
+			s.logger.Error("dot connection panicked", zap.Any("panic", r))
+			c.drop()
 		}
 	}()
-	c.metrics = first.metrics
-	c.tc = tls.Server(c.raw, first.tlsCfg)
-	_ = c.raw.SetDeadline(time.Now().Add(first.handshakeTimeout()))
+	c.metrics = s.metrics
+	if c.helloBy.IsZero() {
+		c.helloBy = time.Now().Add(s.handshakeTimeout())
+		if c.rc != nil && idlePoller.ok() && !c.peekHello(s.parkAfter()) && c.parkHello() {
+			return
+		}
+	}
+	c.tc = tls.Server(c.raw, s.tlsCfg)
+	_ = c.raw.SetDeadline(c.helloBy)
 	if err := c.tc.Handshake(); err != nil {
 		c.metrics.handshakeFailures.Inc()
-		if ce := first.logger.Check(zapcore.DebugLevel, "tls handshake failed"); ce != nil {
+		if ce := s.logger.Check(zapcore.DebugLevel, "tls handshake failed"); ce != nil {
 			ce.Write(zap.Stringer("client", c.client), zap.Error(err))
 		}
-		c.raw.Close()
-		c.release()
+		c.drop()
 		return
 	}
 	_ = c.raw.SetDeadline(time.Time{})
@@ -128,6 +136,13 @@ func (c *conn) serve(first *Server) {
 	c.metrics.open.Inc()
 	// the handshake grew this goroutine's stack; the reader starts afresh
 	go c.run()
+}
+
+// drop closes a connection that never finished its handshake.
+func (c *conn) drop() {
+	idlePoller.forget(c)
+	c.raw.Close()
+	c.release()
 }
 
 // run reads and answers queries until the connection parks or ends; an
@@ -279,34 +294,81 @@ func (c *conn) parkNow(since time.Time) bool {
 	return true
 }
 
-// resume runs the reader of a parked connection whose socket turned
-// readable (the client sent something, or closed).
-func (c *conn) resume() {
+// parkHello parks a connection whose client has sent nothing yet, until
+// the handshake deadline. It reports false when it cannot.
+func (c *conn) parkHello() bool {
 	p := &c.park
 	p.mu.Lock()
-	if !p.parked {
-		p.mu.Unlock()
-		return // ended meanwhile
+	defer p.mu.Unlock()
+	if c.aborted.Load() {
+		return false
 	}
-	p.parked = false
-	p.timer.Stop()
-	p.mu.Unlock()
-	c.metrics.parked.Dec()
-	c.run()
+	p.parked, p.hello, p.deadline = true, true, c.helloBy
+	if p.timer == nil {
+		p.timer = time.AfterFunc(time.Until(p.deadline), c.expire)
+	} else {
+		p.timer.Reset(time.Until(p.deadline))
+	}
+	if err := idlePoller.arm(c); err != nil {
+		p.parked, p.hello = false, false
+		p.timer.Stop()
+		return false
+	}
+	return true
 }
 
-// expire ends a parked connection at its idle deadline.
-func (c *conn) expire() {
+// unpark takes a parked connection out of parking for whoever wins it
+// (the poller, the timer, an abort), and says whether it was parked and
+// whether before its handshake. The caller holds c.park.mu.
+func (c *conn) unpark() (parked, hello bool) {
 	p := &c.park
-	p.mu.Lock()
-	if !p.parked || time.Now().Before(p.deadline) {
-		p.mu.Unlock()
-		return // resumed meanwhile, or a stale firing
+	parked, hello = p.parked, p.hello
+	if !parked {
+		return false, false
 	}
-	p.parked = false
-	p.mu.Unlock()
-	c.metrics.parked.Dec()
-	c.finish()
+	p.parked, p.hello = false, false
+	p.timer.Stop()
+	if !hello {
+		c.metrics.parked.Dec()
+	}
+	return true, hello
+}
+
+// resume goes on with a parked connection whose socket turned readable
+// (the client sent something, or closed): the handshake, or the reader.
+func (c *conn) resume() {
+	c.park.mu.Lock()
+	parked, hello := c.unpark()
+	c.park.mu.Unlock()
+	switch {
+	case !parked:
+		return // ended meanwhile
+	case hello:
+		c.serve(c.srv.Load())
+	default:
+		c.run()
+	}
+}
+
+// expire ends a parked connection at its deadline: the idle timeout, or
+// the handshake's.
+func (c *conn) expire() {
+	c.park.mu.Lock()
+	if time.Now().Before(c.park.deadline) {
+		c.park.mu.Unlock()
+		return // a stale firing: the deadline moved
+	}
+	parked, hello := c.unpark()
+	c.park.mu.Unlock()
+	switch {
+	case !parked:
+		return // resumed meanwhile
+	case hello:
+		c.metrics.handshakeFailures.Inc() // timed out before its ClientHello
+		c.drop()
+	default:
+		c.finish()
+	}
 }
 
 // answer runs one query through the chain of the server that owns the
@@ -413,7 +475,7 @@ func (c *conn) wake() {
 	p := &c.park
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if p.parked {
+	if p.parked && !p.hello { // a handshake keeps its own deadline
 		p.deadline = c.srv.Load().idleDeadline(p.since)
 		p.timer.Reset(time.Until(p.deadline))
 	}
@@ -423,16 +485,15 @@ func (c *conn) wake() {
 func (c *conn) abort() {
 	c.aborted.Store(true)
 	_ = c.raw.SetDeadline(time.Now())
-	p := &c.park
-	p.mu.Lock()
-	parked := p.parked
-	if parked {
-		p.parked = false
-		p.timer.Stop()
-	}
-	p.mu.Unlock()
-	if parked {
-		c.metrics.parked.Dec()
+	c.park.mu.Lock()
+	parked, hello := c.unpark()
+	c.park.mu.Unlock()
+	// in goroutines of their own: the caller may hold the server's lock,
+	// which release takes
+	switch {
+	case hello:
+		go c.drop()
+	case parked:
 		go c.finish()
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"net"
+	"runtime"
 	"testing"
 	"time"
 
@@ -18,11 +19,13 @@ import (
 )
 
 // parkServer is a test server on a real loopback listener (parking needs
-// a socket), parking connections after 50 ms of quiet.
-func parkServer(t *testing.T, idle time.Duration) (*Server, string) {
+// a socket), parking connections after 50 ms of quiet, with the given idle
+// and handshake timeouts (0: the default).
+func parkServer(t *testing.T, idle, handshake time.Duration) (*Server, string) {
 	t.Helper()
 	s := newTestServer(t)
 	s.IdleTimeout = caddy.Duration(idle)
+	s.HandshakeTimeout = caddy.Duration(handshake)
 	s.quietPark = 50 * time.Millisecond
 	s.metrics = newDotMetrics(s.ctx, t.Name())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
@@ -45,19 +48,23 @@ func parkServer(t *testing.T, idle time.Duration) (*Server, string) {
 	return s, ln.Addr().String()
 }
 
-func gaugeValue(g prometheus.Gauge) float64 {
+// metricValue reads a gauge or a counter.
+func metricValue(g prometheus.Metric) float64 {
 	var m dto.Metric
 	_ = g.Write(&m)
+	if m.Counter != nil {
+		return m.GetCounter().GetValue()
+	}
 	return m.GetGauge().GetValue()
 }
 
-// waitGauge polls a gauge until it shows want.
-func waitGauge(t *testing.T, what string, g prometheus.Gauge, want float64) {
+// waitMetric polls a gauge or counter until it shows want.
+func waitMetric(t *testing.T, what string, g prometheus.Metric, want float64) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
-	for gaugeValue(g) != want {
+	for metricValue(g) != want {
 		if time.Now().After(deadline) {
-			t.Fatalf("%s: %v, want %v", what, gaugeValue(g), want)
+			t.Fatalf("%s: %v, want %v", what, metricValue(g), want)
 		}
 		time.Sleep(5 * time.Millisecond)
 	}
@@ -65,7 +72,7 @@ func waitGauge(t *testing.T, what string, g prometheus.Gauge, want float64) {
 
 func waitParked(t *testing.T, s *Server, want float64) {
 	t.Helper()
-	waitGauge(t, "connections parked", s.metrics.parked, want)
+	waitMetric(t, "connections parked", s.metrics.parked, want)
 }
 
 func dialDoT(t *testing.T, addr string) *tls.Conn {
@@ -123,7 +130,7 @@ func ask(t *testing.T, c *tls.Conn, ids ...uint16) {
 // handshake and after queries; a query then wakes it, pipelined queries
 // included, and each is answered.
 func TestParkAndResume(t *testing.T) {
-	s, addr := parkServer(t, 10*time.Second)
+	s, addr := parkServer(t, 10*time.Second, 0)
 	c := dialDoT(t, addr)
 	waitParked(t, s, 1) // parked before its first query
 	ask(t, c, 1)
@@ -134,7 +141,7 @@ func TestParkAndResume(t *testing.T) {
 	waitParked(t, s, 2)
 	ask(t, c2, 7)
 	ask(t, c, 8)
-	if got := gaugeValue(s.metrics.open); got != 2 {
+	if got := metricValue(s.metrics.open); got != 2 {
 		t.Fatalf("connections open: %v, want 2", got)
 	}
 }
@@ -142,7 +149,7 @@ func TestParkAndResume(t *testing.T) {
 // TestParkedIdleTimeout: a parked connection is closed cleanly
 // (close_notify) at its idle deadline.
 func TestParkedIdleTimeout(t *testing.T) {
-	s, addr := parkServer(t, 300*time.Millisecond)
+	s, addr := parkServer(t, 300*time.Millisecond, 0)
 	c := dialDoT(t, addr)
 	ask(t, c, 1)
 	waitParked(t, s, 1)
@@ -151,23 +158,23 @@ func TestParkedIdleTimeout(t *testing.T) {
 		t.Fatalf("a parked connection past its idle timeout: read %v, want a clean close (EOF)", err)
 	}
 	waitParked(t, s, 0)
-	waitGauge(t, "connections open", s.metrics.open, 0)
+	waitMetric(t, "connections open", s.metrics.open, 0)
 }
 
 // TestParkedClientClose: a client that closes a parked connection frees it.
 func TestParkedClientClose(t *testing.T) {
-	s, addr := parkServer(t, 10*time.Second)
+	s, addr := parkServer(t, 10*time.Second, 0)
 	c := dialDoT(t, addr)
 	waitParked(t, s, 1)
 	c.Close()
 	waitParked(t, s, 0)
-	waitGauge(t, "connections open", s.metrics.open, 0)
+	waitMetric(t, "connections open", s.metrics.open, 0)
 }
 
 // TestParkedDrain: a server that stops with no successor closes its
 // parked connections after they stay quiet, within the grace period.
 func TestParkedDrain(t *testing.T) {
-	s, addr := parkServer(t, 10*time.Second)
+	s, addr := parkServer(t, 10*time.Second, 0)
 	s.GracePeriod = caddy.Duration(3 * time.Second)
 	c := dialDoT(t, addr)
 	ask(t, c, 1)
@@ -185,4 +192,67 @@ func TestParkedDrain(t *testing.T) {
 	if open != 0 {
 		t.Fatalf("%d connections left after stop", open)
 	}
+}
+
+// TestParkBeforeHello: clients that connect and send nothing do not hold a
+// goroutine each while they wait; one of them that then does its
+// handshake is served, and the others are let go when they close.
+func TestParkBeforeHello(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second, 10*time.Second)
+	before := runtime.NumGoroutine()
+	const silent = 200
+	var raws []net.Conn
+	for i := 0; i < silent; i++ {
+		c, err := net.Dial("tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		raws = append(raws, c)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for runtime.NumGoroutine() > before+silent/10 {
+		if time.Now().After(deadline) {
+			t.Fatalf("%d goroutines with %d silent clients, %d before: they are not parked", runtime.NumGoroutine(), silent, before)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	c := tls.Client(raws[0], &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}})
+	_ = c.SetDeadline(time.Now().Add(10 * time.Second))
+	ask(t, c, 1)
+	waitMetric(t, "connections open", s.metrics.open, 1)
+	for _, r := range raws[1:] {
+		r.Close()
+	}
+	deadline = time.Now().Add(5 * time.Second)
+	for {
+		s.mu.Lock()
+		n := len(s.conns)
+		s.mu.Unlock()
+		if n == 1 {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%d connections counted after %d silent clients closed, want 1", n, silent-1)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// TestParkedHelloTimeout: a client that never sends its ClientHello is
+// closed at the handshake timeout and counted as a failed handshake.
+func TestParkedHelloTimeout(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second, 300*time.Millisecond)
+	failures := metricValue(s.metrics.handshakeFailures)
+	raw, err := net.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	var b [1]byte
+	if _, err := raw.Read(b[:]); err == nil || isTimeout(err) {
+		t.Fatalf("a silent client: read %v, want the server to close the connection", err)
+	}
+	waitMetric(t, "handshake failures", s.metrics.handshakeFailures, failures+1)
 }

@@ -6,6 +6,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"time"
 )
 
 // quickAck makes the kernel acknowledge what it received at once. A
@@ -22,6 +23,20 @@ func quickAck(rc syscall.RawConn) {
 	_ = rc.Control(func(fd uintptr) {
 		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
 	})
+}
+
+// peekHello waits up to d (at most until the handshake's deadline) for
+// the client's first bytes, without reading them: true when they came, or
+// the connection ended or failed (the handshake then says so).
+func (c *conn) peekHello(d time.Duration) bool {
+	_ = c.raw.SetReadDeadline(minTime(c.helloBy, time.Now().Add(d)))
+	defer c.raw.SetReadDeadline(time.Time{})
+	var b [1]byte
+	err := c.rc.Read(func(fd uintptr) bool {
+		_, _, err := syscall.Recvfrom(int(fd), b[:], syscall.MSG_PEEK)
+		return !errors.Is(err, syscall.EAGAIN) // else wait until readable
+	})
+	return err == nil
 }
 
 // poller watches the sockets of parked connections with one epoll

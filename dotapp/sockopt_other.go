@@ -5,10 +5,15 @@ package dotapp
 import (
 	"errors"
 	"syscall"
+	"time"
 )
 
 // quickAck is Linux's TCP_QUICKACK; elsewhere delayed ACKs stay as they are.
 func quickAck(syscall.RawConn) {}
+
+// peekHello is Linux's wait for a ClientHello before parking; elsewhere
+// the handshake starts at once.
+func (c *conn) peekHello(time.Duration) bool { return true }
 
 // poller parks connections on Linux only; elsewhere a quiet connection's
 // reader waits in a blocking read until its idle deadline.

@@ -333,9 +333,9 @@ func TestUpstreamFaults(t *testing.T) {
 	}
 }
 
-// TestAbuse: 2,000 connections that never send a byte, and a pipeline of
-// 10,000 queries on one connection: the limits hold and another client is
-// served throughout.
+// TestAbuse: 2,000 connections that never send a byte (parked, and closed
+// at the handshake timeout), and a pipeline of 10,000 queries on one
+// connection: the limits hold and another client is served throughout.
 func TestAbuse(t *testing.T) {
 	env := startDoT(t, "10s", 0, 1)
 	host, port, _ := net.SplitHostPort(env.addr)
@@ -356,6 +356,12 @@ func TestAbuse(t *testing.T) {
 		idle = append(idle, conn)
 	}
 	served()
+	// waiting for a ClientHello that does not come, they are parked: no
+	// goroutine each
+	var waiting int
+	if err := eventually(5*time.Second, func() bool { waiting = env.c.goroutines(); return waiting <= before+50 }); err != nil {
+		t.Fatalf("goroutines: %d before, %d with 2,000 silent connections open", before, waiting)
+	}
 	// they never complete a handshake: closed after handshake_timeout
 	closed := 0
 	for _, conn := range idle {
