@@ -262,14 +262,17 @@ measure() {
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
 }
 
-# idle_measure kind name pid addr [query]: memory per idle DoT connection,
-# opened with nothing sent or after one query (kind says which)
+# idle_measure kind name pid addr [idleconns options]: memory per idle DoT
+# connection: handshake done and nothing sent, one query asked, or no
+# ClientHello at all (kind says which; silent ones are measured within the
+# servers' handshake timeouts)
 IDLE="$T/idle.tsv"
 idle_measure() {
-	local kind=$1 name=$2 pid=$3 addr=$4 query=${5:-} rss0 rss1 line n count=$IDLE_CONNS
+	local kind=$1 name=$2 pid=$3 addr=$4 rss0 rss1 line n count=$IDLE_CONNS
+	shift 4
 	[ "$name" = unbound ] && count=$UNBOUND_IDLE_CONNS
 	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$count" ${query:+-query "$query"} 2>&1; }
+	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$count" "$@" 2>&1; }
 	read -r line <&"${IDLECONNS[0]}"
 	sleep 2
 	rss1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
@@ -320,12 +323,15 @@ for round in $(seq "$ROUNDS"); do
 		idle)
 			# fresh processes only: a C allocator reuses what it already holds
 			[ "$round" = 1 ] || continue
-			for kind in "nothing sent" "after one query"; do
-				q=
-				[ "$kind" = "nothing sent" ] || { q=www.example.test; restart_servers; }
-				idle_measure "$kind" "dnsfront" "$DNSFRONT" 127.0.0.1:8853 $q
-				idle_measure "$kind" "dnsdist" "$DNSDIST" 127.0.0.1:9853 $q
-				idle_measure "$kind" "unbound" "$UNBOUND" 127.0.0.1:10853 $q
+			for kind in "nothing sent" "after one query" "silent, no ClientHello"; do
+				case $kind in
+				"nothing sent") opt= ;;
+				"after one query") opt="-query www.example.test"; restart_servers ;;
+				*) opt=-silent; restart_servers ;;
+				esac
+				idle_measure "$kind" "dnsfront" "$DNSFRONT" 127.0.0.1:8853 $opt
+				idle_measure "$kind" "dnsdist" "$DNSDIST" 127.0.0.1:9853 $opt
+				idle_measure "$kind" "unbound" "$UNBOUND" 127.0.0.1:10853 $opt
 			done
 			;;
 		latency)
@@ -384,7 +390,7 @@ mkdir -p bench/results
 	fi
 	if [ -s "$IDLE" ]; then
 		echo
-		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, $UNBOUND_IDLE_CONNS for unbound, handshake done, then nothing sent or one query asked and answered; RSS growth / connections; round 1, fresh processes for each kind):"
+		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, $UNBOUND_IDLE_CONNS for unbound, handshake done and nothing sent, or one query asked and answered, or a TCP connection with no ClientHello; RSS growth / connections; round 1, fresh processes for each kind):"
 		echo
 		echo "| idle connections | server | connections open | bytes per connection | RSS MB with them |"
 		echo "|---|---|---:|---:|---:|"

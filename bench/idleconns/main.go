@@ -1,6 +1,6 @@
 // Command idleconns opens many DNS over TLS connections, completes each
 // handshake, sends nothing (or, with -query, one query whose answer it
-// reads), and holds them open until its standard input closes: the
+// reads; with -silent, not even a ClientHello), and holds them open until its standard input closes: the
 // benchmark reads the server's memory meanwhile.
 package main
 
@@ -23,6 +23,7 @@ func main() {
 	addr := flag.String("addr", "127.0.0.1:853", "server address")
 	n := flag.Int("n", 10000, "connections")
 	query := flag.String("query", "", "a name to ask for (type A) on each connection before it goes idle; empty: ask nothing")
+	silent := flag.Bool("silent", false, "connect over TCP and send nothing, not even a ClientHello")
 	flag.Parse()
 	var frame []byte
 	if *query != "" {
@@ -46,7 +47,13 @@ func main() {
 		go func() {
 			defer wg.Done()
 			defer func() { <-sem }()
-			c, err := tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", *addr, cfg)
+			var c net.Conn
+			var err error
+			if *silent {
+				c, err = net.DialTimeout("tcp", *addr, 10*time.Second)
+			} else {
+				c, err = tls.DialWithDialer(&net.Dialer{Timeout: 10 * time.Second}, "tcp", *addr, cfg)
+			}
 			if err == nil && frame != nil {
 				err = askOnce(c, frame)
 			}
