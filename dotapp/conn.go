@@ -272,47 +272,41 @@ func (c *conn) parkNow(since time.Time) bool {
 		c.w.stop()
 		c.w = nil
 	}
-	p := &c.park
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if c.aborted.Load() {
-		return false // abort came first and found nothing parked
-	}
-	p.parked, p.since = true, since
-	p.deadline = c.srv.Load().idleDeadline(since)
-	if p.timer == nil {
-		p.timer = time.AfterFunc(time.Until(p.deadline), c.expire)
-	} else {
-		p.timer.Reset(time.Until(p.deadline))
-	}
-	if err := idlePoller.arm(c); err != nil {
-		p.parked = false
-		p.timer.Stop()
-		return false
-	}
-	c.metrics.parked.Inc()
-	return true
+	c.park.mu.Lock()
+	defer c.park.mu.Unlock()
+	c.park.since = since
+	return c.parkUntil(c.srv.Load().idleDeadline(since), false)
 }
 
 // parkHello parks a connection whose client has sent nothing yet, until
 // the handshake deadline. It reports false when it cannot.
 func (c *conn) parkHello() bool {
+	c.park.mu.Lock()
+	defer c.park.mu.Unlock()
+	return c.parkUntil(c.helloBy, true)
+}
+
+// parkUntil arms the idle poller and a timer for deadline; hello says the
+// handshake has not begun. It reports false when the connection cannot be
+// parked. The caller holds c.park.mu.
+func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
 	p := &c.park
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if c.aborted.Load() {
-		return false
+		return false // abort came first and found nothing parked
 	}
-	p.parked, p.hello, p.deadline = true, true, c.helloBy
+	p.parked, p.hello, p.deadline = true, hello, deadline
 	if p.timer == nil {
-		p.timer = time.AfterFunc(time.Until(p.deadline), c.expire)
+		p.timer = time.AfterFunc(time.Until(deadline), c.expire)
 	} else {
-		p.timer.Reset(time.Until(p.deadline))
+		p.timer.Reset(time.Until(deadline))
 	}
 	if err := idlePoller.arm(c); err != nil {
 		p.parked, p.hello = false, false
 		p.timer.Stop()
 		return false
+	}
+	if !hello {
+		c.metrics.parked.Inc()
 	}
 	return true
 }
