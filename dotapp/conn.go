@@ -40,7 +40,7 @@ const parkAfter = 250 * time.Millisecond
 // query is answered in its own goroutine (so a slow upstream answer does
 // not hold back the others: RFC 7766 6.2.1.1 out-of-order answers); a
 // writer goroutine sends the answers, as many as are ready in one write.
-// A connection that stays quiet is parked (see park): it then holds no
+// A connection that stays quiet is parked (see parkNow): it then holds no
 // goroutine and no buffer of its own, only its TLS state.
 type conn struct {
 	raw     net.Conn
