@@ -81,7 +81,8 @@ func TestForwardUpstreamClosesConnections(t *testing.T) {
 
 // BenchmarkForward is a query's round trip through a forward handler to a
 // loopback upstream and back (UDP, and a reused pipelined TCP connection),
-// with parallel clients as a busy server has.
+// with parallel clients as a busy server has. Each query has its own
+// cancelable context, as an HTTP/2 request does.
 func BenchmarkForward(b *testing.B) {
 	addr := benchUpstream(b, 0)
 	for _, proto := range []string{"udp", "tcp"} {
@@ -93,7 +94,9 @@ func BenchmarkForward(b *testing.B) {
 				q := query("www.example.net.", dns.TypeA)
 				for pb.Next() {
 					q.Id = dns.Id()
-					m := c.Serve(context.Background(), &Request{Msg: q, Transport: "bench", Size: MaxMessage})
+					ctx, cancel := context.WithCancel(context.Background())
+					m := c.Serve(ctx, &Request{Msg: q, Transport: "bench", Size: MaxMessage})
+					cancel()
 					if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
 						b.Errorf("answer: %v", m)
 						return

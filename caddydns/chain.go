@@ -101,15 +101,24 @@ func (c *Chain) Serve(ctx context.Context, r *Request) *dns.Msg {
 		var err error
 		resp, err = c.next(ctx, r)
 		if err != nil || resp == nil {
-			if ce := c.logger.Check(zapcore.DebugLevel, "query failed"); ce != nil {
-				ce.Write(zap.String("name", r.Msg.Question[0].Name), zap.Uint16("type", r.Type()),
-					zap.Stringer("client", r.Client), zap.Error(err))
-			}
-			resp = new(dns.Msg)
-			resp.SetRcode(r.Msg, dns.RcodeServerFailure)
+			resp = c.servfail(r, err)
 		}
 	}
 	finish(r, resp)
 	c.metrics.observe(resp.Rcode, time.Since(start))
+	return resp
+}
+
+// servfail is the answer when the chain failed. It is a function of its
+// own to keep Serve's frame small: see dohhandler's ServeHTTP.
+//
+//go:noinline
+func (c *Chain) servfail(r *Request, err error) *dns.Msg {
+	if ce := c.logger.Check(zapcore.DebugLevel, "query failed"); ce != nil {
+		ce.Write(zap.String("name", r.Msg.Question[0].Name), zap.Uint16("type", r.Type()),
+			zap.Stringer("client", r.Client), zap.Error(err))
+	}
+	resp := new(dns.Msg)
+	resp.SetRcode(r.Msg, dns.RcodeServerFailure)
 	return resp
 }

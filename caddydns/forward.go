@@ -249,51 +249,70 @@ func (f *Forward) Cleanup() error {
 	return nil
 }
 
-// ServeDNS forwards the query.
+// ServeDNS forwards the query. Its frame, and those below it on the way
+// to the upstream's socket, are kept small (cold paths in functions of
+// their own): see dohhandler's ServeHTTP.
 func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (*dns.Msg, error) {
 	bp := f.bufPool.Get().(*[]byte)
-	defer f.bufPool.Put(bp)
 	packed, err := r.Msg.PackBuffer((*bp)[:cap(*bp)])
 	if err != nil {
-		return nil, fmt.Errorf("forward: packing query: %w", err)
+		f.bufPool.Put(bp)
+		return nil, packError(err)
 	}
 	if r.Msg.IsEdns0() == nil {
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
 		packed = appendOPT(packed, advertisedUDPSize)
 	}
+	resp, err := f.send(ctx, r.Msg, packed)
 	*bp = packed[:0]
+	f.bufPool.Put(bp)
+	return resp, err
+}
 
+// send tries the upstreams in the policy's order until one answers.
+func (f *Forward) send(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
 	order := f.pick(f.ups, time.Now())
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]
 		if u.outstanding.Add(1) > f.maxConc {
 			u.outstanding.Add(-1)
-			lastErr = fmt.Errorf("%s: %w", u.name, ErrUpstreamBusy)
+			lastErr = u.busy()
 			continue
 		}
-		tctx, cancel := context.WithTimeout(ctx, f.timeout)
 		start := time.Now()
-		resp, err := u.query(tctx, r.Msg, packed)
-		cancel()
+		resp, err := u.query(ctx, start.Add(f.timeout), q, packed)
 		u.outstanding.Add(-1)
 		u.record(err, time.Since(start), f.maxFails, f.failDur)
 		if err == nil {
 			return resp, nil
 		}
 		lastErr = err
-		if ce := f.logger.Check(zapcore.DebugLevel, "upstream try failed"); ce != nil {
-			ce.Write(zap.String("upstream", u.name), zap.Int("try", try+1), zap.Error(err))
-		}
+		f.tryFailed(u, try, err)
 		if ctx.Err() != nil {
 			break
 		}
 	}
+	return nil, noAnswer(lastErr)
+}
+
+//go:noinline
+func packError(err error) error { return fmt.Errorf("forward: packing query: %w", err) }
+
+//go:noinline
+func noAnswer(lastErr error) error {
 	if lastErr == nil {
 		lastErr = errNoUpstream
 	}
-	return nil, fmt.Errorf("forward: no upstream answered: %w", lastErr)
+	return fmt.Errorf("forward: no upstream answered: %w", lastErr)
+}
+
+//go:noinline
+func (f *Forward) tryFailed(u *upstream, try int, err error) {
+	if ce := f.logger.Check(zapcore.DebugLevel, "upstream try failed"); ce != nil {
+		ce.Write(zap.String("upstream", u.name), zap.Int("try", try+1), zap.Error(err))
+	}
 }
 
 // appendOPT adds an OPT record (EDNS version 0, no options) to a packed

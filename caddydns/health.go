@@ -135,12 +135,10 @@ func (u *upstream) runChecks() {
 
 // check sends one health query; any answer but SERVFAIL passes.
 func (u *upstream) check(cfg *healthConfig) bool {
-	ctx, cancel := context.WithTimeout(context.Background(), cfg.timeout)
-	defer cancel()
 	packed, err := cfg.query.Pack()
 	if err != nil {
 		return false
 	}
-	resp, err := u.query(ctx, cfg.query, packed)
+	resp, err := u.query(context.Background(), time.Now().Add(cfg.timeout), cfg.query, packed)
 	return err == nil && resp.Rcode != dns.RcodeServerFailure
 }

@@ -9,6 +9,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"os"
 	"sync"
 	"time"
 
@@ -57,14 +58,14 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 // query whose connection closes before its answer arrives (the upstream's
 // idle timeout or per-connection query limit, a reset) is sent again on
 // another connection, as RFC 7766 6.2.1 asks of clients, up to
-// streamResends times; only then does it fail.
-func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+// streamResends times or until deadline; only then does it fail.
+func (c *streamClient) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error) {
 	for resend := 0; ; resend++ {
-		resp, err := c.exchangeOnce(ctx, q, packed, resend > 0)
+		resp, err := c.exchangeOnce(ctx, deadline, q, packed, resend > 0)
 		if !errors.Is(err, errConnClosed) {
 			return resp, err
 		}
-		if resend == streamResends || ctx.Err() != nil {
+		if resend == streamResends || ctx.Err() != nil || !time.Now().Before(deadline) {
 			return nil, fmt.Errorf("%s: %w", c.addr, ErrUpstreamClosed)
 		}
 	}
@@ -74,12 +75,13 @@ func (c *streamClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) 
 // answer; the query may be sent again.
 var errConnClosed = errors.New("connection closed before the answer")
 
-func (c *streamClient) exchangeOnce(ctx context.Context, q *dns.Msg, packed []byte, resend bool) (*dns.Msg, error) {
-	sc, err := c.conn(ctx, resend)
+func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte, resend bool) (*dns.Msg, error) {
+	sc, err := c.conn(ctx, deadline, resend)
 	if err != nil {
 		return nil, err
 	}
-	cl := &call{q: q, resp: make(chan *dns.Msg, 1)}
+	cl := newCall(q)
+	defer cl.release() // deferred first: runs after the delete below
 	sc.mu.Lock()
 	if sc.dead {
 		sc.mu.Unlock()
@@ -97,22 +99,21 @@ func (c *streamClient) exchangeOnce(ctx context.Context, q *dns.Msg, packed []by
 	}()
 
 	withID(packed, id)
-	if err := sc.write(ctx, packed); err != nil {
+	if err := sc.write(deadline, packed); err != nil {
 		c.drop(sc, err)
-		if ctx.Err() != nil {
-			return nil, fmt.Errorf("%s: %w", c.addr, ctx.Err())
+		if errors.Is(err, os.ErrDeadlineExceeded) {
+			return nil, fmt.Errorf("%s: %w", c.addr, context.DeadlineExceeded)
 		}
 		return nil, errConnClosed
 	}
-	select {
-	case resp := <-cl.resp:
-		if resp == nil {
-			return nil, errConnClosed
-		}
-		return resp, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("%s: %w", c.addr, ctx.Err())
+	resp, err := cl.wait(ctx, deadline)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", c.addr, err)
+	case resp == nil:
+		return nil, errConnClosed
 	}
+	return resp, nil
 }
 
 // conn returns the connection with the fewest queries in flight, opening
@@ -120,7 +121,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, q *dns.Msg, packed []by
 // connection when there is room, else on the one that has carried the
 // fewest queries: its old connection most likely met the upstream's
 // per-connection query limit, which its siblings are close to as well.
-func (c *streamClient) conn(ctx context.Context, resend bool) (*streamConn, error) {
+func (c *streamClient) conn(ctx context.Context, deadline time.Time, resend bool) (*streamConn, error) {
 	c.mu.Lock()
 	if c.closed {
 		c.mu.Unlock()
@@ -147,7 +148,7 @@ func (c *streamClient) conn(ctx context.Context, resend bool) (*streamConn, erro
 	c.dialing++
 	c.mu.Unlock()
 
-	sc, err := c.dial(ctx)
+	sc, err := c.dial(ctx, deadline)
 	c.mu.Lock()
 	c.dialing--
 	if err != nil {
@@ -168,8 +169,11 @@ func (c *streamClient) conn(ctx context.Context, resend bool) (*streamConn, erro
 	return sc, nil
 }
 
-func (c *streamClient) dial(ctx context.Context) (*streamConn, error) {
-	dctx, cancel := context.WithTimeout(ctx, dialTimeout)
+func (c *streamClient) dial(ctx context.Context, deadline time.Time) (*streamConn, error) {
+	if dl := time.Now().Add(dialTimeout); dl.Before(deadline) {
+		deadline = dl
+	}
+	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
 	var conn net.Conn
 	var err error
@@ -186,14 +190,12 @@ func (c *streamClient) dial(ctx context.Context) (*streamConn, error) {
 	return &streamConn{conn: conn, pending: make(map[uint16]*call)}, nil
 }
 
-func (sc *streamConn) write(ctx context.Context, packed []byte) error {
+func (sc *streamConn) write(deadline time.Time, packed []byte) error {
 	sc.wmu.Lock()
 	defer sc.wmu.Unlock()
 	sc.wb = binary.BigEndian.AppendUint16(sc.wb[:0], uint16(len(packed)))
 	sc.wb = append(sc.wb, packed...)
-	if dl, ok := ctx.Deadline(); ok {
-		_ = sc.conn.SetWriteDeadline(dl)
-	}
+	_ = sc.conn.SetWriteDeadline(deadline)
 	_, err := sc.conn.Write(sc.wb)
 	return err
 }
@@ -221,16 +223,20 @@ func (c *streamClient) read(sc *streamConn) {
 		id := binary.BigEndian.Uint16(buf)
 		sc.mu.Lock()
 		cl := sc.pending[id]
+		var q *dns.Msg
+		if cl != nil {
+			q = cl.q // read under the lock: calls are pooled
+		}
 		sc.mu.Unlock()
 		if cl == nil {
 			continue
 		}
 		resp := new(dns.Msg)
-		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(cl.q, resp) {
+		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(q, resp) {
 			continue
 		}
 		sc.mu.Lock()
-		if sc.pending[id] == cl {
+		if sc.pending[id] == cl && cl.q == q { // still the query checked against
 			delete(sc.pending, id)
 			cl.resp <- resp
 		}

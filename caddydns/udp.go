@@ -2,10 +2,12 @@ package caddydns
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -31,12 +33,6 @@ type udpSocket struct {
 	closed  bool
 }
 
-// call is one query waiting for its answer.
-type call struct {
-	q    *dns.Msg
-	resp chan *dns.Msg // buffered 1; nil is sent when the connection dies
-}
-
 func newUDPClient(addr string) *udpClient {
 	c := &udpClient{addr: addr}
 	for i := range c.socks {
@@ -45,46 +41,64 @@ func newUDPClient(addr string) *udpClient {
 	return c
 }
 
-// exchange sends packed (its ID is replaced) and waits for the answer.
-func (c *udpClient) exchange(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+// exchange sends packed (its ID is replaced) and waits for the answer
+// until deadline. (No defer and no error formatting on the way to the
+// socket: see Forward.ServeDNS.)
+func (c *udpClient) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error) {
 	s := &c.socks[c.next.Add(1)%udpSockets]
-	call := &call{q: q, resp: make(chan *dns.Msg, 1)}
-
+	cl := newCall(q)
+	conn, id, err := c.register(s, cl)
+	if err != nil {
+		cl.release()
+		return nil, err
+	}
+	withID(packed, id)
+	var resp *dns.Msg
+	if _, err = conn.Write(packed); err == nil {
+		if resp, err = cl.wait(ctx, deadline); resp == nil && err == nil {
+			err = cl.err // the socket failed (sent with the nil answer)
+		}
+	}
 	s.mu.Lock()
+	if s.pending[id] == cl {
+		delete(s.pending, id)
+	}
+	s.mu.Unlock()
+	cl.release() // after the delete: nothing sends on it any more
+	if err != nil || resp == nil {
+		return nil, c.failed(err)
+	}
+	return resp, nil
+}
+
+// register adds cl to one of s's pending queries under a free ID, opening
+// the socket first if it is not open.
+func (c *udpClient) register(s *udpSocket, cl *call) (*net.UDPConn, uint16, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
 	if s.closed {
-		s.mu.Unlock()
-		return nil, ErrUpstreamClosed
+		return nil, 0, ErrUpstreamClosed
 	}
 	if s.conn == nil {
 		conn, err := dialUDP(c.addr)
 		if err != nil {
-			s.mu.Unlock()
-			return nil, err
+			return nil, 0, err
 		}
 		s.conn = conn
 		go c.read(s, conn)
 	}
-	conn := s.conn
-	id := reserveID(s.pending, call)
-	s.mu.Unlock()
-	defer func() {
-		s.mu.Lock()
-		if s.pending[id] == call {
-			delete(s.pending, id)
-		}
-		s.mu.Unlock()
-	}()
+	return s.conn, reserveID(s.pending, cl), nil
+}
 
-	withID(packed, id)
-	if _, err := conn.Write(packed); err != nil {
-		return nil, fmt.Errorf("udp %s: %w", c.addr, err)
+// failed names the upstream in an exchange's error; no error means the
+// socket closed before the answer came.
+//
+//go:noinline
+func (c *udpClient) failed(err error) error {
+	if err == nil {
+		err = ErrUpstreamClosed
 	}
-	select {
-	case resp := <-call.resp:
-		return resp, nil
-	case <-ctx.Done():
-		return nil, fmt.Errorf("udp %s: %w", c.addr, ctx.Err())
-	}
+	return fmt.Errorf("udp %s: %w", c.addr, err)
 }
 
 // udpReadBuffer is the receive buffer asked for on each upstream socket
@@ -114,9 +128,21 @@ func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
 	for {
 		n, err := conn.Read(buf)
 		if err != nil {
+			// closed, or refused (ICMP port unreachable: nothing listens
+			// there now): the queries waiting on this socket fail at once
+			// and go to the next upstream instead of waiting for their
+			// timeout; the next query dials again
+			if errors.Is(err, net.ErrClosed) {
+				err = ErrUpstreamClosed
+			}
 			s.mu.Lock()
 			if s.conn == conn {
-				s.conn = nil // the next query dials again
+				s.conn = nil
+				for id, cl := range s.pending {
+					delete(s.pending, id)
+					cl.err = err
+					cl.resp <- nil
+				}
 			}
 			s.mu.Unlock()
 			conn.Close()
@@ -128,16 +154,20 @@ func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
 		id := uint16(buf[0])<<8 | uint16(buf[1])
 		s.mu.Lock()
 		call := s.pending[id]
+		var q *dns.Msg
+		if call != nil {
+			q = call.q // read under the lock: calls are pooled
+		}
 		s.mu.Unlock()
 		if call == nil {
 			continue // late, or not ours
 		}
 		resp := new(dns.Msg)
-		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(call.q, resp) {
+		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(q, resp) {
 			continue // spoofed or garbled: keep waiting for the real one
 		}
 		s.mu.Lock()
-		if s.pending[id] == call {
+		if s.pending[id] == call && call.q == q { // still the query checked against
 			delete(s.pending, id)
 			call.resp <- resp
 		}
