@@ -5,6 +5,7 @@ package dohhandler
 import (
 	"bytes"
 	"encoding/base64"
+	"errors"
 	"io"
 	"mime"
 	"net/http"
@@ -153,13 +154,11 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 		if err != nil || ct != MessageType {
 			return nil, true, h.fail(w, http.StatusUnsupportedMediaType, "POST body must be "+MessageType)
 		}
-		buf := bytes.NewBuffer((*bp)[:0])
-		if _, err := buf.ReadFrom(io.LimitReader(r.Body, caddydns.MaxMessage+1)); err != nil {
+		if wire, err = readBody(r, bp); err != nil {
+			if errors.Is(err, errBodyTooLarge) {
+				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
+			}
 			return nil, true, h.fail(w, http.StatusBadRequest, "reading body: "+err.Error())
-		}
-		wire = buf.Bytes()
-		if len(wire) > caddydns.MaxMessage {
-			return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
 		}
 	default:
 		w.Header().Set("Allow", "GET, HEAD, POST")
@@ -169,6 +168,38 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 		return nil, true, h.fail(w, http.StatusBadRequest, "not a DNS message")
 	}
 	return q, false, nil
+}
+
+var errBodyTooLarge = errors.New("body too large")
+
+// readBody reads a POST body into *bp. With a Content-Length (every
+// HTTP/2 client sends one for a DNS message) it reads exactly that many
+// octets, in one Read when they are there: each Read of Caddy's request
+// body arms and clears an idle read deadline (two messages to HTTP/2's
+// connection goroutine), so the Read that only returns EOF is worth
+// skipping. A length over 65535 is refused before anything is read.
+func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
+	if n := r.ContentLength; n >= 0 {
+		if n > caddydns.MaxMessage {
+			return nil, errBodyTooLarge
+		}
+		if int64(cap(*bp)) < n {
+			*bp = make([]byte, 0, n)
+		}
+		buf := (*bp)[:n]
+		if _, err := io.ReadFull(r.Body, buf); err != nil {
+			return nil, err
+		}
+		return buf, nil
+	}
+	buf := bytes.NewBuffer((*bp)[:0])
+	if _, err := buf.ReadFrom(io.LimitReader(r.Body, caddydns.MaxMessage+1)); err != nil {
+		return nil, err
+	}
+	if buf.Len() > caddydns.MaxMessage {
+		return nil, errBodyTooLarge
+	}
+	return buf.Bytes(), nil
 }
 
 // writeAnswer packs resp into *bp and writes it as the response.

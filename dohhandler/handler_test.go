@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -64,6 +65,47 @@ func TestHandlerLimits(t *testing.T) {
 	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=BOGUS", nil))
 	if w.Code != 400 {
 		t.Fatalf("JSON with a bad type: %d", w.Code)
+	}
+}
+
+// TestHandlerPOSTBody: a POST body is read by its Content-Length when it
+// has one, and to EOF when it has none (HTTP/1.1 chunked); a length over
+// 65535 is refused unread, and a body shorter than its length is a 400.
+func TestHandlerPOSTBody(t *testing.T) {
+	h := newTestHandler(t)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	wire, _ := q.Pack()
+	post := func(body io.Reader, length int64) *httptest.ResponseRecorder {
+		r := httptest.NewRequest("POST", "/dns-query", body)
+		r.Header.Set("Content-Type", MessageType)
+		r.ContentLength = length
+		return serve(t, h, r)
+	}
+	for _, tc := range []struct {
+		name   string
+		body   io.Reader
+		length int64
+		code   int
+		text   string
+	}{
+		{"with its length", bytes.NewReader(wire), int64(len(wire)), 200, ""},
+		{"no length (chunked)", io.MultiReader(bytes.NewReader(wire[:5]), bytes.NewReader(wire[5:])), -1, 200, ""},
+		{"no length, over 65535", bytes.NewReader(make([]byte, 70000)), -1, 413, "65535"},
+		{"length over 65535", strings.NewReader("x"), 70000, 413, "65535"},
+		{"shorter than its length", bytes.NewReader(wire), int64(len(wire)) + 10, 400, "reading body: unexpected EOF"},
+	} {
+		w := post(tc.body, tc.length)
+		if w.Code != tc.code || !strings.Contains(w.Body.String(), tc.text) {
+			t.Errorf("%s: %d %q, want %d with %q", tc.name, w.Code, w.Body.String(), tc.code, tc.text)
+			continue
+		}
+		if tc.code == 200 {
+			m := new(dns.Msg)
+			if err := m.Unpack(w.Body.Bytes()); err != nil || len(m.Answer) != 1 {
+				t.Errorf("%s: answer %v (%v), want the A record", tc.name, m, err)
+			}
+		}
 	}
 }
 
