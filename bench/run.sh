@@ -1,7 +1,11 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: dnsfront against dnsdist and unbound, all from
 # this machine, alternating A B C for several rounds, servers pinned to one
-# core and load generators to the other.
+# core and load generators to the other. nsd, the forwarders' upstream,
+# runs on the load generators' core (UPSTREAM_CPU): it stands in for a
+# resolver on another machine, and its CPU must not come out of the core
+# the forwarders are measured on. Each row says how busy both cores were,
+# so a row bound by the client core shows as such.
 #
 #   bash bench/run.sh                 # all scenarios, 3 rounds
 #   ROUNDS=5 DURATION=20 bash bench/run.sh
@@ -29,6 +33,7 @@ IDLE_CONNS=${IDLE_CONNS:-10000}
 UNBOUND_IDLE_CONNS=${UNBOUND_IDLE_CONNS:-6000}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
+UPSTREAM_CPU=${UPSTREAM_CPU:-$CLIENT_CPU}
 
 need_pkgs=()
 for p in dnsdist:dnsdist nsd:nsd unbound:unbound h2load:nghttp2-client dnsperf:dnsperf openssl:openssl; do
@@ -168,7 +173,7 @@ EOF
 start() {
 	local var=$1 name=$2 addr=$3
 	shift 3
-	taskset -c "$SERVER_CPU" "$@" >"$T/$name.log" 2>&1 </dev/null &
+	taskset -c "${CPU:-$SERVER_CPU}" "$@" >"$T/$name.log" 2>&1 </dev/null &
 	local pid=$!
 	pids+=("$pid")
 	printf -v "$var" '%s' "$pid"
@@ -203,8 +208,8 @@ restart_servers() {
 	start_servers
 }
 
-echo "== start nsd (upstream), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
-start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
+echo "== start nsd (upstream, on CPU $UPSTREAM_CPU), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
+CPU=$UPSTREAM_CPU start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
 start_servers
 
 if [ -n "${HOLD:-}" ]; then
@@ -216,18 +221,24 @@ fi
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 udp_rcvbuf_errors() { awk '/^Udp: [0-9]/ {print $6}' /proc/net/snmp; }
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+# core_ticks N: "busy total" jiffies of core N
+core_ticks() { awk -v c="cpu$1" '$1 == c {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat; }
+# busy_pct "busy0 total0" "busy1 total1"
+busy_pct() { echo "$1 $2" | awk '{d = $4 - $2; printf "%.0f", (d > 0 ? ($3 - $1) * 100 / d : 0)}'; }
 TICK=$(getconf CLK_TCK)
 RAW="$T/raw.tsv"
-printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\trss_mb\n' > "$RAW"
+printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\trss_mb\tserver_core_busy_pct\tclient_core_busy_pct\n' > "$RAW"
 
 # measure name scenario pid command...: runs the client on the client core
 measure() {
 	local scenario=$1 name=$2 pid=$3
 	shift 3
-	local before after out qps avg n drops0 drops1
+	local before after out qps avg n drops0 drops1 sc0 sc1 cc0 cc1
 	drops0=$(udp_rcvbuf_errors)
 	before=$(cpu_ticks "$pid")
+	sc0=$(core_ticks "$SERVER_CPU") cc0=$(core_ticks "$CLIENT_CPU")
 	out=$(taskset -c "$CLIENT_CPU" "$@" 2>&1) || true
+	sc1=$(core_ticks "$SERVER_CPU") cc1=$(core_ticks "$CLIENT_CPU")
 	after=$(cpu_ticks "$pid")
 	drops1=$(udp_rcvbuf_errors)
 	[ "$drops1" = "$drops0" ] || echo "   ($name: $((drops1 - drops0)) UDP datagrams dropped at a full receive buffer, kernel count)" >&2
@@ -258,8 +269,10 @@ measure() {
 	cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / t / n * 100000}')
 	local rss
 	rss=$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
-	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" >> "$RAW"
-	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss"
+	local sbusy cbusy
+	sbusy=$(busy_pct "$sc0" "$sc1") cbusy=$(busy_pct "$cc0" "$cc1")
+	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy" >> "$RAW"
+	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB  cores busy %s%% / %s%%\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy"
 }
 
 # idle_measure kind name pid addr [idleconns options]: memory per idle DoT
@@ -369,7 +382,7 @@ mkdir -p bench/results
 {
 	echo "# dnsfront benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
 	echo
-	echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU;"
+	echo "$(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); servers on CPU $SERVER_CPU, clients on CPU $CLIENT_CPU, nsd on CPU $UPSTREAM_CPU;"
 	echo "$ROUNDS rounds of ${DURATION}s, alternating; medians. dnsdist $(dnsdist --version 2>&1 | head -1 | awk '{print $2}'),"
 	echo "unbound $(unbound -V 2>&1 | awk '/^Version/ {print $2; exit}'), nsd $(nsd -v 2>&1 | head -1 | awk '{print $3}'), dnsperf $(dnsperf -h 2>&1 | awk '/^Version/ {print $2; exit}'), $(h2load --version | head -1)."
 	echo
