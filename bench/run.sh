@@ -197,6 +197,12 @@ start_servers() {
 	sleep 1
 }
 
+# pin_nsd N: moves nsd (its parent and server processes) to core N
+pin_nsd() {
+	local p
+	for p in "$NSD" $(pgrep -P "$NSD"); do taskset -a -p -c "$1" "$p" >/dev/null; done
+}
+
 # restart_servers: fresh processes, for a memory measurement that a
 # process's earlier allocations would distort
 restart_servers() {
@@ -306,7 +312,11 @@ for round in $(seq "$ROUNDS"); do
 	for s in $SCENARIOS; do
 		case $s in
 		udp)
+			# nsd on the server core for this row: the ceiling is nsd
+			# alone on a core against dnsperf on the other
+			pin_nsd "$SERVER_CPU"
 			measure "UDP ceiling (nsd direct)" nsd "$NSD" $DP -s 127.0.0.1 -p 5301 -c 10 -q 100
+			pin_nsd "$UPSTREAM_CPU"
 			;;
 		dot)
 			measure "DoT -c 10 -q 100" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 10 -q 100
@@ -332,6 +342,10 @@ for round in $(seq "$ROUNDS"); do
 			sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
 			measure "DoH GET h2 -c 10 -m 10" "dnsfront zone (own data)" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/urls-zone.txt"
 			measure "HTTP/2 ceiling -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N "https://127.0.0.1:8443/respond"
+			# the same request shape as the DoH POST rows (a body in a DATA
+			# frame), answered by respond: the ceiling for POST
+			measure "HTTP/2 ceiling POST -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -d "$T/post.bin" \
+				-H "content-type: application/dns-message" "https://127.0.0.1:8443/respond"
 			;;
 		idle)
 			# fresh processes only: a C allocator reuses what it already holds
