@@ -197,10 +197,20 @@ start_servers() {
 	sleep 1
 }
 
-# pin_nsd N: moves nsd (its parent and server processes) to core N
+# descendants PID: its children, grandchildren, ...
+descendants() {
+	local c
+	for c in $(pgrep -P "$1"); do
+		echo "$c"
+		descendants "$c"
+	done
+}
+
+# pin_nsd N: moves nsd to core N (the process started, xfrd, and below it
+# nsd's main and server processes)
 pin_nsd() {
 	local p
-	for p in "$NSD" $(pgrep -P "$NSD"); do taskset -a -p -c "$1" "$p" >/dev/null; done
+	for p in "$NSD" $(descendants "$NSD"); do taskset -a -p -c "$1" "$p" >/dev/null; done
 }
 
 # restart_servers: fresh processes, for a memory measurement that a
