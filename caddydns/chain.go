@@ -42,11 +42,33 @@ func (r *Request) Type() uint16 { return r.Msg.Question[0].Qtype }
 // Handler answers DNS queries or passes them on: a module in the
 // namespace `dns.handlers`. A handler that does not answer calls next.
 type Handler interface {
-	ServeDNS(ctx context.Context, r *Request, next Next) (*dns.Msg, error)
+	ServeDNS(ctx context.Context, r *Request, next Next) (Response, error)
 }
 
 // Next is the rest of the chain.
-type Next func(ctx context.Context, r *Request) (*dns.Msg, error)
+type Next func(ctx context.Context, r *Request) (Response, error)
+
+// Response is a handler's answer: a message it made (Msg), or an
+// upstream's answer as the upstream sent it (forward), which goes to the
+// client with only its header, question and OPT record rewritten. A
+// handler that needs to look into an answer it got from next calls
+// Message.
+type Response struct {
+	Msg *dns.Msg
+	ans *answer
+}
+
+// Message returns the answer as a message, decoding an upstream's.
+func (r *Response) Message() (*dns.Msg, error) {
+	if r.Msg == nil && r.ans != nil {
+		m := new(dns.Msg)
+		if err := m.Unpack(r.ans.wire); err != nil {
+			return nil, fmt.Errorf("decoding the upstream's answer: %w", err)
+		}
+		r.Msg = m
+	}
+	return r.Msg, nil
+}
 
 // Chain is the handler chain a transport serves through. Embed it in a
 // transport's configuration and Provision it.
@@ -75,7 +97,7 @@ func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
 	c.next = refused
 	for i := len(c.handlers) - 1; i >= 0; i-- {
 		h, next := c.handlers[i], c.next
-		c.next = func(ctx context.Context, r *Request) (*dns.Msg, error) {
+		c.next = func(ctx context.Context, r *Request) (Response, error) {
 			return h.ServeDNS(ctx, r, next)
 		}
 	}
@@ -84,29 +106,61 @@ func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
 }
 
 // refused ends the chain: no handler is configured for the name.
-func refused(_ context.Context, r *Request) (*dns.Msg, error) {
+func refused(_ context.Context, r *Request) (Response, error) {
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
-	return m, nil
+	return Response{Msg: m}, nil
 }
 
-// Serve answers one query: it validates it (FORMERR, NOTIMP, BADVERS
-// answered here), runs the chain, and finishes the response (the client's
-// ID and question, EDNS, padding). A handler error becomes SERVFAIL. It
-// always returns a response.
-func (c *Chain) Serve(ctx context.Context, r *Request) *dns.Msg {
+// Serve answers one query and appends the packed answer to buf[:0]: it
+// validates the query (FORMERR, NOTIMP, BADVERS answered here), runs the
+// chain, and finishes the answer for the client (its ID and question,
+// EDNS, padding). A handler error becomes SERVFAIL. It always answers.
+func (c *Chain) Serve(ctx context.Context, r *Request, buf []byte) []byte {
 	start := time.Now()
+	var out []byte
+	rcode := dns.RcodeSuccess
 	resp := checkQuery(r.Msg)
 	if resp == nil {
-		var err error
-		resp, err = c.next(ctx, r)
+		res, err := c.next(ctx, r)
+		if err == nil && res.Msg == nil && res.ans != nil {
+			var ok bool
+			if out, rcode, ok = finishWire(r, res.ans, buf); ok {
+				res.ans.release()
+				c.metrics.observe(rcode, time.Since(start))
+				return out
+			}
+		}
+		if err == nil {
+			resp, err = res.Message()
+		}
 		if err != nil || resp == nil {
 			resp = c.servfail(r, err)
 		}
 	}
+	out, rcode = c.pack(r, resp, buf)
+	c.metrics.observe(rcode, time.Since(start))
+	return out
+}
+
+// pack finishes resp for r and packs it into buf; a message that does
+// not pack (a handler's bug) is logged and answered with SERVFAIL.
+func (c *Chain) pack(r *Request, resp *dns.Msg, buf []byte) ([]byte, int) {
 	finish(r, resp)
-	c.metrics.observe(resp.Rcode, time.Since(start))
-	return resp
+	out, err := FitMessage(resp, buf)
+	if err != nil {
+		c.logger.Error("packing answer", zap.Stringer("client", r.Client), zap.Error(err))
+		resp = new(dns.Msg)
+		resp.SetRcode(r.Msg, dns.RcodeServerFailure)
+		finish(r, resp)
+		out, _ = FitMessage(resp, buf)
+	}
+	if qopt := r.Msg.IsEdns0(); qopt != nil && wantsPadding(qopt) {
+		if l, ok := walk(out); ok && l.optLast {
+			out = appendPadding(out, l.optRdata-2)
+		}
+	}
+	return out, resp.Rcode
 }
 
 // servfail is the answer when the chain failed. It is a function of its

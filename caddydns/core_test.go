@@ -34,7 +34,7 @@ func testChain(t testing.TB) *Chain {
 	}
 	z := &Zone{Origin: "example.org.", zone: zd}
 	c := &Chain{handlers: []Handler{z}}
-	c.next = func(ctx context.Context, r *Request) (*dns.Msg, error) { return z.ServeDNS(ctx, r, refused) }
+	c.next = func(ctx context.Context, r *Request) (Response, error) { return z.ServeDNS(ctx, r, refused) }
 	c.metrics = &serverMetrics{server: "test", transport: "test", duration: queryDuration.WithLabelValues("test", "test")}
 	c.logger = zap.NewNop()
 	return c
@@ -50,7 +50,17 @@ func mustParse(t testing.TB, s string) []dns.RR {
 }
 
 func ask(c *Chain, q *dns.Msg) *dns.Msg {
-	return c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage})
+	return serveMsg(context.Background(), c, &Request{Msg: q, Transport: "test", Size: MaxMessage})
+}
+
+// serveMsg runs r through c and decodes the answer; nil when it does not
+// decode.
+func serveMsg(ctx context.Context, c *Chain, r *Request) *dns.Msg {
+	m := new(dns.Msg)
+	if m.Unpack(c.Serve(ctx, r, nil)) != nil {
+		return nil
+	}
+	return m
 }
 
 func query(name string, qtype uint16) *dns.Msg {
@@ -164,10 +174,7 @@ func TestEDNSAndPadding(t *testing.T) {
 		q := query(name, dns.TypeA)
 		q.SetEdns0(1232, false)
 		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_PADDING{Padding: make([]byte, 100)})
-		b, err := ask(c, q).Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
+		b := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage}, nil)
 		if len(b)%PaddingBlock != 0 {
 			t.Fatalf("%s: padded answer is %d octets, not a multiple of %d", name, len(b), PaddingBlock)
 		}
@@ -202,11 +209,11 @@ func FuzzServe(f *testing.F) {
 			return
 		}
 		r := ask(c, q)
+		if r == nil {
+			t.Fatal("answer does not decode")
+		}
 		if r.Id != q.Id || !r.Response {
 			t.Fatal("answer lost the query's ID")
-		}
-		if _, err := r.Pack(); err != nil {
-			t.Fatalf("answer does not pack: %v", err)
 		}
 	})
 }

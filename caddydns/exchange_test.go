@@ -17,15 +17,14 @@ import (
 // end the next wait early, and an answer sent as a wait ended is dropped
 // on release, not handed to the call's next query.
 func TestCallWait(t *testing.T) {
-	q := query("www.example.org.", dns.TypeA)
-	cl := newCall(q)
+	cl := newCall([]byte("\x03www\x07example\x03org\x00\x00\x01\x00\x01"))
 	if _, err := cl.wait(context.Background(), time.Now().Add(time.Millisecond)); !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("wait past its deadline: %v, want context.DeadlineExceeded", err)
 	}
 	for i := 0; i < 20; i++ {
 		// an answer is there and the deadline is far: the answer, every
 		// time (a stale tick from an earlier wait would win half the time)
-		want := new(dns.Msg)
+		want := new(answer)
 		cl.resp <- want
 		got, err := cl.wait(context.Background(), time.Now().Add(time.Hour))
 		if err != nil || got != want {
@@ -41,11 +40,11 @@ func TestCallWait(t *testing.T) {
 		t.Fatalf("wait with a canceled context: %v, want context.Canceled", err)
 	}
 
-	cl.resp <- new(dns.Msg) // came as the wait ended
+	cl.resp <- &answer{wire: make([]byte, 0, 512)} // came as the wait ended
 	cl.err = errors.New("x")
 	cl.release()
-	if len(cl.resp) != 0 || cl.q != nil || cl.err != nil {
-		t.Fatalf("released call still holds an answer (%d), a query (%v) or an error (%v)", len(cl.resp), cl.q, cl.err)
+	if len(cl.resp) != 0 || cl.question != nil || cl.err != nil {
+		t.Fatalf("released call still holds an answer (%d), a question (%v) or an error (%v)", len(cl.resp), cl.question, cl.err)
 	}
 }
 
@@ -70,7 +69,7 @@ func TestUDPRefused(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; i < udpSockets+1; i++ { // every socket, and one dialed again
-		_, err := c.exchange(context.Background(), deadline, q, packed)
+		_, err := c.exchange(context.Background(), deadline, question(packed), packed)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("query %d to a closed port: %v, want connection refused", i, err)
 		}
@@ -90,7 +89,7 @@ func TestUDPTimeout(t *testing.T) {
 	defer c.close()
 	q := query("www.example.org.", dns.TypeA)
 	packed, _ := q.Pack()
-	_, err = c.exchange(context.Background(), time.Now().Add(20*time.Millisecond), q, packed)
+	_, err = c.exchange(context.Background(), time.Now().Add(20*time.Millisecond), question(packed), packed)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), pc.LocalAddr().String()) {
 		t.Fatalf("query to a silent upstream: %v, want a deadline error naming %s", err, pc.LocalAddr())
 	}

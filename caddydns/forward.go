@@ -252,26 +252,26 @@ func (f *Forward) Cleanup() error {
 // ServeDNS forwards the query. Its frame, and those below it on the way
 // to the upstream's socket, are kept small (cold paths in functions of
 // their own): see dohhandler's ServeHTTP.
-func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (*dns.Msg, error) {
+func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (Response, error) {
 	bp := f.bufPool.Get().(*[]byte)
 	packed, err := r.Msg.PackBuffer((*bp)[:cap(*bp)])
 	if err != nil {
 		f.bufPool.Put(bp)
-		return nil, packError(err)
+		return Response{}, packError(err)
 	}
 	if r.Msg.IsEdns0() == nil {
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
 		packed = appendOPT(packed, advertisedUDPSize)
 	}
-	resp, err := f.send(ctx, r.Msg, packed)
+	a, err := f.send(ctx, packed)
 	*bp = packed[:0]
 	f.bufPool.Put(bp)
-	return resp, err
+	return Response{ans: a}, err
 }
 
 // send tries the upstreams in the policy's order until one answers.
-func (f *Forward) send(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+func (f *Forward) send(ctx context.Context, packed []byte) (*answer, error) {
 	order := f.pick(f.ups, time.Now())
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
@@ -282,7 +282,7 @@ func (f *Forward) send(ctx context.Context, q *dns.Msg, packed []byte) (*dns.Msg
 			continue
 		}
 		start := time.Now()
-		resp, err := u.query(ctx, start.Add(f.timeout), q, packed)
+		resp, err := u.query(ctx, start.Add(f.timeout), packed)
 		u.outstanding.Add(-1)
 		u.record(err, time.Since(start), f.maxFails, f.failDur)
 		if err == nil {

@@ -139,6 +139,10 @@ func (u *upstream) check(cfg *healthConfig) bool {
 	if err != nil {
 		return false
 	}
-	resp, err := u.query(context.Background(), time.Now().Add(cfg.timeout), cfg.query, packed)
-	return err == nil && resp.Rcode != dns.RcodeServerFailure
+	a, err := u.query(context.Background(), time.Now().Add(cfg.timeout), packed)
+	if err != nil {
+		return false
+	}
+	defer a.release()
+	return a.l.rcode != dns.RcodeServerFailure
 }

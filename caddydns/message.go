@@ -74,8 +74,8 @@ func checkQuery(q *dns.Msg) *dns.Msg {
 
 // finish makes resp an answer to r as the client sent it: the client's ID,
 // opcode, RD and question (its casing too), an OPT record exactly when the
-// query had one (with the DO bit echoed), padding when asked for, and
-// truncation to what the client accepts.
+// query had one (with the DO bit echoed), and truncation to what the
+// client accepts. Padding is added once it is packed (see Chain.pack).
 func finish(r *Request, resp *dns.Msg) {
 	q := r.Msg
 	resp.Id = q.Id
@@ -118,9 +118,6 @@ func finish(r *Request, resp *dns.Msg) {
 	ropt.Option = kept
 	resp.Extra = append(resp.Extra, ropt)
 	truncate(resp, r.Size)
-	if wantsPadding(qopt) {
-		pad(resp, ropt)
-	}
 }
 
 // truncate cuts resp to what the client accepts (RFC 2181 9: set TC).
@@ -170,18 +167,4 @@ func wantsPadding(opt *dns.OPT) bool {
 		}
 	}
 	return false
-}
-
-// pad adds an EDNS padding option (RFC 7830) so that the packed response
-// is a multiple of PaddingBlock octets (RFC 8467 4.1), unless that would
-// pass the largest message.
-func pad(resp *dns.Msg, opt *dns.OPT) {
-	p := &dns.EDNS0_PADDING{}
-	opt.Option = append(opt.Option, p)
-	n := resp.Len() // includes the option's 4-octet header
-	padLen := (PaddingBlock - n%PaddingBlock) % PaddingBlock
-	if n+padLen > MaxMessage {
-		padLen = 0
-	}
-	p.Padding = make([]byte, padLen)
 }

@@ -12,8 +12,6 @@ import (
 	"os"
 	"sync"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // Stream client limits: queries are pipelined on a connection until it has
@@ -59,9 +57,9 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 // idle timeout or per-connection query limit, a reset) is sent again on
 // another connection, as RFC 7766 6.2.1 asks of clients, up to
 // streamResends times or until deadline; only then does it fail.
-func (c *streamClient) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+func (c *streamClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
 	for resend := 0; ; resend++ {
-		resp, err := c.exchangeOnce(ctx, deadline, q, packed, resend > 0)
+		resp, err := c.exchangeOnce(ctx, deadline, question, packed, resend > 0)
 		if !errors.Is(err, errConnClosed) {
 			return resp, err
 		}
@@ -75,12 +73,12 @@ func (c *streamClient) exchange(ctx context.Context, deadline time.Time, q *dns.
 // answer; the query may be sent again.
 var errConnClosed = errors.New("connection closed before the answer")
 
-func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte, resend bool) (*dns.Msg, error) {
+func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, question, packed []byte, resend bool) (*answer, error) {
 	sc, err := c.conn(ctx, deadline, resend)
 	if err != nil {
 		return nil, err
 	}
-	cl := newCall(q)
+	cl := newCall(question)
 	defer cl.release() // deferred first: runs after the delete below
 	sc.mu.Lock()
 	if sc.dead {
@@ -217,30 +215,7 @@ func (c *streamClient) read(sc *streamConn) {
 		if _, err = io.ReadFull(r, buf[:n]); err != nil {
 			break
 		}
-		if n < MinMessage {
-			continue
-		}
-		id := binary.BigEndian.Uint16(buf)
-		sc.mu.Lock()
-		cl := sc.pending[id]
-		var q *dns.Msg
-		if cl != nil {
-			q = cl.q // read under the lock: calls are pooled
-		}
-		sc.mu.Unlock()
-		if cl == nil {
-			continue
-		}
-		resp := new(dns.Msg)
-		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(q, resp) {
-			continue
-		}
-		sc.mu.Lock()
-		if sc.pending[id] == cl && cl.q == q { // still the query checked against
-			delete(sc.pending, id)
-			cl.resp <- resp
-		}
-		sc.mu.Unlock()
+		deliver(&sc.mu, sc.pending, buf[:n])
 	}
 	c.drop(sc, err)
 }

@@ -8,8 +8,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/miekg/dns"
 )
 
 // udpSockets is how many sockets a UDP upstream multiplexes queries over:
@@ -44,16 +42,16 @@ func newUDPClient(addr string) *udpClient {
 // exchange sends packed (its ID is replaced) and waits for the answer
 // until deadline. (No defer and no error formatting on the way to the
 // socket: see Forward.ServeDNS.)
-func (c *udpClient) exchange(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
 	s := &c.socks[c.next.Add(1)%udpSockets]
-	cl := newCall(q)
+	cl := newCall(question)
 	conn, id, err := c.register(s, cl)
 	if err != nil {
 		cl.release()
 		return nil, err
 	}
 	withID(packed, id)
-	var resp *dns.Msg
+	var resp *answer
 	if _, err = conn.Write(packed); err == nil {
 		if resp, err = cl.wait(ctx, deadline); resp == nil && err == nil {
 			err = cl.err // the socket failed (sent with the nil answer)
@@ -148,30 +146,7 @@ func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
 			conn.Close()
 			return
 		}
-		if n < MinMessage {
-			continue
-		}
-		id := uint16(buf[0])<<8 | uint16(buf[1])
-		s.mu.Lock()
-		call := s.pending[id]
-		var q *dns.Msg
-		if call != nil {
-			q = call.q // read under the lock: calls are pooled
-		}
-		s.mu.Unlock()
-		if call == nil {
-			continue // late, or not ours
-		}
-		resp := new(dns.Msg)
-		if resp.Unpack(buf[:n]) != nil || !resp.Response || !sameQuestion(q, resp) {
-			continue // spoofed or garbled: keep waiting for the real one
-		}
-		s.mu.Lock()
-		if s.pending[id] == call && call.q == q { // still the query checked against
-			delete(s.pending, id)
-			call.resp <- resp
-		}
-		s.mu.Unlock()
+		deliver(&s.mu, s.pending, buf[:n])
 	}
 }
 

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 )
@@ -28,6 +27,7 @@ var (
 	ErrUpstreamBusy   = errors.New("upstream has too many queries in flight")
 	ErrUpstreamClosed = errors.New("upstream connection closed")
 	errNoUpstream     = errors.New("no upstream")
+	errBadQuery       = errors.New("query without a question")
 )
 
 // upstreamSpec says what an upstream is; it is the key of the pool.
@@ -80,12 +80,6 @@ func parseUpstream(s string) (upstreamSpec, error) {
 	}
 	spec.addr = net.JoinHostPort(host, p)
 	return spec, nil
-}
-
-// exchanger sends one packed query and returns the raw answer.
-type exchanger interface {
-	exchange(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error)
-	close()
 }
 
 // upstream is one upstream server with its clients and health.
@@ -169,18 +163,23 @@ func (u *upstream) isHealthy(now time.Time) bool {
 	return !u.activeDown.Load() && now.UnixNano() >= u.downUntil.Load()
 }
 
-// query sends q (packed, with the ID to use) and returns the answer, or
-// an error once deadline passes; over UDP a truncated answer is asked
-// again over TCP.
-func (u *upstream) query(ctx context.Context, deadline time.Time, q *dns.Msg, packed []byte) (*dns.Msg, error) {
+// query sends packed (with the ID to use) and returns the answer, or an
+// error once deadline passes; over UDP a truncated answer is asked again
+// over TCP.
+func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte) (*answer, error) {
+	q := question(packed)
+	if q == nil {
+		return nil, errBadQuery
+	}
 	if u.udp == nil {
 		return u.stream.exchange(ctx, deadline, q, packed)
 	}
-	resp, err := u.udp.exchange(ctx, deadline, q, packed)
-	if err == nil && resp.Truncated {
-		resp, err = u.stream.exchange(ctx, deadline, q, packed)
+	a, err := u.udp.exchange(ctx, deadline, q, packed)
+	if err == nil && a.truncated() {
+		a.release()
+		a, err = u.stream.exchange(ctx, deadline, q, packed)
 	}
-	return resp, err
+	return a, err
 }
 
 // record notes the outcome of a real query for passive health checking.
@@ -215,21 +214,21 @@ func (u *upstream) updateGauge() {
 // call is one query waiting for its answer. Calls are pooled with their
 // channel and timer, so waiting allocates nothing.
 type call struct {
-	q     *dns.Msg
-	resp  chan *dns.Msg // buffered 1; nil is sent when the connection dies
-	err   error         // why, when the connection says (set before nil is sent)
-	timer *time.Timer   // stopped while the call is pooled
+	question []byte       // as packed in the query; read under the pending map's lock
+	resp     chan *answer // buffered 1; nil is sent when the connection dies
+	err      error        // why, when the connection says (set before nil is sent)
+	timer    *time.Timer  // stopped while the call is pooled
 }
 
 var callPool = sync.Pool{New: func() any {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &call{resp: make(chan *dns.Msg, 1), timer: t}
+	return &call{resp: make(chan *answer, 1), timer: t}
 }}
 
-func newCall(q *dns.Msg) *call {
+func newCall(question []byte) *call {
 	cl := callPool.Get().(*call)
-	cl.q = q
+	cl.question = question
 	return cl
 }
 
@@ -238,10 +237,13 @@ func newCall(q *dns.Msg) *call {
 // answer that came as the wait ended is dropped.
 func (cl *call) release() {
 	select {
-	case <-cl.resp:
+	case a := <-cl.resp:
+		if a != nil {
+			a.release()
+		}
 	default:
 	}
-	cl.q, cl.err = nil, nil
+	cl.question, cl.err = nil, nil
 	callPool.Put(cl)
 }
 
@@ -250,18 +252,40 @@ func (cl *call) release() {
 // of its own: a context per try cost a tenth of a forwarded DoH request's
 // CPU (its timer, its Done channel and the parent's, and its registration
 // as the request context's child).
-func (cl *call) wait(ctx context.Context, deadline time.Time) (*dns.Msg, error) {
+func (cl *call) wait(ctx context.Context, deadline time.Time) (*answer, error) {
 	cl.timer.Reset(time.Until(deadline))
 	select {
-	case resp := <-cl.resp:
+	case a := <-cl.resp:
 		cl.timer.Stop()
-		return resp, nil
+		return a, nil
 	case <-cl.timer.C:
 		return nil, context.DeadlineExceeded
 	case <-ctx.Done():
 		cl.timer.Stop()
 		return nil, ctx.Err()
 	}
+}
+
+// deliver hands msg, an answer read by a connection's reader, to the
+// query in pending (guarded by mu) that it answers, as a copy: the
+// reader's buffer is reused. An answer that is not well formed, or to no
+// pending query, or not to that query's question, is dropped and the
+// query goes on waiting for the real one (anti-spoofing).
+func deliver(mu *sync.Mutex, pending map[uint16]*call, msg []byte) {
+	if len(msg) < MinMessage || msg[2]&flagQR == 0 {
+		return
+	}
+	l, ok := walk(msg)
+	if !ok {
+		return
+	}
+	id := uint16(msg[0])<<8 | uint16(msg[1])
+	mu.Lock()
+	if cl := pending[id]; cl != nil && answers(msg, &l, cl.question) {
+		delete(pending, id)
+		cl.resp <- newAnswer(msg, &l)
+	}
+	mu.Unlock()
 }
 
 // queryID returns a random message ID (ChaCha8, unpredictable to an
@@ -284,14 +308,4 @@ func reserveID(pending map[uint16]*call, cl *call) uint16 {
 // withID returns packed with its ID set (the first two octets).
 func withID(packed []byte, id uint16) {
 	packed[0], packed[1] = byte(id>>8), byte(id)
-}
-
-// sameQuestion checks that an answer is for the question asked
-// (anti-spoofing, with RFC 4343 case-insensitivity).
-func sameQuestion(q, a *dns.Msg) bool {
-	if len(a.Question) != 1 || len(q.Question) != 1 {
-		return false
-	}
-	x, y := q.Question[0], a.Question[0]
-	return x.Qtype == y.Qtype && x.Qclass == y.Qclass && strings.EqualFold(x.Name, y.Name)
 }

@@ -97,13 +97,13 @@ func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
 }
 
 // ServeDNS answers for names under the origin.
-func (z *Zone) ServeDNS(ctx context.Context, r *Request, next Next) (*dns.Msg, error) {
+func (z *Zone) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
 	q := r.Msg.Question[0]
 	name := dns.CanonicalName(q.Name)
 	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
 		return next(ctx, r)
 	}
-	return z.zone.answer(r.Msg, name, q.Qtype), nil
+	return Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
 }
 
 // inZone reports whether the canonical name is origin or under it, as

@@ -112,10 +112,11 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	if done {
 		return err
 	}
-	resp := h.Chain.Serve(r.Context(), &caddydns.Request{
+	out := h.Chain.Serve(r.Context(), &caddydns.Request{
 		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
-	})
-	return h.writeAnswer(w, r, resp, bp)
+	}, (*bp)[:0])
+	*bp = out[:0]
+	return h.writeAnswer(w, r, out)
 }
 
 // readQuery decodes the DNS query of a GET (?dns=), HEAD or POST request
@@ -202,17 +203,12 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// writeAnswer packs resp into *bp and writes it as the response.
-func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, resp *dns.Msg, bp *[]byte) error {
-	out, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
-	if err != nil {
-		return h.fail(w, http.StatusInternalServerError, "packing answer: "+err.Error())
-	}
-	*bp = out[:0]
+// writeAnswer writes the packed answer out as the response.
+func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte) error {
 	hdr := w.Header()
 	hdr["Content-Type"] = messageTypeHeader
 	hdr["Content-Length"] = []string{strconv.Itoa(len(out))}
-	if ttl, ok := cacheTTL(resp); ok {
+	if ttl, ok := caddydns.CacheTTL(out); ok {
 		hdr["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(ttl), 10)}
 	}
 	w.WriteHeader(http.StatusOK)
@@ -248,37 +244,6 @@ func clientAddr(r *http.Request) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(addr.Unmap(), 0)
-}
-
-// cacheTTL is the Cache-Control max-age of an answer (RFC 8484 5.1): the
-// smallest TTL of its records, or for a negative answer the SOA's
-// negative TTL (RFC 2308); none for an answer with nothing to cache.
-func cacheTTL(m *dns.Msg) (uint32, bool) {
-	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
-		return 0, false
-	}
-	ttl, found := uint32(0), false
-	take := func(t uint32) {
-		if !found || t < ttl {
-			ttl, found = t, true
-		}
-	}
-	if len(m.Answer) == 0 {
-		for _, rr := range m.Ns {
-			if soa, ok := rr.(*dns.SOA); ok {
-				take(min(soa.Hdr.Ttl, soa.Minttl))
-			}
-		}
-		return ttl, found
-	}
-	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
-		for _, rr := range sec {
-			if rr.Header().Rrtype != dns.TypeOPT {
-				take(rr.Header().Ttl)
-			}
-		}
-	}
-	return ttl, found
 }
 
 func acceptsJSON(r *http.Request) bool {

@@ -372,20 +372,21 @@ func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg) {
 	defer func() { <-w.sem }()
 	srv := c.enter()
 	defer srv.active.Add(-1)
-	if q != nil {
-		resp = srv.Chain.Serve(context.Background(), &caddydns.Request{
-			Msg: q, Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
-		})
-	}
 	bp := packPool.Get().(*[]byte)
-	packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
-	if err != nil {
-		srv.logger.Error("packing answer", zap.Error(err))
-		packPool.Put(bp)
-		w.inFlight.Add(-1)
-		return
+	if q != nil {
+		*bp = srv.Chain.Serve(context.Background(), &caddydns.Request{
+			Msg: q, Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
+		}, (*bp)[:0])
+	} else {
+		packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
+		if err != nil {
+			srv.logger.Error("packing answer", zap.Error(err))
+			packPool.Put(bp)
+			w.inFlight.Add(-1)
+			return
+		}
+		*bp = packed
 	}
-	*bp = packed
 	w.out <- bp
 	w.inFlight.Add(-1) // after the send: a parking reader that sees 0 may close out
 }

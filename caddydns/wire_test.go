@@ -1,0 +1,474 @@
+package caddydns
+
+import (
+	"bytes"
+	"context"
+	"encoding/binary"
+	"fmt"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+	"go.uber.org/zap"
+)
+
+// upstreamAnswers are answers as upstreams send them, for the tests and
+// as the fuzzer's seeds.
+func upstreamAnswers(t testing.TB) map[string][]byte {
+	t.Helper()
+	q := query("www.Example.org.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	msg := func(edit func(m *dns.Msg)) []byte {
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.RecursionAvailable = true
+		edit(m)
+		m.Compress = true
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	opt := func(m *dns.Msg, do bool, opts ...dns.EDNS0) *dns.OPT {
+		o := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		o.SetUDPSize(1232)
+		o.SetDo(do)
+		o.Option = opts
+		m.Extra = append(m.Extra, o)
+		return o
+	}
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	soa := "example.org. 3600 IN SOA ns1.example.org. host.example.org. 1 7200 3600 1209600 300"
+	return map[string][]byte{
+		"a with opt": msg(func(m *dns.Msg) {
+			m.Answer = append(m.Answer, rr("www.example.org. 3600 IN A 192.0.2.1"))
+			opt(m, false)
+		}),
+		"cname chain": msg(func(m *dns.Msg) {
+			m.Answer = append(m.Answer, rr("www.example.org. 300 IN CNAME web.example.org."), rr("web.example.org. 60 IN A 192.0.2.2"))
+			m.Ns = append(m.Ns, rr("example.org. 3600 IN NS ns1.example.org."))
+			m.Extra = append(m.Extra, rr("ns1.example.org. 3600 IN A 192.0.2.53"))
+			opt(m, true, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "6e7364"})
+		}),
+		"nxdomain": msg(func(m *dns.Msg) {
+			m.Rcode = dns.RcodeNameError
+			m.Ns = append(m.Ns, rr(soa))
+			opt(m, false)
+		}),
+		"no opt": msg(func(m *dns.Msg) {
+			m.Answer = append(m.Answer, rr("www.example.org. 10 IN A 192.0.2.3"))
+		}),
+		"per hop options": msg(func(m *dns.Msg) {
+			m.Answer = append(m.Answer, rr("www.example.org. 10 IN A 192.0.2.4"))
+			opt(m, false, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708090a0b0c0d0e0f10"},
+				&dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeStaleAnswer, ExtraText: "stale"},
+				&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: 100},
+				&dns.EDNS0_PADDING{Padding: make([]byte, 40)})
+		}),
+		"badcookie": msg(func(m *dns.Msg) {
+			m.Rcode = dns.RcodeBadCookie
+			opt(m, false, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708090a0b0c0d0e0f10"})
+		}),
+		"truncated": msg(func(m *dns.Msg) {
+			m.Truncated = true
+			opt(m, false)
+		}),
+		"servfail": msg(func(m *dns.Msg) {
+			m.Rcode = dns.RcodeServerFailure
+			opt(m, false, &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeNoReachableAuthority})
+		}),
+	}
+}
+
+// clientQuery is the query a client sent for the answer's question,
+// in one of a few forms (mode): no OPT, OPT, OPT with DO, OPT with
+// padding; RD and CD set or not; the name's case changed or not.
+func clientQuery(name string, qtype, qclass uint16, mode byte) *dns.Msg {
+	q := new(dns.Msg)
+	q.Id = 0xBEEF
+	if mode&0x10 != 0 {
+		name = strings.ToUpper(name)
+	}
+	q.Question = []dns.Question{{Name: name, Qtype: qtype, Qclass: qclass}}
+	q.RecursionDesired = mode&0x04 != 0
+	q.CheckingDisabled = mode&0x08 != 0
+	switch mode & 0x03 {
+	case 1:
+		q.SetEdns0(4096, false)
+	case 2:
+		q.SetEdns0(4096, true)
+	case 3:
+		q.SetEdns0(1232, mode&0x20 != 0)
+		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_PADDING{})
+	}
+	return q
+}
+
+// slowFinish is what the chain does with a message: decode, finish, pack.
+func slowFinish(r *Request, wire []byte) ([]byte, error) {
+	m := new(dns.Msg)
+	if err := m.Unpack(wire); err != nil {
+		return nil, err
+	}
+	out, _ := (&Chain{logger: zap.NewNop()}).pack(r, m, nil)
+	return out, nil
+}
+
+// sameAnswer reports how two packed answers differ as DNS messages: the
+// header, the question exactly, the records but for the case of names
+// (compression may point them at the client's question or the
+// upstream's), and the OPT record but for padding (each is padded to the
+// block from its own length).
+func sameAnswer(a, b []byte) error {
+	var ma, mb dns.Msg
+	if err := ma.Unpack(a); err != nil {
+		return fmt.Errorf("first does not decode: %v", err)
+	}
+	if err := mb.Unpack(b); err != nil {
+		return fmt.Errorf("second does not decode: %v", err)
+	}
+	if ma.MsgHdr != mb.MsgHdr {
+		return fmt.Errorf("headers differ:\n%+v\n%+v", ma.MsgHdr, mb.MsgHdr)
+	}
+	if !slices.Equal(ma.Question, mb.Question) {
+		return fmt.Errorf("questions differ: %v %v", ma.Question, mb.Question)
+	}
+	oa, ob := ma.IsEdns0(), mb.IsEdns0()
+	if (oa == nil) != (ob == nil) {
+		return fmt.Errorf("one has an OPT record: %v %v", oa, ob)
+	}
+	if oa != nil {
+		if oa.Hdr.Class != ob.Hdr.Class || oa.Hdr.Ttl != ob.Hdr.Ttl || wantsPadding(oa) != wantsPadding(ob) {
+			return fmt.Errorf("OPT records differ: %v %v", oa, ob)
+		}
+		if wantsPadding(oa) && len(a) <= MaxMessage-PaddingBlock && (len(a)%PaddingBlock != 0 || len(b)%PaddingBlock != 0) {
+			return fmt.Errorf("padded to %d and %d octets", len(a), len(b))
+		}
+	}
+	text := func(m *dns.Msg) string {
+		var s strings.Builder
+		for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range sec {
+				if o, ok := rr.(*dns.OPT); ok {
+					for _, e := range o.Option {
+						if e.Option() != dns.EDNS0PADDING {
+							fmt.Fprintf(&s, "option %d %s\n", e.Option(), e)
+						}
+					}
+					continue
+				}
+				s.WriteString(strings.ToLower(rr.String()) + "\n")
+			}
+			s.WriteString("--\n")
+		}
+		return s.String()
+	}
+	if ta, tb := text(&ma), text(&mb); ta != tb {
+		return fmt.Errorf("records differ:\n%s\n%s", ta, tb)
+	}
+	return nil
+}
+
+// checkFinishWire is the differential check: an upstream's answer passed
+// through as octets must reach the client as the same DNS answer as when
+// it is decoded, finished and packed again. Any answer must come out well
+// formed, with the client's ID and the rcode reported. The two must agree
+// on answers as encoders write them; on raw fuzz input they may not (a
+// compressed name whose octets run on into the header or the OPT record,
+// which the pass-through rewrites), so the comparison is made on the input
+// as miekg/dns encodes it again.
+func checkFinishWire(t *testing.T, wire []byte, mode byte) (fast bool) {
+	out, r, fast := passWire(t, wire, mode)
+	if !fast {
+		return false
+	}
+	if _, err := slowFinish(r, wire); err != nil {
+		return true // miekg/dns does not read it (record data): passed on as it is
+	}
+	m := new(dns.Msg)
+	_ = m.Unpack(wire)
+	m.Compress = true
+	canon, err := m.Pack()
+	if err != nil {
+		return true
+	}
+	if out, r, fast = passWire(t, canon, mode); !fast {
+		return true // the re-encoded answer may need the slow path (two OPT records)
+	}
+	slow, err := slowFinish(r, canon)
+	if err != nil {
+		return true // miekg/dns does not read all it writes (short SOA data)
+	}
+	if err := sameAnswer(out, slow); err != nil {
+		t.Fatalf("mode %#x: passed on and re-encoded answers differ: %v\nupstream: % x", mode, err, canon)
+	}
+	return true
+}
+
+// passWire runs wire through the pass-through for a client query in the
+// given mode, as the reader and the chain would, and checks what always
+// holds; ok is false when the reader would drop it or the slow path is
+// needed.
+func passWire(t *testing.T, wire []byte, mode byte) (out []byte, r *Request, ok bool) {
+	t.Helper()
+	l, ok := walk(wire)
+	if !ok || wire[2]&flagQR == 0 {
+		return nil, nil, false
+	}
+	name, _, err := dns.UnpackDomainName(wire, MinMessage)
+	if err != nil {
+		return nil, nil, false
+	}
+	q := clientQuery(name, binary.BigEndian.Uint16(wire[l.qEnd-4:]), binary.BigEndian.Uint16(wire[l.qEnd-2:]), mode)
+	packed, err := q.Pack()
+	if err != nil || !answers(wire, &l, question(packed)) {
+		return nil, nil, false // the reader would have dropped it
+	}
+	r = &Request{Msg: q, Size: MaxMessage}
+	in := bytes.Clone(wire)
+	out, rcode, ok := finishWire(r, &answer{wire: wire, l: l}, nil)
+	if !bytes.Equal(in, wire) {
+		t.Fatal("finishWire changed the upstream's answer")
+	}
+	if !ok {
+		return nil, nil, false
+	}
+	ol, wok := walk(out)
+	if !wok || len(out) > MaxMessage {
+		t.Fatalf("the answer passed on is not well formed (%d octets):\n% x", len(out), out)
+	}
+	if ol.rcode != rcode || binary.BigEndian.Uint16(out) != q.Id || out[2]&flagQR == 0 {
+		t.Fatalf("rcode %d (reported %d), ID %#x", ol.rcode, rcode, binary.BigEndian.Uint16(out))
+	}
+	if (q.IsEdns0() != nil) != (ol.opt >= 0) {
+		t.Fatalf("OPT record in the query %v, in the answer %v", q.IsEdns0() != nil, ol.opt >= 0)
+	}
+	return out, r, true
+}
+
+func TestFinishWire(t *testing.T) {
+	for name, wire := range upstreamAnswers(t) {
+		for mode := range byte(0x40) {
+			if !checkFinishWire(t, wire, mode) {
+				t.Fatalf("%s, mode %#x: not passed through", name, mode)
+			}
+		}
+	}
+}
+
+// TestFinishWireEdits: what the pass-through rewrites, byte by byte.
+func TestFinishWireEdits(t *testing.T) {
+	ans := upstreamAnswers(t)
+	pass := func(wire []byte, q *dns.Msg) *dns.Msg {
+		t.Helper()
+		l, ok := walk(wire)
+		if !ok {
+			t.Fatal("upstream answer does not walk")
+		}
+		out, _, ok := finishWire(&Request{Msg: q, Size: MaxMessage}, &answer{wire: wire, l: l}, nil)
+		if !ok {
+			t.Fatal("not passed through")
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(out); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	// the client's case, ID, RD, CD; the upstream's RA, AA
+	q := clientQuery("WWW.example.ORG.", dns.TypeA, dns.ClassINET, 0x0C|0x02)
+	m := pass(ans["cname chain"], q)
+	if m.Question[0].Name != "WWW.example.ORG." || m.Id != 0xBEEF || !m.RecursionDesired || !m.CheckingDisabled || !m.RecursionAvailable {
+		t.Fatalf("header or question not the client's: %v", m)
+	}
+	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != advertisedUDPSize || len(o.Option) != 1 || o.Option[0].Option() != dns.EDNS0NSID {
+		t.Fatalf("OPT: %v, want DO, UDP size %d and the upstream's NSID", o, advertisedUDPSize)
+	}
+	// per-hop options dropped, others kept
+	m = pass(ans["per hop options"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 1))
+	if o := m.IsEdns0(); o == nil || len(o.Option) != 1 || o.Option[0].Option() != dns.EDNS0EDE {
+		t.Fatalf("OPT: %v, want only the extended error", o)
+	}
+	// no OPT in the query: none in the answer, and an extended rcode
+	// becomes SERVFAIL
+	m = pass(ans["badcookie"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 0))
+	if m.IsEdns0() != nil || m.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("rcode %d, OPT %v: want SERVFAIL without OPT", m.Rcode, m.IsEdns0())
+	}
+	m = pass(ans["badcookie"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 1))
+	if m.IsEdns0() == nil || m.Rcode != dns.RcodeBadCookie {
+		t.Fatalf("rcode %d: want BADCOOKIE kept for a client with EDNS", m.Rcode)
+	}
+	// an OPT added for a client that has one when the upstream had none
+	m = pass(ans["no opt"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 2))
+	if o := m.IsEdns0(); o == nil || !o.Do() || o.Version() != 0 {
+		t.Fatalf("OPT %v, want one with DO", o)
+	}
+}
+
+// TestFinishWireSlowPath: answers the pass-through leaves to the decoder.
+func TestFinishWireSlowPath(t *testing.T) {
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	base := new(dns.Msg)
+	base.SetReply(q)
+	base.Answer = append(base.Answer, &dns.A{Hdr: dns.RR_Header{Name: "www.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, 1}})
+	base.SetEdns0(1232, false)
+	twoOPT := base.Copy()
+	twoOPT.Extra = append(twoOPT.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}})
+	optFirst := base.Copy()
+	optFirst.Extra = []dns.RR{base.Extra[0], &dns.A{Hdr: dns.RR_Header{Name: "x.example.org.", Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: []byte{192, 0, 2, 2}}}
+	for name, m := range map[string]*dns.Msg{"two OPT records": twoOPT, "OPT not last": optFirst} {
+		wire, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, ok := walk(wire)
+		if !ok {
+			t.Fatalf("%s: does not walk", name)
+		}
+		r := &Request{Msg: q, Size: MaxMessage}
+		if _, _, ok := finishWire(r, &answer{wire: wire, l: l}, nil); ok {
+			t.Fatalf("%s: passed through", name)
+		}
+		// the chain still answers it, decoded
+		c := testChain(t)
+		c.next = func(context.Context, *Request) (Response, error) {
+			return Response{ans: &answer{wire: wire, l: l}}, nil
+		}
+		got := serveMsg(context.Background(), c, r)
+		if got == nil || got.Rcode != dns.RcodeSuccess || len(got.Answer) != 1 || got.IsEdns0() == nil {
+			t.Fatalf("%s: %v", name, got)
+		}
+	}
+}
+
+// TestWalk: malformed messages are refused, and what a well-formed one
+// holds is found.
+func TestWalk(t *testing.T) {
+	ans := upstreamAnswers(t)
+	good := ans["cname chain"]
+	for i := MinMessage; i < len(good); i++ {
+		if _, ok := walk(good[:i]); ok {
+			t.Fatalf("cut to %d of %d octets: walks", i, len(good))
+		}
+	}
+	l, ok := walk(good)
+	if !ok || l.end != len(good) || !l.optLast || l.optCount != 1 || l.ttl != 60 || !l.cacheable {
+		t.Fatalf("layout %+v", l)
+	}
+	if l, ok := walk(ans["nxdomain"]); !ok || l.rcode != dns.RcodeNameError || l.ttl != 300 || !l.cacheable {
+		t.Fatalf("NXDOMAIN layout %+v: want the SOA minimum as TTL", l)
+	}
+	if l, ok := walk(ans["badcookie"]); !ok || l.rcode != dns.RcodeBadCookie || l.cacheable {
+		t.Fatalf("BADCOOKIE layout %+v: want the extended rcode, not cacheable", l)
+	}
+	// a pointer forward (or to itself) is refused
+	bad := bytes.Clone(good)
+	off := 0
+	for i := l.qEnd; i+1 < len(bad); i++ {
+		if bad[i]&0xC0 == 0xC0 {
+			off = i
+			break
+		}
+	}
+	if off == 0 {
+		t.Fatal("no compression pointer in the answer")
+	}
+	bad[off], bad[off+1] = 0xC0|byte(off>>8), byte(off)
+	if _, ok := walk(bad); ok {
+		t.Fatal("a pointer to itself walks")
+	}
+	// two questions
+	two := bytes.Clone(good)
+	two[5] = 2
+	if _, ok := walk(two); ok {
+		t.Fatal("two questions walk")
+	}
+}
+
+// TestAnswers: the question in an answer must be the query's, but for
+// the case of ASCII letters in its name.
+func TestAnswers(t *testing.T) {
+	pack := func(name string, qtype uint16) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		m.Response = true
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	q := question(pack("www.Example.org.", dns.TypeHTTPS)) // 65: 'A' in its low octet
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		want  bool
+	}{
+		{"www.example.org.", dns.TypeHTTPS, true},
+		{"WWW.EXAMPLE.ORG.", dns.TypeHTTPS, true},
+		{"www.example.org.", 97, false}, // 'a': types are not letters
+		{"www.example.com.", dns.TypeHTTPS, false},
+		{"www.exampleaorg.", dns.TypeHTTPS, false},
+		{"ww.wexample.org.", dns.TypeHTTPS, false},
+		{"www\\064.example.org.", dns.TypeHTTPS, false},
+	} {
+		a := pack(tc.name, tc.qtype)
+		l, ok := walk(a)
+		if !ok {
+			t.Fatal(tc.name)
+		}
+		if got := answers(a, &l, q); got != tc.want {
+			t.Errorf("%s %d: answers = %v, want %v", tc.name, tc.qtype, got, tc.want)
+		}
+	}
+}
+
+func FuzzFinishWire(f *testing.F) {
+	for _, wire := range upstreamAnswers(f) {
+		for _, mode := range []byte{0, 1, 2, 3, 0x1F, 0x3F} {
+			f.Add(wire, mode)
+		}
+	}
+	// found by the fuzzer: miekg/dns over-estimates a DHCID record's
+	// length, so padding by the estimate missed the block
+	f.Add([]byte("00\x810\x00\x01\x00\x00\x00\x01\x00\x01\x03000\x070000000\x03000\x000000\x00\x0010000000\x00\x010\x0000000000\x00\x00"), byte(0x27))
+	f.Fuzz(func(t *testing.T, wire []byte, mode byte) {
+		checkFinishWire(t, wire, mode)
+	})
+}
+
+// BenchmarkFinish is an upstream's answer made into the client's: passed
+// through as octets, and decoded, finished and packed again (what every
+// forwarded answer cost before the pass-through).
+func BenchmarkFinish(b *testing.B) {
+	wire := upstreamAnswers(b)["a with opt"]
+	q := clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 0x04)
+	r := &Request{Msg: q, Size: MaxMessage}
+	c := &Chain{logger: zap.NewNop()}
+	buf := make([]byte, 0, 512)
+	b.Run("wire", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			l, _ := walk(wire) // the reader's check
+			buf, _, _ = finishWire(r, &answer{wire: wire, l: l}, buf)
+		}
+	})
+	b.Run("decoded", func(b *testing.B) {
+		b.ReportAllocs()
+		for b.Loop() {
+			m := new(dns.Msg)
+			_ = m.Unpack(wire)
+			buf, _ = c.pack(r, m, buf)
+		}
+	})
+}
