@@ -3,13 +3,17 @@ package caddydns
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"runtime"
 	"strings"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/net/ipv4"
 )
 
 // TestCallWait: a pooled call's timer and channel carry nothing from one
@@ -101,5 +105,134 @@ func TestUDPTimeout(t *testing.T) {
 		if n != 0 {
 			t.Fatalf("socket %d: %d queries still pending after the timeout", i, n)
 		}
+	}
+}
+
+// countingWriter counts the system calls a socket's batches take.
+type countingWriter struct {
+	batchWriter
+	calls, msgs atomic.Int64
+}
+
+func (w *countingWriter) WriteBatch(ms []ipv4.Message, flags int) (int, error) {
+	n, err := w.batchWriter.WriteBatch(ms, flags)
+	w.calls.Add(1)
+	w.msgs.Add(int64(n))
+	return n, err
+}
+
+// TestUDPBatch: queries from handlers that are ready at the same time go
+// out together, one system call for several, and each still gets its own
+// answer.
+func TestUDPBatch(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1)) // one processor: the handlers take turns, as on a busy core
+	c := newUDPClient(benchUpstream(t, 0))
+	defer c.close()
+	// open the sockets, and count what goes through them
+	var counters []*countingWriter
+	for i := range c.socks {
+		s := &c.socks[i]
+		conn, err := dialUDP(c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		w := &countingWriter{batchWriter: newBatchWriter(conn)}
+		s.mu.Lock()
+		s.conn, s.batch = conn, w
+		s.mu.Unlock()
+		go c.read(s, conn)
+		counters = append(counters, w)
+	}
+	const queries = 64
+	start := make(chan struct{})
+	errs := make(chan error, queries)
+	for i := range queries {
+		go func() {
+			name := fmt.Sprintf("q%d.example.org.", i)
+			packed, err := query(name, dns.TypeA).Pack()
+			if err != nil {
+				errs <- err
+				return
+			}
+			<-start
+			a, err := c.exchange(context.Background(), time.Now().Add(10*time.Second), question(packed), packed)
+			if err != nil {
+				errs <- err
+				return
+			}
+			defer a.release()
+			got, _, err := dns.UnpackDomainName(a.wire, MinMessage)
+			if err == nil && got != name {
+				err = fmt.Errorf("query %s got the answer for %s", name, got)
+			}
+			errs <- err
+		}()
+	}
+	close(start)
+	for range queries {
+		if err := <-errs; err != nil {
+			t.Fatal(err)
+		}
+	}
+	var calls, msgs int64
+	for _, w := range counters {
+		calls, msgs = calls+w.calls.Load(), msgs+w.msgs.Load()
+	}
+	if msgs != queries || calls >= queries {
+		t.Fatalf("%d queries sent in %d system calls: want %d in fewer", msgs, calls, queries)
+	}
+	t.Logf("%d queries sent in %d system calls", msgs, calls)
+}
+
+// failingWriter sends the first ok messages of a batch, then fails.
+type failingWriter struct{ ok int }
+
+var errSend = errors.New("no buffer space")
+
+func (w *failingWriter) WriteBatch(ms []ipv4.Message, _ int) (int, error) {
+	if w.ok <= 0 {
+		return 0, errSend
+	}
+	n := min(1, len(ms), w.ok) // one a call, to go through send's loop
+	w.ok -= n
+	return n, nil
+}
+
+// TestUDPBatchSendFails: when a batch cannot be sent, the queries in it
+// fail at once with the cause (and go to the next upstream) instead of
+// waiting out their timeout; those sent before the failure are not
+// failed.
+func TestUDPBatchSendFails(t *testing.T) {
+	b := new(udpBatch)
+	for i := range 5 {
+		b.add([]byte{0, byte(i), 1, 2})
+	}
+	if err := b.send(&failingWriter{ok: 2}); !errors.Is(err, errSend) {
+		t.Fatalf("send: %v, want %v", err, errSend)
+	}
+	if u := b.unsent(); len(u) != 3 || u[0][1] != 2 || u[2][1] != 4 {
+		t.Fatalf("unsent %v, want the last 3 of 5", u)
+	}
+
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer pc.Close() // never answers
+	c := newUDPClient(pc.LocalAddr().String())
+	defer c.close()
+	for i := range c.socks {
+		s := &c.socks[i]
+		conn, err := dialUDP(c.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.conn, s.batch = conn, &failingWriter{}
+		go c.read(s, conn)
+	}
+	packed, _ := query("www.example.org.", dns.TypeA).Pack()
+	_, err = c.exchange(context.Background(), time.Now().Add(5*time.Second), question(packed), packed)
+	if !errors.Is(err, errSend) {
+		t.Fatalf("query whose send failed: %v, want %v", err, errSend)
 	}
 }

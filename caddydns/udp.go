@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -27,7 +28,9 @@ type udpClient struct {
 type udpSocket struct {
 	mu      sync.Mutex
 	conn    *net.UDPConn // nil until first use or after an error
+	batch   batchWriter  // conn's sendmmsg
 	pending map[uint16]*call
+	queued  *udpBatch // queries waiting for their batch to be sent
 	closed  bool
 }
 
@@ -42,20 +45,29 @@ func newUDPClient(addr string) *udpClient {
 // exchange sends packed (its ID is replaced) and waits for the answer
 // until deadline. (No defer and no error formatting on the way to the
 // socket: see Forward.ServeDNS.)
+//
+// Queries are sent in batches, one system call each (sendmmsg): the
+// query that opens a batch yields the processor once (runtime.Gosched)
+// before sending it, so that the handlers ready to run queue theirs in
+// the same batch. An idle server has none ready and sends at once; a
+// busy one saves a system call and, above all, a wake-up of the
+// upstream per query (waking a sleeping upstream was half the cost of a
+// send on loopback).
 func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
-	s := &c.socks[c.next.Add(1)%udpSockets]
+	s := &c.socks[c.next.Load()%udpSockets]
 	cl := newCall(question)
-	conn, id, err := c.register(s, cl)
+	id, lead, err := c.register(s, cl, packed)
 	if err != nil {
 		cl.release()
 		return nil, err
 	}
-	withID(packed, id)
-	var resp *answer
-	if _, err = conn.Write(packed); err == nil {
-		if resp, err = cl.wait(ctx, deadline); resp == nil && err == nil {
-			err = cl.err // the socket failed (sent with the nil answer)
-		}
+	if lead != nil {
+		runtime.Gosched()
+		c.send(s, lead)
+	}
+	resp, err := cl.wait(ctx, deadline)
+	if resp == nil && err == nil {
+		err = cl.err // the socket failed, or the send (sent with the nil answer)
 	}
 	s.mu.Lock()
 	if s.pending[id] == cl {
@@ -70,22 +82,56 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 }
 
 // register adds cl to one of s's pending queries under a free ID, opening
-// the socket first if it is not open.
-func (c *udpClient) register(s *udpSocket, cl *call) (*net.UDPConn, uint16, error) {
+// the socket first if it is not open, and queues packed with that ID.
+// When packed opened a batch, lead is that batch: the caller sends it.
+func (c *udpClient) register(s *udpSocket, cl *call, packed []byte) (id uint16, lead *udpBatch, err error) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.closed {
-		return nil, 0, ErrUpstreamClosed
+		return 0, nil, ErrUpstreamClosed
 	}
 	if s.conn == nil {
 		conn, err := dialUDP(c.addr)
 		if err != nil {
-			return nil, 0, err
+			return 0, nil, err
 		}
-		s.conn = conn
+		s.conn, s.batch = conn, newBatchWriter(conn)
 		go c.read(s, conn)
 	}
-	return s.conn, reserveID(s.pending, cl), nil
+	id = reserveID(s.pending, cl)
+	withID(packed, id)
+	if s.queued == nil || s.queued.full() {
+		lead = batchPool.Get().(*udpBatch)
+		s.queued = lead
+	}
+	s.queued.add(packed)
+	return id, lead, nil
+}
+
+// send sends the batch b opened on s. The queries it could not send
+// fail with the cause.
+func (c *udpClient) send(s *udpSocket, b *udpBatch) {
+	s.mu.Lock()
+	if s.queued == b {
+		s.queued = nil
+	}
+	w := s.batch
+	s.mu.Unlock()
+	c.next.Add(1) // the next batch goes out on the next socket
+	if err := b.send(w); err != nil {
+		s.mu.Lock()
+		for _, p := range b.unsent() {
+			id := uint16(p[0])<<8 | uint16(p[1])
+			if cl := s.pending[id]; cl != nil {
+				delete(s.pending, id)
+				cl.err = err
+				cl.resp <- nil
+			}
+		}
+		s.mu.Unlock()
+	}
+	b.reset()
+	batchPool.Put(b)
 }
 
 // failed names the upstream in an exchange's error; no error means the
@@ -135,7 +181,7 @@ func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
 			}
 			s.mu.Lock()
 			if s.conn == conn {
-				s.conn = nil
+				s.conn, s.batch = nil, nil
 				for id, cl := range s.pending {
 					delete(s.pending, id)
 					cl.err = err
@@ -157,7 +203,7 @@ func (c *udpClient) close() {
 		s.closed = true
 		if s.conn != nil {
 			s.conn.Close()
-			s.conn = nil
+			s.conn, s.batch = nil, nil
 		}
 		s.mu.Unlock()
 	}

@@ -1,0 +1,81 @@
+package caddydns
+
+import (
+	"net"
+	"sync"
+
+	"golang.org/x/net/ipv4"
+	"golang.org/x/net/ipv6"
+)
+
+// batchWriter sends several datagrams in one system call (sendmmsg on
+// Linux; one at a time elsewhere).
+type batchWriter interface {
+	WriteBatch(ms []ipv4.Message, flags int) (int, error)
+}
+
+func newBatchWriter(conn *net.UDPConn) batchWriter {
+	if a, ok := conn.RemoteAddr().(*net.UDPAddr); ok && a.IP.To4() == nil {
+		return ipv6.NewPacketConn(conn)
+	}
+	return ipv4.NewPacketConn(conn)
+}
+
+// maxBatch bounds the queries sent in one system call.
+const maxBatch = 32
+
+// udpBatch is queries queued on a socket to be sent together: their
+// octets end to end, so queueing one copies it and allocates nothing.
+type udpBatch struct {
+	buf  []byte
+	ends []int
+	bufs [][]byte
+	msgs []ipv4.Message
+	sent int
+}
+
+var batchPool = sync.Pool{New: func() any { return new(udpBatch) }}
+
+func (b *udpBatch) add(p []byte) {
+	b.buf = append(b.buf, p...)
+	b.ends = append(b.ends, len(b.buf))
+}
+
+func (b *udpBatch) full() bool { return len(b.ends) >= maxBatch }
+
+// send writes the queries to w, in as few calls as it takes.
+func (b *udpBatch) send(w batchWriter) error {
+	b.bufs, b.msgs = b.bufs[:0], b.msgs[:0]
+	start := 0
+	for _, end := range b.ends {
+		b.bufs = append(b.bufs, b.buf[start:end])
+		start = end
+	}
+	if w == nil {
+		return ErrUpstreamClosed // the socket failed meanwhile
+	}
+	for i := range b.bufs {
+		b.msgs = append(b.msgs, ipv4.Message{Buffers: b.bufs[i : i+1]})
+	}
+	for b.sent < len(b.msgs) {
+		n, err := w.WriteBatch(b.msgs[b.sent:], 0)
+		b.sent += n
+		if err != nil {
+			return err
+		}
+		if n == 0 {
+			return ErrUpstreamClosed
+		}
+	}
+	return nil
+}
+
+// unsent returns the queries send did not send.
+func (b *udpBatch) unsent() [][]byte { return b.bufs[b.sent:] }
+
+func (b *udpBatch) reset() {
+	b.buf, b.ends, b.sent = b.buf[:0], b.ends[:0], 0
+	for i := range b.msgs {
+		b.msgs[i] = ipv4.Message{}
+	}
+}
