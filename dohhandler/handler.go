@@ -11,9 +11,12 @@ import (
 	"net/http"
 	"net/netip"
 	"net/url"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -159,6 +162,9 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 			if errors.Is(err, errBodyTooLarge) {
 				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
 			}
+			if errors.Is(err, os.ErrDeadlineExceeded) {
+				return nil, true, h.fail(w, http.StatusRequestTimeout, "the body did not come in time (the server's read_body_idle timeout)")
+			}
 			return nil, true, h.fail(w, http.StatusBadRequest, "reading body: "+err.Error())
 		}
 	default:
@@ -173,12 +179,30 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 
 var errBodyTooLarge = errors.New("body too large")
 
+// idleBody returns Caddy's idle-timeout reader when it is what r's body
+// is read through and a single timer can stand in for it. Caddy bounds
+// each Read of a request body by its idle read timeout (read_body_idle,
+// 1m by default): on HTTP/2 the reader arms the stream's read deadline
+// before the Read and clears it after, two messages to the connection's
+// goroutine, which wake it each time (~2 us of a forwarded POST's CPU,
+// 3%, measured side by side with and without). A DNS message is
+// read in one go of a known length, so one timer that closes the body
+// when the timeout passes keeps the same bound on that read. With a
+// minimum rate or a hard deadline configured (read_body), on another
+// protocol, or with the body wrapped again (access logs), Caddy's reader
+// is used as it is.
+func idleBody(r *http.Request) (*caddyhttp.IdleTimeoutReader, bool) {
+	idle, ok := r.Body.(*caddyhttp.IdleTimeoutReader)
+	if !ok || r.ProtoMajor != 2 || idle.Deadline.Timeout <= 0 || idle.Deadline.MinRate > 0 || !idle.Deadline.HardDeadline.IsZero() {
+		return nil, false
+	}
+	return idle, true
+}
+
 // readBody reads a POST body into *bp. With a Content-Length (every
 // HTTP/2 client sends one for a DNS message) it reads exactly that many
-// octets, in one Read when they are there: each Read of Caddy's request
-// body arms and clears an idle read deadline (two messages to HTTP/2's
-// connection goroutine), so the Read that only returns EOF is worth
-// skipping. A length over 65535 is refused before anything is read.
+// octets, in one Read when they are there (see idleBody), and a length
+// over 65535 is refused before anything is read.
 func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 	if n := r.ContentLength; n >= 0 {
 		if n > caddydns.MaxMessage {
@@ -188,6 +212,22 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 			*bp = make([]byte, 0, n)
 		}
 		buf := (*bp)[:n]
+		if idle, ok := idleBody(r); ok {
+			// the same bound as Caddy's idle deadline on this one read
+			var timedOut atomic.Bool
+			t := time.AfterFunc(idle.Deadline.Timeout, func() {
+				timedOut.Store(true)
+				_ = idle.ReadCloser.Close()
+			})
+			defer t.Stop()
+			if _, err := io.ReadFull(idle.ReadCloser, buf); err != nil {
+				if timedOut.Load() {
+					err = os.ErrDeadlineExceeded
+				}
+				return nil, err
+			}
+			return buf, nil
+		}
 		if _, err := io.ReadFull(r.Body, buf); err != nil {
 			return nil, err
 		}

@@ -56,12 +56,18 @@ type dohEnv struct {
 
 func startDoH(t *testing.T) *dohEnv {
 	t.Helper()
+	return startDoHSite(t, dohSite)
+}
+
+// startDoHSite starts Caddy with site, a variant of dohSite.
+func startDoHSite(t *testing.T, site string) *dohEnv {
+	t.Helper()
 	dir := t.TempDir()
 	env := &dohEnv{up: newTestUpstream(t, 1)}
 	port := freePort(t)
 	env.addr = fmt.Sprintf("127.0.0.1:%d", port)
 	env.url = fmt.Sprintf("https://dns.example.test:%d/dns-query", port)
-	env.c = startCaddy(t, dir, dohSite, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr})
+	env.c = startCaddy(t, dir, site, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr})
 	waitListen(t, env.addr)
 	env.root = filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
 	env.http = &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{
@@ -470,4 +476,46 @@ func TestDoHReloadUnderLoad(t *testing.T) {
 		t.Fatalf("%d of %d requests failed across 5 reloads; first: %v", failed.Load(), failed.Load()+ok.Load(), firstErr.Load())
 	}
 	t.Logf("%d DoH requests across 5 reloads, none failed", ok.Load())
+}
+
+// TestDoHStalledBody: a POST whose body never comes (the client sends its
+// headers and then nothing) is answered 408 once the server's
+// read_body_idle timeout passes, as Caddy bounds any request body, both
+// on the path that reads the body under one timer (the idle timeout
+// alone) and through Caddy's own reader (a minimum rate set); the
+// connection then serves the next query.
+func TestDoHStalledBody(t *testing.T) {
+	for _, tc := range []struct{ name, idle string }{
+		{"idle timeout", "1s"},
+		{"idle timeout and minimum rate", "1s 10"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			site := strings.Replace(dohSite, "{\n\tocsp {", "{\n\tservers {\n\t\ttimeouts {\n\t\t\tread_body_idle "+tc.idle+"\n\t\t}\n\t}\n\tocsp {", 1)
+			if site == dohSite {
+				t.Fatal("the site's global options did not take the timeout")
+			}
+			env := startDoHSite(t, site)
+			body, stall := io.Pipe() // never written to until the end
+			defer stall.Close()
+			req, err := http.NewRequest(http.MethodPost, env.url, body)
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.ContentLength = 40
+			req.Header.Set("Content-Type", "application/dns-message")
+			resp, err := env.http.Do(req) // the client gives up after 10s
+			if err != nil {
+				t.Fatalf("stalled POST: %v (no answer from the server)", err)
+			}
+			text, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusRequestTimeout || !strings.Contains(string(text), "read_body_idle") || resp.ProtoMajor != 2 {
+				t.Fatalf("stalled POST: HTTP/%d %d %q, want HTTP/2 408 naming read_body_idle", resp.ProtoMajor, resp.StatusCode, text)
+			}
+			m, _ := answer(t, env.post(t, packQuery(t, "www.example.test.", dns.TypeA, nil)))
+			if len(m.Answer) == 0 {
+				t.Fatalf("query after the stalled one: %v", m)
+			}
+		})
+	}
 }
