@@ -205,7 +205,7 @@ func (w *failingWriter) WriteBatch(ms []ipv4.Message, _ int) (int, error) {
 func TestUDPBatchSendFails(t *testing.T) {
 	b := new(udpBatch)
 	for i := range 5 {
-		b.add([]byte{0, byte(i), 1, 2})
+		b.add([]byte{0, byte(i), 1, 2}, nil)
 	}
 	if err := b.send(&failingWriter{ok: 2}); !errors.Is(err, errSend) {
 		t.Fatalf("send: %v, want %v", err, errSend)

@@ -104,7 +104,7 @@ func (c *udpClient) register(s *udpSocket, cl *call, packed []byte) (id uint16, 
 		lead = batchPool.Get().(*udpBatch)
 		s.queued = lead
 	}
-	s.queued.add(packed)
+	s.queued.add(packed, cl)
 	return id, lead, nil
 }
 
@@ -120,9 +120,9 @@ func (c *udpClient) send(s *udpSocket, b *udpBatch) {
 	c.next.Add(1) // the next batch goes out on the next socket
 	if err := b.send(w); err != nil {
 		s.mu.Lock()
-		for _, p := range b.unsent() {
+		for i, p := range b.unsent() {
 			id := uint16(p[0])<<8 | uint16(p[1])
-			if cl := s.pending[id]; cl != nil {
+			if cl := b.calls[b.sent+i]; s.pending[id] == cl { // still waiting
 				delete(s.pending, id)
 				cl.err = err
 				cl.resp <- nil

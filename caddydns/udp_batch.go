@@ -27,18 +27,20 @@ const maxBatch = 32
 // udpBatch is queries queued on a socket to be sent together: their
 // octets end to end, so queueing one copies it and allocates nothing.
 type udpBatch struct {
-	buf  []byte
-	ends []int
-	bufs [][]byte
-	msgs []ipv4.Message
-	sent int
+	buf   []byte
+	ends  []int
+	calls []*call // the query each packet is for
+	bufs  [][]byte
+	msgs  []ipv4.Message
+	sent  int
 }
 
 var batchPool = sync.Pool{New: func() any { return new(udpBatch) }}
 
-func (b *udpBatch) add(p []byte) {
+func (b *udpBatch) add(p []byte, cl *call) {
 	b.buf = append(b.buf, p...)
 	b.ends = append(b.ends, len(b.buf))
+	b.calls = append(b.calls, cl)
 }
 
 func (b *udpBatch) full() bool { return len(b.ends) >= maxBatch }
@@ -75,6 +77,8 @@ func (b *udpBatch) unsent() [][]byte { return b.bufs[b.sent:] }
 
 func (b *udpBatch) reset() {
 	b.buf, b.ends, b.sent = b.buf[:0], b.ends[:0], 0
+	clear(b.calls)
+	b.calls = b.calls[:0]
 	for i := range b.msgs {
 		b.msgs[i] = ipv4.Message{}
 	}
