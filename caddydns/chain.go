@@ -147,6 +147,7 @@ func (c *Chain) Serve(ctx context.Context, r *Request, buf []byte) []byte {
 // not pack (a handler's bug) is logged and answered with SERVFAIL.
 func (c *Chain) pack(r *Request, resp *dns.Msg, buf []byte) ([]byte, int) {
 	finish(r, resp)
+	buf = buf[:cap(buf)] // PackBuffer packs into buf's length
 	out, err := FitMessage(resp, buf)
 	if err != nil {
 		c.logger.Error("packing answer", zap.Stringer("client", r.Client), zap.Error(err))

@@ -261,3 +261,22 @@ func TestZoneWithoutTTL(t *testing.T) {
 		t.Fatalf("inherited TTL: %v %v", rrs, err)
 	}
 }
+
+// TestServeIntoBuffer: the answer is packed into the caller's buffer when
+// it is large enough (transports pool their buffers), both for a
+// handler's message and for an upstream's answer passed through.
+func TestServeIntoBuffer(t *testing.T) {
+	wire := upstreamAnswers(t)["a with opt"]
+	l, _ := walk(wire)
+	zone := testChain(t)
+	fwd := testChain(t)
+	fwd.next = func(context.Context, *Request) (Response, error) { return Response{ans: newAnswer(wire, &l)}, nil }
+	for name, c := range map[string]*Chain{"zone": zone, "passed through": fwd} {
+		buf := make([]byte, 0, 4096)
+		q := query("www.example.org.", dns.TypeA)
+		out := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage}, buf)
+		if len(out) < MinMessage || &out[0] != &buf[:1][0] {
+			t.Fatalf("%s: answer of %d octets not packed into the caller's buffer", name, len(out))
+		}
+	}
+}
