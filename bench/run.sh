@@ -45,14 +45,10 @@ if [ ${#need_pkgs[@]} -gt 0 ]; then
 	DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need_pkgs[@]}" >/dev/null
 fi
 
-T=$(mktemp -d /tmp/dnsfront-bench.XXXXXX)
-pids=()
-cleanup() {
-	for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-	wait 2>/dev/null || true
-	rm -rf "$T"
-}
-trap cleanup EXIT
+# shellcheck source=bench/lib.sh
+. bench/lib.sh
+workdir dnsfront-bench
+T=$W
 
 echo "== build dnsfront and the query files ($T)"
 go build -o "$T/caddy" ./cmd/caddy
@@ -231,7 +227,9 @@ start_servers
 if [ -n "${HOLD:-}" ]; then
 	# keep the servers up for manual runs: ports as in the configs above
 	echo "== servers up (dnsfront $DNSFRONT, dnsdist $DNSDIST, unbound $UNBOUND, nsd $NSD); files in $T; Ctrl-C ends"
-	sleep infinity
+	sleep infinity &
+	pids+=($!)
+	wait $!
 fi
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

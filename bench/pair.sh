@@ -1,0 +1,86 @@
+#!/usr/bin/env bash
+# Side-by-side A/B of two Caddy binaries with dnsfront, for a change too
+# small to see in run.sh's figures on a noisy machine (their spread from
+# run to run is 5-10%): both run at once on the server core, each loaded
+# by its own h2load on the client core, so both meet the same moments of
+# noise; it prints each one's CPU per DoH request. The absolute figures
+# are higher than in run.sh (two servers share the core); the difference
+# between A and B is what it measures.
+#
+#   HOLD=1 bash bench/run.sh &      # nsd, the certificates, the query files
+#   bash bench/pair.sh OLD NEW [kind] [requests] [times]
+#
+# kind: getf (GET, forwarding; the default), postf (POST, forwarding),
+# getr / postr (Caddy's respond). A and B swap ports every other time.
+set -euo pipefail
+A=$1 B=$2 KIND=${3:-getf} N=${4:-60000} TIMES=${5:-4}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+T=$(ls -d /tmp/dnsfront-bench.* 2>/dev/null | head -1)
+[ -n "$T" ] && [ -f "$T/Caddyfile" ] || { echo "start HOLD=1 bash bench/run.sh first" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+workdir dnsfront-pair
+P=$W
+
+# start NAME BINARY PORT ADMIN: a copy of the bench's dnsfront on other ports
+start() {
+	local name=$1 bin=$2 port=$3 admin=$4
+	mkdir -p "$P/$name"
+	cp "$bin" "$P/$name/caddy"
+	sed -e "s/localhost:2999/localhost:$admin/" -e "s/127.0.0.1:8853/127.0.0.1:$((port + 1))/" \
+		-e "s/127.0.0.1:8854/127.0.0.1:$((port + 2))/" -e "s/https:\/\/:8443/https:\/\/:$port/" \
+		"$T/Caddyfile" > "$P/$name/Caddyfile"
+	HOME=$T taskset -c "$SERVER_CPU" "$P/$name/caddy" run --config "$P/$name/Caddyfile" --adapter caddyfile \
+		>"$P/$name/log" 2>&1 </dev/null &
+	pids+=($!)
+	for _ in $(seq 100); do
+		(exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && return
+		sleep 0.1
+	done
+	cat "$P/$name/log" >&2
+	exit 1
+}
+
+# load PORT: h2load's arguments for KIND against the server on PORT
+load() {
+	local port=$1
+	case $KIND in
+	getf)
+		sed "s#:8443/#:$port/#" "$T/get-urls.txt" > "$P/urls-$port.txt"
+		echo "-i $P/urls-$port.txt" ;;
+	postf) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/dns-query" ;;
+	getr) echo "https://127.0.0.1:$port/respond" ;;
+	postr) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/respond" ;;
+	*) echo "unknown kind $KIND" >&2; exit 1 ;;
+	esac
+}
+
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+
+start a "$A" 18443 2997
+pa=${pids[-1]}
+start b "$B" 28443 2996
+pb=${pids[-1]}
+sleep 1
+printf "%s, %d requests each, side by side: CPU us per request\n" "$KIND" "$N"
+printf "%-8s %10s %10s %10s\n" run A B "B - A"
+for i in $(seq "$TIMES"); do
+	# the two loads start together; every other time B's first
+	ports="18443 28443"
+	[ $((i % 2)) = 1 ] || ports="28443 18443"
+	a0=$(ticks "$pa") b0=$(ticks "$pb")
+	loads=()
+	for port in $ports; do
+		# shellcheck disable=SC2046
+		taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port") > "$P/h$port" 2>&1 &
+		loads+=($!)
+	done
+	wait "${loads[@]}"
+	for port in 18443 28443; do
+		grep -q "status codes: $N 2xx" "$P/h$port" || { echo "not all answered 2xx:" >&2; cat "$P/h$port" >&2; exit 1; }
+	done
+	a1=$(ticks "$pa") b1=$(ticks "$pb")
+	awk -v i="$i" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v n="$N" \
+		'BEGIN {printf "%-8s %10.1f %10.1f %+10.1f\n", i, a * 10000 / n, b * 10000 / n, (b - a) * 10000 / n}'
+done
