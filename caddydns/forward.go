@@ -272,7 +272,10 @@ func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (Response, e
 
 // send tries the upstreams in the policy's order until one answers.
 func (f *Forward) send(ctx context.Context, packed []byte) (*answer, error) {
-	order := f.pick(f.ups, time.Now())
+	order := f.ups // one upstream: nothing to order (and no slice to make)
+	if len(order) > 1 {
+		order = f.pick(f.ups, time.Now())
+	}
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]

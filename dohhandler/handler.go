@@ -154,10 +154,10 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 		}
 		wire = buf[:n]
 	case http.MethodPost:
-		ct, _, err := mime.ParseMediaType(r.Header.Get("Content-Type"))
-		if err != nil || ct != MessageType {
+		if !isMessageType(r.Header.Get("Content-Type")) {
 			return nil, true, h.fail(w, http.StatusUnsupportedMediaType, "POST body must be "+MessageType)
 		}
+		var err error
 		if wire, err = readBody(r, bp); err != nil {
 			if errors.Is(err, errBodyTooLarge) {
 				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
@@ -178,6 +178,17 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 }
 
 var errBodyTooLarge = errors.New("body too large")
+
+// isMessageType reports whether a Content-Type is application/dns-message
+// (any case, with or without parameters). The plain form, which clients
+// send, is matched without parsing (the parser allocates a map).
+func isMessageType(ct string) bool {
+	if ct == MessageType {
+		return true
+	}
+	mt, _, err := mime.ParseMediaType(ct)
+	return err == nil && mt == MessageType
+}
 
 // idleBody returns Caddy's idle-timeout reader when it is what r's body
 // is read through and a single timer can stand in for it. Caddy bounds

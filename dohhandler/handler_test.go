@@ -171,3 +171,21 @@ func FuzzRequest(f *testing.F) {
 		}
 	})
 }
+
+// TestIsMessageType: the media type as RFC 8484 names it, in any case and
+// with parameters; nothing else.
+func TestIsMessageType(t *testing.T) {
+	for ct, want := range map[string]bool{
+		"application/dns-message":               true,
+		"Application/DNS-Message":               true,
+		"application/dns-message; charset=utf8": true,
+		"application/dns-messages":              false,
+		"application/dns-json":                  false,
+		"text/plain":                            false,
+		"":                                      false,
+	} {
+		if got := isMessageType(ct); got != want {
+			t.Errorf("isMessageType(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
