@@ -187,6 +187,9 @@ func (f *Forward) tlsConfig() (*tls.Config, error) {
 // only when every healthy one failed, or none is healthy).
 func (f *Forward) policy() (func([]*upstream, time.Time) []*upstream, error) {
 	order := func(ups []*upstream, now time.Time, first func(healthy []*upstream) int) []*upstream {
+		if len(ups) == 1 {
+			return ups // nothing to order (and no slice to make)
+		}
 		out := make([]*upstream, 0, len(ups))
 		for _, u := range ups {
 			if u.isHealthy(now) {
@@ -272,10 +275,7 @@ func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (Response, e
 
 // send tries the upstreams in the policy's order until one answers.
 func (f *Forward) send(ctx context.Context, packed []byte) (*answer, error) {
-	order := f.ups // one upstream: nothing to order (and no slice to make)
-	if len(order) > 1 {
-		order = f.pick(f.ups, time.Now())
-	}
+	order := f.pick(f.ups, time.Now())
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]
