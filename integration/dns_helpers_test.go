@@ -21,6 +21,10 @@ import (
 // the forward handler is pointed at. It answers:
 //   - slow.up.test.: after slowDelay;
 //   - big.up.test. TXT: 40 records, truncated (TC=1) over UDP;
+//   - huge.up.test. TXT: 120 records (~6 KB) over UDP as over TCP,
+//     whatever size the query announced;
+//   - size.up.test. TXT: the UDP size the query's OPT record announced
+//     ("udp 1232"), or "no edns";
 //   - any other name: an A record 198.51.100.<id>, so a test sees which
 //     upstream answered.
 type testUpstream struct {
@@ -81,6 +85,16 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 			}
 			m.Truncate(size)
 		}
+	case name == "huge.up.test." && q.Question[0].Qtype == dns.TypeTXT:
+		for i := 0; i < 120; i++ {
+			m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "record %03d padding padding padding padding"`, q.Question[0].Name, i)))
+		}
+	case name == "size.up.test." && q.Question[0].Qtype == dns.TypeTXT:
+		size := "no edns"
+		if opt := q.IsEdns0(); opt != nil {
+			size = fmt.Sprintf("udp %d", opt.UDPSize())
+		}
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "%s"`, q.Question[0].Name, size)))
 	default:
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
 	}

@@ -93,6 +93,11 @@ func TestDoTAnswers(t *testing.T) {
 			"@" + host, "-p", port, "other.up.test", "A"}, "198.51.100.1"},
 		{"NXDOMAIN with SOA", []string{"+tls", "@" + host, "-p", port, "nope.example.test", "A"}, "status: NXDOMAIN"},
 		{"truncated UDP upstream answer arrives whole", []string{"+tls", "@" + host, "-p", port, "big.up.test", "TXT"}, `"record 39 padding`},
+		// the client's UDP size goes upstream as it is (as dnsdist does), or
+		// 1232 without EDNS; an answer of any size over UDP is read whole
+		{"client's UDP size passed on", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 65000"`},
+		{"no EDNS: 1232 announced upstream", []string{"+tls", "+noedns", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 1232"`},
+		{"6 KB UDP answer read whole", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "huge.up.test", "TXT"}, `"record 119 padding`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			out := kdig(t, tc.args...)
