@@ -12,8 +12,17 @@
 #
 # kind: getf (GET, forwarding; the default), postf (POST, forwarding),
 # getr / postr (Caddy's respond). A and B swap ports every other time.
+# KIND_B=getr gives B another kind than A: with A and B the same binary,
+#
+#   KIND_B=getr bash bench/pair.sh BIN BIN getf
+#
+# prints what forwarding costs over Caddy's respond, request for request.
+# TURNS=1 runs the two loads one after the other instead (each server
+# alone on the core, in turns): the sharing of a core changes how
+# goroutines batch their work, and with it what a change saves.
 set -euo pipefail
 A=$1 B=$2 KIND=${3:-getf} N=${4:-60000} TIMES=${5:-4}
+KIND_B=${KIND_B:-$KIND}
 SERVER_CPU=${SERVER_CPU:-0}
 CLIENT_CPU=${CLIENT_CPU:-1}
 T=$(ls -d /tmp/dnsfront-bench.* 2>/dev/null | head -1)
@@ -42,17 +51,17 @@ start() {
 	exit 1
 }
 
-# load PORT: h2load's arguments for KIND against the server on PORT
+# load PORT KIND: h2load's arguments for KIND against the server on PORT
 load() {
 	local port=$1
-	case $KIND in
+	case $2 in
 	getf)
 		sed "s#:8443/#:$port/#" "$T/get-urls.txt" > "$P/urls-$port.txt"
 		echo "-i $P/urls-$port.txt" ;;
 	postf) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/dns-query" ;;
 	getr) echo "https://127.0.0.1:$port/respond" ;;
 	postr) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/respond" ;;
-	*) echo "unknown kind $KIND" >&2; exit 1 ;;
+	*) echo "unknown kind $2" >&2; exit 1 ;;
 	esac
 }
 
@@ -63,18 +72,24 @@ pa=${pids[-1]}
 start b "$B" 28443 2996
 pb=${pids[-1]}
 sleep 1
-printf "%s, %d requests each, side by side: CPU us per request\n" "$KIND" "$N"
+how="side by side"
+[ -z "${TURNS:-}" ] || how="in turns"
+printf "A %s, B %s, %d requests each, %s: CPU us per request\n" "$KIND" "$KIND_B" "$N" "$how"
 printf "%-8s %10s %10s %10s\n" run A B "B - A"
 for i in $(seq "$TIMES"); do
-	# the two loads start together; every other time B's first
+	# the two loads start together (or, with TURNS, one after the
+	# other); every other time B's first
 	ports="18443 28443"
 	[ $((i % 2)) = 1 ] || ports="28443 18443"
 	a0=$(ticks "$pa") b0=$(ticks "$pb")
 	loads=()
 	for port in $ports; do
 		# shellcheck disable=SC2046
-		taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port") > "$P/h$port" 2>&1 &
+		kind=$KIND
+		[ "$port" = 18443 ] || kind=$KIND_B
+		taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &
 		loads+=($!)
+		[ -z "${TURNS:-}" ] || wait $!
 	done
 	wait "${loads[@]}"
 	for port in 18443 28443; do

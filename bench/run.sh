@@ -26,6 +26,8 @@ cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
+# dnsfront's DoH rows and Caddy's respond are measured in turns of this many slices a round
+SLICES=${SLICES:-5}
 SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 # unbound needs two descriptors per TCP client and the open-files limit
@@ -243,11 +245,16 @@ TICK=$(getconf CLK_TCK)
 RAW="$T/raw.tsv"
 printf 'scenario\tserver\tround\tqps\tavg_ms\tcpu_s_per_100k\trss_mb\tserver_core_busy_pct\tclient_core_busy_pct\n' > "$RAW"
 
-# measure name scenario pid command...: runs the client on the client core
-measure() {
-	local scenario=$1 name=$2 pid=$3
-	shift 3
-	local before after out qps avg n drops0 drops1 sc0 sc1 cc0 cc1
+# sums per row key (scenario|name) of the samples taken so far
+declare -A S_N S_SECS S_LAT S_TICKS S_SB S_ST S_CB S_CT
+
+# sample KEY PID command...: runs the client on the client core once and
+# adds what it did to the sums under KEY: answers, seconds, latency, the
+# server process's CPU ticks, both cores' busy and total ticks
+sample() {
+	local key=$1 pid=$2
+	shift 2
+	local before after out qps avg n drops0 drops1 sc0 sc1 cc0 cc1 sb0 st0 sb1 st1 cb0 ct0 cb1 ct1
 	drops0=$(udp_rcvbuf_errors)
 	before=$(cpu_ticks "$pid")
 	sc0=$(core_ticks "$SERVER_CPU") cc0=$(core_ticks "$CLIENT_CPU")
@@ -255,7 +262,7 @@ measure() {
 	sc1=$(core_ticks "$SERVER_CPU") cc1=$(core_ticks "$CLIENT_CPU")
 	after=$(cpu_ticks "$pid")
 	drops1=$(udp_rcvbuf_errors)
-	[ "$drops1" = "$drops0" ] || echo "   ($name: $((drops1 - drops0)) UDP datagrams dropped at a full receive buffer, kernel count)" >&2
+	[ "$drops1" = "$drops0" ] || echo "   ($key: $((drops1 - drops0)) UDP datagrams dropped at a full receive buffer, kernel count)" >&2
 	case "$1" in
 	dnsperf)
 		qps=$(echo "$out" | awk '/Queries per second/ {print $4}')
@@ -263,7 +270,7 @@ measure() {
 		n=$(echo "$out" | awk '/Queries completed/ {print $3}')
 		local lost
 		lost=$(echo "$out" | awk '/Queries lost/ {print $3}')
-		[ "${lost:-0}" = 0 ] || echo "   ($name: $lost queries lost)" >&2
+		[ "${lost:-0}" = 0 ] || echo "   ($key: $lost queries lost)" >&2
 		;;
 	h2load)
 		qps=$(echo "$out" | awk '/^finished in/ {gsub(",", "", $4); print $4}')
@@ -271,22 +278,72 @@ measure() {
 		n=$(echo "$out" | awk '/^requests:/ {print $8}')
 		local failed
 		failed=$(echo "$out" | awk '/^requests:/ {print $10}')
-		[ "${failed:-0}" = 0 ] || echo "   ($name: $failed requests failed)" >&2
+		[ "${failed:-0}" = 0 ] || echo "   ($key: $failed requests failed)" >&2
 		;;
 	esac
 	if [ -z "${qps:-}" ] || [ -z "${n:-}" ] || [ "$n" = 0 ]; then
-		echo "   $scenario $name: no result:" >&2
+		echo "   $key: no result:" >&2
 		echo "$out" | tail -5 >&2
+		return 1
+	fi
+	read -r sb0 st0 <<<"$sc0"
+	read -r sb1 st1 <<<"$sc1"
+	read -r cb0 ct0 <<<"$cc0"
+	read -r cb1 ct1 <<<"$cc1"
+	S_N[$key]=$((${S_N[$key]:-0} + n))
+	S_SECS[$key]=$(awk -v s="${S_SECS[$key]:-0}" -v n="$n" -v q="$qps" 'BEGIN {printf "%.6f", s + n / q}')
+	S_LAT[$key]=$(awk -v s="${S_LAT[$key]:-0}" -v n="$n" -v a="$avg" 'BEGIN {printf "%.6f", s + n * a}')
+	S_TICKS[$key]=$((${S_TICKS[$key]:-0} + after - before))
+	S_SB[$key]=$((${S_SB[$key]:-0} + sb1 - sb0)) S_ST[$key]=$((${S_ST[$key]:-0} + st1 - st0))
+	S_CB[$key]=$((${S_CB[$key]:-0} + cb1 - cb0)) S_CT[$key]=$((${S_CT[$key]:-0} + ct1 - ct0))
+}
+
+# record SCENARIO NAME PID: writes the row of this round from the sums of
+# its samples (rates over their summed time), and clears them
+record() {
+	local scenario=$1 name=$2 pid=$3 key="$1|$2"
+	if [ "${S_N[$key]:-0}" = 0 ]; then
+		unset "S_N[$key]" "S_SECS[$key]" "S_LAT[$key]" "S_TICKS[$key]" "S_SB[$key]" "S_ST[$key]" "S_CB[$key]" "S_CT[$key]"
 		return
 	fi
-	local cpu
-	cpu=$(awk -v a="$after" -v b="$before" -v t="$TICK" -v n="$n" 'BEGIN {printf "%.2f", (a - b) / t / n * 100000}')
-	local rss
+	local qps avg cpu rss sbusy cbusy
+	qps=$(awk -v n="${S_N[$key]}" -v s="${S_SECS[$key]}" 'BEGIN {printf "%.2f", n / s}')
+	avg=$(awk -v n="${S_N[$key]}" -v l="${S_LAT[$key]}" 'BEGIN {printf "%.3f", l / n}')
+	cpu=$(awk -v a="${S_TICKS[$key]}" -v t="$TICK" -v n="${S_N[$key]}" 'BEGIN {printf "%.2f", a / t / n * 100000}')
 	rss=$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
-	local sbusy cbusy
-	sbusy=$(busy_pct "$sc0" "$sc1") cbusy=$(busy_pct "$cc0" "$cc1")
+	sbusy=$(busy_pct "0 0" "${S_SB[$key]} ${S_ST[$key]}") cbusy=$(busy_pct "0 0" "${S_CB[$key]} ${S_CT[$key]}")
+	unset "S_N[$key]" "S_SECS[$key]" "S_LAT[$key]" "S_TICKS[$key]" "S_SB[$key]" "S_ST[$key]" "S_CB[$key]" "S_CT[$key]"
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy" >> "$RAW"
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB  cores busy %s%% / %s%%\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy"
+}
+
+# measure SCENARIO NAME PID command...: one row, one run of the client
+measure() {
+	local scenario=$1 name=$2 pid=$3
+	shift 3
+	sample "$scenario|$name" "$pid" "$@" || true
+	record "$scenario" "$name" "$pid"
+}
+
+# interleave ROW...: rows of one process, each "scenario|name|pid|command"
+# (the command's words split on blanks, its -n already a slice's share),
+# measured in turn SLICES times and each recorded from the sum of its
+# slices. On this machine the speed of a core drifts by 10-25% from one
+# ten seconds to the next: rows that are compared (dnsfront's DoH against
+# Caddy's respond) see the same seconds when taken in turns this short.
+interleave() {
+	local i row scenario name pid cmd
+	for i in $(seq "$SLICES"); do
+		for row in "$@"; do
+			IFS='|' read -r scenario name pid cmd <<<"$row"
+			# shellcheck disable=SC2086
+			sample "$scenario|$name" "$pid" $cmd || true
+		done
+	done
+	for row in "$@"; do
+		IFS='|' read -r scenario name pid cmd <<<"$row"
+		record "$scenario" "$name" "$pid"
+	done
 }
 
 # idle_measure kind name pid addr [idleconns options]: memory per idle DoT
@@ -333,34 +390,28 @@ for round in $(seq "$ROUNDS"); do
 			measure "DoT -c 10 -q 100" "unbound (own data)" "$UNBOUND" $DP -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
 			;;
 		doh)
-			# each ceiling (Caddy's respond, for the same kind of request)
-			# is measured right after dnsfront's row, so that the ratio
-			# compares two moments close together on a noisy machine
+			# dnsfront's rows and Caddy's respond for the same kind of
+			# request (the ceiling) are interleaved in slices, so that
+			# the ratio compares the same seconds of a noisy machine
 			sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
-			for method in GET POST; do
-				for target in dnsfront:8443:"$DNSFRONT" dnsdist:9443:"$DNSDIST" unbound:10443:"$UNBOUND"; do
-					IFS=: read -r name port pid <<<"$target"
-					label="$name"
-					[ "$name" = unbound ] && label="unbound (own data)"
-					if [ $method = GET ]; then
-						sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
-						measure "DoH $method h2 -c 10 -m 10" "$label" "$pid" h2load -c 10 -m 10 -n $H2N -i "$T/urls-$port.txt"
-					else
-						measure "DoH $method h2 -c 10 -m 10" "$label" "$pid" h2load -c 10 -m 10 -n $H2N -d "$T/post.bin" \
-							-H "content-type: application/dns-message" "https://127.0.0.1:$port/dns-query"
-					fi
-					[ "$name" = dnsfront ] || continue
-					if [ $method = GET ]; then
-						measure "HTTP/2 ceiling -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N "https://127.0.0.1:8443/respond"
-						measure "DoH GET h2 -c 10 -m 10" "dnsfront zone (own data)" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/urls-zone.txt"
-					else
-						# the same request shape as the DoH POST rows (a body
-						# in a DATA frame), answered by respond
-						measure "HTTP/2 ceiling POST -c 10 -m 10" "caddy respond" "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -d "$T/post.bin" \
-							-H "content-type: application/dns-message" "https://127.0.0.1:8443/respond"
-					fi
-				done
+			for port in 8443 9443 10443; do
+				sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
 			done
+			h2="h2load -c 10 -m 10 -n $((H2N / SLICES))"
+			post="-d $T/post.bin -H content-type:application/dns-message"
+			interleave "DoH GET h2 -c 10 -m 10|dnsfront|$DNSFRONT|$h2 -i $T/urls-8443.txt" \
+				"HTTP/2 ceiling -c 10 -m 10|caddy respond|$DNSFRONT|$h2 https://127.0.0.1:8443/respond" \
+				"DoH GET h2 -c 10 -m 10|dnsfront zone (own data)|$DNSFRONT|$h2 -i $T/urls-zone.txt"
+			measure "DoH GET h2 -c 10 -m 10" dnsdist "$DNSDIST" h2load -c 10 -m 10 -n $H2N -i "$T/urls-9443.txt"
+			measure "DoH GET h2 -c 10 -m 10" "unbound (own data)" "$UNBOUND" h2load -c 10 -m 10 -n $H2N -i "$T/urls-10443.txt"
+			# the ceiling for POST: the same request shape (a body in a
+			# DATA frame), answered by respond
+			interleave "DoH POST h2 -c 10 -m 10|dnsfront|$DNSFRONT|$h2 $post https://127.0.0.1:8443/dns-query" \
+				"HTTP/2 ceiling POST -c 10 -m 10|caddy respond|$DNSFRONT|$h2 $post https://127.0.0.1:8443/respond"
+			# shellcheck disable=SC2086
+			measure "DoH POST h2 -c 10 -m 10" dnsdist "$DNSDIST" h2load -c 10 -m 10 -n $H2N $post https://127.0.0.1:9443/dns-query
+			# shellcheck disable=SC2086
+			measure "DoH POST h2 -c 10 -m 10" "unbound (own data)" "$UNBOUND" h2load -c 10 -m 10 -n $H2N $post https://127.0.0.1:10443/dns-query
 			;;
 		idle)
 			# fresh processes only: a C allocator reuses what it already holds
