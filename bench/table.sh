@@ -5,7 +5,7 @@ set -euo pipefail
 RAW=$1
 echo "Ratios: a forwarder against dnsdist in the same scenario; a server answering from its own data against unbound;"
 echo "a DoH row also against Caddy's respond in the same kind of row (the ceiling of Caddy's HTTP stack: GET, POST with the same body, new connections),"
-echo "as the median of the rounds' ratios (each round measures the ceiling right after dnsfront's row, so both see the same moment of a noisy machine); a new-connection row"
+echo "as the median of the rounds' ratios (each round measures dnsfront's long-connection DoH rows and the ceiling in turns of short slices, so both see the same seconds of a noisy machine); a new-connection row"
 echo "also compares CPU per connection (the rate is bound by the one-core client for every server). nsd's CPU is not counted (it works in a child process)."
 echo "Core busy: the server core and the client core (load generator, and nsd unless UPSTREAM_CPU moved it), median %; a client core near 100% means the row is bound by the client, not the server."
 echo
