@@ -5,7 +5,9 @@
 # runs on the load generators' core (UPSTREAM_CPU): it stands in for a
 # resolver on another machine, and its CPU must not come out of the core
 # the forwarders are measured on. Each row says how busy both cores were,
-# so a row bound by the client core shows as such.
+# so a row bound by the client core shows as such. dnsfront's DoH rows
+# over long-lived connections and Caddy's respond, their ceiling, are
+# measured in turns of SLICES slices a round (see interleave).
 #
 #   bash bench/run.sh                 # all scenarios, 3 rounds
 #   ROUNDS=5 DURATION=20 bash bench/run.sh
