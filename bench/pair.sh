@@ -84,9 +84,9 @@ for i in $(seq "$TIMES"); do
 	a0=$(ticks "$pa") b0=$(ticks "$pb")
 	loads=()
 	for port in $ports; do
-		# shellcheck disable=SC2046
 		kind=$KIND
 		[ "$port" = 18443 ] || kind=$KIND_B
+		# shellcheck disable=SC2046
 		taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &
 		loads+=($!)
 		[ -z "${TURNS:-}" ] || wait $!
