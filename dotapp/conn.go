@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -429,6 +430,7 @@ func (w *writer) run(c *conn) {
 	for bp := range w.out {
 		batchp := batchPool.Get().(*[]byte)
 		batch := appendFrame((*batchp)[:0], bp)
+		yielded := false
 	more:
 		for len(batch) < maxBatch {
 			select {
@@ -438,6 +440,15 @@ func (w *writer) run(c *conn) {
 				}
 				batch = appendFrame(batch, next)
 			default:
+				// other queries of this connection still being answered
+				// may be ready to run (their upstream's answers came in
+				// one read burst): yield once so that they queue theirs
+				// for this write
+				if !yielded && w.inFlight.Load() > 0 {
+					yielded = true
+					runtime.Gosched()
+					continue
+				}
 				break more
 			}
 		}

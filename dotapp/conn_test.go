@@ -9,6 +9,8 @@ import (
 	"io"
 	"net"
 	"net/netip"
+	"runtime"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -45,8 +47,17 @@ func newTestServer(t testing.TB) *Server {
 // and closes its side, and returns every frame the server sent back.
 func exchange(t testing.TB, s *Server, input []byte) [][]byte {
 	t.Helper()
+	frames, _ := exchangeCounted(t, s, input)
+	return frames
+}
+
+// exchangeCounted is exchange, and also returns how many writes the
+// server made on the connection after the handshake.
+func exchangeCounted(t testing.TB, s *Server, input []byte) ([][]byte, int64) {
+	t.Helper()
 	srvSide, cliSide := net.Pipe()
-	c := newConn(&pipeConn{srvSide}, "test")
+	pc := &pipeConn{Conn: srvSide}
+	c := newConn(pc, "test")
 	if reason := s.admit(c); reason != "" {
 		t.Fatal(reason)
 	}
@@ -58,6 +69,7 @@ func exchange(t testing.TB, s *Server, input []byte) [][]byte {
 	if err := cli.Handshake(); err != nil {
 		t.Fatal(err)
 	}
+	handshake := pc.writes.Load()
 	go func() {
 		_, _ = cli.Write(input)
 		_ = cli.CloseWrite() // close_notify: the server reads EOF
@@ -79,13 +91,21 @@ func exchange(t testing.TB, s *Server, input []byte) [][]byte {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the connection was not closed after the client went away")
 	}
-	return frames
+	return frames, pc.writes.Load() - handshake
 }
 
-// pipeConn gives net.Pipe a TCP-like remote address.
-type pipeConn struct{ net.Conn }
+// pipeConn gives net.Pipe a TCP-like remote address, and counts writes.
+type pipeConn struct {
+	net.Conn
+	writes atomic.Int64
+}
 
-func (pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353} }
+func (*pipeConn) RemoteAddr() net.Addr { return &net.TCPAddr{IP: net.IPv4(127, 0, 0, 1), Port: 5353} }
+
+func (c *pipeConn) Write(p []byte) (int, error) {
+	c.writes.Add(1)
+	return c.Conn.Write(p)
+}
 
 func frame(q *dns.Msg) []byte {
 	b, _ := q.Pack()
@@ -120,6 +140,42 @@ func TestFraming(t *testing.T) {
 	if ids[1] != dns.RcodeSuccess || ids[3] != dns.RcodeSuccess || ids[0xBEEF] != dns.RcodeFormatError {
 		t.Fatalf("answers by ID: %v", ids)
 	}
+}
+
+// TestAnswersWrittenTogether: answers to pipelined queries that are
+// ready at the same time go out in one write, not one each. One
+// processor, as on a busy core: the writer, woken by the first answer,
+// yields once so that the other answering goroutines queue theirs.
+func TestAnswersWrittenTogether(t *testing.T) {
+	defer runtime.GOMAXPROCS(runtime.GOMAXPROCS(1))
+	s := newTestServer(t)
+	const queries = 64
+	var in []byte
+	for i := range queries {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		q.Id = uint16(i + 1)
+		in = append(in, frame(q)...)
+	}
+	frames, writes := exchangeCounted(t, s, in)
+	if len(frames) != queries {
+		t.Fatalf("%d answers to %d queries", len(frames), queries)
+	}
+	ids := map[uint16]bool{}
+	for _, f := range frames {
+		m := new(dns.Msg)
+		if err := m.Unpack(f); err != nil || len(m.Answer) != 1 {
+			t.Fatalf("answer %v: %v", m, err)
+		}
+		ids[m.Id] = true
+	}
+	if len(ids) != queries {
+		t.Fatalf("%d distinct IDs answered, want %d", len(ids), queries)
+	}
+	if writes > queries/4 {
+		t.Fatalf("%d answers in %d writes, want at most %d", queries, writes, queries/4)
+	}
+	t.Logf("%d answers in %d writes", queries, writes)
 }
 
 func FuzzFraming(f *testing.F) {
