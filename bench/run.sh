@@ -57,6 +57,11 @@ T=$W
 echo "== build dnsfront and the query files ($T)"
 go build -o "$T/caddy" ./cmd/caddy
 go run ./bench/mkqueries -out "$T"
+# the GET URLs for each server's DoH port, and for dnsfront's zone path
+for port in 8443 9443 10443; do
+	sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
+done
+sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
 go build -o "$T/idleconns" ./bench/idleconns
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 cp examples/example.test.zone "$T/example.test.zone"
@@ -395,10 +400,6 @@ for round in $(seq "$ROUNDS"); do
 			# dnsfront's rows and Caddy's respond for the same kind of
 			# request (the ceiling) are interleaved in slices, so that
 			# the ratio compares the same seconds of a noisy machine
-			sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
-			for port in 8443 9443 10443; do
-				sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
-			done
 			h2="h2load -c 10 -m 10 -n $((H2N / SLICES))"
 			post="-d $T/post.bin -H content-type:application/dns-message"
 			interleave "DoH GET h2 -c 10 -m 10|dnsfront|$DNSFRONT|$h2 -i $T/urls-8443.txt" \
@@ -450,7 +451,6 @@ for round in $(seq "$ROUNDS"); do
 			# between ~800/s and ~300/s from run to run, for every server)
 			for target in "dnsfront forward":8443:"$DNSFRONT" "dnsdist forward":9443:"$DNSDIST" "unbound (own data)":10443:"$UNBOUND"; do
 				IFS=: read -r name port pid <<<"$target"
-				sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
 				measure "DoH new conn per query" "$name" "$pid" h2load -n 3000 -c 3000 -m 1 -t 1 -i "$T/urls-$port.txt"
 			done
 			# the same through Caddy's HTTP stack with no DNS work: its ceiling
