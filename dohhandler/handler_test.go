@@ -9,9 +9,12 @@ import (
 	"net/http/httptest"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 )
@@ -105,6 +108,61 @@ func TestHandlerPOSTBody(t *testing.T) {
 			if err := m.Unpack(w.Body.Bytes()); err != nil || len(m.Answer) != 1 {
 				t.Errorf("%s: answer %v (%v), want the A record", tc.name, m, err)
 			}
+		}
+	}
+}
+
+// deadlineRecorder is an HTTP/2 response writer as Caddy's idle-timeout
+// writer sees it: it records each write deadline set on the stream.
+type deadlineRecorder struct {
+	*httptest.ResponseRecorder
+	deadlines []time.Time
+}
+
+func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
+	d.deadlines = append(d.deadlines, t)
+	return nil
+}
+
+// TestWriteDeadlineArmedOnce checks that an answer written under Caddy's
+// HTTP/2 idle-timeout writer arms the stream's write deadline once, to
+// the idle timeout, and leaves it armed for the flush after the handler
+// returns (not armed, cleared and armed again); and that the writer is
+// given back as it was.
+func TestWriteDeadlineArmedOnce(t *testing.T) {
+	h := newTestHandler(t)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	wire, _ := q.Pack()
+	for _, proto := range []int{2, 1} {
+		rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		idle := &caddyhttp.IdleTimeoutWriter{
+			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: rec},
+			Ctrl:                  http.NewResponseController(rec),
+			Deadline:              caddyhttp.IdleDeadline{Start: time.Now(), Timeout: time.Minute},
+			Logger:                zap.NewNop(),
+			ClearBetweenWrites:    proto == 2,
+		}
+		r := httptest.NewRequest("GET", "/dns-query?dns="+base64.RawURLEncoding.EncodeToString(wire), nil)
+		r.ProtoMajor = proto
+		before := time.Now()
+		if err := h.ServeHTTP(idle, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		idle.HandlerDone() // what Caddy's server does when the handler returns
+		m := new(dns.Msg)
+		if err := m.Unpack(rec.Body.Bytes()); err != nil || len(m.Answer) != 1 {
+			t.Fatalf("HTTP/%d: answer %v (%v)", proto, m, err)
+		}
+		if idle.ClearBetweenWrites != (proto == 2) {
+			t.Errorf("HTTP/%d: ClearBetweenWrites left %v", proto, idle.ClearBetweenWrites)
+		}
+		// HTTP/1 does not clear between writes: one deadline either way
+		if len(rec.deadlines) != 1 {
+			t.Fatalf("HTTP/%d: write deadlines set %v, want one", proto, rec.deadlines)
+		}
+		if d := rec.deadlines[0]; d.Before(before.Add(time.Minute)) || d.After(time.Now().Add(time.Minute)) {
+			t.Errorf("HTTP/%d: write deadline %v, want the idle timeout from the write (1m after %v)", proto, d, before)
 		}
 	}
 }

@@ -21,6 +21,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/quic-go/quic-go/http3"
 	"golang.org/x/crypto/ocsp"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 
 	"github.com/dnsfront/dnsfront/internal/testpki"
 )
@@ -517,5 +519,109 @@ func TestDoHStalledBody(t *testing.T) {
 				t.Fatalf("query after the stalled one: %v", m)
 			}
 		})
+	}
+}
+
+// TestDoHStalledReader: a client that never opens its HTTP/2 receive
+// window (SETTINGS_INITIAL_WINDOW_SIZE 0) gets the answer's headers but
+// cannot be sent its body; once the server's write_idle timeout passes,
+// the stream is reset (RST_STREAM) instead of holding the handler for
+// good, and the connection, its window opened, serves the next query.
+// The write deadline that bounds this is the one the handler's answer
+// write arms and leaves armed (see dohhandler.writeLast).
+func TestDoHStalledReader(t *testing.T) {
+	site := strings.Replace(dohSite, "{\n\tocsp {", "{\n\tservers {\n\t\ttimeouts {\n\t\t\twrite_idle 1s\n\t\t}\n\t}\n\tocsp {", 1)
+	env := startDoHSite(t, site)
+	cfg := env.tlsConfig(t)
+	cfg.NextProtos = []string{"h2"}
+	conn, err := tls.Dial("tcp", env.addr, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	if p := conn.ConnectionState().NegotiatedProtocol; p != "h2" {
+		t.Fatalf("ALPN %q, want h2", p)
+	}
+	_ = conn.SetDeadline(time.Now().Add(20 * time.Second))
+	if _, err := io.WriteString(conn, http2.ClientPreface); err != nil {
+		t.Fatal(err)
+	}
+	fr := http2.NewFramer(conn, conn)
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0}); err != nil {
+		t.Fatal(err)
+	}
+	var hb bytes.Buffer
+	enc := hpack.NewEncoder(&hb)
+	get := func(stream uint32) {
+		t.Helper()
+		hb.Reset()
+		path := "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+		for _, f := range [][2]string{{":method", "GET"}, {":scheme", "https"}, {":authority", "dns.example.test"}, {":path", path}} {
+			_ = enc.WriteField(hpack.HeaderField{Name: f[0], Value: f[1]})
+		}
+		if err := fr.WriteHeaders(http2.HeadersFrameParam{StreamID: stream, BlockFragment: hb.Bytes(), EndStream: true, EndHeaders: true}); err != nil {
+			t.Fatal(err)
+		}
+	}
+	get(1)
+	sent := time.Now()
+	var status string
+stream1:
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for stream 1's end (headers %q): %v", status, err)
+		}
+		switch f := f.(type) {
+		case *http2.SettingsFrame:
+			if !f.IsAck() {
+				_ = fr.WriteSettingsAck()
+			}
+		case *http2.MetaHeadersFrame:
+			status = f.PseudoValue("status")
+		case *http2.DataFrame:
+			if f.StreamID == 1 && len(f.Data()) > 0 {
+				t.Fatalf("stream 1: %d octets of DATA sent into a zero window", len(f.Data()))
+			}
+		case *http2.RSTStreamFrame:
+			if f.StreamID != 1 {
+				continue
+			}
+			if status != "200" {
+				t.Errorf("stream 1 reset (%v) after headers %q, want 200", f.ErrCode, status)
+			}
+			if waited := time.Since(sent); waited < 900*time.Millisecond {
+				t.Errorf("stream 1 reset after %v, before write_idle (1s) passed", waited)
+			}
+			t.Logf("stream 1: headers %s, then RST_STREAM %v after %v", status, f.ErrCode, time.Since(sent).Round(time.Millisecond))
+			break stream1
+		case *http2.GoAwayFrame:
+			t.Fatalf("connection closed (GOAWAY %v) instead of the stream reset", f.ErrCode)
+		}
+	}
+	if err := fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 65535}); err != nil {
+		t.Fatal(err)
+	}
+	get(3)
+	var body []byte
+	for {
+		f, err := fr.ReadFrame()
+		if err != nil {
+			t.Fatalf("waiting for stream 3's answer: %v", err)
+		}
+		if d, ok := f.(*http2.DataFrame); ok && d.StreamID == 3 {
+			body = append(body, d.Data()...)
+			if d.StreamEnded() {
+				break
+			}
+		}
+		if r, ok := f.(*http2.RSTStreamFrame); ok && r.StreamID == 3 {
+			t.Fatalf("stream 3 reset: %v", r.ErrCode)
+		}
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(body); err != nil || len(m.Answer) == 0 {
+		t.Fatalf("stream 3, after the window opened: %v (%v)", m, err)
 	}
 }
