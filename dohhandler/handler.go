@@ -76,9 +76,6 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	return nil
 }
 
-// messageTypeHeader is shared by every response; nothing modifies it.
-var messageTypeHeader = []string{MessageType}
-
 // queryParam returns the value of key in a raw query string without
 // building url.Values (this runs for every GET).
 func queryParam(raw, key string) (string, bool) {
@@ -257,7 +254,9 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 // writeAnswer writes the packed answer out as the response.
 func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte) error {
 	hdr := w.Header()
-	hdr["Content-Type"] = messageTypeHeader
+	// each response its own values: Caddy's header directive edits them
+	// in place (TestDoHHeaderEdits)
+	hdr["Content-Type"] = []string{MessageType}
 	hdr["Content-Length"] = []string{strconv.Itoa(len(out))}
 	if ttl, ok := caddydns.CacheTTL(out); ok {
 		hdr["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(ttl), 10)}
@@ -274,15 +273,16 @@ func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte
 // Caddy's idle-timeout writer arms the stream's write deadline before a
 // write, clears it after, and arms it again when the handler returns
 // (to bound the flush that follows): three messages to the connection's
-// goroutine, each waking it, for a response written in one go. Clearing
-// between writes is there for handlers that pause between writes (on
-// HTTP/2 an armed deadline resets the stream when it fires, even with no
-// write in flight); after the last write nothing pauses, so the deadline
-// armed for it is left to bound the flush, as the one armed on return
-// would: one message instead of three (~2 us of a forwarded GET's CPU).
-// The deadline is Caddy's own (idle timeout, capped by a hard deadline
-// and by any deadline set by another handler). When another writer wraps
-// Caddy's (access logs), Caddy's writer works as it is.
+// goroutine, each a closure and a timer, for a response written in one
+// go. Clearing between writes is there for handlers that pause between
+// writes (on HTTP/2 an armed deadline resets the stream when it fires,
+// even with no write in flight); after the last write nothing pauses,
+// so the deadline armed for it is left to bound the flush, as the one
+// armed on return would: one message instead of three (1-4.5 us of a
+// forwarded GET's CPU, side by side). The deadline is Caddy's own (idle
+// timeout, capped by a hard deadline and by any deadline set by another
+// handler). When another writer wraps Caddy's (access logs), Caddy's
+// writer works as it is.
 func writeLast(w http.ResponseWriter, r *http.Request, out []byte) {
 	if idle, ok := w.(*caddyhttp.IdleTimeoutWriter); ok && r.ProtoMajor == 2 && idle.ClearBetweenWrites {
 		idle.ClearBetweenWrites = false

@@ -625,3 +625,40 @@ stream1:
 		t.Fatalf("stream 3, after the window opened: %v (%v)", m, err)
 	}
 }
+
+// TestDoHHeaderEdits: Caddy's header directive edits a response's
+// header values in place (a deferred find-and-replace); the edit stays in
+// the response it was made for, and other sites and paths, and the next
+// responses, keep the handler's own headers.
+func TestDoHHeaderEdits(t *testing.T) {
+	site := strings.Replace(dohSite, "\tdoh /dns-query {", `	header /dns-query {
+		Content-Type dns-message dns-message-edited
+		defer
+	}
+	doh /plain-query {
+		zone example.test {{.Zone}}
+	}
+	doh /dns-query {`, 1)
+	if site == dohSite {
+		t.Fatal("the site did not take the header directive")
+	}
+	env := startDoHSite(t, site)
+	wire := packQuery(t, "www.example.test.", dns.TypeA, nil)
+	plain := strings.Replace(env.url, "/dns-query", "/plain-query", 1)
+	for i := range 3 {
+		resp := env.get(t, wire)
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		if ct := resp.Header.Get("Content-Type"); resp.StatusCode != 200 || ct != "application/dns-message-edited" {
+			t.Fatalf("edited path, request %d: %d %q, want 200 application/dns-message-edited", i+1, resp.StatusCode, ct)
+		}
+		resp, err := env.http.Get(plain + "?dns=" + base64.RawURLEncoding.EncodeToString(wire))
+		if err != nil {
+			t.Fatal(err)
+		}
+		m, _ := answer(t, resp) // checks Content-Type application/dns-message
+		if len(m.Answer) == 0 {
+			t.Fatalf("plain path, request %d: %v", i+1, m)
+		}
+	}
+}
