@@ -208,6 +208,25 @@ func TestDoHClients(t *testing.T) {
 		})
 	}
 
+	// an answer larger than the HTTP/2 server's 4 KB response buffer is
+	// written through it, not buffered whole: it still comes whole, with
+	// its length
+	t.Run("curl GET HTTP/2, 6 KB answer", func(t *testing.T) {
+		wire := packQuery(t, "huge.up.test.", dns.TypeTXT, nil)
+		headers, err := run(t, true, curl, append(common, "--http2", env.url+"?dns="+base64.RawURLEncoding.EncodeToString(wire))...)
+		if err != nil || !strings.HasPrefix(headers, "HTTP/2 200") {
+			t.Fatalf("curl: %v\n%s", err, headers)
+		}
+		body, _ := os.ReadFile(filepath.Join(dir, "body"))
+		m := new(dns.Msg)
+		if err := m.Unpack(body); err != nil || len(m.Answer) != 120 || len(body) <= 4096 {
+			t.Fatalf("answer of %d octets: %d records (%v), want 120 in over 4096 octets", len(body), len(m.Answer), err)
+		}
+		if want := fmt.Sprintf("content-length: %d\r\n", len(body)); !strings.Contains(strings.ToLower(headers), want) {
+			t.Fatalf("no %q in\n%s", want, headers)
+		}
+	})
+
 	t.Run("HTTP/3", func(t *testing.T) {
 		tr := &http3.Transport{TLSClientConfig: env.tlsConfig(t)}
 		defer tr.Close()
