@@ -159,6 +159,10 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 			if errors.Is(err, errBodyTooLarge) {
 				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
 			}
+			if limit, ok := errors.AsType[*http.MaxBytesError](err); ok { // Caddy's request_body max_size
+				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge,
+					"body over the server's limit of "+strconv.FormatInt(limit.Limit, 10)+" octets (request_body max_size)")
+			}
 			if errors.Is(err, os.ErrDeadlineExceeded) {
 				return nil, true, h.fail(w, http.StatusRequestTimeout, "the body did not come in time (the server's read_body_idle timeout)")
 			}

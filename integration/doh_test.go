@@ -681,3 +681,41 @@ func TestDoHHeaderEdits(t *testing.T) {
 		}
 	}
 }
+
+// TestDoHRequestBodyLimit: a POST body over the limit set with Caddy's
+// request_body directive is refused 413, as over dnsfront's own 65535:
+// by Caddy when the Content-Length says so, by the handler, naming the
+// limit, when the body has no length; a body within it is answered.
+func TestDoHRequestBodyLimit(t *testing.T) {
+	site := strings.Replace(dohSite, "\tdoh /dns-query {", "\trequest_body {\n\t\tmax_size 40\n\t}\n\tdoh /dns-query {", 1)
+	if site == dohSite {
+		t.Fatal("the site did not take the request_body directive")
+	}
+	env := startDoHSite(t, site)
+	small := packQuery(t, "www.example.test.", dns.TypeA, nil)
+	big := packQuery(t, "a-name-long-enough-to-pass-forty-octets.example.test.", dns.TypeA, nil)
+	if len(small) > 40 || len(big) <= 40 {
+		t.Fatalf("queries of %d and %d octets, want one within 40 and one over", len(small), len(big))
+	}
+	m, _ := answer(t, env.post(t, small))
+	if len(m.Answer) == 0 {
+		t.Fatalf("query within the limit: %v", m)
+	}
+	for _, chunked := range []bool{false, true} {
+		var body io.Reader = bytes.NewReader(big)
+		if chunked {
+			body = io.MultiReader(bytes.NewReader(big[:10]), bytes.NewReader(big[10:])) // no Content-Length
+		}
+		req, _ := http.NewRequest(http.MethodPost, env.url, body)
+		req.Header.Set("Content-Type", "application/dns-message")
+		resp, err := env.http.Do(req)
+		if err != nil {
+			t.Fatal(err)
+		}
+		text, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusRequestEntityTooLarge || (chunked && !strings.Contains(string(text), "limit of 40 octets")) {
+			t.Errorf("body of %d octets over max_size 40 (no length: %v): %d %q, want 413 naming the limit", len(big), chunked, resp.StatusCode, text)
+		}
+	}
+}
