@@ -719,3 +719,23 @@ func TestDoHRequestBodyLimit(t *testing.T) {
 		}
 	}
 }
+
+// TestDoHAccessLog: with Caddy's access log on (it wraps the response
+// writer to record the response), a DoH answer over HTTP/2 is whole and
+// logged with its status, size and headers.
+func TestDoHAccessLog(t *testing.T) {
+	site := strings.Replace(dohSite, "\tdoh /dns-query {", "\tlog {\n\t\toutput stderr\n\t\tformat json\n\t}\n\tdoh /dns-query {", 1)
+	if site == dohSite {
+		t.Fatal("the site did not take the log directive")
+	}
+	env := startDoHSite(t, site)
+	resp := env.get(t, packQuery(t, "x.up.test.", dns.TypeA, nil))
+	if resp.ProtoMajor != 2 {
+		t.Fatalf("answered over %s, want HTTP/2", resp.Proto)
+	}
+	m, body := answer(t, resp)
+	if len(m.Answer) != 1 {
+		t.Fatalf("answer: %v", m)
+	}
+	env.c.waitLog(fmt.Sprintf(`"logger":"http\.log\.access[^\n]*"uri":"/dns-query\?dns=[^\n]*"size":%d,"status":200,[^\n]*"Content-Type":\["application/dns-message"\]`, len(body)), 10*time.Second)
+}
