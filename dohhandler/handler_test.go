@@ -128,12 +128,32 @@ func (d *deadlineRecorder) SetWriteDeadline(t time.Time) error {
 // HTTP/2 idle-timeout writer arms the stream's write deadline once, to
 // the idle timeout, and leaves it armed for the flush after the handler
 // returns (not armed, cleared and armed again); and that the writer is
-// given back as it was.
+// given back as it was. With a minimum rate, Caddy's writer works as it
+// is: armed, cleared, armed on return.
 func TestWriteDeadlineArmedOnce(t *testing.T) {
 	h := newTestHandler(t)
 	q := new(dns.Msg)
 	q.SetQuestion("www.example.org.", dns.TypeA)
 	wire, _ := q.Pack()
+	t.Run("minimum rate", func(t *testing.T) {
+		rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
+		idle := &caddyhttp.IdleTimeoutWriter{
+			ResponseWriterWrapper: &caddyhttp.ResponseWriterWrapper{ResponseWriter: rec},
+			Ctrl:                  http.NewResponseController(rec),
+			Deadline:              caddyhttp.IdleDeadline{Start: time.Now(), Timeout: time.Minute, MinRate: 10},
+			Logger:                zap.NewNop(),
+			ClearBetweenWrites:    true,
+		}
+		r := httptest.NewRequest("GET", "/dns-query?dns="+base64.RawURLEncoding.EncodeToString(wire), nil)
+		r.ProtoMajor = 2
+		if err := h.ServeHTTP(idle, r, nil); err != nil {
+			t.Fatal(err)
+		}
+		idle.HandlerDone()
+		if d := rec.deadlines; len(d) != 3 || !d[1].IsZero() || d[2].IsZero() {
+			t.Fatalf("write deadlines set %v, want Caddy's: armed, cleared, armed again", d)
+		}
+	})
 	for _, proto := range []int{2, 1} {
 		rec := &deadlineRecorder{ResponseRecorder: httptest.NewRecorder()}
 		idle := &caddyhttp.IdleTimeoutWriter{
