@@ -83,6 +83,17 @@ func startDoHSite(t *testing.T, site string) *dohEnv {
 	return env
 }
 
+// dohSiteWith is dohSite with insert placed before its one line starting
+// with at: a global option before "\tocsp {", a directive before
+// "\tdoh /dns-query {".
+func dohSiteWith(t testing.TB, at, insert string) string {
+	t.Helper()
+	if strings.Count(dohSite, at) != 1 {
+		t.Fatalf("dohSite has %d %q, want one", strings.Count(dohSite, at), at)
+	}
+	return strings.Replace(dohSite, at, insert+at, 1)
+}
+
 func (env *dohEnv) tlsConfig(t testing.TB) *tls.Config {
 	t.Helper()
 	pem, err := os.ReadFile(env.root)
@@ -511,11 +522,7 @@ func TestDoHStalledBody(t *testing.T) {
 		{"idle timeout and minimum rate", "1s 10"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			site := strings.Replace(dohSite, "{\n\tocsp {", "{\n\tservers {\n\t\ttimeouts {\n\t\t\tread_body_idle "+tc.idle+"\n\t\t}\n\t}\n\tocsp {", 1)
-			if site == dohSite {
-				t.Fatal("the site's global options did not take the timeout")
-			}
-			env := startDoHSite(t, site)
+			env := startDoHSite(t, dohSiteWith(t, "\tocsp {", "\tservers {\n\t\ttimeouts {\n\t\t\tread_body_idle "+tc.idle+"\n\t\t}\n\t}\n"))
 			body, stall := io.Pipe() // never written to until the end
 			defer stall.Close()
 			req, err := http.NewRequest(http.MethodPost, env.url, body)
@@ -549,8 +556,7 @@ func TestDoHStalledBody(t *testing.T) {
 // The write deadline that bounds this is the one the handler's answer
 // write arms and leaves armed (see dohhandler.writeLast).
 func TestDoHStalledReader(t *testing.T) {
-	site := strings.Replace(dohSite, "{\n\tocsp {", "{\n\tservers {\n\t\ttimeouts {\n\t\t\twrite_idle 1s\n\t\t}\n\t}\n\tocsp {", 1)
-	env := startDoHSite(t, site)
+	env := startDoHSite(t, dohSiteWith(t, "\tocsp {", "\tservers {\n\t\ttimeouts {\n\t\t\twrite_idle 1s\n\t\t}\n\t}\n"))
 	cfg := env.tlsConfig(t)
 	cfg.NextProtos = []string{"h2"}
 	conn, err := tls.Dial("tcp", env.addr, cfg)
@@ -650,18 +656,14 @@ stream1:
 // the response it was made for, and other sites and paths, and the next
 // responses, keep the handler's own headers.
 func TestDoHHeaderEdits(t *testing.T) {
-	site := strings.Replace(dohSite, "\tdoh /dns-query {", `	header /dns-query {
+	env := startDoHSite(t, dohSiteWith(t, "\tdoh /dns-query {", `	header /dns-query {
 		Content-Type dns-message dns-message-edited
 		defer
 	}
 	doh /plain-query {
 		zone example.test {{.Zone}}
 	}
-	doh /dns-query {`, 1)
-	if site == dohSite {
-		t.Fatal("the site did not take the header directive")
-	}
-	env := startDoHSite(t, site)
+`))
 	wire := packQuery(t, "www.example.test.", dns.TypeA, nil)
 	plain := strings.Replace(env.url, "/dns-query", "/plain-query", 1)
 	for i := range 3 {
@@ -687,11 +689,7 @@ func TestDoHHeaderEdits(t *testing.T) {
 // by Caddy when the Content-Length says so, by the handler, naming the
 // limit, when the body has no length; a body within it is answered.
 func TestDoHRequestBodyLimit(t *testing.T) {
-	site := strings.Replace(dohSite, "\tdoh /dns-query {", "\trequest_body {\n\t\tmax_size 40\n\t}\n\tdoh /dns-query {", 1)
-	if site == dohSite {
-		t.Fatal("the site did not take the request_body directive")
-	}
-	env := startDoHSite(t, site)
+	env := startDoHSite(t, dohSiteWith(t, "\tdoh /dns-query {", "\trequest_body {\n\t\tmax_size 40\n\t}\n"))
 	small := packQuery(t, "www.example.test.", dns.TypeA, nil)
 	big := packQuery(t, "a-name-long-enough-to-pass-forty-octets.example.test.", dns.TypeA, nil)
 	if len(small) > 40 || len(big) <= 40 {
@@ -724,11 +722,7 @@ func TestDoHRequestBodyLimit(t *testing.T) {
 // writer to record the response), a DoH answer over HTTP/2 is whole and
 // logged with its status, size and headers.
 func TestDoHAccessLog(t *testing.T) {
-	site := strings.Replace(dohSite, "\tdoh /dns-query {", "\tlog {\n\t\toutput stderr\n\t\tformat json\n\t}\n\tdoh /dns-query {", 1)
-	if site == dohSite {
-		t.Fatal("the site did not take the log directive")
-	}
-	env := startDoHSite(t, site)
+	env := startDoHSite(t, dohSiteWith(t, "\tdoh /dns-query {", "\tlog {\n\t\toutput stderr\n\t\tformat json\n\t}\n"))
 	resp := env.get(t, packQuery(t, "x.up.test.", dns.TypeA, nil))
 	if resp.ProtoMajor != 2 {
 		t.Fatalf("answered over %s, want HTTP/2", resp.Proto)
