@@ -305,12 +305,17 @@ sample() {
 	S_CB[$key]=$((${S_CB[$key]:-0} + cb1 - cb0)) S_CT[$key]=$((${S_CT[$key]:-0} + ct1 - ct0))
 }
 
+# forget KEY: clears the sums under KEY
+forget() {
+	unset "S_N[$1]" "S_SECS[$1]" "S_LAT[$1]" "S_TICKS[$1]" "S_SB[$1]" "S_ST[$1]" "S_CB[$1]" "S_CT[$1]"
+}
+
 # record SCENARIO NAME PID: writes the row of this round from the sums of
 # its samples (rates over their summed time), and clears them
 record() {
 	local scenario=$1 name=$2 pid=$3 key="$1|$2"
 	if [ "${S_N[$key]:-0}" = 0 ]; then
-		unset "S_N[$key]" "S_SECS[$key]" "S_LAT[$key]" "S_TICKS[$key]" "S_SB[$key]" "S_ST[$key]" "S_CB[$key]" "S_CT[$key]"
+		forget "$key"
 		return
 	fi
 	local qps avg cpu rss sbusy cbusy
@@ -319,7 +324,7 @@ record() {
 	cpu=$(awk -v a="${S_TICKS[$key]}" -v t="$TICK" -v n="${S_N[$key]}" 'BEGIN {printf "%.2f", a / t / n * 100000}')
 	rss=$(awk -v k="$(rss_kb "$pid")" 'BEGIN {printf "%.1f", k / 1024}')
 	sbusy=$(busy_pct "0 0" "${S_SB[$key]} ${S_ST[$key]}") cbusy=$(busy_pct "0 0" "${S_CB[$key]} ${S_CT[$key]}")
-	unset "S_N[$key]" "S_SECS[$key]" "S_LAT[$key]" "S_TICKS[$key]" "S_SB[$key]" "S_ST[$key]" "S_CB[$key]" "S_CT[$key]"
+	forget "$key"
 	printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$scenario" "$name" "$round" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy" >> "$RAW"
 	printf '   %-28s %-22s %10s q/s  avg %s ms  cpu %s s/100k  rss %s MB  cores busy %s%% / %s%%\n' "$scenario" "$name" "$qps" "$avg" "$cpu" "$rss" "$sbusy" "$cbusy"
 }
