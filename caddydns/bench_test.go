@@ -16,14 +16,7 @@ import (
 // on the same loopback port, until the test ends. Like many servers it
 // closes a TCP connection after a number of queries (miekg/dns: 128).
 func benchUpstream(b testing.TB, maxTCPQueries int) string {
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		b.Fatal(err)
-	}
-	ln, err := net.Listen("tcp", pc.LocalAddr().String())
-	if err != nil {
-		b.Fatal(err)
-	}
+	pc, ln := listenUDPTCP(b)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		m := new(dns.Msg)
 		m.SetReply(q)
@@ -107,5 +100,25 @@ func BenchmarkForward(b *testing.B) {
 				}
 			})
 		})
+	}
+}
+
+// listenUDPTCP listens on a loopback port free for both UDP and TCP: the
+// port the kernel gives UDP may be taken for TCP, so it tries again.
+func listenUDPTCP(t testing.TB) (net.PacketConn, net.Listener) {
+	t.Helper()
+	for i := 0; ; i++ {
+		pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln, err := net.Listen("tcp", pc.LocalAddr().String())
+		if err == nil {
+			return pc, ln
+		}
+		pc.Close()
+		if i == 20 {
+			t.Fatalf("no loopback port free for both UDP and TCP: %v", err)
+		}
 	}
 }
