@@ -13,6 +13,7 @@
 #   ROUNDS=5 DURATION=20 bash bench/run.sh
 #   SCENARIOS="dot doh" bash bench/run.sh
 #   HOLD=1 bash bench/run.sh          # start the servers and keep them up for manual runs
+#   BIN=/tmp/caddy-old bash bench/run.sh  # a Caddy with dnsfront built before, instead of this tree's
 #
 # Installs what it needs (dnsdist, nsd, unbound, nghttp2-client, dnsperf,
 # openssl) with apt-get. Everything listens on 127.0.0.1 only. Prints a
@@ -55,7 +56,11 @@ workdir dnsfront-bench
 T=$W
 
 echo "== build dnsfront and the query files ($T)"
-go build -o "$T/caddy" ./cmd/caddy
+if [ -n "${BIN:-}" ]; then
+	cp "$BIN" "$T/caddy" # a binary built before (another commit, for a before/after)
+else
+	go build -o "$T/caddy" ./cmd/caddy
+fi
 go run ./bench/mkqueries -out "$T"
 # the GET URLs for each server's DoH port, and for dnsfront's zone path
 for port in 8443 9443 10443; do

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"syscall"
 	"testing"
@@ -236,3 +238,54 @@ func TestUDPBatchSendFails(t *testing.T) {
 		t.Fatalf("query whose send failed: %v, want %v", err, errSend)
 	}
 }
+
+// TestForwardLargeUDPAnswer: an upstream that answers over UDP whatever
+// the size (as some do, past the EDNS size they were offered). An answer
+// that fits an upstream socket's buffer comes over UDP; a larger one is
+// asked again over TCP and reaches the client whole. Either way the
+// client gets every record.
+func TestForwardLargeUDPAnswer(t *testing.T) {
+	pc, ln := listenUDPTCP(t)
+	var tcpQueries atomic.Int64
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		if w.RemoteAddr().Network() == "tcp" {
+			tcpQueries.Add(1)
+		}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		n := 10 // about 2,200 octets
+		if q.Question[0].Name == "big.example.net." {
+			n = 60 // about 13,000
+		}
+		for i := 0; i < n; i++ {
+			m.Answer = append(m.Answer, &dns.TXT{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassINET, Ttl: 60},
+				Txt: []string{strings.Repeat(strconv.Itoa(i%10), 200)}})
+		}
+		_ = w.WriteMsg(m)
+	})
+	var wg sync.WaitGroup
+	t.Cleanup(wg.Wait)
+	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h}} {
+		wg.Add(1)
+		go func() { defer wg.Done(); _ = s.ActivateAndServe() }()
+		t.Cleanup(func() { _ = s.Shutdown() })
+	}
+	c := forwardChain(t, "udp://"+pc.LocalAddr().String())
+	for _, tc := range []struct {
+		name    string
+		records int
+		tcp     int64
+	}{{"small.example.net.", 10, 0}, {"big.example.net.", 60, 1}} {
+		before := tcpQueries.Load()
+		q := query(tc.name, dns.TypeTXT)
+		q.SetEdns0(65535, false) // the client takes anything: a stream client
+		m := serveMsg(context.Background(), c, &Request{Msg: q, Transport: "test", Size: MaxMessage})
+		if m == nil || m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != tc.records {
+			t.Fatalf("%s: %v, want %d records, not truncated", tc.name, m, tc.records)
+		}
+		if got := tcpQueries.Load() - before; got != tc.tcp {
+			t.Errorf("%s: %d queries over TCP, want %d", tc.name, got, tc.tcp)
+		}
+	}
+}
+

@@ -15,6 +15,15 @@ import (
 // enough to spread load and source ports, few enough to stay cheap.
 const udpSockets = 4
 
+// readBatch is how many answers one read of an upstream socket takes, at
+// most, and datagramBuffer the largest answer it takes whole (see
+// batchReader): the largest EDNS buffer size in common use, over three
+// times the 1232 octets of DNS Flag Day 2020.
+const (
+	readBatch      = 8
+	datagramBuffer = 4096
+)
+
 // udpClient sends queries to one UDP upstream over a few connected
 // sockets, each read by one goroutine that hands answers to the waiting
 // query by ID. Answers whose ID is unknown or whose question differs are
@@ -168,32 +177,31 @@ func dialUDP(addr string) (*net.UDPConn, error) {
 
 // read hands each answer on conn to its query until conn fails.
 func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
-	buf := make([]byte, MaxMessage)
-	for {
-		n, err := conn.Read(buf)
-		if err != nil {
-			// closed, or refused (ICMP port unreachable: nothing listens
-			// there now): the queries waiting on this socket fail at once
-			// and go to the next upstream instead of waiting for their
-			// timeout; the next query dials again
-			if errors.Is(err, net.ErrClosed) {
-				err = ErrUpstreamClosed
-			}
-			s.mu.Lock()
-			if s.conn == conn {
-				s.conn, s.batch = nil, nil
-				for id, cl := range s.pending {
-					delete(s.pending, id)
-					cl.err = err
-					cl.resp <- nil
-				}
-			}
-			s.mu.Unlock()
-			conn.Close()
-			return
+	r, err := newBatchReader(conn)
+	var msgs [][]byte
+	for err == nil {
+		if msgs, err = r.read(msgs[:0]); err == nil {
+			deliverAll(&s.mu, s.pending, msgs)
 		}
-		deliver(&s.mu, s.pending, buf[:n])
 	}
+	// closed, or refused (ICMP port unreachable: nothing listens there
+	// now): the queries waiting on this socket fail at once and go to the
+	// next upstream instead of waiting for their timeout; the next query
+	// dials again
+	if errors.Is(err, net.ErrClosed) {
+		err = ErrUpstreamClosed
+	}
+	s.mu.Lock()
+	if s.conn == conn {
+		s.conn, s.batch = nil, nil
+		for id, cl := range s.pending {
+			delete(s.pending, id)
+			cl.err = err
+			cl.resp <- nil
+		}
+	}
+	s.mu.Unlock()
+	conn.Close()
 }
 
 func (c *udpClient) close() {

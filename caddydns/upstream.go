@@ -272,20 +272,50 @@ func (cl *call) wait(ctx context.Context, deadline time.Time) (*answer, error) {
 // pending query, or not to that query's question, is dropped and the
 // query goes on waiting for the real one (anti-spoofing).
 func deliver(mu *sync.Mutex, pending map[uint16]*call, msg []byte) {
-	if len(msg) < MinMessage || msg[2]&flagQR == 0 {
-		return
-	}
-	l, ok := walk(msg)
+	l, ok := answerLayout(msg)
 	if !ok {
 		return
 	}
-	id := uint16(msg[0])<<8 | uint16(msg[1])
 	mu.Lock()
-	if cl := pending[id]; cl != nil && answers(msg, &l, cl.question) {
-		delete(pending, id)
-		cl.resp <- newAnswer(msg, &l)
+	handOver(pending, msg, &l)
+	mu.Unlock()
+}
+
+// deliverAll delivers msgs, read together, under one hold of the lock.
+func deliverAll(mu *sync.Mutex, pending map[uint16]*call, msgs [][]byte) {
+	var ls [readBatch]layout
+	var oks [readBatch]bool
+	for i, msg := range msgs[:min(len(msgs), readBatch)] {
+		ls[i], oks[i] = answerLayout(msg)
+	}
+	mu.Lock()
+	for i, msg := range msgs[:min(len(msgs), readBatch)] {
+		if oks[i] {
+			handOver(pending, msg, &ls[i])
+		}
 	}
 	mu.Unlock()
+	for _, msg := range msgs[min(len(msgs), readBatch):] {
+		deliver(mu, pending, msg)
+	}
+}
+
+// answerLayout lays out msg if it is a well-formed response.
+func answerLayout(msg []byte) (layout, bool) {
+	if len(msg) < MinMessage || msg[2]&flagQR == 0 {
+		return layout{}, false
+	}
+	return walk(msg)
+}
+
+// handOver gives msg to the pending query it answers; the caller holds
+// pending's lock.
+func handOver(pending map[uint16]*call, msg []byte, l *layout) {
+	id := uint16(msg[0])<<8 | uint16(msg[1])
+	if cl := pending[id]; cl != nil && answers(msg, l, cl.question) {
+		delete(pending, id)
+		cl.resp <- newAnswer(msg, l)
+	}
 }
 
 // queryID returns a random message ID (ChaCha8, unpredictable to an

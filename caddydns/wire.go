@@ -38,6 +38,7 @@ const (
 	flagQR     = 0x80 // octet 2
 	flagOpcode = 0x78
 	flagRD     = 0x01
+	flagTC     = 0x02
 	flagCD     = 0x10 // octet 3
 	maskRcode  = 0x0F
 )
@@ -175,6 +176,26 @@ func answers(msg []byte, l *layout, question []byte) bool {
 	return string(got[name:]) == string(question[name:])
 }
 
+// asTruncated makes the first octets of an answer that did not fit the
+// buffer it was read into an answer with TC set and no records: its
+// header and question, when they are there whole. Its query then goes
+// again over TCP, as when an upstream truncates an answer itself. It
+// returns nil when there is no header and question to keep.
+func asTruncated(cut []byte) []byte {
+	if len(cut) < MinMessage || binary.BigEndian.Uint16(cut[4:]) != 1 {
+		return nil
+	}
+	var l layout
+	off, ok := l.skipName(cut, MinMessage)
+	if !ok || off+4 > len(cut) {
+		return nil
+	}
+	cut = cut[:off+4]
+	cut[2] |= flagTC
+	clear(cut[6:MinMessage])
+	return cut
+}
+
 // answer is an upstream's answer as it came, laid out; pooled.
 type answer struct {
 	wire []byte
@@ -198,7 +219,7 @@ func (a *answer) release() {
 }
 
 // truncated reports the TC flag.
-func (a *answer) truncated() bool { return a.wire[2]&0x02 != 0 }
+func (a *answer) truncated() bool { return a.wire[2]&flagTC != 0 }
 
 var zeros [PaddingBlock]byte
 

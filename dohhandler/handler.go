@@ -257,13 +257,24 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 
 // writeAnswer writes the packed answer out as the response.
 func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte) error {
+	// each response its own values (Caddy's header directive edits them
+	// in place: TestDoHHeaderEdits), made in two allocations: the values'
+	// slice, and the length and max-age in one string
+	vals := make([]string, 3)
+	var b [40]byte
+	t := strconv.AppendInt(b[:0], int64(len(out)), 10)
+	n := len(t)
+	ttl, cacheable := caddydns.CacheTTL(out)
+	if cacheable {
+		t = strconv.AppendUint(append(t, "max-age="...), uint64(ttl), 10)
+	}
+	text := string(t)
+	vals[0], vals[1], vals[2] = MessageType, text[:n], text[n:]
 	hdr := w.Header()
-	// each response its own values: Caddy's header directive edits them
-	// in place (TestDoHHeaderEdits)
-	hdr["Content-Type"] = []string{MessageType}
-	hdr["Content-Length"] = []string{strconv.Itoa(len(out))}
-	if ttl, ok := caddydns.CacheTTL(out); ok {
-		hdr["Cache-Control"] = []string{"max-age=" + strconv.FormatUint(uint64(ttl), 10)}
+	hdr["Content-Type"] = vals[0:1:1]
+	hdr["Content-Length"] = vals[1:2:2]
+	if cacheable {
+		hdr["Cache-Control"] = vals[2:3:3]
 	}
 	w.WriteHeader(http.StatusOK)
 	h.responses.count(http.StatusOK)

@@ -34,6 +34,7 @@ type testUpstream struct {
 	mu       sync.Mutex
 	udp, tcp *dns.Server
 	answered atomic.Int64
+	overTCP  atomic.Int64 // queries that came over TCP
 }
 
 const slowDelay = 400 * time.Millisecond
@@ -66,6 +67,9 @@ func newTestUpstream(t testing.TB, id byte) *testUpstream {
 
 func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 	u.answered.Add(1)
+	if _, tcp := w.RemoteAddr().(*net.TCPAddr); tcp {
+		u.overTCP.Add(1)
+	}
 	m := new(dns.Msg)
 	m.SetReply(q)
 	m.RecursionAvailable = true

@@ -92,17 +92,22 @@ func TestDoTAnswers(t *testing.T) {
 		{"forward, SNI, staple required", []string{"+tls-ca=" + env.root, "+tls-hostname=dns.example.test", "+tls-ocsp-stapling",
 			"@" + host, "-p", port, "other.up.test", "A"}, "198.51.100.1"},
 		{"NXDOMAIN with SOA", []string{"+tls", "@" + host, "-p", port, "nope.example.test", "A"}, "status: NXDOMAIN"},
-		{"truncated UDP upstream answer arrives whole", []string{"+tls", "@" + host, "-p", port, "big.up.test", "TXT"}, `"record 39 padding`},
+		{"truncated UDP upstream answer arrives whole (over TCP)", []string{"+tls", "+bufsize=1232", "@" + host, "-p", port, "big.up.test", "TXT"}, `"record 39 padding`},
 		// the client's UDP size goes upstream as it is (as dnsdist does), or
-		// 1232 without EDNS; an answer of any size over UDP is read whole
+		// 1232 without EDNS
 		{"client's UDP size passed on", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 65000"`},
 		{"no EDNS: 1232 announced upstream", []string{"+tls", "+noedns", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 1232"`},
-		{"6 KB UDP answer read whole", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "huge.up.test", "TXT"}, `"record 119 padding`},
+		// past the 4 KB an upstream socket reads whole: asked again over TCP
+		{"6 KB UDP answer arrives whole (over TCP)", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "huge.up.test", "TXT"}, `"record 119 padding`},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
+			tcpBefore := env.ups[0].overTCP.Load()
 			out := kdig(t, tc.args...)
 			if !strings.Contains(out, tc.want) || strings.Contains(out, ";; ERROR") {
 				t.Fatalf("kdig %s: want %q\n%s", strings.Join(tc.args, " "), tc.want, out)
+			}
+			if tcp := env.ups[0].overTCP.Load() - tcpBefore; (tcp > 0) != strings.Contains(tc.name, "over TCP") {
+				t.Errorf("%d queries went to the upstream over TCP", tcp)
 			}
 			if strings.Contains(tc.name, "truncated") && regexp.MustCompile(`flags:[^;]*\btc\b`).MatchString(out) {
 				t.Fatalf("answer still truncated:\n%s", out)

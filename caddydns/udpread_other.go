@@ -1,0 +1,26 @@
+//go:build !linux
+
+package caddydns
+
+import "net"
+
+// batchReader reads a UDP socket's datagrams; on Linux several at a time
+// (recvmmsg), here one at a time.
+type batchReader struct {
+	conn *net.UDPConn
+	buf  []byte
+}
+
+func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
+	return &batchReader{conn: conn, buf: make([]byte, MaxMessage)}, nil
+}
+
+// read waits for a datagram and returns it in a buffer that the next
+// read reuses.
+func (r *batchReader) read(msgs [][]byte) ([][]byte, error) {
+	n, err := r.conn.Read(r.buf)
+	if err != nil {
+		return msgs, err
+	}
+	return append(msgs, r.buf[:n]), nil
+}
