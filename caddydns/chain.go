@@ -31,7 +31,17 @@ type Request struct {
 	// Size is the largest response the client accepts: 65535 on stream
 	// transports.
 	Size int
+	// Keepalive is, on a transport whose connections are DNS's own (DoT),
+	// the idle timeout of the query's connection: the answer to a query
+	// with an edns-tcp-keepalive option announces it (RFC 7828 3.3.2, in
+	// 100 ms units), KeepaliveClose as 0 (the server is closing: send no
+	// more on this connection). 0 (DoH, whose connections HTTP manages):
+	// the option is ignored.
+	Keepalive time.Duration
 }
+
+// KeepaliveClose is the Keepalive of a connection the server is closing.
+const KeepaliveClose time.Duration = -1
 
 // Name is the query name, lower-cased.
 func (r *Request) Name() string { return dns.CanonicalName(r.Msg.Question[0].Name) }
@@ -120,7 +130,7 @@ func (c *Chain) Serve(ctx context.Context, r *Request, buf []byte) []byte {
 	start := time.Now()
 	var out []byte
 	rcode := dns.RcodeSuccess
-	resp := checkQuery(r.Msg)
+	resp := checkQuery(r)
 	if resp == nil {
 		res, err := c.next(ctx, r)
 		if err == nil && res.Msg == nil && res.ans != nil {
@@ -156,7 +166,7 @@ func (c *Chain) pack(r *Request, resp *dns.Msg, buf []byte) ([]byte, int) {
 		finish(r, resp)
 		out, _ = FitMessage(resp, buf)
 	}
-	if qopt := r.Msg.IsEdns0(); qopt != nil && wantsPadding(qopt) {
+	if hasOption(r.Msg.IsEdns0(), dns.EDNS0PADDING) {
 		if l, ok := walk(out); ok && l.optLast {
 			out = appendPadding(out, l.optRdata-2)
 		}

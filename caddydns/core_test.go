@@ -2,8 +2,10 @@ package caddydns
 
 import (
 	"context"
+	"encoding/binary"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
@@ -166,7 +168,7 @@ func TestEDNSAndPadding(t *testing.T) {
 	if r.IsEdns0() == nil || !r.IsEdns0().Do() {
 		t.Fatal("DO bit not echoed")
 	}
-	if wantsPadding(r.IsEdns0()) {
+	if hasOption(r.IsEdns0(), dns.EDNS0PADDING) {
 		t.Fatal("padded without being asked")
 	}
 	// padding to a multiple of 468 when asked
@@ -277,6 +279,78 @@ func TestServeIntoBuffer(t *testing.T) {
 		out := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage}, buf)
 		if len(out) < MinMessage || &out[0] != &buf[:1][0] {
 			t.Fatalf("%s: answer of %d octets not packed into the caller's buffer", name, len(out))
+		}
+	}
+}
+
+// keepaliveOption reads the edns-tcp-keepalive options of a packed answer
+// off the wire: how many there are, and the TIMEOUT of the last (with an
+// OPTION-LENGTH of 2, as a server must send it; -1 for another length).
+func keepaliveOption(t *testing.T, b []byte) (n, timeout int) {
+	t.Helper()
+	l, ok := walk(b)
+	if !ok {
+		t.Fatalf("answer does not walk: % x", b)
+	}
+	if l.opt < 0 {
+		return 0, 0
+	}
+	for opts := b[l.optRdata:l.end]; len(opts) >= 4; {
+		size := int(binary.BigEndian.Uint16(opts[2:]))
+		if binary.BigEndian.Uint16(opts) == dns.EDNS0TCPKEEPALIVE {
+			n, timeout = n+1, -1
+			if size == 2 {
+				timeout = int(binary.BigEndian.Uint16(opts[4:]))
+			}
+		}
+		opts = opts[min(4+size, len(opts)):]
+	}
+	return n, timeout
+}
+
+// TestKeepalive: over DoT (a Request with Keepalive), the answer to a
+// query with an edns-tcp-keepalive option carries the connection's idle
+// timeout in 100 ms units (RFC 7828 3.3.2), capped at 65535, and 0 while
+// the server drains; without the option in the query, or over DoH, none.
+// A query whose option holds a TIMEOUT is FORMERR over DoT (RFC 7828
+// 3.2.1, as unbound answers it) and ignored over DoH. Padding still fills
+// the block.
+func TestKeepalive(t *testing.T) {
+	c := testChain(t)
+	ka := func(timeout uint16) dns.EDNS0 {
+		return &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: timeout}
+	}
+	pad := &dns.EDNS0_PADDING{Padding: make([]byte, 20)}
+	for _, tc := range []struct {
+		name      string
+		opts      []dns.EDNS0
+		keepalive time.Duration
+		rcode     int
+		n, want   int
+	}{
+		{"dot", []dns.EDNS0{ka(0)}, 10 * time.Second, dns.RcodeSuccess, 1, 100},
+		{"dot, idle 90m", []dns.EDNS0{ka(0)}, 90 * time.Minute, dns.RcodeSuccess, 1, 54000},
+		{"dot, idle 3h", []dns.EDNS0{ka(0)}, 3 * time.Hour, dns.RcodeSuccess, 1, 0xFFFF},
+		{"dot, draining", []dns.EDNS0{ka(0)}, KeepaliveClose, dns.RcodeSuccess, 1, 0},
+		{"dot, padded", []dns.EDNS0{ka(0), pad}, 10 * time.Second, dns.RcodeSuccess, 1, 100},
+		{"dot, no option", nil, 10 * time.Second, dns.RcodeSuccess, 0, 0},
+		{"dot, option with a timeout", []dns.EDNS0{ka(50)}, 10 * time.Second, dns.RcodeFormatError, 0, 0},
+		{"doh", []dns.EDNS0{ka(0)}, 0, dns.RcodeSuccess, 0, 0},
+		{"doh, option with a timeout", []dns.EDNS0{ka(50)}, 0, dns.RcodeSuccess, 0, 0},
+	} {
+		q := query("www.example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = tc.opts
+		b := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage, Keepalive: tc.keepalive}, nil)
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil || m.Rcode != tc.rcode {
+			t.Fatalf("%s: rcode %d (%v), want %d", tc.name, m.Rcode, err, tc.rcode)
+		}
+		if n, timeout := keepaliveOption(t, b); n != tc.n || timeout != tc.want {
+			t.Errorf("%s: %d keepalive options, TIMEOUT %d; want %d, %d", tc.name, n, timeout, tc.n, tc.want)
+		}
+		if hasOption(q.IsEdns0(), dns.EDNS0PADDING) && len(b)%PaddingBlock != 0 {
+			t.Errorf("%s: padded answer of %d octets", tc.name, len(b))
 		}
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -289,3 +290,65 @@ func TestForwardLargeUDPAnswer(t *testing.T) {
 	}
 }
 
+// TestForwardHopOptions: the client's padding, cookie and keepalive
+// options stay on its hop: the upstream (here over UDP, where RFC 7828
+// forbids keepalive) gets the query with its other options only. The
+// upstream's own padding, cookie and keepalive do not reach the client;
+// a DoT client that asked gets dnsfront's keepalive, and its padding.
+func TestForwardHopOptions(t *testing.T) {
+	pc, ln := listenUDPTCP(t)
+	ln.Close()
+	got := make(chan []uint16, 1)
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		var codes []uint16
+		if o := q.IsEdns0(); o != nil {
+			for _, e := range o.Option {
+				codes = append(codes, e.Option())
+			}
+		}
+		got <- codes
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.SetEdns0(1232, false)
+		m.IsEdns0().Option = []dns.EDNS0{
+			&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: 1200},
+			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708a1a2a3a4a5a6a7a8"},
+			&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "6e73"},
+			&dns.EDNS0_PADDING{Padding: make([]byte, 7)},
+		}
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+		_ = w.WriteMsg(m)
+	})
+	s := &dns.Server{PacketConn: pc, Handler: h}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.ActivateAndServe() }()
+	t.Cleanup(func() { _ = s.Shutdown(); <-done })
+	c := forwardChain(t, "udp://"+pc.LocalAddr().String())
+
+	q := query("www.example.net.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	q.IsEdns0().Option = []dns.EDNS0{
+		&dns.EDNS0_PADDING{Padding: make([]byte, 30)},
+		&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "1112131415161718"},
+		&dns.EDNS0_NSID{Code: dns.EDNS0NSID},
+		&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE},
+	}
+	b := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage, Keepalive: 30 * time.Second}, nil)
+	if codes := <-got; !slices.Equal(codes, []uint16{dns.EDNS0NSID}) {
+		t.Fatalf("the upstream got options %v, want only NSID (%d)", codes, dns.EDNS0NSID)
+	}
+	m := new(dns.Msg)
+	if err := m.Unpack(b); err != nil || len(m.Answer) != 1 || !m.IsEdns0().Do() {
+		t.Fatalf("answer: %v (%v)", m, err)
+	}
+	var codes []uint16
+	for _, e := range m.IsEdns0().Option {
+		codes = append(codes, e.Option())
+	}
+	if !slices.Equal(codes, []uint16{dns.EDNS0NSID, dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
+		t.Errorf("the client got options %v, want the upstream's NSID, then dnsfront's keepalive and padding", codes)
+	}
+	if n, timeout := keepaliveOption(t, b); n != 1 || timeout != 300 || len(b)%PaddingBlock != 0 {
+		t.Errorf("%d keepalive options, TIMEOUT %d (dnsfront's is 300), %d octets (padded to %d)", n, timeout, len(b), PaddingBlock)
+	}
+}

@@ -262,10 +262,12 @@ func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (Response, e
 		f.bufPool.Put(bp)
 		return Response{}, packError(err)
 	}
-	if r.Msg.IsEdns0() == nil {
+	if qopt := r.Msg.IsEdns0(); qopt == nil {
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
 		packed = appendOPT(packed, advertisedUDPSize)
+	} else if len(qopt.Option) > 0 {
+		packed = dropHopOptions(packed)
 	}
 	a, err := f.send(ctx, packed)
 	*bp = packed[:0]

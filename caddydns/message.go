@@ -2,6 +2,7 @@ package caddydns
 
 import (
 	"encoding/binary"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -41,7 +42,8 @@ func Decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
 
 // checkQuery returns the response to a query that must not reach the
 // handlers, or nil for a query they may answer.
-func checkQuery(q *dns.Msg) *dns.Msg {
+func checkQuery(r *Request) *dns.Msg {
+	q := r.Msg
 	reply := func(rcode int) *dns.Msg {
 		m := new(dns.Msg)
 		m.SetRcode(q, rcode)
@@ -63,6 +65,11 @@ func checkQuery(q *dns.Msg) *dns.Msg {
 			opts++
 			if opt.Version() > 0 {
 				return reply(dns.RcodeBadVers)
+			}
+			if r.Keepalive != 0 && badKeepalive(opt) {
+				// a client sends the option without a TIMEOUT (RFC 7828
+				// 3.2.1); unbound answers FORMERR too
+				return reply(dns.RcodeFormatError)
 			}
 		}
 	}
@@ -106,18 +113,47 @@ func finish(r *Request, resp *dns.Msg) {
 	ropt.SetVersion(0)
 	ropt.SetUDPSize(advertisedUDPSize)
 	ropt.SetDo(qopt.Do())
-	// padding and cookies are per hop: drop the upstream's
+	// padding, cookies and keepalive are per hop: drop the upstream's
 	kept := ropt.Option[:0]
 	for _, o := range ropt.Option {
-		switch o.Option() {
-		case dns.EDNS0PADDING, dns.EDNS0COOKIE, dns.EDNS0TCPKEEPALIVE:
-		default:
+		if !hopOption(o.Option()) {
 			kept = append(kept, o)
 		}
+	}
+	if t, ok := keepalive(r, qopt); ok {
+		kept = append(kept, &dns.EDNS0_LOCAL{Code: dns.EDNS0TCPKEEPALIVE, Data: []byte{byte(t >> 8), byte(t)}})
 	}
 	ropt.Option = kept
 	resp.Extra = append(resp.Extra, ropt)
 	truncate(resp, r.Size)
+}
+
+// keepalive returns the TIMEOUT of the edns-tcp-keepalive option that the
+// answer to r carries (see Request.Keepalive), if it carries one: when
+// the query, with an OPT record qopt, has the option as a client sends
+// it (with no TIMEOUT).
+func keepalive(r *Request, qopt *dns.OPT) (uint16, bool) {
+	if r.Keepalive == 0 || qopt == nil {
+		return 0, false
+	}
+	for _, o := range qopt.Option {
+		if k, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok && k.Timeout == 0 {
+			return uint16(min(max(r.Keepalive/(100*time.Millisecond), 0), 0xFFFF)), true
+		}
+	}
+	return 0, false
+}
+
+// badKeepalive reports an edns-tcp-keepalive option with a TIMEOUT in a
+// query. (miekg/dns reads a TIMEOUT of 0 as no TIMEOUT, and refuses to
+// decode other lengths.)
+func badKeepalive(opt *dns.OPT) bool {
+	for _, o := range opt.Option {
+		if k, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok && k.Timeout != 0 {
+			return true
+		}
+	}
+	return false
 }
 
 // truncate cuts resp to what the client accepts (RFC 2181 9: set TC).
@@ -160,9 +196,14 @@ func removeOPT(m *dns.Msg) *dns.OPT {
 	return found
 }
 
-func wantsPadding(opt *dns.OPT) bool {
+// hasOption reports whether opt, which may be nil, holds an option of
+// the given code.
+func hasOption(opt *dns.OPT, code uint16) bool {
+	if opt == nil {
+		return false
+	}
 	for _, o := range opt.Option {
-		if o.Option() == dns.EDNS0PADDING {
+		if o.Option() == code {
 			return true
 		}
 	}

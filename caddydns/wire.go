@@ -227,8 +227,9 @@ var zeros [PaddingBlock]byte
 // r, as finish does for a message: the client's ID, opcode, RD and CD and
 // its question's letter case; the OPT record rebuilt for the client
 // (version 0, our UDP size, the DO bit echoed, the upstream's padding,
-// cookie and keepalive options dropped, padding added when asked for) or
-// removed when the query had none. ok is false when a needs the slow path.
+// cookie and keepalive options dropped, our keepalive and padding added
+// when asked for) or removed when the query had none. ok is false when a
+// needs the slow path.
 func finishWire(r *Request, a *answer, buf []byte) (out []byte, rcode int, ok bool) {
 	l := &a.l
 	msg := a.wire
@@ -293,9 +294,7 @@ func finishWire(r *Request, a *answer, buf []byte) (out []byte, rcode int, ok bo
 			if n > len(opts) {
 				return nil, 0, false
 			}
-			switch binary.BigEndian.Uint16(opts) {
-			case dns.EDNS0PADDING, dns.EDNS0COOKIE, dns.EDNS0TCPKEEPALIVE: // per hop
-			default:
+			if !hopOption(binary.BigEndian.Uint16(opts)) {
 				out = append(out, opts[:n]...)
 			}
 			opts = opts[n:]
@@ -304,11 +303,49 @@ func finishWire(r *Request, a *answer, buf []byte) (out []byte, rcode int, ok bo
 			return nil, 0, false
 		}
 	}
+	if t, ok := keepalive(r, qopt); ok {
+		out = append(out, byte(dns.EDNS0TCPKEEPALIVE>>8), byte(dns.EDNS0TCPKEEPALIVE), 0, 2, byte(t>>8), byte(t))
+	}
 	binary.BigEndian.PutUint16(out[start+9:], uint16(len(out)-start-11))
-	if wantsPadding(qopt) {
+	if hasOption(qopt, dns.EDNS0PADDING) {
 		out = appendPadding(out, start+9)
 	}
 	return out, rcode, len(out) <= MaxMessage
+}
+
+// hopOption reports an EDNS option that belongs to one hop: padding,
+// cookies and keepalive (RFC 7830, 7873, 7828).
+func hopOption(code uint16) bool {
+	return code == dns.EDNS0PADDING || code == dns.EDNS0COOKIE || code == dns.EDNS0TCPKEEPALIVE
+}
+
+// dropHopOptions removes the hop's options (see hopOption) from a packed
+// query's OPT record, in place, for the next hop: the client's padding,
+// cookie and keepalive are not the upstream's business, and over UDP
+// RFC 7828 forbids the keepalive option. A query whose OPT record is not
+// its last record is returned as it is.
+func dropHopOptions(packed []byte) []byte {
+	l, ok := walk(packed)
+	if !ok || l.optCount != 1 || !l.optLast {
+		return packed
+	}
+	opts := packed[l.optRdata:l.end]
+	for rest := opts; len(rest) > 0; { // check before moving anything
+		if len(rest) < 4 || 4+int(binary.BigEndian.Uint16(rest[2:])) > len(rest) {
+			return packed
+		}
+		rest = rest[4+int(binary.BigEndian.Uint16(rest[2:])):]
+	}
+	kept := opts[:0]
+	for len(opts) > 0 {
+		n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
+		if !hopOption(binary.BigEndian.Uint16(opts)) {
+			kept = append(kept, opts[:n]...) // never past what is read
+		}
+		opts = opts[n:]
+	}
+	binary.BigEndian.PutUint16(packed[l.optRdata-2:], uint16(len(kept)))
+	return packed[:l.optRdata+len(kept)]
 }
 
 // appendPadding adds a padding option (RFC 7830) to the OPT record that

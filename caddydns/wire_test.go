@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
@@ -90,7 +91,9 @@ func upstreamAnswers(t testing.TB) map[string][]byte {
 
 // clientQuery is the query a client sent for the answer's question,
 // in one of a few forms (mode): no OPT, OPT, OPT with DO, OPT with
-// padding; RD and CD set or not; the name's case changed or not.
+// padding; RD and CD set or not; the name's case changed or not; with an
+// edns-tcp-keepalive option or not (0x40; passWire's 0x80 is a DoT
+// connection that announces its idle timeout).
 func clientQuery(name string, qtype, qclass uint16, mode byte) *dns.Msg {
 	q := new(dns.Msg)
 	q.Id = 0xBEEF
@@ -108,6 +111,9 @@ func clientQuery(name string, qtype, qclass uint16, mode byte) *dns.Msg {
 	case 3:
 		q.SetEdns0(1232, mode&0x20 != 0)
 		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_PADDING{})
+	}
+	if o := q.IsEdns0(); o != nil && mode&0x40 != 0 {
+		o.Option = append(o.Option, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE})
 	}
 	return q
 }
@@ -146,10 +152,10 @@ func sameAnswer(a, b []byte) error {
 		return fmt.Errorf("one has an OPT record: %v %v", oa, ob)
 	}
 	if oa != nil {
-		if oa.Hdr.Class != ob.Hdr.Class || oa.Hdr.Ttl != ob.Hdr.Ttl || wantsPadding(oa) != wantsPadding(ob) {
+		if oa.Hdr.Class != ob.Hdr.Class || oa.Hdr.Ttl != ob.Hdr.Ttl || hasOption(oa, dns.EDNS0PADDING) != hasOption(ob, dns.EDNS0PADDING) {
 			return fmt.Errorf("OPT records differ: %v %v", oa, ob)
 		}
-		if wantsPadding(oa) && len(a) <= MaxMessage-PaddingBlock && (len(a)%PaddingBlock != 0 || len(b)%PaddingBlock != 0) {
+		if hasOption(oa, dns.EDNS0PADDING) && len(a) <= MaxMessage-PaddingBlock && (len(a)%PaddingBlock != 0 || len(b)%PaddingBlock != 0) {
 			return fmt.Errorf("padded to %d and %d octets", len(a), len(b))
 		}
 	}
@@ -245,6 +251,9 @@ func passWire(t *testing.T, wire []byte, mode byte) (out []byte, r *Request, ok 
 		return nil, nil, false // the reader would have dropped it
 	}
 	r = &Request{Msg: q, Size: MaxMessage}
+	if mode&0x80 != 0 {
+		r.Keepalive = 10 * time.Second
+	}
 	in := bytes.Clone(wire)
 	out, rcode, ok := finishWire(r, &answer{wire: wire, l: l}, nil)
 	if !bytes.Equal(in, wire) {
@@ -268,8 +277,8 @@ func passWire(t *testing.T, wire []byte, mode byte) (out []byte, r *Request, ok 
 
 func TestFinishWire(t *testing.T) {
 	for name, wire := range upstreamAnswers(t) {
-		for mode := range byte(0x40) {
-			if !checkFinishWire(t, wire, mode) {
+		for m := range 0x100 {
+			if mode := byte(m); !checkFinishWire(t, wire, mode) {
 				t.Fatalf("%s, mode %#x: not passed through", name, mode)
 			}
 		}
@@ -447,7 +456,7 @@ func TestAnswers(t *testing.T) {
 
 func FuzzFinishWire(f *testing.F) {
 	for _, wire := range upstreamAnswers(f) {
-		for _, mode := range []byte{0, 1, 2, 3, 0x1F, 0x3F} {
+		for _, mode := range []byte{0, 1, 2, 3, 0x1F, 0x3F, 0xC1, 0xFF} {
 			f.Add(wire, mode)
 		}
 	}

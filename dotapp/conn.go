@@ -377,6 +377,7 @@ func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg) {
 	if q != nil {
 		*bp = srv.Chain.Serve(context.Background(), &caddydns.Request{
 			Msg: q, Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
+			Keepalive: srv.keepalive(),
 		}, (*bp)[:0])
 	} else {
 		packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])

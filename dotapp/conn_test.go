@@ -18,6 +18,7 @@ import (
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
+	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/testpki"
 )
 
@@ -263,4 +264,22 @@ func BenchmarkPipelined(b *testing.B) {
 	}
 	cli.Close()
 	<-done
+}
+
+// TestKeepaliveAnnounced: what a DoT answer announces to a query with an
+// edns-tcp-keepalive option (RFC 7828): the server's idle timeout, the
+// default one when none is set, and 0 once the server drains.
+func TestKeepaliveAnnounced(t *testing.T) {
+	s := &Server{IdleTimeout: caddy.Duration(30 * time.Second)}
+	if got := s.keepalive(); got != 30*time.Second {
+		t.Fatalf("idle_timeout 30s: keepalive %v", got)
+	}
+	s.IdleTimeout = 0
+	if got := s.keepalive(); got != DefaultIdleTimeout {
+		t.Fatalf("no idle_timeout: keepalive %v, want %v", got, DefaultIdleTimeout)
+	}
+	s.drainEnd.Store(time.Now().Add(time.Second).UnixNano())
+	if got := s.keepalive(); got != caddydns.KeepaliveClose {
+		t.Fatalf("draining: keepalive %v, want caddydns.KeepaliveClose", got)
+	}
 }

@@ -336,16 +336,30 @@ func (s *Server) stop() {
 // idleDeadline is when a connection that has waited for its next query
 // since the given time gives up.
 func (s *Server) idleDeadline(since time.Time) time.Time {
-	idle := time.Duration(s.IdleTimeout)
-	if idle <= 0 {
-		idle = DefaultIdleTimeout
-	}
-	deadline := since.Add(idle)
+	deadline := since.Add(s.idleTimeout())
 	if end := s.drainEnd.Load(); end != 0 {
 		// draining: a connection that goes quiet for a moment is closed
 		deadline = minTime(deadline, minTime(time.Now().Add(drainIdle), time.Unix(0, end)))
 	}
 	return deadline
+}
+
+// keepalive is the idle timeout an answer announces to a query with an
+// edns-tcp-keepalive option (RFC 7828): the server's, or, while it
+// drains, caddydns.KeepaliveClose (RFC 7828 3.3.2: a server that wants
+// its clients to close their connections announces 0).
+func (s *Server) keepalive() time.Duration {
+	if s.drainEnd.Load() != 0 {
+		return caddydns.KeepaliveClose
+	}
+	return s.idleTimeout()
+}
+
+func (s *Server) idleTimeout() time.Duration {
+	if s.IdleTimeout > 0 {
+		return time.Duration(s.IdleTimeout)
+	}
+	return DefaultIdleTimeout
 }
 
 func (s *Server) parkAfter() time.Duration {

@@ -181,6 +181,12 @@ func TestDoHClients(t *testing.T) {
 			}
 		})
 	}
+	// HTTP manages DoH's connections: a keepalive option (RFC 7828) is
+	// ignored, and none comes back
+	out, _ := run(t, true, need(t, "dig"), append([]string{"+https=/dns-query", "+keepalive", "@" + host, "-p", port, "www.example.test", "A"}, tlsArgs...)...)
+	if !strings.Contains(out, "192.0.2.80") || strings.Contains(out, "KEEPALIVE") {
+		t.Fatalf("dig +https +keepalive: want the answer and no keepalive option\n%s", out)
+	}
 
 	curl := need(t, "curl")
 	wire := packQuery(t, "api.example.test.", dns.TypeA, nil)

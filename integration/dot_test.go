@@ -118,6 +118,17 @@ func TestDoTAnswers(t *testing.T) {
 	if strings.TrimSpace(out) != "192.0.2.25" {
 		t.Fatalf("dig +tls: %q", out)
 	}
+	// RFC 7828: the connection's idle timeout (idle_timeout 10s), to a
+	// client that asks with an edns-tcp-keepalive option
+	for _, name := range []string{"www.example.test", "host.up.test"} { // own answer, forwarded one
+		out, _ = run(t, true, need(t, "dig"), "+tls", "+keepalive", "@"+host, "-p", port, name, "A")
+		if !strings.Contains(out, "; TCP KEEPALIVE: 10.0 secs") {
+			t.Fatalf("dig +tls +keepalive %s: no keepalive of 10 s\n%s", name, out)
+		}
+	}
+	if out, _ = run(t, true, need(t, "dig"), "+tls", "@"+host, "-p", port, "www.example.test", "A"); strings.Contains(out, "KEEPALIVE") {
+		t.Fatalf("dig +tls without +keepalive got a keepalive option:\n%s", out)
+	}
 	metrics := string(env.c.api("GET", "/metrics"))
 	for _, re := range []string{
 		`dnsfront_queries_total\{rcode="NOERROR",server="dot0",transport="dot"\} ([1-9]\d*)`,
