@@ -252,9 +252,10 @@ func (c *conn) read() (parked bool) {
 		c.w.sem <- struct{}{}
 		c.w.inFlight.Add(1)
 		c.w.pending.Add(1)
-		go c.answer(c.w, q, formErr)
 		c.queries++
-		if srv.MaxQueries > 0 && c.queries >= srv.MaxQueries {
+		last := srv.MaxQueries > 0 && c.queries >= srv.MaxQueries
+		go c.answer(c.w, q, formErr, last)
+		if last {
 			return false
 		}
 	}
@@ -367,8 +368,9 @@ func (c *conn) expire() {
 }
 
 // answer runs one query through the chain of the server that owns the
-// connection now, and hands the packed answer to the writer.
-func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg) {
+// connection now, and hands the packed answer to the writer. last is the
+// connection's last query (max_queries): its answer announces keepalive 0.
+func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg, last bool) {
 	defer w.pending.Done()
 	defer func() { <-w.sem }()
 	srv := c.enter()
@@ -377,7 +379,7 @@ func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg) {
 	if q != nil {
 		*bp = srv.Chain.Serve(context.Background(), &caddydns.Request{
 			Msg: q, Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
-			Keepalive: srv.keepalive(),
+			Keepalive: srv.keepalive(last),
 		}, (*bp)[:0])
 	} else {
 		packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])

@@ -271,15 +271,55 @@ func BenchmarkPipelined(b *testing.B) {
 // default one when none is set, and 0 once the server drains.
 func TestKeepaliveAnnounced(t *testing.T) {
 	s := &Server{IdleTimeout: caddy.Duration(30 * time.Second)}
-	if got := s.keepalive(); got != 30*time.Second {
+	if got := s.keepalive(false); got != 30*time.Second {
 		t.Fatalf("idle_timeout 30s: keepalive %v", got)
 	}
 	s.IdleTimeout = 0
-	if got := s.keepalive(); got != DefaultIdleTimeout {
+	if got := s.keepalive(false); got != DefaultIdleTimeout {
 		t.Fatalf("no idle_timeout: keepalive %v, want %v", got, DefaultIdleTimeout)
 	}
 	s.drainEnd.Store(time.Now().Add(time.Second).UnixNano())
-	if got := s.keepalive(); got != caddydns.KeepaliveClose {
+	if got := s.keepalive(false); got != caddydns.KeepaliveClose {
 		t.Fatalf("draining: keepalive %v, want caddydns.KeepaliveClose", got)
+	}
+}
+
+// TestMaxQueries: a connection is closed after max_queries queries, once
+// they are answered; the last answer tells a client that asked for
+// keepalive to close (TIMEOUT 0), the others give the idle timeout.
+func TestMaxQueries(t *testing.T) {
+	s := newTestServer(t)
+	s.MaxQueries = 3
+	var in []byte
+	for id := uint16(1); id <= 5; id++ {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		q.Id = id
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE}}
+		in = append(in, frame(q)...)
+	}
+	frames := exchange(t, s, in)
+	if len(frames) != 3 {
+		t.Fatalf("%d answers on a connection with max_queries 3 and 5 queries sent", len(frames))
+	}
+	for _, f := range frames {
+		m := new(dns.Msg)
+		if err := m.Unpack(f); err != nil || len(m.Answer) != 1 {
+			t.Fatalf("answer %v (%v)", m, err)
+		}
+		want := uint16(20) // idle_timeout 2s
+		if m.Id == 3 {
+			want = 0
+		}
+		var got []uint16
+		for _, o := range m.IsEdns0().Option {
+			if k, ok := o.(*dns.EDNS0_TCP_KEEPALIVE); ok {
+				got = append(got, k.Timeout)
+			}
+		}
+		if len(got) != 1 || got[0] != want {
+			t.Errorf("answer %d: keepalive %v, want [%d]", m.Id, got, want)
+		}
 	}
 }

@@ -345,11 +345,12 @@ func (s *Server) idleDeadline(since time.Time) time.Time {
 }
 
 // keepalive is the idle timeout an answer announces to a query with an
-// edns-tcp-keepalive option (RFC 7828): the server's, or, while it
-// drains, caddydns.KeepaliveClose (RFC 7828 3.3.2: a server that wants
-// its clients to close their connections announces 0).
-func (s *Server) keepalive() time.Duration {
-	if s.drainEnd.Load() != 0 {
+// edns-tcp-keepalive option (RFC 7828): the server's, or
+// caddydns.KeepaliveClose (RFC 7828 3.3.2: a server that wants its
+// clients to close their connections announces 0) while it drains and
+// to the last query of a connection (max_queries).
+func (s *Server) keepalive(last bool) time.Duration {
+	if last || s.drainEnd.Load() != 0 {
 		return caddydns.KeepaliveClose
 	}
 	return s.idleTimeout()
