@@ -49,7 +49,8 @@ func forwardChain(t testing.TB, up string) *Chain {
 // TestForwardUpstreamClosesConnections: an upstream that closes each TCP
 // connection after 16 queries, under parallel pipelined load with a single
 // try per query. Unanswered queries go again on another connection (RFC
-// 7766 6.2.1), so every query is answered.
+// 7766 6.2.1), so every query is answered; the client learns the limit
+// and from then on gives each connection 16 queries.
 func TestForwardUpstreamClosesConnections(t *testing.T) {
 	c := forwardChain(t, "tcp://"+benchUpstream(t, 16))
 	var wg sync.WaitGroup
@@ -69,6 +70,9 @@ func TestForwardUpstreamClosesConnections(t *testing.T) {
 	wg.Wait()
 	if n := failed.Load(); n != 0 {
 		t.Fatalf("%d of 3200 queries failed", n)
+	}
+	if limit := c.handlers[0].(*Forward).ups[0].stream.limit.Load(); limit != 16 {
+		t.Fatalf("learned a per-connection limit of %d, want 16", limit)
 	}
 }
 

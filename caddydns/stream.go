@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -34,6 +35,14 @@ type streamClient struct {
 	conns   []*streamConn
 	dialing int // connections being opened
 	closed  bool
+	seen    int // queries answered on the last connection the upstream closed with queries left
+
+	// limit is the upstream's per-connection query limit, learned from
+	// the connections it closed with queries unanswered (0 while unknown;
+	// see learn): a connection that has carried that many leaves the
+	// pool, so that new queries go on a fresh one rather than on one the
+	// upstream is about to close.
+	limit atomic.Int64
 }
 
 type streamConn struct {
@@ -58,20 +67,29 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 // another connection, as RFC 7766 6.2.1 asks of clients, up to
 // streamResends times or until deadline; only then does it fail.
 func (c *streamClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
-	for resend := 0; ; resend++ {
+	for resend := 0; ; {
 		resp, err := c.exchangeOnce(ctx, deadline, question, packed, resend > 0)
-		if !errors.Is(err, errConnClosed) {
+		switch {
+		case errors.Is(err, errConnUnusable): // not sent: choose again
+		case errors.Is(err, errConnClosed):
+			resend++
+		default:
 			return resp, err
 		}
-		if resend == streamResends || ctx.Err() != nil || !time.Now().Before(deadline) {
+		if resend > streamResends || ctx.Err() != nil || !time.Now().Before(deadline) {
 			return nil, fmt.Errorf("%s: %w", c.addr, ErrUpstreamClosed)
 		}
 	}
 }
 
-// errConnClosed: the connection a query went out on closed before its
-// answer; the query may be sent again.
-var errConnClosed = errors.New("connection closed before the answer")
+var (
+	// errConnClosed: the connection a query went out on closed before its
+	// answer; the query may be sent again.
+	errConnClosed = errors.New("connection closed before the answer")
+	// errConnUnusable: the connection chosen for a query closed, or
+	// reached the upstream's limit, before the query went out on it.
+	errConnUnusable = errors.New("connection closed or full before the query")
+)
 
 func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, question, packed []byte, resend bool) (*answer, error) {
 	sc, err := c.conn(ctx, deadline, resend)
@@ -81,13 +99,21 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 	cl := newCall(question)
 	defer cl.release() // deferred first: runs after the delete below
 	sc.mu.Lock()
-	if sc.dead {
+	limit := c.limit.Load()
+	if sc.dead || (limit > 0 && int64(sc.sent) >= limit) {
+		// closed, or other queries took it to the limit since it was
+		// chosen: the query would be lost on it
 		sc.mu.Unlock()
-		return nil, errConnClosed
+		c.retire(sc)
+		return nil, errConnUnusable
 	}
 	id := reserveID(sc.pending, cl)
 	sc.sent++
+	full := limit > 0 && int64(sc.sent) >= limit
 	sc.mu.Unlock()
+	if full {
+		c.retire(sc)
+	}
 	defer func() {
 		sc.mu.Lock()
 		if sc.pending[id] == cl {
@@ -220,8 +246,33 @@ func (c *streamClient) read(sc *streamConn) {
 	c.drop(sc, err)
 }
 
-// drop closes a failed connection and fails its queries.
-func (c *streamClient) drop(sc *streamConn, _ error) {
+// drop closes a failed connection and fails its queries. When the
+// upstream closed it (EOF) with queries unanswered, how many it answered
+// is a hint of its per-connection query limit (see learn).
+func (c *streamClient) drop(sc *streamConn, err error) {
+	c.retire(sc)
+	answered := 0
+	sc.mu.Lock()
+	if !sc.dead {
+		sc.dead = true
+		if len(sc.pending) > 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
+			answered = sc.sent - len(sc.pending)
+		}
+		for id, cl := range sc.pending {
+			delete(sc.pending, id)
+			cl.resp <- nil
+		}
+	}
+	sc.mu.Unlock()
+	sc.conn.Close()
+	if answered > 0 {
+		c.learn(answered)
+	}
+}
+
+// retire takes sc out of the pool: no new query goes on it, and its
+// place is free for a new connection. Its reader goes on until it closes.
+func (c *streamClient) retire(sc *streamConn) {
 	c.mu.Lock()
 	for i, x := range c.conns {
 		if x == sc {
@@ -230,16 +281,21 @@ func (c *streamClient) drop(sc *streamConn, _ error) {
 		}
 	}
 	c.mu.Unlock()
-	sc.mu.Lock()
-	if !sc.dead {
-		sc.dead = true
-		for id, cl := range sc.pending {
-			delete(sc.pending, id)
-			cl.resp <- nil
-		}
+}
+
+// learn notes that the upstream closed a connection with queries left
+// after answering n. Two closes in a row after the same number is the
+// upstream's per-connection limit (CoreDNS, miekg/dns servers and others
+// close after a fixed count): from then on each connection leaves the
+// pool when it has carried that many queries. A close after another
+// number (a reset, an idle timeout that met a late query) is only noted.
+func (c *streamClient) learn(n int) {
+	c.mu.Lock()
+	if n == c.seen {
+		c.limit.Store(int64(n))
 	}
-	sc.mu.Unlock()
-	sc.conn.Close()
+	c.seen = n
+	c.mu.Unlock()
 }
 
 func (c *streamClient) close() {
