@@ -8,6 +8,7 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -78,7 +79,8 @@ type Server struct {
 	addrs     []caddy.NetworkAddress
 	tlsCfg    *tls.Config
 	listeners []net.Listener
-	keys      []string // listener keys in the live registry
+	rawLns    []syscall.RawConn // each listener's socket, when Caddy let us see it
+	keys      []string          // listener keys in the live registry
 	acceptWG  sync.WaitGroup
 	metrics   *dotMetrics
 
@@ -160,7 +162,11 @@ func (s *Server) start() error {
 	}
 	for _, na := range s.addrs {
 		for port := na.StartPort; port <= na.EndPort; port++ {
-			ln, err := na.Listen(s.ctx, port-na.StartPort, net.ListenConfig{})
+			var raw syscall.RawConn
+			ln, err := na.Listen(s.ctx, port-na.StartPort, net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+				raw = c // Caddy wraps the listener; this is its socket (see stop)
+				return nil
+			}})
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", na.JoinHostPort(port-na.StartPort), err)
 			}
@@ -170,6 +176,7 @@ func (s *Server) start() error {
 			}
 			key := na.Network + "/" + na.JoinHostPort(port-na.StartPort)
 			s.listeners = append(s.listeners, l)
+			s.rawLns = append(s.rawLns, raw)
 			s.keys = append(s.keys, key)
 			register(key, s)
 			s.acceptWG.Add(1)
@@ -201,14 +208,19 @@ func (s *Server) accept(ln net.Listener, key string) {
 			continue
 		}
 		delay = 0
-		c := newConn(raw, key)
-		if reason := s.admit(c); reason != "" {
-			s.metrics.refused.WithLabelValues(reason).Inc()
-			raw.Close()
-			continue
-		}
-		go c.serve(s)
+		s.serveNew(raw, key)
 	}
+}
+
+// serveNew admits a connection just accepted and serves it.
+func (s *Server) serveNew(raw net.Conn, key string) {
+	c := newConn(raw, key)
+	if reason := s.admit(c); reason != "" {
+		s.metrics.refused.WithLabelValues(reason).Inc()
+		raw.Close()
+		return
+	}
+	go c.serve(s)
 }
 
 // admit counts the connection in, or says which limit refuses it.
@@ -279,7 +291,14 @@ func (s *Server) adopt(from *Server, c *conn) bool {
 // the others for the grace period, and waits for the queries this
 // server's chain is answering.
 func (s *Server) stop() {
-	for _, ln := range s.listeners {
+	for i, ln := range s.listeners {
+		// closing a listening socket resets the connections in its accept
+		// queue (handshake done, not yet accepted: the accept goroutine may
+		// not have run yet on a busy machine); take them first, so that
+		// they are served and handed over like the others
+		for _, raw := range acceptQueued(s.rawLns[i]) {
+			s.serveNew(raw, s.keys[i])
+		}
 		_ = ln.Close()
 	}
 	s.acceptWG.Wait()

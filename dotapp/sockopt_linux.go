@@ -3,6 +3,8 @@ package dotapp
 import (
 	"errors"
 	"fmt"
+	"net"
+	"os"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -146,4 +148,31 @@ func (p *poller) fail(error) {
 		go c.resume()
 	}
 	p.mu.Unlock()
+}
+
+// acceptQueued takes the connections waiting in a listening socket's
+// accept queue, without waiting for more (accept4 until EAGAIN).
+func acceptQueued(ln syscall.RawConn) []net.Conn {
+	if ln == nil {
+		return nil
+	}
+	var conns []net.Conn
+	_ = ln.Control(func(fd uintptr) {
+		for {
+			nfd, _, err := syscall.Accept4(int(fd), syscall.SOCK_NONBLOCK|syscall.SOCK_CLOEXEC)
+			if errors.Is(err, syscall.EINTR) || errors.Is(err, syscall.ECONNABORTED) {
+				continue
+			}
+			if err != nil {
+				return // EAGAIN: the queue is empty
+			}
+			f := os.NewFile(uintptr(nfd), "dot")
+			c, err := net.FileConn(f) // a copy of the descriptor, on Go's poller
+			f.Close()
+			if err == nil {
+				conns = append(conns, c)
+			}
+		}
+	})
+	return conns
 }

@@ -4,6 +4,7 @@ package dotapp
 
 import (
 	"errors"
+	"net"
 	"syscall"
 	"time"
 )
@@ -24,3 +25,7 @@ var idlePoller poller
 func (poller) ok() bool        { return false }
 func (poller) arm(*conn) error { return errors.New("idle poller: not on this system") }
 func (poller) forget(*conn)    {}
+
+// acceptQueued is Linux's; elsewhere the accept queue is left to the
+// listener's close.
+func acceptQueued(syscall.RawConn) []net.Conn { return nil }
