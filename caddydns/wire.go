@@ -288,18 +288,7 @@ func finishWire(r *Request, a *answer, buf []byte) (out []byte, rcode int, ok bo
 	out = append(out, 0, byte(dns.TypeOPT>>8), byte(dns.TypeOPT), byte(advertisedUDPSize>>8), byte(advertisedUDPSize&0xFF),
 		byte(rcode>>4), 0, byte(flags>>8), byte(flags), 0, 0)
 	if l.opt >= 0 {
-		opts := msg[l.optRdata:l.end]
-		for len(opts) >= 4 {
-			n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
-			if n > len(opts) {
-				return nil, 0, false
-			}
-			if !hopOption(binary.BigEndian.Uint16(opts)) {
-				out = append(out, opts[:n]...)
-			}
-			opts = opts[n:]
-		}
-		if len(opts) != 0 {
+		if out, ok = appendNonHop(out, msg[l.optRdata:l.end]); !ok {
 			return nil, 0, false
 		}
 	}
@@ -330,22 +319,33 @@ func dropHopOptions(packed []byte) []byte {
 		return packed
 	}
 	opts := packed[l.optRdata:l.end]
-	for rest := opts; len(rest) > 0; { // check before moving anything
-		if len(rest) < 4 || 4+int(binary.BigEndian.Uint16(rest[2:])) > len(rest) {
-			return packed
-		}
-		rest = rest[4+int(binary.BigEndian.Uint16(rest[2:])):]
-	}
-	kept := opts[:0]
-	for len(opts) > 0 {
-		n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
-		if !hopOption(binary.BigEndian.Uint16(opts)) {
-			kept = append(kept, opts[:n]...) // never past what is read
-		}
-		opts = opts[n:]
+	kept, ok := appendNonHop(opts[:0], opts)
+	if !ok {
+		return packed
 	}
 	binary.BigEndian.PutUint16(packed[l.optRdata-2:], uint16(len(kept)))
 	return packed[:l.optRdata+len(kept)]
+}
+
+// appendNonHop appends to dst the options of an OPT record's RDATA that
+// are not the hop's (see hopOption); ok is false, and nothing appended,
+// when the RDATA is not a run of whole options. dst may be opts[:0]
+// (filtering in place: what is kept never passes what is read).
+func appendNonHop(dst, opts []byte) ([]byte, bool) {
+	for rest := opts; len(rest) > 0; { // check before moving anything
+		if len(rest) < 4 || 4+int(binary.BigEndian.Uint16(rest[2:])) > len(rest) {
+			return dst, false
+		}
+		rest = rest[4+int(binary.BigEndian.Uint16(rest[2:])):]
+	}
+	for len(opts) > 0 {
+		n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
+		if !hopOption(binary.BigEndian.Uint16(opts)) {
+			dst = append(dst, opts[:n]...)
+		}
+		opts = opts[n:]
+	}
+	return dst, true
 }
 
 // appendPadding adds a padding option (RFC 7830) to the OPT record that
