@@ -289,15 +289,19 @@ func (f *Forward) send(ctx context.Context, packed []byte) (*answer, error) {
 		start := time.Now()
 		resp, err := u.query(ctx, start.Add(f.timeout), packed)
 		u.outstanding.Add(-1)
+		if err != nil && ctx.Err() != nil {
+			// the client gave up first (a closed connection, a reset
+			// stream): that says nothing of the upstream
+			u.abandoned()
+			lastErr = err
+			break
+		}
 		u.record(err, time.Since(start), f.maxFails, f.failDur)
 		if err == nil {
 			return resp, nil
 		}
 		lastErr = err
 		f.tryFailed(u, try, err)
-		if ctx.Err() != nil {
-			break
-		}
 	}
 	return nil, noAnswer(lastErr)
 }

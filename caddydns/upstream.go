@@ -103,6 +103,8 @@ type upstream struct {
 	checkerStop    chan struct{}
 	checkerDone    chan struct{}
 	healthLogger   atomic.Pointer[zap.Logger]
+	// upAgain sets the healthy gauge back when a passive mark-down ends
+	upAgain *time.Timer
 
 	queries  prometheus.Counter
 	errors   prometheus.Counter
@@ -124,6 +126,8 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 		healthy:     upstreamHealthy.WithLabelValues(name),
 	}
 	u.healthy.Set(1)
+	u.upAgain = time.AfterFunc(time.Hour, u.updateGauge)
+	u.upAgain.Stop()
 	switch spec.proto {
 	case "udp":
 		u.udp = newUDPClient(spec.addr)
@@ -138,6 +142,7 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 
 // Destruct implements caddy.Destructor: the last user is gone.
 func (u *upstream) Destruct() error {
+	u.upAgain.Stop()
 	close(u.checkerStop)
 	u.checkerMu.Lock()
 	running := u.checkerRunning
@@ -182,7 +187,13 @@ func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte)
 	return a, err
 }
 
-// record notes the outcome of a real query for passive health checking.
+// abandoned notes a query whose client gave up before the upstream
+// answered: sent, but neither a success nor a failure of the upstream.
+func (u *upstream) abandoned() { u.queries.Inc() }
+
+// record notes the outcome of a real query for passive health checking:
+// only the upstream's own failures count (its timeout against the
+// forward's deadline, a refused or broken connection, no usable answer).
 func (u *upstream) record(err error, d time.Duration, maxFails int, failDuration time.Duration) {
 	u.queries.Inc()
 	if err == nil {
@@ -197,9 +208,12 @@ func (u *upstream) record(err error, d time.Duration, maxFails int, failDuration
 		u.downUntil.Store(time.Now().Add(failDuration).UnixNano())
 		if l := u.healthLogger.Load(); l != nil {
 			l.Warn("upstream marked down after failed queries", zap.String("upstream", u.name),
-				zap.Int("failures", maxFails), zap.Duration("for", failDuration), zap.Error(err))
+				zap.Int("failures", maxFails), zap.Stringer("for", failDuration), zap.Error(err))
 		}
 		u.healthy.Set(0)
+		// the gauge says what the forward does: up again once the
+		// mark-down ends (a later mark-down moves this on)
+		u.upAgain.Reset(failDuration)
 	}
 }
 

@@ -739,3 +739,38 @@ func TestDoHAccessLog(t *testing.T) {
 	}
 	env.c.waitLog(fmt.Sprintf(`"logger":"http\.log\.access[^\n]*"uri":"/dns-query\?dns=[^\n]*"size":%d,"status":200,[^\n]*"Content-Type":\["application/dns-message"\]`, len(body)), 10*time.Second)
 }
+
+// TestDoHClientGivesUp: curl clients that give up (--max-time 0.2) on
+// a name whose upstream answers after 400 ms do not mark the upstream
+// down: only the upstream's own failures count.
+func TestDoHClientGivesUp(t *testing.T) {
+	env := startDoH(t)
+	curl := need(t, "curl")
+	_, port, _ := net.SplitHostPort(env.addr)
+	wire := packQuery(t, "slow.up.test.", dns.TypeA, nil)
+	url := env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(wire)
+	up := `{upstream="udp://` + env.up.addr + `"}`
+	for i := 0; i < 3; i++ {
+		out, err := run(t, true, curl, "-s", "--http2", "--max-time", "0.2", "--cacert", env.root,
+			"--resolve", "dns.example.test:"+port+":127.0.0.1", "-o", "/dev/null", "-w", "%{http_code}", url)
+		if err == nil {
+			t.Fatalf("curl --max-time 0.2 got an answer from a 400 ms upstream: %s", out)
+		}
+	}
+	// the three abandoned queries are counted as sent (once the server
+	// has seen each stream end), and not as errors
+	if err := eventually(10*time.Second, func() bool { return env.c.metricValue("dnsfront_upstream_queries_total"+up) >= 3 }); err != nil {
+		t.Fatalf("dnsfront_upstream_queries_total%s = %v, want 3", up, env.c.metricValue("dnsfront_upstream_queries_total"+up))
+	}
+	if h, e := env.c.metricValue("dnsfront_upstream_healthy"+up), env.c.metricValue("dnsfront_upstream_errors_total"+up); h != 1 || e != 0 {
+		t.Fatalf("after 3 clients gave up: dnsfront_upstream_healthy %v (want 1), errors %v (want 0)", h, e)
+	}
+	if l := env.c.log.lines("upstream marked down"); len(l) > 0 {
+		t.Fatalf("clients that gave up marked the upstream down: %s", l[0])
+	}
+	// a patient client gets the answer
+	resp := env.get(t, wire)
+	if m, _ := answer(t, resp); len(m.Answer) != 1 {
+		t.Fatalf("slow.up.test: %v", m)
+	}
+}

@@ -1,0 +1,120 @@
+package caddydns
+
+import (
+	"context"
+	"encoding/json"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+)
+
+// slowUpstream answers every query over UDP after delay, until the test
+// ends.
+func slowUpstream(t *testing.T, delay time.Duration) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		time.Sleep(delay)
+		m := new(dns.Msg)
+		m.SetReply(q)
+		_ = w.WriteMsg(m)
+	})
+	s := &dns.Server{PacketConn: pc, Handler: h}
+	done := make(chan struct{})
+	go func() { defer close(done); _ = s.ActivateAndServe() }()
+	t.Cleanup(func() { _ = s.Shutdown(); <-done })
+	return pc.LocalAddr().String()
+}
+
+// forwardTo provisions a forward handler with cfg (its "to" set to up).
+func forwardTo(t *testing.T, up string, cfg map[string]any) *Forward {
+	t.Helper()
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	t.Cleanup(cancel)
+	cfg["to"] = []string{up}
+	b, _ := json.Marshal(cfg)
+	f := new(Forward)
+	if err := json.Unmarshal(b, f); err != nil {
+		t.Fatal(err)
+	}
+	if err := f.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = f.Cleanup() })
+	return f
+}
+
+// TestClientGivesUp: queries whose clients give up before a slow
+// upstream answers (curl --max-time, the end of an h2load run) do not
+// count against the upstream; only its own failures do, against the
+// forward's timeout. A passive mark-down ends after fail_duration, and
+// the healthy gauge says so then, without waiting for another query.
+func TestClientGivesUp(t *testing.T) {
+	up := slowUpstream(t, 300*time.Millisecond)
+	f := forwardTo(t, up, map[string]any{"max_fails": 1, "fail_duration": "300ms", "tries": 1, "timeout": "2s"})
+	u := f.ups[0]
+	gauge := upstreamHealthy.WithLabelValues(u.name)
+	errs := metricValue(t, upstreamErrors.WithLabelValues(u.name))
+
+	for i := 0; i < 5; i++ {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		_, err := f.ServeDNS(ctx, &Request{Msg: query("slow.example.org.", dns.TypeA)}, nil)
+		cancel()
+		if err == nil {
+			t.Fatalf("query %d: answered after its client gave up", i)
+		}
+	}
+	if !u.isHealthy(time.Now()) || metricValue(t, gauge) != 1 {
+		t.Fatalf("5 queries abandoned by their clients marked the upstream down (healthy %v, gauge %v)",
+			u.isHealthy(time.Now()), metricValue(t, gauge))
+	}
+	if got := metricValue(t, upstreamErrors.WithLabelValues(u.name)) - errs; got != 0 {
+		t.Fatalf("%v upstream errors counted for queries the clients abandoned", got)
+	}
+
+	// the upstream's own failure (its answer later than the forward's
+	// timeout) counts: with max_fails 1 it is down at once
+	g := forwardTo(t, up, map[string]any{"max_fails": 1, "fail_duration": "300ms", "tries": 1, "timeout": "50ms"})
+	if g.ups[0] != u {
+		t.Fatal("two handlers naming one upstream do not share it")
+	}
+	if _, err := g.ServeDNS(context.Background(), &Request{Msg: query("slow.example.org.", dns.TypeA)}, nil); err == nil {
+		t.Fatal("answered past the timeout")
+	}
+	if u.isHealthy(time.Now()) || metricValue(t, gauge) != 0 {
+		t.Fatal("a timeout against the forward's own deadline did not mark the upstream down")
+	}
+	// and it is up again after fail_duration, in the gauge too
+	deadline := time.Now().Add(10 * time.Second)
+	for metricValue(t, gauge) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatalf("dnsfront_upstream_healthy still 0 %v after a 300ms mark-down (isHealthy %v)",
+				10*time.Second, u.isHealthy(time.Now()))
+		}
+		time.Sleep(20 * time.Millisecond) // polling the gauge, which has no event
+	}
+	if !u.isHealthy(time.Now()) {
+		t.Fatal("the gauge says up, the forward says down")
+	}
+}
+
+// metricValue reads a gauge's or counter's value.
+func metricValue(t *testing.T, m prometheus.Metric) float64 {
+	t.Helper()
+	var out dto.Metric
+	if err := m.Write(&out); err != nil {
+		t.Fatal(err)
+	}
+	if out.Gauge != nil {
+		return out.Gauge.GetValue()
+	}
+	return out.Counter.GetValue()
+}
