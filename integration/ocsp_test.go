@@ -291,9 +291,10 @@ func TestReloadWithMissingKeyKeepsServing(t *testing.T) {
 
 // opensslVerify runs `openssl ocsp -respin` as the issue asks and returns
 // its output; it must say "Response verify OK" and "good".
-func opensslVerify(t *testing.T, respFile, issuerFile, caFile, certFile string) string {
+func opensslVerify(t *testing.T, respFile, issuerFile, caFile, certFile string, extra ...string) string {
 	t.Helper()
-	out, err := run(t, true, need(t, "openssl"), "ocsp", "-respin", respFile, "-issuer", issuerFile, "-CAfile", caFile, "-cert", certFile, "-resp_text")
+	args := append(append([]string{"ocsp", "-respin", respFile, "-issuer", issuerFile, "-CAfile", caFile}, extra...), "-cert", certFile, "-resp_text")
+	out, err := run(t, true, need(t, "openssl"), args...)
 	if err != nil || !strings.Contains(out, "Response verify OK") || !strings.Contains(out, certFile+": good") {
 		t.Fatalf("openssl ocsp -respin %s: %v\n%s", respFile, err, out)
 	}
@@ -315,6 +316,17 @@ func TestGenerateAndLocalCA(t *testing.T) {
 		if o, err := run(t, true, caddyBin, "ocsp", "inspect", out, "--cert", pk.certFile); err != nil || !strings.Contains(o, "verdict:      OK") {
 			t.Fatalf("caddy ocsp inspect: %v\n%s", err, o)
 		}
+		// a SHA-1 CertID is not found by a SHA-256 look-up; --hash sha256 is
+		if o, _ := run(t, true, need(t, "openssl"), "ocsp", "-respin", out, "-issuer", pk.caFile, "-CAfile", pk.caFile, "-sha256", "-cert", pk.certFile); !strings.Contains(o, "No Status found") {
+			t.Fatalf("openssl ocsp -sha256 found a status in a SHA-1 CertID response:\n%s", o)
+		}
+		if o, err := run(t, false, caddyBin, "ocsp", "generate", "--hash", "sha256", "--cert", pk.certFile, "--ca-cert", pk.caFile, "--ca-key", pk.caKeyFile, "--out", out); !strings.Contains(o, "wrote "+out) {
+			t.Fatalf("caddy ocsp generate --hash sha256: %v: %s", err, o)
+		}
+		opensslVerify(t, out, pk.caFile, pk.caFile, pk.certFile, "-sha256")
+	}
+	if o, err := run(t, true, caddyBin, "ocsp", "generate", "--hash", "md5", "--cert", "x", "--ca-cert", "x", "--ca-key", "x", "--out", "x"); err == nil || !strings.Contains(o, `--hash: CertID hash "md5": want sha1 or sha256`) {
+		t.Fatalf("caddy ocsp generate --hash md5: %v: %s", err, o)
 	}
 
 	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test")
@@ -329,6 +341,7 @@ func TestGenerateAndLocalCA(t *testing.T) {
 		certificate {{.Cert}} {{.Key}} {
 			staple local_ca {{.CA}} {{.CAKey}} {
 				validity 6s
+				hash sha256
 				write_to {{.Written}}
 			}
 		}
@@ -353,7 +366,7 @@ https://:{{.Port}} {
 	if fi, err := os.Stat(written); err != nil || fi.Mode().Perm() != 0o644 {
 		t.Fatalf("write_to file mode: %v %v", fi.Mode(), err)
 	}
-	opensslVerify(t, written, pk.caFile, pk.caFile, pk.certFile)
+	opensslVerify(t, written, pk.caFile, pk.caFile, pk.certFile, "-sha256")
 	firstResp, err := ocsp.ParseResponse(first, nil)
 	if err != nil {
 		t.Fatal(err)
@@ -602,4 +615,146 @@ https://:{{.Port}} {
 	}); err != nil {
 		t.Fatal("the replaced staple file was not picked up without a reload")
 	}
+}
+
+// TestStapleRollback: a response older (by thisUpdate) than the staple
+// served is refused, and once the certificate is seen revoked only a
+// newer good response brings a staple back: a replayed old response,
+// from a file or from a responder over plain HTTP, cannot undo either.
+func TestStapleRollback(t *testing.T) {
+	dir := t.TempDir()
+	pk := newPKI(t, dir, "server", testpki.ECDSA, testpki.LeafOptions{}, "dns.example.test", "127.0.0.1")
+	good := pk.response(t, ocsp.Good, 3*time.Hour)
+	pk.writeStaple(t, good)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, dir, fileStapleSite, Vars{"Cert": pk.certFile, "Key": pk.keyFile, "Staple": pk.stapleFile, "Port": port})
+	waitListen(t, addr)
+	thisUpdate := func(b []byte) string {
+		r, err := ocsp.ParseResponse(b, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r.ThisUpdate.UTC().Format(time.RFC3339)
+	}
+
+	// an older good response: refused, naming both thisUpdates; the
+	// newer one stays
+	older := pk.response(t, ocsp.Good, 5*time.Hour)
+	pk.writeStaple(t, older)
+	st := c.staples("POST", "/ocsp/reload")
+	if st[0].Status != "good" || st[0].LastResult != "failed" || !strings.Contains(st[0].LastError, "older than one already seen") ||
+		!strings.Contains(st[0].LastError, thisUpdate(older)) || !strings.Contains(st[0].LastError, thisUpdate(good)) {
+		t.Fatalf("older response: GET /ocsp/ = %+v", st[0])
+	}
+	if got, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(got, good) {
+		t.Fatal("an older response replaced the staple served")
+	}
+	if l := c.log.lines(`"ocsp staple refused"`); len(l) == 0 || !strings.Contains(l[len(l)-1], thisUpdate(older)) ||
+		!strings.Contains(l[len(l)-1], thisUpdate(good)) {
+		t.Fatalf("the refusal is not logged with both thisUpdate times: %q", l)
+	}
+
+	// revoked, newer: the staple goes
+	pk.writeStaple(t, pk.response(t, ocsp.Revoked, time.Hour))
+	if st := c.staples("POST", "/ocsp/reload"); st[0].Status != "revoked" {
+		t.Fatalf("revoked response: GET /ocsp/ = %+v", st[0])
+	}
+	// the good response from before the revocation, replayed: refused,
+	// and openssl sees no staple
+	pk.writeStaple(t, good)
+	if err := c.reload("", nil); err != nil {
+		t.Fatal(err)
+	}
+	if st := c.staples("GET", "/ocsp/"); st[0].Status != "revoked" || !strings.Contains(st[0].LastError, "the revoked response's thisUpdate") {
+		t.Fatalf("good response older than the revoked one: GET /ocsp/ = %+v", st[0])
+	}
+	if out := sClient(t, addr, "dns.example.test"); !strings.Contains(out, "OCSP response: no response sent") {
+		t.Fatalf("a replayed good response is stapled after the certificate was seen revoked:\n%s", out)
+	}
+	// a newer good response brings it back
+	newer := pk.response(t, ocsp.Good, 30*time.Minute)
+	pk.writeStaple(t, newer)
+	if st := c.staples("POST", "/ocsp/reload"); st[0].Status != "good" || st[0].LastResult != "updated" {
+		t.Fatalf("newer good response: GET /ocsp/ = %+v", st[0])
+	}
+	if out := sClient(t, addr, "dns.example.test"); !strings.Contains(out, "Cert Status: good") {
+		t.Fatalf("the newer good response is not stapled:\n%s", out)
+	}
+}
+
+// writeToSite issues a certificate from Caddy's internal CA, with its
+// staple from the pki source, written through to {{.WriteTo}} unless it
+// is empty.
+const writeToSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1 {
+			staple pki {
+				{{if .WriteTo}}write_to {{.WriteTo}}{{end}}
+			}
+		}
+	}
+}
+https://:{{.Port}} {
+	tls {
+		get_certificate ocsp
+	}
+	respond "ok"
+}
+`
+
+// TestWriteToCarriedOver: every configured write_to holds the staple
+// served as soon as the config is in force, also when the staple is not
+// new: a reload that adds or moves write_to, and a restart that loads
+// the staple from storage after the file was deleted. GET /ocsp/ says
+// when the file was last written.
+func TestWriteToCarriedOver(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	vars := Vars{"Port": port, "WriteTo": ""}
+	c := startCaddy(t, dir, writeToSite, vars)
+	waitListen(t, addr)
+	served, _ := stapleGo(t, addr, "dns.example.test", nil)
+	if served == nil {
+		t.Fatal("no staple")
+	}
+	holds := func(path string) {
+		t.Helper()
+		b, err := os.ReadFile(path)
+		if err != nil || !bytes.Equal(b, served) {
+			t.Fatalf("write_to %s does not hold the staple served (%d bytes, %v)", path, len(b), err)
+		}
+		st := c.staples("GET", "/ocsp/")
+		var s struct {
+			WriteTo     string     `json:"write_to"`
+			LastWritten *time.Time `json:"last_written"`
+		}
+		if err := json.Unmarshal(c.api("GET", "/ocsp/"), &[]any{&s}); err != nil {
+			t.Fatal(err)
+		}
+		if s.WriteTo != path || s.LastWritten == nil || st[0].WriteError != "" {
+			t.Fatalf("GET /ocsp/: write_to %q, last_written %v, write_error %q; want %s, a time, none", s.WriteTo, s.LastWritten, st[0].WriteError, path)
+		}
+	}
+	for _, name := range []string{"a.ocsp", "b.ocsp"} { // added, then moved
+		vars["WriteTo"] = filepath.Join(dir, name)
+		if err := c.reload(writeToSite, vars); err != nil {
+			t.Fatal(err)
+		}
+		holds(filepath.Join(dir, name))
+	}
+	if got, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(got, served) {
+		t.Fatal("a reload made a new staple: this test needs it carried over")
+	}
+
+	// restart after the file was deleted: the staple comes from storage
+	c.stop()
+	if err := os.Remove(filepath.Join(dir, "b.ocsp")); err != nil {
+		t.Fatal(err)
+	}
+	c = startCaddy(t, dir, writeToSite, vars)
+	waitListen(t, addr)
+	c.waitLog(`ocsp staple loaded from storage`, 10*time.Second)
+	holds(filepath.Join(dir, "b.ocsp"))
 }

@@ -33,8 +33,8 @@ import (
 // Sources and their arguments:
 //
 //	staple file <path> { poll_interval <duration> }
-//	staple local_ca <ca_cert_file> <ca_key_file> { validity <d>; backdate <d>; write_to <path> }
-//	staple pki [<ca_id>] { validity <d>; backdate <d>; write_to <path> }
+//	staple local_ca <ca_cert_file> <ca_key_file> { validity <d>; backdate <d>; hash sha1|sha256; write_to <path> }
+//	staple pki [<ca_id>] { validity <d>; backdate <d>; hash sha1|sha256; write_to <path> }
 //	staple responder [<url>] { timeout <d>; write_to <path> }
 func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // option name
@@ -147,7 +147,7 @@ func (f *FileSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return nil
 }
 
-// UnmarshalCaddyfile: `local_ca <ca_cert> <ca_key> { validity; backdate; write_to }`.
+// UnmarshalCaddyfile: `local_ca <ca_cert> <ca_key> { validity; backdate; hash; write_to }`.
 func (l *LocalCASource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
 	if !d.AllArgs(&l.CACert, &l.CAKey) {
@@ -156,7 +156,7 @@ func (l *LocalCASource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	return unmarshalGeneration(d, &l.Generation, &l.WriteThrough)
 }
 
-// UnmarshalCaddyfile: `pki [<ca_id>] { validity; backdate; write_to }`.
+// UnmarshalCaddyfile: `pki [<ca_id>] { validity; backdate; hash; write_to }`.
 func (p *PKISource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // source name
 	if err := cfparse.OptionalArg(d, &p.CA); err != nil {
@@ -189,7 +189,7 @@ func (r *ResponderSource) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 }
 
 // unmarshalGeneration reads the block of a source that signs responses:
-// validity, backdate, write_to.
+// validity, backdate, hash, write_to.
 func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough) error {
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch d.Val() {
@@ -206,6 +206,13 @@ func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough)
 		case "write_to":
 			if !d.AllArgs(&w.WriteTo) {
 				return d.ArgErr()
+			}
+		case "hash":
+			if !d.AllArgs(&g.Hash) {
+				return d.ArgErr()
+			}
+			if _, err := ParseCertIDHash(g.Hash); err != nil {
+				return d.Err(err.Error())
 			}
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())

@@ -1,13 +1,17 @@
 package ocspfile
 
 import (
+	"bytes"
 	"context"
 	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/asn1"
 	"errors"
 	"fmt"
 	"io"
 	"net/http"
 	"os"
+	"slices"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -42,7 +46,7 @@ After replacing a staple file, make the running server use it with
 
 func generateCommand() *cobra.Command {
 	c := &cobra.Command{
-		Use:   "generate --cert <file> --ca-cert <file> --ca-key <file> --out <file> [--validity <duration>] [--backdate <duration>]",
+		Use:   "generate --cert <file> --ca-cert <file> --ca-key <file> --out <file> [--validity <duration>] [--backdate <duration>] [--hash sha1|sha256]",
 		Short: "Signs a good OCSP response for a certificate with its CA's key",
 		Args:  cobra.NoArgs,
 	}
@@ -53,9 +57,14 @@ func generateCommand() *cobra.Command {
 	out := f.String("out", "", "file to write the DER response to")
 	validity := f.String("validity", "7d", "how long the response is valid (never past the certificate's NotAfter)")
 	backdate := f.String("backdate", "1h", "how far thisUpdate is moved into the past, for clock skew")
+	hashName := f.String("hash", "sha1", "hash algorithm of the CertID: sha1 or sha256 (dnsdist writes sha256)")
 	c.RunE = func(cmd *cobra.Command, _ []string) error {
 		if err := required(map[string]string{"--cert": *cert, "--ca-cert": *caCert, "--ca-key": *caKey, "--out": *out}); err != nil {
 			return err
+		}
+		hash, err := ParseCertIDHash(*hashName)
+		if err != nil {
+			return fmt.Errorf("--hash: %w", err)
 		}
 		v, err := caddy.ParseDuration(*validity)
 		if err != nil || v <= 0 {
@@ -80,7 +89,7 @@ func generateCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		der, err := Generate(leaf, ca, key, GenerateOptions{Validity: v, Backdate: b})
+		der, err := Generate(leaf, ca, key, GenerateOptions{Validity: v, Backdate: b, Hash: hash})
 		if err != nil {
 			return err
 		}
@@ -205,11 +214,37 @@ func describe(w io.Writer, raw []byte) error {
 			fmt.Fprintf(w, "  nextUpdate: %s (%s)\n", fmtTime(r.NextUpdate), untilText(r.NextUpdate))
 		}
 		fmt.Fprintf(w, "  producedAt: %s\n", fmtTime(r.ProducedAt))
-		if r.Certificate != nil {
-			fmt.Fprintf(w, "  signed by:  delegated responder %q\n", r.Certificate.Subject.String())
-		}
+		fmt.Fprintf(w, "  signed by:  %s\n", signerText(r, &id))
 	}
 	return nil
+}
+
+// signerText says who signed r: the issuer itself (its certificate
+// embedded or not), or a delegated responder, with what its certificate
+// allows. An embedded certificate is the issuer when its name and key
+// hash to the CertID's issuer hashes.
+func signerText(r *ocsp.Response, id *certID) string {
+	c := r.Certificate
+	if c == nil {
+		by := "key hash " + fmt.Sprintf("%X", r.ResponderKeyHash)
+		if len(r.RawResponderName) > 0 {
+			var name pkix.RDNSequence
+			if _, err := asn1.Unmarshal(r.RawResponderName, &name); err == nil {
+				by = fmt.Sprintf("name %q", name.String())
+			}
+		}
+		return "responder " + by + ", no certificate embedded (the issuer itself, if it verifies against it)"
+	}
+	if h, ok := hashByOID(id.HashAlgorithm.Algorithm); ok {
+		if name, key, err := issuerHashes(c, h); err == nil && bytes.Equal(name, id.NameHash) && bytes.Equal(key, id.IssuerKeyHash) {
+			return fmt.Sprintf("the issuer itself, %q (its certificate embedded)", c.Subject.String())
+		}
+	}
+	eku := "lacks id-kp-OCSPSigning: not allowed to sign for the issuer"
+	if slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
+		eku = "with id-kp-OCSPSigning"
+	}
+	return fmt.Sprintf("delegated responder %q, issued by %q, %s", c.Subject.String(), c.Issuer.String(), eku)
 }
 
 func untilText(t time.Time) string {

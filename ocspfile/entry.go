@@ -7,6 +7,8 @@ import (
 	"crypto/x509"
 	"encoding/asn1"
 	"errors"
+	"fmt"
+	"os"
 	"path"
 	"sync"
 	"sync/atomic"
@@ -36,6 +38,41 @@ type slot struct {
 	lastErr     string
 	backoff     time.Duration
 	writeErr    string // the last write-through failure; "" when it succeeded
+	// writtenPath holds the served staple since writtenAt (write_to)
+	writtenPath string
+	writtenAt   time.Time
+	// newest is the latest thisUpdate accepted for the certificate, of a
+	// good response or, when revoked is set, of a revoked one: an older
+	// response is a replay (rollback protection)
+	newest  time.Time
+	revoked bool
+}
+
+// admit checks a validated response's thisUpdate against the newest one
+// seen: a response older than it, or a good one not newer than a revoked
+// one, is refused. s.mu is held.
+func (s *slot) admit(thisUpdate time.Time, revoked bool) error {
+	switch {
+	case thisUpdate.Before(s.newest):
+		what := "the current staple's"
+		if s.revoked {
+			what = "the revoked response's"
+		}
+		return fmt.Errorf("%w: thisUpdate %s is before %s thisUpdate %s", ErrRollback,
+			fmtTime(thisUpdate), what, fmtTime(s.newest))
+	case s.revoked && !revoked && !thisUpdate.After(s.newest):
+		return fmt.Errorf("%w: thisUpdate %s is not after %s, when the certificate was seen revoked", ErrRollback,
+			fmtTime(thisUpdate), fmtTime(s.newest))
+	}
+	return nil
+}
+
+// accepted records a response that admit let in.
+func (s *slot) accepted(thisUpdate time.Time, revoked bool) {
+	if thisUpdate.After(s.newest) {
+		s.newest = thisUpdate
+	}
+	s.revoked = revoked
 }
 
 func newSlot(key string) *slot {
@@ -136,6 +173,8 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer e.reschedule()
+	// whatever happens, the write_to file ends holding the staple served
+	defer a.writeThrough(e)
 	now := time.Now()
 	cur := s.staple.Load()
 	_, polled := e.source.(Poller)
@@ -144,15 +183,13 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	// back-off retries until the source answers again
 	if !force && !polled && s.lastResult != resultFailed {
 		if cur.ValidAt(now) && now.Before(cur.RefreshAt()) {
-			if s.writeErr != "" {
-				a.writeThrough(e, cur) // the file could not be written: try again
-			}
 			return
 		}
 		// a staple another server of the fleet (or this one before a
 		// restart) stored may still be fresh
 		if st := a.loadStored(ctx, e, now); st != nil {
 			s.staple.Store(st)
+			s.accepted(st.ThisUpdate(), false)
 			s.lastRefresh, s.lastResult, s.lastErr, s.backoff = now, resultUpdated, "", 0
 			a.logger.Info("ocsp staple loaded from storage", e.logFields(st)...)
 			return
@@ -164,12 +201,24 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	if err == nil {
 		st, err = Validate(raw, e.leaf, e.issuer, now)
 	}
+	var rev *RevokedError
+	switch {
+	case err == nil:
+		err = s.admit(st.ThisUpdate(), false)
+	case errors.As(err, &rev):
+		if rb := s.admit(rev.ThisUpdate, true); rb != nil {
+			err = rb // an older revoked response: a replay like any other
+		} else {
+			s.accepted(rev.ThisUpdate, true)
+		}
+	}
 	s.lastRefresh = now
 	if err != nil {
 		a.refreshFailed(ctx, e, cur, err, now)
 		return
 	}
 	s.backoff = 0
+	s.accepted(st.ThisUpdate(), false)
 	if cur != nil && bytes.Equal(cur.DER, st.DER) {
 		s.lastResult, s.lastErr = resultUnchanged, ""
 		refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUnchanged).Inc()
@@ -280,40 +329,57 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
 		return nil
 	}
 	st, err := Validate(b, e.leaf, e.issuer, now)
-	if err != nil || !now.Before(st.HalfLife()) {
+	if err != nil || !now.Before(st.HalfLife()) || e.slot.admit(st.ThisUpdate(), false) != nil {
 		return nil
 	}
 	return st
 }
 
-// store keeps a made staple in Caddy's storage and writes it through to
-// the source's file, if it names one. Failures are logged; the staple is
-// served all the same.
+// store keeps a made staple in Caddy's storage. A failure is logged; the
+// staple is served all the same.
 func (a *App) store(ctx context.Context, e *entry, st *Staple) {
 	if stor := a.ctx.Storage(); stor != nil {
 		if err := stor.Store(ctx, e.storageKey(), st.DER); err != nil {
 			a.logger.Error("storing ocsp staple", zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
 		}
 	}
-	a.writeThrough(e, st)
 }
 
-// writeThrough writes the staple to the source's file, if it names one.
-// A failure (a read-only directory, a full disk) is logged once per
-// change of reason and counted; the slot then retries with back-off until
-// a write succeeds, which is logged too. e.slot.mu is held.
-func (a *App) writeThrough(e *entry, st *Staple) {
+// writeThrough makes the source's write_to file, if it names one, hold
+// the staple being served: after every refresh, so a staple carried over
+// a reload or restart, loaded from storage, or kept while the file was
+// deleted or write_to changed, reaches the file as a new one does. The
+// file is read first and written (atomically) only when it differs. A
+// failure (a read-only directory, a full disk) is logged once per change
+// of reason and counted; the slot then retries with back-off until a
+// write succeeds, which is logged too. e.slot.mu is held.
+func (a *App) writeThrough(e *entry) {
 	w, ok := e.source.(writeThrougher)
 	if !ok || w.writePath() == "" {
 		return
 	}
-	s := e.slot
-	err := WriteFileAtomic(w.writePath(), st.DER, 0o644)
+	s, path := e.slot, w.writePath()
+	st := s.staple.Load()
+	if !st.ValidAt(time.Now()) {
+		return
+	}
+	if b, err := os.ReadFile(path); err == nil && bytes.Equal(b, st.DER) {
+		if s.writtenPath != path {
+			// it already holds it (written before a restart, or by
+			// another server): say since when
+			if fi, err := os.Stat(path); err == nil {
+				s.writtenPath, s.writtenAt = path, fi.ModTime()
+			}
+		}
+		return
+	}
+	err := WriteFileAtomic(path, st.DER, 0o644)
 	if err == nil {
+		s.writtenPath, s.writtenAt = path, time.Now()
 		writes.WithLabelValues(e.labels[0], e.labels[1], "ok").Inc()
 		if s.writeErr != "" {
 			a.logger.Info("ocsp staple written through to file again", zap.String("certificate", e.name),
-				zap.String("file", w.writePath()))
+				zap.String("file", path))
 			s.writeErr, s.backoff = "", 0
 		}
 		return
@@ -326,7 +392,7 @@ func (a *App) writeThrough(e *entry, st *Staple) {
 	}
 	s.writeErr = err.Error()
 	if c := a.logger.Check(level, "writing ocsp staple through to file"); c != nil {
-		c.Write(zap.String("certificate", e.name), zap.String("file", w.writePath()), zap.Error(err),
+		c.Write(zap.String("certificate", e.name), zap.String("file", path), zap.Error(err),
 			zap.Duration("retry_in", s.backoff))
 	}
 }
@@ -344,6 +410,11 @@ type Status struct {
 	LastRefresh *time.Time `json:"last_refresh,omitempty"`
 	LastResult  string     `json:"last_result,omitempty"`
 	LastError   string     `json:"last_error,omitempty"`
+	// WriteTo is the file the staple is written through to, if any.
+	WriteTo string `json:"write_to,omitempty"`
+	// LastWritten is when WriteTo last received the staple served (or,
+	// when it already held it, its modification time).
+	LastWritten *time.Time `json:"last_written,omitempty"`
 	// WriteError is why the staple could not be written through to its
 	// file (write_to); empty once a write succeeds.
 	WriteError string `json:"write_error,omitempty"`
@@ -375,11 +446,18 @@ func (e *entry) status(now time.Time) Status {
 		t := s.lastRefresh.UTC()
 		out.LastRefresh = &t
 	}
+	if w, ok := e.source.(writeThrougher); ok && w.writePath() != "" {
+		out.WriteTo = w.writePath()
+		if s.writtenPath == out.WriteTo {
+			t := s.writtenAt.UTC()
+			out.LastWritten = &t
+		}
+	}
 	if st := s.staple.Load(); st.ValidAt(now) {
 		tu, nu := st.ThisUpdate().UTC(), st.NextUpdate().UTC()
 		out.Status, out.ThisUpdate, out.NextUpdate = StatusGood, &tu, &nu
-	} else if s.lastResult == resultRevoked {
-		out.Status = StatusRevoked
+	} else if s.revoked {
+		out.Status = StatusRevoked // until a newer good response
 	}
 	return out
 }

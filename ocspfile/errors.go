@@ -1,6 +1,10 @@
 package ocspfile
 
-import "errors"
+import (
+	"errors"
+	"fmt"
+	"time"
+)
 
 // Reasons a staple is refused. Each error returned by Validate wraps one of
 // these, with the values that did not match.
@@ -17,4 +21,24 @@ var (
 	ErrNoNextUpdate        = errors.New("ocsp response has no nextUpdate")
 	ErrExpired             = errors.New("ocsp response has expired")
 	ErrOutlivesCertificate = errors.New("ocsp response outlives the certificate")
+	// ErrRollback is the app's, not Validate's: a response older (by
+	// thisUpdate) than one already accepted for the certificate, or not
+	// newer than the revoked one last seen: a replay.
+	ErrRollback = errors.New("ocsp response is older than one already seen")
 )
+
+// RevokedError is Validate's error for a response that says the
+// certificate is revoked; it wraps ErrRevoked.
+type RevokedError struct {
+	Serial     string
+	RevokedAt  time.Time
+	Reason     int
+	ThisUpdate time.Time // of the response
+}
+
+func (e *RevokedError) Error() string {
+	return fmt.Sprintf("%v: certificate %s revoked at %s (reason %d)", ErrRevoked, e.Serial,
+		e.RevokedAt.UTC().Format(time.RFC3339), e.Reason)
+}
+
+func (e *RevokedError) Unwrap() error { return ErrRevoked }

@@ -1,6 +1,7 @@
 package ocspfile
 
 import (
+	"cmp"
 	"crypto"
 	"crypto/ecdsa"
 	"crypto/rsa"
@@ -27,6 +28,22 @@ type GenerateOptions struct {
 	Backdate time.Duration
 	// Now is the generation time; time.Now when zero.
 	Now time.Time
+	// Hash is the CertID's hash algorithm: crypto.SHA1 (the default when
+	// zero; what RFC 5019 clients expect) or crypto.SHA256 (what
+	// dnsdist's generator writes; `openssl ocsp -sha256` looks for it).
+	Hash crypto.Hash
+}
+
+// ParseCertIDHash reads a CertID hash name as the configuration and the
+// command line give it: "sha1" (also "") or "sha256".
+func ParseCertIDHash(name string) (crypto.Hash, error) {
+	switch name {
+	case "", "sha1":
+		return crypto.SHA1, nil
+	case "sha256":
+		return crypto.SHA256, nil
+	}
+	return 0, fmt.Errorf("CertID hash %q: want sha1 or sha256", name)
 }
 
 // Generate makes a good-status OCSP response for leaf, signed directly by
@@ -76,6 +93,7 @@ func Generate(leaf, issuer *x509.Certificate, key crypto.Signer, opts GenerateOp
 		SerialNumber: leaf.SerialNumber,
 		ThisUpdate:   now.Add(-backdate).UTC().Truncate(time.Second),
 		NextUpdate:   next.UTC().Truncate(time.Second),
+		IssuerHash:   cmp.Or(opts.Hash, crypto.SHA1),
 	}, key)
 	if err != nil {
 		return nil, fmt.Errorf("generating ocsp response: %w", err)

@@ -111,10 +111,25 @@ type Generation struct {
 	// Backdate moves thisUpdate into the past to absorb clock skew; 0
 	// for none. Default: 1h.
 	Backdate *caddy.Duration `json:"backdate,omitempty"`
+	// Hash is the hash algorithm of the responses' CertID: "sha1" or
+	// "sha256". Default: "sha1".
+	Hash string `json:"hash,omitempty"`
+
+	hash crypto.Hash
+}
+
+// provision checks the settings; what names the source's field.
+func (g *Generation) provision(what string) error {
+	h, err := ParseCertIDHash(g.Hash)
+	if err != nil {
+		return fmt.Errorf("%s: hash: %w", what, err)
+	}
+	g.hash = h
+	return nil
 }
 
 func (g Generation) options() GenerateOptions {
-	o := GenerateOptions{Validity: time.Duration(g.Validity)}
+	o := GenerateOptions{Validity: time.Duration(g.Validity), Hash: g.hash}
 	switch {
 	case g.Backdate == nil:
 		// GenerateOptions' zero Backdate is the default
@@ -151,6 +166,9 @@ func (LocalCASource) CaddyModule() caddy.ModuleInfo {
 func (l *LocalCASource) Provision(ctx caddy.Context) error {
 	if l.CACert == "" || l.CAKey == "" {
 		return errors.New("local_ca source: ca_cert and ca_key are required")
+	}
+	if err := l.Generation.provision("local_ca source"); err != nil {
+		return err
 	}
 	certs, err := ReadCertificates(l.CACert)
 	if err != nil {
@@ -196,6 +214,9 @@ func (PKISource) CaddyModule() caddy.ModuleInfo {
 func (p *PKISource) Provision(ctx caddy.Context) error {
 	if p.CA == "" {
 		p.CA = caddypki.DefaultCAID
+	}
+	if err := p.Generation.provision("pki source"); err != nil {
+		return err
 	}
 	appIface, err := ctx.App("pki")
 	if err != nil {

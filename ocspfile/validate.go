@@ -132,8 +132,8 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 	switch resp.Status {
 	case ocsp.Good:
 	case ocsp.Revoked:
-		return nil, fmt.Errorf("%w: certificate %s revoked at %s (reason %d)", ErrRevoked,
-			FormatSerial(leaf.SerialNumber), resp.RevokedAt.UTC().Format(time.RFC3339), resp.RevocationReason)
+		return nil, &RevokedError{Serial: FormatSerial(leaf.SerialNumber), RevokedAt: resp.RevokedAt,
+			Reason: resp.RevocationReason, ThisUpdate: resp.ThisUpdate}
 	case ocsp.Unknown:
 		return nil, fmt.Errorf("%w: responder does not know certificate %s", ErrUnknownStatus, FormatSerial(leaf.SerialNumber))
 	default:
