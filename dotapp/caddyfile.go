@@ -3,6 +3,7 @@ package dotapp
 import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
@@ -13,6 +14,11 @@ import (
 //	dot [<listen addresses...>] {
 //		listen <addresses...>
 //		server_name <names...>
+//		connection_policy {     # Caddy's TLS connection policy, e.g.
+//			cert_selection {    # the ocsp app's certificates tagged dot-a
+//				any_tag dot-a
+//			}
+//		}
 //		idle_timeout <duration>
 //		read_timeout <duration>
 //		handshake_timeout <duration>
@@ -35,6 +41,12 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			s.Listen = append(s.Listen, args...)
+		case "connection_policy":
+			cp := new(caddytls.ConnectionPolicy)
+			if err := cp.UnmarshalCaddyfile(d.NewFromNextSegment()); err != nil {
+				return err
+			}
+			s.TLSConnPolicies = append(s.TLSConnPolicies, cp)
 		case "server_name":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -44,7 +44,10 @@ type Server struct {
 	ServerNames []string `json:"server_names,omitempty"`
 	// TLSConnPolicies are the tls app's connection policies for this
 	// server. Default: one policy with ALPN "dot". Certificates listed in
-	// the ocsp app are served with their staples before any other.
+	// the ocsp app are served with their staples before any other; a
+	// policy's certificate_selection (any_tag, all_tags, serial_number...)
+	// picks among them, and its default_sni (default: the first of
+	// ServerNames) names the certificate for clients without SNI.
 	TLSConnPolicies caddytls.ConnectionPolicies `json:"tls_connection_policies,omitempty"`
 
 	caddydns.Chain

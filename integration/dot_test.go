@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"bytes"
 	"fmt"
 	"net"
 	"os"
@@ -13,6 +14,9 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+	"golang.org/x/crypto/ocsp"
+
+	"github.com/dnsfront/dnsfront/internal/testpki"
 )
 
 // exampleZone is the absolute path of the quick start's zone file.
@@ -380,4 +384,67 @@ func TestDoTReloadUnderLoad(t *testing.T) {
 		t.Errorf("%d hand-overs logged, want one per reload", n)
 	}
 	t.Logf("dnsperf across 5 reloads: %s completed, 0 lost", completed[1])
+}
+
+// TestDoTCertificatePerServer: two DoT servers in one process, each
+// presenting its own certificate and staple (as dnsdist's per-frontend
+// certificates do), chosen by tag through the connection policy's
+// cert_selection; clients with and without SNI.
+func TestDoTCertificatePerServer(t *testing.T) {
+	dir := t.TempDir()
+	a := newPKI(t, dir, "a", testpki.ECDSA, testpki.LeafOptions{}, "a.example.test")
+	b := newPKI(t, dir, "b", testpki.RSA, testpki.LeafOptions{}, "b.example.test")
+	a.writeStaple(t, a.response(t, ocsp.Good, time.Hour))
+	b.writeStaple(t, b.response(t, ocsp.Good, time.Hour))
+	pa, pb := freePort(t), freePort(t)
+	startCaddy(t, dir, `{
+	ocsp {
+		certificate {{.A}} {{.AKey}} {
+			tags dot-a
+			staple file {{.AStaple}}
+		}
+		certificate {{.B}} {{.BKey}} {
+			tags dot-b
+			staple file {{.BStaple}}
+		}
+	}
+	dot 127.0.0.1:{{.PA}} {
+		connection_policy {
+			cert_selection {
+				any_tag dot-a
+			}
+		}
+		zone example.test {{.Zone}}
+	}
+	dot 127.0.0.1:{{.PB}} {
+		connection_policy {
+			cert_selection {
+				any_tag dot-b
+			}
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`, Vars{"A": a.certFile, "AKey": a.keyFile, "AStaple": a.stapleFile, "B": b.certFile, "BKey": b.keyFile, "BStaple": b.stapleFile,
+		"PA": pa, "PB": pb, "Zone": exampleZone(t)})
+	for _, tc := range []struct {
+		port int
+		pk   *pki
+		name string
+	}{{pa, a, "a.example.test"}, {pb, b, "b.example.test"}} {
+		addr := fmt.Sprintf("127.0.0.1:%d", tc.port)
+		waitListen(t, addr)
+		for _, sni := range []string{"", tc.name} {
+			out := sClient(t, addr, sni, "-alpn", "dot")
+			serial := fmt.Sprintf("Serial Number: %X", tc.pk.leaf.Cert.SerialNumber)
+			if !strings.Contains(out, "CN = "+tc.name) || !strings.Contains(out, "Cert Status: good") || !strings.Contains(out, serial) {
+				t.Fatalf("DoT server on %s (SNI %q): want %s's certificate and its staple (%s)\n%s", addr, sni, tc.name, serial, out)
+			}
+		}
+		// the other server's certificate is not served here, even for its name
+		other := map[*pki]*pki{a: b, b: a}[tc.pk]
+		if _, chain, err := tryStaple(addr, other.leaf.Cert.DNSNames[0], nil); err == nil && bytes.Equal(chain[0].Raw, other.leaf.Cert.Raw) {
+			t.Fatalf("DoT server on %s serves the other server's certificate", addr)
+		}
+	}
 }

@@ -19,6 +19,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddyevents"
 	"github.com/caddyserver/caddy/v2/modules/caddypki"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
 )
 
@@ -87,6 +89,11 @@ type Certificate struct {
 	// Issuer is the PEM file with the certificate of the CA that issued
 	// the certificate. Default: the second certificate of Certificate.
 	Issuer string `json:"issuer,omitempty"`
+	// Tags name the certificate for connection policies'
+	// certificate_selection (any_tag, all_tags): a DoT server or a site
+	// whose policy selects by tag is served only the certificates that
+	// match. Default: none.
+	Tags []string `json:"tags,omitempty"`
 	// SourceRaw says where the staple comes from: `file`, `local_ca`,
 	// `pki` or `responder`. Default: `responder` (the certificate's OCSP
 	// URL).
@@ -133,6 +140,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("certificates[%d]: %w", i, err)
 		}
+		e.tags = c.Tags
 		// two entries for one certificate would fight over one staple slot
 		for _, o := range entries {
 			if e.slot == o.slot {
@@ -415,10 +423,20 @@ func (a *App) Statuses() []Status {
 // supports is chosen. It never returns nil without an error: certmagic
 // would fall through to on-demand issuance.
 func (a *App) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
-	name := strings.ToLower(strings.TrimSuffix(hello.ServerName, "."))
+	return a.getCertificate(hello, nil, "")
+}
+
+// getCertificate is GetCertificate for a connection policy: only the
+// certificates that sel (when not nil) selects, and defaultSNI as the
+// name of a client that sends none.
+func (a *App) getCertificate(hello *tls.ClientHelloInfo, sel *caddytls.CustomCertSelectionPolicy, defaultSNI string) (*tls.Certificate, error) {
+	name := strings.ToLower(strings.TrimSuffix(cmp.Or(hello.ServerName, defaultSNI), "."))
 	var fallback *entry
 	for _, e := range a.certEntries() {
 		if name != "" && e.leaf.VerifyHostname(name) != nil {
+			continue
+		}
+		if sel != nil && !e.selected(hello, sel) {
 			continue
 		}
 		if hello.SupportsCertificate(&e.cert) == nil {
@@ -432,6 +450,15 @@ func (a *App) GetCertificate(hello *tls.ClientHelloInfo) (*tls.Certificate, erro
 		return fallback.serve(time.Now()), nil
 	}
 	return nil, fmt.Errorf("ocsp app: no certificate for server name %q", hello.ServerName)
+}
+
+// selected reports whether a connection policy's certificate selection
+// takes e, by the same rules as for the tls app's own certificates.
+func (e *entry) selected(hello *tls.ClientHelloInfo, sel *caddytls.CustomCertSelectionPolicy) bool {
+	c := e.cert
+	c.Leaf = e.leaf
+	_, err := sel.SelectCertificate(hello, []certmagic.Certificate{{Certificate: c, Tags: e.tags}})
+	return err == nil
 }
 
 // StapleFor returns the current valid staple for leaf, from any source the

@@ -16,6 +16,7 @@ import (
 //	ocsp {
 //		certificate <cert_file> <key_file> {
 //			issuer <ca_cert_file>
+//			tags <tags...>
 //			staple <source> [<args...>] {
 //				...
 //			}
@@ -23,6 +24,7 @@ import (
 //		issue <names...> {
 //			ca <pki_ca_id>
 //			lifetime <duration>
+//			tags <tags...>
 //			staple <source> [<args...>]
 //		}
 //		managed <source> [<args...>] {
@@ -61,6 +63,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
 						return err
 					}
+				case "tags":
+					if err := unmarshalTags(d, c); err != nil {
+						return err
+					}
 				default:
 					return d.Errf("unrecognized subdirective '%s'", d.Val())
 				}
@@ -85,6 +91,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
 						return err
 					}
+				case "tags":
+					if err := unmarshalTags(d, c); err != nil {
+						return err
+					}
 				default:
 					return d.Errf("unrecognized subdirective '%s'", d.Val())
 				}
@@ -97,6 +107,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective '%s'", d.Val())
 		}
+	}
+	return nil
+}
+
+// unmarshalTags reads `tags <tags...>`, once.
+func unmarshalTags(d *caddyfile.Dispenser, c *Certificate) error {
+	if c.Tags != nil {
+		return d.Err("tags already specified")
+	}
+	c.Tags = d.RemainingArgs()
+	if len(c.Tags) == 0 {
+		return d.ArgErr()
 	}
 	return nil
 }

@@ -102,6 +102,7 @@ type entry struct {
 	leaf       *x509.Certificate
 	issuer     *x509.Certificate
 	source     Source
+	tags       []string // for connection policies' certificate_selection
 	slot       *slot
 	mustStaple bool
 	labels     [2]string // metric labels: certificate, serial

@@ -27,16 +27,19 @@ func StapleConnectionPolicies(ctx caddy.Context, cps caddytls.ConnectionPolicies
 	app := appIface.(*App)
 	for _, p := range cps {
 		if p.TLSConfig != nil && p.TLSConfig.GetCertificate != nil {
-			p.TLSConfig.GetCertificate = app.wrapGetCertificate(p.TLSConfig.GetCertificate)
+			p.TLSConfig.GetCertificate = app.wrapGetCertificate(p, p.TLSConfig.GetCertificate)
 		}
 	}
 	return nil
 }
 
-func (a *App) wrapGetCertificate(next func(*tls.ClientHelloInfo) (*tls.Certificate, error)) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+// wrapGetCertificate serves, for policy p, the app's certificates that
+// p's certificate_selection takes (all when it has none), with p's
+// default_sni for clients that send no SNI; then the tls app's own.
+func (a *App) wrapGetCertificate(p *caddytls.ConnectionPolicy, next func(*tls.ClientHelloInfo) (*tls.Certificate, error)) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		if len(a.certEntries()) > 0 {
-			if c, err := a.GetCertificate(hello); err == nil {
+			if c, err := a.getCertificate(hello, p.CertSelection, p.DefaultSNI); err == nil {
 				return c, nil
 			}
 		}
