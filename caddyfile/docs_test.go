@@ -63,4 +63,10 @@ func adaptClean(t *testing.T, name string, adapter caddyconfig.Adapter, cfg stri
 	for _, w := range warnings {
 		t.Errorf("%s: warning: %s", name, w.String())
 	}
+	// Caddy run as root installs its internal root into the system's
+	// trust store unless told not to: every example that uses the
+	// internal CA says skip_install_trust
+	if (strings.Contains(cfg, "local_certs") || strings.Contains(cfg, "tls internal")) && !strings.Contains(cfg, "skip_install_trust") {
+		t.Errorf("%s: uses Caddy's internal CA (local_certs or tls internal) without skip_install_trust", name)
+	}
 }

@@ -7,6 +7,7 @@ import (
 	"io"
 	"net/http"
 	"net/http/httptest"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -62,8 +63,14 @@ func TestHandlerLimits(t *testing.T) {
 		t.Fatalf("GET: %d %v", w.Code, w.Header())
 	}
 	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=A", nil))
-	if w.Code != 200 || !strings.Contains(w.Body.String(), `"data":"192.0.2.80"`) || w.Header().Get("Content-Type") != "application/json" {
-		t.Fatalf("JSON: %d %s %v", w.Code, w.Body.String(), w.Header())
+	if w.Code != 200 || !strings.Contains(w.Body.String(), `"data":"192.0.2.80"`) || w.Header().Get("Content-Type") != "application/json" ||
+		!strings.HasSuffix(w.Body.String(), "}\n") || w.Header().Get("Content-Length") != strconv.Itoa(w.Body.Len()) {
+		t.Fatalf("JSON: %d %q %v (want it to end with a newline, counted in Content-Length)", w.Code, w.Body.String(), w.Header())
+	}
+	jr := httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=A", nil)
+	jr.Header.Set("Accept", "application/dns-json")
+	if w = serve(t, h, jr); w.Header().Get("Content-Type") != "application/dns-json" {
+		t.Fatalf("JSON asked with Accept: application/dns-json: Content-Type %q", w.Header().Get("Content-Type"))
 	}
 	w = serve(t, h, httptest.NewRequest("GET", "/dns-query?name=www.example.org&type=BOGUS", nil))
 	if w.Code != 400 {

@@ -81,6 +81,7 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return h.fail(w, http.StatusInternalServerError, "encoding answer: "+err.Error())
 	}
+	body = append(body, '\n') // a terminal shows the prompt on its own line
 	ct := "application/json"
 	if acceptsJSON(r) {
 		ct = JSONType
