@@ -23,14 +23,20 @@ func benchUpstream(b testing.TB, maxTCPQueries int) string {
 		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
 		_ = w.WriteMsg(m)
 	})
+	serveUDPTCP(b, pc, ln, h, maxTCPQueries)
+	return pc.LocalAddr().String()
+}
+
+// serveUDPTCP serves h on pc and ln until the test ends; TCP connections
+// close after maxTCPQueries (miekg/dns: 0 means 128).
+func serveUDPTCP(t testing.TB, pc net.PacketConn, ln net.Listener, h dns.Handler, maxTCPQueries int) {
 	var wg sync.WaitGroup
-	b.Cleanup(wg.Wait) // runs last: after each Shutdown below
+	t.Cleanup(wg.Wait) // runs last: after each Shutdown below
 	for _, s := range []*dns.Server{{PacketConn: pc, Handler: h}, {Listener: ln, Handler: h, MaxTCPQueries: maxTCPQueries}} {
 		wg.Add(1)
 		go func() { defer wg.Done(); _ = s.ActivateAndServe() }()
-		b.Cleanup(func() { _ = s.Shutdown() })
+		t.Cleanup(func() { _ = s.Shutdown() })
 	}
-	return pc.LocalAddr().String()
 }
 
 // forwardChain is a provisioned chain with one forward handler to up.

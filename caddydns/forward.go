@@ -66,6 +66,10 @@ type Forward struct {
 	FailDuration caddy.Duration `json:"fail_duration,omitempty"`
 	// HealthCheck turns on active health checks.
 	HealthCheck *HealthCheck `json:"health_check,omitempty"`
+	// Disable0x20 turns off the random letter case of questions sent to
+	// UDP upstreams (0x20). Default: on, and off by itself for an
+	// upstream seen not to keep case.
+	Disable0x20 bool `json:"disable_0x20,omitempty"`
 
 	ups      []*upstream
 	keys     []string
@@ -152,6 +156,7 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 		}
 		u := v.(*upstream)
 		u.useChecks(checks, f.logger)
+		u.useCaseRandomization(!f.Disable0x20)
 		f.ups = append(f.ups, u)
 		f.keys = append(f.keys, key)
 	}
@@ -345,6 +350,7 @@ func appendOPT(packed []byte, udpSize uint16) []byte {
 //		max_concurrent <n>
 //		max_fails <n>
 //		fail_duration <duration>
+//		disable_0x20
 //		health_check [<name> [<type>]] {
 //			interval <duration>
 //			timeout <duration>
@@ -398,6 +404,11 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := cfparse.Int(d, &f.MaxFails, -1); err != nil {
 				return err
 			}
+		case "disable_0x20":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			f.Disable0x20 = true
 		case "health_check":
 			hc := new(HealthCheck)
 			args := d.RemainingArgs()

@@ -45,11 +45,21 @@ var (
 		Name:      "upstream_healthy",
 		Help:      "1 when the upstream is considered up, 0 when down.",
 	}, []string{"upstream"})
+	upstreamForged = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_forged_answers_total",
+		Help:      "UDP answers from an upstream's address dropped as forged, by reason: id (no query waits under that ID, also an answer after its query gave up), question (another question), case (the question's 0x20 letter case not echoed).",
+	}, []string{"upstream", "reason"})
+	upstreamCaseRandomized = prometheus.NewGaugeVec(prometheus.GaugeOpts{
+		Namespace: "dnsfront",
+		Name:      "upstream_case_randomized",
+		Help:      "1 while UDP queries to the upstream randomise the letter case of the question (0x20), 0 when it is off (configured, or the upstream was seen not to keep case).",
+	}, []string{"upstream"})
 )
 
 func registerCoreMetrics(ctx caddy.Context) {
 	_ = promreg.Register(ctx.GetMetricsRegistry(), queriesTotal, queryDuration,
-		upstreamQueries, upstreamErrors, upstreamDuration, upstreamHealthy)
+		upstreamQueries, upstreamErrors, upstreamDuration, upstreamHealthy, upstreamForged, upstreamCaseRandomized)
 }
 
 // serverMetrics are one server's query metrics with their labels bound,

@@ -241,7 +241,7 @@ func (c *streamClient) read(sc *streamConn) {
 		if _, err = io.ReadFull(r, buf[:n]); err != nil {
 			break
 		}
-		deliver(&sc.mu, sc.pending, buf[:n])
+		deliver(&sc.mu, sc.pending, buf[:n], nil)
 	}
 	c.drop(sc, err)
 }

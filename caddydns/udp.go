@@ -7,13 +7,8 @@ import (
 	"net"
 	"runtime"
 	"sync"
-	"sync/atomic"
 	"time"
 )
-
-// udpSockets is how many sockets a UDP upstream multiplexes queries over:
-// enough to spread load and source ports, few enough to stay cheap.
-const udpSockets = 4
 
 // readBatch is how many answers one read of an upstream socket takes, at
 // most, and datagramBuffer the largest answer it takes whole (see
@@ -24,110 +19,148 @@ const (
 	datagramBuffer = 4096
 )
 
-// udpClient sends queries to one UDP upstream over a few connected
-// sockets, each read by one goroutine that hands answers to the waiting
-// query by ID. Answers whose ID is unknown or whose question differs are
-// dropped (anti-spoofing), and the query goes on waiting.
+// udpClient sends queries to one UDP upstream. Each batch of queries
+// (those sent together in one sendmmsg) goes out on a socket of its own,
+// dialed for it, so on a source port the kernel picks at random from the
+// whole ephemeral range; the socket is closed once every query of the
+// batch has its answer or has given up. A port learned from one query
+// (by an attacker who serves a zone and makes us ask it) is worth nothing
+// for the next batch, and a forged answer must hit a port open for a
+// few milliseconds with the right random ID and, with 0x20, the right
+// letter case. Answers whose ID is unknown or whose question differs are
+// dropped and counted; the query goes on waiting for the real one.
 type udpClient struct {
-	addr  string
-	next  atomic.Uint32
-	socks [udpSockets]udpSocket
-}
+	addr   string
+	forged *forgedCounters // nil: not counted (tests)
+	// wrap, when set (tests), wraps each socket's batch writer
+	wrap func(batchWriter) batchWriter
 
-type udpSocket struct {
 	mu      sync.Mutex
-	conn    *net.UDPConn // nil until first use or after an error
-	batch   batchWriter  // conn's sendmmsg
-	pending map[uint16]*call
-	queued  *udpBatch // queries waiting for their batch to be sent
+	filling *udpSocket // the socket whose batch is being filled; nil when none
+	open    map[*udpSocket]struct{}
 	closed  bool
 }
 
-func newUDPClient(addr string) *udpClient {
-	c := &udpClient{addr: addr}
-	for i := range c.socks {
-		c.socks[i].pending = make(map[uint16]*call)
-	}
-	return c
+// udpSocket is one batch's socket.
+type udpSocket struct {
+	c       *udpClient
+	conn    *net.UDPConn
+	w       batchWriter
+	mu      sync.Mutex
+	pending map[uint16]*call
+	batch   *udpBatch // being filled; nil once sent
+	users   int       // queries on it that have not returned
+	sent    bool      // the batch went out: the socket takes no more
+}
+
+func newUDPClient(addr string, forged *forgedCounters) *udpClient {
+	return &udpClient{addr: addr, forged: forged, open: make(map[*udpSocket]struct{})}
 }
 
 // exchange sends packed (its ID is replaced) and waits for the answer
-// until deadline. (No defer and no error formatting on the way to the
+// until deadline. exact asks for the question's letter case echoed as
+// sent (0x20): an answer that differs only in case ends the wait with
+// errCaseMismatch. (No defer and no error formatting on the way to the
 // socket: see Forward.ServeDNS.)
 //
 // Queries are sent in batches, one system call each (sendmmsg): the
 // query that opens a batch yields the processor once (runtime.Gosched)
 // before sending it, so that the handlers ready to run queue theirs in
 // the same batch. An idle server has none ready and sends at once; a
-// busy one saves a system call and, above all, a wake-up of the
-// upstream per query (waking a sleeping upstream was half the cost of a
-// send on loopback).
-func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
-	s := &c.socks[c.next.Load()%udpSockets]
+// busy one saves a system call, a socket and, above all, a wake-up of
+// the upstream per query (waking a sleeping upstream was half the cost of
+// a send on loopback).
+func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte, exact bool) (*answer, error) {
 	cl := newCall(question)
-	id, lead, err := c.register(s, cl, packed)
+	cl.exact = exact
+	s, id, lead, err := c.register(cl, packed)
 	if err != nil {
 		cl.release()
 		return nil, err
 	}
-	if lead != nil {
+	if lead {
 		runtime.Gosched()
-		c.send(s, lead)
+		c.send(s)
 	}
 	resp, err := cl.wait(ctx, deadline)
 	if resp == nil && err == nil {
-		err = cl.err // the socket failed, or the send (sent with the nil answer)
+		err = cl.err // the socket failed, the send, or the case (sent with the nil answer)
 	}
 	s.mu.Lock()
 	if s.pending[id] == cl {
 		delete(s.pending, id)
 	}
+	s.users--
+	done := s.users == 0 && s.sent
 	s.mu.Unlock()
 	cl.release() // after the delete: nothing sends on it any more
+	if done {
+		c.retire(s)
+	}
 	if err != nil || resp == nil {
 		return nil, c.failed(err)
 	}
 	return resp, nil
 }
 
-// register adds cl to one of s's pending queries under a free ID, opening
-// the socket first if it is not open, and queues packed with that ID.
-// When packed opened a batch, lead is that batch: the caller sends it.
-func (c *udpClient) register(s *udpSocket, cl *call, packed []byte) (id uint16, lead *udpBatch, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		return 0, nil, ErrUpstreamClosed
+// register adds cl to the batch being filled, under an ID free on its
+// socket, dialing a socket for a new batch when none is being filled, and
+// queues packed with that ID. lead says that cl opened the batch: the
+// caller sends it.
+func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, lead bool, err error) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return nil, 0, false, ErrUpstreamClosed
 	}
-	if s.conn == nil {
-		conn, err := dialUDP(c.addr)
-		if err != nil {
-			return 0, nil, err
+	s = c.filling
+	if s == nil {
+		if s, err = c.dial(); err != nil {
+			return nil, 0, false, err
 		}
-		s.conn, s.batch = conn, newBatchWriter(conn)
-		go c.read(s, conn)
+		c.filling, lead = s, true
 	}
+	s.mu.Lock()
 	id = reserveID(s.pending, cl)
 	withID(packed, id)
-	if s.queued == nil || s.queued.full() {
-		lead = batchPool.Get().(*udpBatch)
-		s.queued = lead
+	s.batch.add(packed, cl)
+	s.users++
+	if s.batch.full() {
+		c.filling = nil // the next query opens another batch
 	}
-	s.queued.add(packed, cl)
-	return id, lead, nil
+	s.mu.Unlock()
+	return s, id, lead, nil
 }
 
-// send sends the batch b opened on s. The queries it could not send
-// fail with the cause.
-func (c *udpClient) send(s *udpSocket, b *udpBatch) {
-	s.mu.Lock()
-	if s.queued == b {
-		s.queued = nil
+// dial opens the socket of a new batch and starts its reader; c.mu is
+// held.
+func (c *udpClient) dial() (*udpSocket, error) {
+	conn, err := dialUDP(c.addr)
+	if err != nil {
+		return nil, err
 	}
-	w := s.batch
+	s := &udpSocket{c: c, conn: conn, w: newBatchWriter(conn), pending: make(map[uint16]*call, 1), batch: batchPool.Get().(*udpBatch)}
+	if c.wrap != nil {
+		s.w = c.wrap(s.w)
+	}
+	c.open[s] = struct{}{}
+	go s.read()
+	return s, nil
+}
+
+// send sends the batch of s; it takes no more queries. The queries it
+// could not send fail with the cause.
+func (c *udpClient) send(s *udpSocket) {
+	c.mu.Lock()
+	if c.filling == s {
+		c.filling = nil
+	}
+	c.mu.Unlock()
+	s.mu.Lock()
+	b := s.batch
+	s.batch, s.sent = nil, true
 	s.mu.Unlock()
-	c.next.Add(1) // the next batch goes out on the next socket
-	if err := b.send(w); err != nil {
+	if err := b.send(s.w); err != nil {
 		s.mu.Lock()
 		for i, p := range b.unsent() {
 			id := uint16(p[0])<<8 | uint16(p[1])
@@ -141,6 +174,14 @@ func (c *udpClient) send(s *udpSocket, b *udpBatch) {
 	}
 	b.reset()
 	batchPool.Put(b)
+}
+
+// retire closes s, whose queries have all returned; its reader ends.
+func (c *udpClient) retire(s *udpSocket) {
+	s.conn.Close()
+	c.mu.Lock()
+	delete(c.open, s)
+	c.mu.Unlock()
 }
 
 // failed names the upstream in an exchange's error; no error means the
@@ -175,44 +216,38 @@ func dialUDP(addr string) (*net.UDPConn, error) {
 	return conn, nil
 }
 
-// read hands each answer on conn to its query until conn fails.
-func (c *udpClient) read(s *udpSocket, conn *net.UDPConn) {
-	r, err := newBatchReader(conn)
+// read hands each answer on the socket to its query until the socket is
+// closed or fails.
+func (s *udpSocket) read() {
+	r, err := newBatchReader(s.conn)
 	var msgs [][]byte
 	for err == nil {
 		if msgs, err = r.read(msgs[:0]); err == nil {
-			deliverAll(&s.mu, s.pending, msgs)
+			deliverAll(&s.mu, s.pending, msgs, s.c.forged)
 		}
 	}
-	// closed, or refused (ICMP port unreachable: nothing listens there
-	// now): the queries waiting on this socket fail at once and go to the
-	// next upstream instead of waiting for their timeout; the next query
-	// dials again
+	r.release()
+	// retired (no query left), closed with the client, or refused (ICMP
+	// port unreachable: nothing listens there now): the queries still
+	// waiting fail at once and go to the next upstream instead of
+	// waiting for their timeout
 	if errors.Is(err, net.ErrClosed) {
 		err = ErrUpstreamClosed
 	}
 	s.mu.Lock()
-	if s.conn == conn {
-		s.conn, s.batch = nil, nil
-		for id, cl := range s.pending {
-			delete(s.pending, id)
-			cl.err = err
-			cl.resp <- nil
-		}
+	for id, cl := range s.pending {
+		delete(s.pending, id)
+		cl.err = err
+		cl.resp <- nil
 	}
 	s.mu.Unlock()
-	conn.Close()
 }
 
 func (c *udpClient) close() {
-	for i := range c.socks {
-		s := &c.socks[i]
-		s.mu.Lock()
-		s.closed = true
-		if s.conn != nil {
-			s.conn.Close()
-			s.conn, s.batch = nil, nil
-		}
-		s.mu.Unlock()
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	c.closed = true
+	for s := range c.open {
+		s.conn.Close() // its queries fail: closed
 	}
 }

@@ -2,6 +2,7 @@ package caddydns
 
 import (
 	"net"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -25,12 +26,10 @@ type batchReader struct {
 	err  error
 }
 
-func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
-	rc, err := conn.SyscallConn()
-	if err != nil {
-		return nil, err
-	}
-	r := &batchReader{rc: rc}
+// readerPool keeps batch readers with their buffers for the next
+// socket: each batch of queries has a socket, and a reader, of its own.
+var readerPool = sync.Pool{New: func() any {
+	r := new(batchReader)
 	r.recv = r.recvmmsg
 	for i := range r.bufs {
 		r.bufs[i] = make([]byte, datagramBuffer)
@@ -39,7 +38,26 @@ func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
 		r.hdrs[i].Hdr.Iov = &r.iovs[i]
 		r.hdrs[i].Hdr.SetIovlen(1)
 	}
+	return r
+}}
+
+func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
+	rc, err := conn.SyscallConn()
+	if err != nil {
+		return nil, err
+	}
+	r := readerPool.Get().(*batchReader)
+	r.rc = rc
 	return r, nil
+}
+
+// release returns r to the pool; what its last read returned is gone.
+func (r *batchReader) release() {
+	if r == nil {
+		return
+	}
+	r.rc, r.n, r.err = nil, 0, nil
+	readerPool.Put(r)
 }
 
 // read waits for at least one datagram and returns those that came, in

@@ -15,6 +15,9 @@ func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
 	return &batchReader{conn: conn, buf: make([]byte, MaxMessage)}, nil
 }
 
+// release lets r go (nothing to pool here).
+func (r *batchReader) release() {}
+
 // read waits for a datagram and returns it in a buffer that the next
 // read reuses.
 func (r *batchReader) read(msgs [][]byte) ([][]byte, error) {

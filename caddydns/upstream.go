@@ -28,6 +28,9 @@ var (
 	ErrUpstreamClosed = errors.New("upstream connection closed")
 	errNoUpstream     = errors.New("no upstream")
 	errBadQuery       = errors.New("query without a question")
+	// errCaseMismatch: the answer did not echo the 0x20 case of the
+	// question
+	errCaseMismatch = errors.New("answer does not keep the letter case of the question (0x20)")
 )
 
 // upstreamSpec says what an upstream is; it is the key of the pool.
@@ -106,11 +109,29 @@ type upstream struct {
 	// upAgain sets the healthy gauge back when a passive mark-down ends
 	upAgain *time.Timer
 
-	queries  prometheus.Counter
-	errors   prometheus.Counter
-	duration prometheus.Observer
-	healthy  prometheus.Gauge
+	// 0x20 (UDP): the question's letters in random case, echoed exactly
+	// by the answer or the answer is dropped
+	caseOff      atomic.Bool  // the config turned it off
+	caseOffUntil atomic.Int64 // unix nanos: seen not to keep case, off until then
+	caseMisses   atomic.Int32 // answers in a row that did not keep case
+
+	queries    prometheus.Counter
+	errors     prometheus.Counter
+	duration   prometheus.Observer
+	healthy    prometheus.Gauge
+	forged     forgedCounters
+	randomized prometheus.Gauge
 }
+
+// caseMissLimit is how many answers in a row that do not keep the 0x20
+// case (each then asked again over TCP, and answered there) turn 0x20
+// off for an upstream, for caseRetry; an answer that keeps it resets the
+// count. Forged answers cannot do it: each must hit a batch's random
+// port with the right random ID.
+const (
+	caseMissLimit = 3
+	caseRetry     = time.Hour
+)
 
 func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 	name := spec.String()
@@ -124,13 +145,18 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 		errors:      upstreamErrors.WithLabelValues(name),
 		duration:    upstreamDuration.WithLabelValues(name),
 		healthy:     upstreamHealthy.WithLabelValues(name),
+		randomized:  upstreamCaseRandomized.WithLabelValues(name),
+	}
+	for i := range u.forged {
+		u.forged[i] = upstreamForged.WithLabelValues(name, forgedReasonNames[i])
 	}
 	u.healthy.Set(1)
 	u.upAgain = time.AfterFunc(time.Hour, u.updateGauge)
 	u.upAgain.Stop()
 	switch spec.proto {
 	case "udp":
-		u.udp = newUDPClient(spec.addr)
+		u.randomized.Set(1)
+		u.udp = newUDPClient(spec.addr, &u.forged)
 		u.stream = newStreamClient(spec.addr, nil)
 	case "tcp":
 		u.stream = newStreamClient(spec.addr, nil)
@@ -179,12 +205,82 @@ func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte)
 	if u.udp == nil {
 		return u.stream.exchange(ctx, deadline, q, packed)
 	}
-	a, err := u.udp.exchange(ctx, deadline, q, packed)
-	if err == nil && a.truncated() {
-		a.release()
+	exact := u.randomizeCase(q)
+	a, err := u.udp.exchange(ctx, deadline, q, packed, exact)
+	switch {
+	case err == nil:
+		if exact && u.caseMisses.Load() != 0 {
+			u.caseMisses.Store(0)
+		}
+		if a.truncated() {
+			a.release()
+			a, err = u.stream.exchange(ctx, deadline, q, packed)
+		}
+	case errors.Is(err, errCaseMismatch):
+		// forged, or an upstream that does not keep case: ask over TCP,
+		// where no off-path answer gets in (unbound's caps fallback)
+		u.caseMissed()
 		a, err = u.stream.exchange(ctx, deadline, q, packed)
 	}
 	return a, err
+}
+
+// randomizeCase puts the letters of the packed question q in random
+// case (0x20, draft-vixie-dnsext-dns0x20) unless it is off for u, and
+// reports whether it did. The random bits come from a ChaCha8 generator
+// seeded by the system: unpredictable off the path. The client gets its
+// own case back (finishWire writes its question).
+func (u *upstream) randomizeCase(q []byte) bool {
+	if u.caseOff.Load() {
+		return false
+	}
+	if until := u.caseOffUntil.Load(); until != 0 {
+		if time.Now().UnixNano() < until {
+			return false
+		}
+		u.caseOffUntil.Store(0) // try again
+		u.randomized.Set(1)
+	}
+	var bits uint64
+	for i, c := range q[:len(q)-4] {
+		if i%64 == 0 {
+			bits = rand.Uint64()
+		}
+		if l := c | 0x20; l >= 'a' && l <= 'z' {
+			q[i] = c&^0x20 | byte(bits&1)<<5
+			bits >>= 1
+		}
+	}
+	return true
+}
+
+// caseMissed notes an answer that did not keep the 0x20 case; after
+// caseMissLimit in a row 0x20 is off for u for caseRetry.
+func (u *upstream) caseMissed() {
+	if u.caseMisses.Add(1) < caseMissLimit {
+		return
+	}
+	u.caseMisses.Store(0)
+	if u.caseOffUntil.Swap(time.Now().Add(caseRetry).UnixNano()) == 0 {
+		u.randomized.Set(0)
+		if l := u.healthLogger.Load(); l != nil {
+			l.Warn("upstream does not keep the letter case of questions: 0x20 off for it", zap.String("upstream", u.name),
+				zap.Int("answers_in_a_row", caseMissLimit), zap.Stringer("retry_in", caseRetry))
+		}
+	}
+}
+
+// useCaseRandomization applies the config's 0x20 setting (the latest
+// config to load the upstream wins).
+func (u *upstream) useCaseRandomization(on bool) {
+	u.caseOff.Store(!on)
+	if u.udp != nil {
+		if on && u.caseOffUntil.Load() == 0 {
+			u.randomized.Set(1)
+		} else {
+			u.randomized.Set(0)
+		}
+	}
 }
 
 // abandoned notes a query whose client gave up before the upstream
@@ -229,6 +325,7 @@ func (u *upstream) updateGauge() {
 // channel and timer, so waiting allocates nothing.
 type call struct {
 	question []byte       // as packed in the query; read under the pending map's lock
+	exact    bool         // the answer must echo the question's letter case (0x20)
 	resp     chan *answer // buffered 1; nil is sent when the connection dies
 	err      error        // why, when the connection says (set before nil is sent)
 	timer    *time.Timer  // stopped while the call is pooled
@@ -257,7 +354,7 @@ func (cl *call) release() {
 		}
 	default:
 	}
-	cl.question, cl.err = nil, nil
+	cl.question, cl.err, cl.exact = nil, nil, false
 	callPool.Put(cl)
 }
 
@@ -280,37 +377,71 @@ func (cl *call) wait(ctx context.Context, deadline time.Time) (*answer, error) {
 	}
 }
 
+// Why an answer read from an upstream was not handed to a query: not an
+// answer to any query waiting there, or (forged, or from an upstream
+// that does not keep case) not to its question.
+const (
+	forgedID       = iota // no query waits under its ID (also an answer that came after its query gave up)
+	forgedQuestion        // the ID's query asked another question
+	forgedCase            // the question differs only in the letter case 0x20 chose
+	forgedReasons
+)
+
+var forgedReasonNames = [forgedReasons]string{"id", "question", "case"}
+
+// forgedCounters count the answers of one upstream that were not handed
+// over, by reason.
+type forgedCounters [forgedReasons]prometheus.Counter
+
+func (f *forgedCounters) count(reason int) {
+	if f != nil {
+		f[reason].Inc()
+	}
+}
+
 // deliver hands msg, an answer read by a connection's reader, to the
 // query in pending (guarded by mu) that it answers, as a copy: the
 // reader's buffer is reused. An answer that is not well formed, or to no
-// pending query, or not to that query's question, is dropped and the
-// query goes on waiting for the real one (anti-spoofing).
-func deliver(mu *sync.Mutex, pending map[uint16]*call, msg []byte) {
+// pending query, or not to that query's question, is dropped (and
+// counted in forged) and the query goes on waiting for the real one
+// (anti-spoofing).
+func deliver(mu *sync.Mutex, pending map[uint16]*call, msg []byte, forged *forgedCounters) {
 	l, ok := answerLayout(msg)
 	if !ok {
 		return
 	}
 	mu.Lock()
-	handOver(pending, msg, &l)
+	reason := handOver(pending, msg, &l)
 	mu.Unlock()
+	if reason >= 0 {
+		forged.count(reason)
+	}
 }
 
 // deliverAll delivers msgs, read together, under one hold of the lock.
-func deliverAll(mu *sync.Mutex, pending map[uint16]*call, msgs [][]byte) {
+func deliverAll(mu *sync.Mutex, pending map[uint16]*call, msgs [][]byte, forged *forgedCounters) {
 	var ls [readBatch]layout
 	var oks [readBatch]bool
-	for i, msg := range msgs[:min(len(msgs), readBatch)] {
+	var reasons [readBatch]int
+	n := min(len(msgs), readBatch)
+	for i, msg := range msgs[:n] {
 		ls[i], oks[i] = answerLayout(msg)
 	}
 	mu.Lock()
-	for i, msg := range msgs[:min(len(msgs), readBatch)] {
+	for i, msg := range msgs[:n] {
+		reasons[i] = -1
 		if oks[i] {
-			handOver(pending, msg, &ls[i])
+			reasons[i] = handOver(pending, msg, &ls[i])
 		}
 	}
 	mu.Unlock()
-	for _, msg := range msgs[min(len(msgs), readBatch):] {
-		deliver(mu, pending, msg)
+	for _, r := range reasons[:n] {
+		if r >= 0 {
+			forged.count(r)
+		}
+	}
+	for _, msg := range msgs[n:] {
+		deliver(mu, pending, msg, forged)
 	}
 }
 
@@ -322,14 +453,32 @@ func answerLayout(msg []byte) (layout, bool) {
 	return walk(msg)
 }
 
-// handOver gives msg to the pending query it answers; the caller holds
-// pending's lock.
-func handOver(pending map[uint16]*call, msg []byte, l *layout) {
+// handOver gives msg to the pending query it answers and returns -1, or
+// says why it does not answer one; the caller holds pending's lock. An
+// answer that differs from its query's 0x20 question only in case ends
+// that query with errCaseMismatch (it goes again over TCP): a forged
+// answer, or an upstream that does not keep case.
+func handOver(pending map[uint16]*call, msg []byte, l *layout) int {
 	id := uint16(msg[0])<<8 | uint16(msg[1])
-	if cl := pending[id]; cl != nil && answers(msg, l, cl.question) {
-		delete(pending, id)
-		cl.resp <- newAnswer(msg, l)
+	cl := pending[id]
+	if cl == nil {
+		return forgedID
 	}
+	switch answers(msg, l, cl.question) {
+	case sameQuestion:
+	case sameButCase:
+		if cl.exact {
+			delete(pending, id)
+			cl.err = errCaseMismatch
+			cl.resp <- nil
+			return forgedCase
+		}
+	default:
+		return forgedQuestion
+	}
+	delete(pending, id)
+	cl.resp <- newAnswer(msg, l)
+	return -1
 }
 
 // queryID returns a random message ID (ChaCha8, unpredictable to an

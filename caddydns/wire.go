@@ -157,23 +157,39 @@ func question(packed []byte) []byte {
 	return packed[MinMessage : off+4]
 }
 
-// answers reports whether msg, laid out in l, is a response to question
-// (the question as packed in the query): the same name (ASCII letters in
-// either case, RFC 4343), type and class. A length octet is below 'A', so
-// comparing octet by octet cannot match labels of other lengths.
-func answers(msg []byte, l *layout, question []byte) bool {
+// What answers says of an answer's question.
+const (
+	otherQuestion = iota
+	sameQuestion  // octet for octet
+	sameButCase   // the same name in other letter case (RFC 4343)
+)
+
+// answers says whether msg, laid out in l, is a response to question
+// (the question as packed in the query): the same name, type and class,
+// octet for octet or only in ASCII letters of another case. A length
+// octet is below 'A', so comparing octet by octet cannot match labels of
+// other lengths.
+func answers(msg []byte, l *layout, question []byte) int {
 	got := msg[MinMessage:l.qEnd]
 	if msg[2]&flagQR == 0 || len(got) != len(question) || len(got) < 4 {
-		return false
+		return otherQuestion
 	}
 	name := len(got) - 4
+	if string(got[name:]) != string(question[name:]) {
+		return otherQuestion
+	}
+	same := sameQuestion
 	for i := 0; i < name; i++ {
 		a, b := got[i], question[i]
-		if a != b && (a|0x20 != b|0x20 || a|0x20 < 'a' || a|0x20 > 'z') {
-			return false
+		if a == b {
+			continue
 		}
+		if a|0x20 != b|0x20 || a|0x20 < 'a' || a|0x20 > 'z' {
+			return otherQuestion
+		}
+		same = sameButCase
 	}
-	return string(got[name:]) == string(question[name:])
+	return same
 }
 
 // asTruncated makes the first octets of an answer that did not fit the
