@@ -92,6 +92,9 @@ func TestClientGivesUp(t *testing.T) {
 	if u.isHealthy(time.Now()) || metricValue(t, gauge) != 0 {
 		t.Fatal("a timeout against the forward's own deadline did not mark the upstream down")
 	}
+	if u.failLogged.Load() == 0 || u.failsUnlogged.Load() != 0 {
+		t.Fatalf("the upstream's first failure was not logged (last logged %d, unlogged %d)", u.failLogged.Load(), u.failsUnlogged.Load())
+	}
 	// and it is up again after fail_duration, in the gauge too
 	deadline := time.Now().Add(10 * time.Second)
 	for metricValue(t, gauge) != 1 {

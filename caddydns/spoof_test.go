@@ -158,6 +158,7 @@ func TestSpoofedAnswers(t *testing.T) {
 				err error
 			}
 			res := make(chan result, 1)
+			asked := time.Now()
 			go func() {
 				r := &Request{Msg: query(target, dns.TypeA)}
 				resp, err := f.ServeDNS(context.Background(), r, nil)
@@ -195,6 +196,7 @@ func TestSpoofedAnswers(t *testing.T) {
 			}
 			// 4. what did the client get?
 			r := <-res
+			took := time.Since(asked)
 			u := f.ups[0]
 			if r.err != nil {
 				t.Fatalf("delay %v, trial %d: the real answer did not arrive: %v (dropped as forged: id %v, question %v, case %v)", tc.delay, trial, r.err,
@@ -206,9 +208,9 @@ func TestSpoofedAnswers(t *testing.T) {
 			if strings.Contains(r.msg.Answer[0].String(), "203.0.113.66") {
 				accepted[tc.delay]++
 			}
-			t.Logf("delay %v, trial %d: %d ports learned, %d forged answers sent, dropped as forged: id %v, question %v, case %v; answer %s",
+			t.Logf("delay %v, trial %d: %d ports learned, %d forged answers sent, dropped as forged: id %v, question %v, case %v; answer %s after %v",
 				tc.delay, trial, len(ports), sent, metricValue(t, u.forged[forgedID]), metricValue(t, u.forged[forgedQuestion]),
-				metricValue(t, u.forged[forgedCase]), r.msg.Answer[0])
+				metricValue(t, u.forged[forgedCase]), r.msg.Answer[0], took.Round(time.Millisecond))
 		}
 	}
 	for d, n := range accepted {

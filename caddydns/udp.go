@@ -19,38 +19,52 @@ const (
 	datagramBuffer = 4096
 )
 
-// udpClient sends queries to one UDP upstream. Each batch of queries
-// (those sent together in one sendmmsg) goes out on a socket of its own,
-// dialed for it, so on a source port the kernel picks at random from the
-// whole ephemeral range; the socket is closed once every query of the
-// batch has its answer or has given up. A port learned from one query
-// (by an attacker who serves a zone and makes us ask it) is worth nothing
-// for the next batch, and a forged answer must hit a port open for a
-// few milliseconds with the right random ID and, with 0x20, the right
-// letter case. Answers whose ID is unknown or whose question differs are
-// dropped and counted; the query goes on waiting for the real one.
+// udpClient sends queries to one UDP upstream over short-lived sockets,
+// each dialed for the purpose, so on a source port the kernel draws at
+// random from the whole ephemeral range. A socket takes queries until it
+// has taken socketQueries of them, or for socketFill after it opened, or
+// until it has none left waiting (an idle server gives each query a
+// socket of its own); it is closed once the last of its queries has its
+// answer or has given up. A port learned from earlier queries (by an
+// attacker who serves a zone and makes us ask it) is closed by the time
+// it is known, and a forged answer must hit a port open for a few
+// milliseconds with the right random ID and, with 0x20, the right letter
+// case. Answers whose ID is unknown or whose question differs are dropped
+// and counted; the query goes on waiting for the real one.
 type udpClient struct {
 	addr   string
+	raddr  *net.UDPAddr // resolved at the first dial
 	forged *forgedCounters // nil: not counted (tests)
 	// wrap, when set (tests), wraps each socket's batch writer
 	wrap func(batchWriter) batchWriter
 
 	mu      sync.Mutex
-	filling *udpSocket // the socket whose batch is being filled; nil when none
+	filling *udpSocket // the socket new queries go to; nil when none
 	open    map[*udpSocket]struct{}
 	closed  bool
 }
 
-// udpSocket is one batch's socket.
+// A socket takes at most socketQueries queries, for at most socketFill:
+// under load the cost of a socket is shared by many queries, and no port
+// lives long.
+const (
+	socketQueries = 64
+	socketFill    = 50 * time.Millisecond
+)
+
+// udpSocket is one short-lived socket.
 type udpSocket struct {
-	c       *udpClient
-	conn    *net.UDPConn
-	w       batchWriter
-	mu      sync.Mutex
-	pending map[uint16]*call
-	batch   *udpBatch // being filled; nil once sent
-	users   int       // queries on it that have not returned
-	sent    bool      // the batch went out: the socket takes no more
+	c         *udpClient
+	conn      *net.UDPConn
+	w         batchWriter
+	fillUntil time.Time // it takes queries until then
+	mu        sync.Mutex
+	pending   map[uint16]*call
+	batch     *udpBatch // the batch being filled; nil when none
+	taken     int       // queries it has taken
+	users     int       // its queries that have not returned
+	accepting bool      // it takes more queries
+	closing   bool
 }
 
 func newUDPClient(addr string, forged *forgedCounters) *udpClient {
@@ -67,9 +81,9 @@ func newUDPClient(addr string, forged *forgedCounters) *udpClient {
 // query that opens a batch yields the processor once (runtime.Gosched)
 // before sending it, so that the handlers ready to run queue theirs in
 // the same batch. An idle server has none ready and sends at once; a
-// busy one saves a system call, a socket and, above all, a wake-up of
-// the upstream per query (waking a sleeping upstream was half the cost of
-// a send on loopback).
+// busy one saves a system call and, above all, a wake-up of the upstream
+// per query (waking a sleeping upstream was half the cost of a send on
+// loopback).
 func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte, exact bool) (*answer, error) {
 	cl := newCall(question)
 	cl.exact = exact
@@ -78,9 +92,9 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 		cl.release()
 		return nil, err
 	}
-	if lead {
+	if lead != nil {
 		runtime.Gosched()
-		c.send(s)
+		s.send(lead)
 	}
 	resp, err := cl.wait(ctx, deadline)
 	if resp == nil && err == nil {
@@ -91,10 +105,15 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 		delete(s.pending, id)
 	}
 	s.users--
-	done := s.users == 0 && s.sent
+	idle := s.users == 0 && s.accepting
+	if idle {
+		s.accepting = false // a fresh port for the next query
+	}
+	last := s.users == 0 && !s.accepting && !s.closing
+	s.closing = s.closing || last
 	s.mu.Unlock()
 	cl.release() // after the delete: nothing sends on it any more
-	if done {
+	if last {
 		c.retire(s)
 	}
 	if err != nil || resp == nil {
@@ -103,43 +122,64 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 	return resp, nil
 }
 
-// register adds cl to the batch being filled, under an ID free on its
-// socket, dialing a socket for a new batch when none is being filled, and
-// queues packed with that ID. lead says that cl opened the batch: the
-// caller sends it.
-func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, lead bool, err error) {
+// register adds cl to the socket taking queries (dialing one when there
+// is none), under an ID free on it, and queues packed with that ID. lead
+// is the batch cl opened, if it did: the caller sends it.
+func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, lead *udpBatch, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
-		return nil, 0, false, ErrUpstreamClosed
+		return nil, 0, nil, ErrUpstreamClosed
 	}
-	s = c.filling
-	if s == nil {
-		if s, err = c.dial(); err != nil {
-			return nil, 0, false, err
+	for {
+		if s = c.filling; s == nil {
+			if s, err = c.dial(); err != nil {
+				return nil, 0, nil, err
+			}
+			c.filling = s
 		}
-		c.filling, lead = s, true
+		s.mu.Lock()
+		if s.accepting {
+			break
+		}
+		s.mu.Unlock() // it went idle and is closing: another
+		c.filling = nil
 	}
-	s.mu.Lock()
 	id = reserveID(s.pending, cl)
 	withID(packed, id)
+	if s.batch == nil {
+		s.batch = batchPool.Get().(*udpBatch)
+		lead = s.batch
+	}
 	s.batch.add(packed, cl)
-	s.users++
 	if s.batch.full() {
-		c.filling = nil // the next query opens another batch
+		s.batch = nil // the next query opens another batch
+	}
+	s.users++
+	s.taken++
+	if s.taken >= socketQueries || (s.taken&7 == 0 && time.Now().After(s.fillUntil)) {
+		s.accepting = false // the next query opens another socket
+		c.filling = nil
 	}
 	s.mu.Unlock()
 	return s, id, lead, nil
 }
 
-// dial opens the socket of a new batch and starts its reader; c.mu is
-// held.
+// dial opens a socket and starts its reader; c.mu is held.
 func (c *udpClient) dial() (*udpSocket, error) {
-	conn, err := dialUDP(c.addr)
+	if c.raddr == nil {
+		ua, err := net.ResolveUDPAddr("udp", c.addr)
+		if err != nil {
+			return nil, err
+		}
+		c.raddr = ua
+	}
+	conn, err := dialUDP(c.raddr)
 	if err != nil {
 		return nil, err
 	}
-	s := &udpSocket{c: c, conn: conn, w: newBatchWriter(conn), pending: make(map[uint16]*call, 1), batch: batchPool.Get().(*udpBatch)}
+	s := &udpSocket{c: c, conn: conn, w: newBatchWriter(conn), pending: make(map[uint16]*call, 1),
+		accepting: true, fillUntil: time.Now().Add(socketFill)}
 	if c.wrap != nil {
 		s.w = c.wrap(s.w)
 	}
@@ -148,17 +188,13 @@ func (c *udpClient) dial() (*udpSocket, error) {
 	return s, nil
 }
 
-// send sends the batch of s; it takes no more queries. The queries it
-// could not send fail with the cause.
-func (c *udpClient) send(s *udpSocket) {
-	c.mu.Lock()
-	if c.filling == s {
-		c.filling = nil
-	}
-	c.mu.Unlock()
+// send sends the batch b opened on s. The queries it could not send fail
+// with the cause.
+func (s *udpSocket) send(b *udpBatch) {
 	s.mu.Lock()
-	b := s.batch
-	s.batch, s.sent = nil, true
+	if s.batch == b {
+		s.batch = nil
+	}
 	s.mu.Unlock()
 	if err := b.send(s.w); err != nil {
 		s.mu.Lock()
@@ -180,6 +216,9 @@ func (c *udpClient) send(s *udpSocket) {
 func (c *udpClient) retire(s *udpSocket) {
 	s.conn.Close()
 	c.mu.Lock()
+	if c.filling == s {
+		c.filling = nil
+	}
 	delete(c.open, s)
 	c.mu.Unlock()
 }
@@ -203,11 +242,7 @@ func (c *udpClient) failed(err error) error {
 // unbound and nsd ask for the same with so-rcvbuf.
 const udpReadBuffer = 4 << 20
 
-func dialUDP(addr string) (*net.UDPConn, error) {
-	ua, err := net.ResolveUDPAddr("udp", addr)
-	if err != nil {
-		return nil, err
-	}
+func dialUDP(ua *net.UDPAddr) (*net.UDPConn, error) {
 	conn, err := net.DialUDP("udp", nil, ua)
 	if err != nil {
 		return nil, err

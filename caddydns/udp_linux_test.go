@@ -127,7 +127,7 @@ func dialLoopback(t *testing.T) (srv, conn *net.UDPConn) {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { srv.Close() })
-	if conn, err = dialUDP(srv.LocalAddr().String()); err != nil {
+	if conn, err = dialUDP(srv.LocalAddr().(*net.UDPAddr)); err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })

@@ -115,6 +115,9 @@ type upstream struct {
 	caseOffUntil atomic.Int64 // unix nanos: seen not to keep case, off until then
 	caseMisses   atomic.Int32 // answers in a row that did not keep case
 
+	failLogged    atomic.Int64 // unix nanos of the last failure logged
+	failsUnlogged atomic.Int64
+
 	queries    prometheus.Counter
 	errors     prometheus.Counter
 	duration   prometheus.Observer
@@ -299,6 +302,7 @@ func (u *upstream) record(err error, d time.Duration, maxFails int, failDuration
 		return
 	}
 	u.errors.Inc()
+	u.failureSeen(err)
 	if maxFails > 0 && int(u.fails.Add(1)) >= maxFails {
 		u.fails.Store(0)
 		u.downUntil.Store(time.Now().Add(failDuration).UnixNano())
@@ -310,6 +314,25 @@ func (u *upstream) record(err error, d time.Duration, maxFails int, failDuration
 		// the gauge says what the forward does: up again once the
 		// mark-down ends (a later mark-down moves this on)
 		u.upAgain.Reset(failDuration)
+	}
+}
+
+// failLogEvery bounds how often an upstream's failed queries are logged
+// at warn level (the count is in dnsfront_upstream_errors_total).
+const failLogEvery = 10 * time.Second
+
+// failureSeen logs a failed query to u at warn level: the first one, and
+// then at most one every failLogEvery, with how many failed between.
+func (u *upstream) failureSeen(err error) {
+	u.failsUnlogged.Add(1)
+	now := time.Now().UnixNano()
+	last := u.failLogged.Load()
+	if now-last < int64(failLogEvery) || !u.failLogged.CompareAndSwap(last, now) {
+		return
+	}
+	if l := u.healthLogger.Load(); l != nil {
+		l.Warn("upstream query failed", zap.String("upstream", u.name), zap.Error(err),
+			zap.Int64("failures_since_last_logged", u.failsUnlogged.Swap(0)))
 	}
 }
 
