@@ -33,7 +33,7 @@ const (
 // and counted; the query goes on waiting for the real one.
 type udpClient struct {
 	addr   string
-	raddr  *net.UDPAddr // resolved at the first dial
+	raddr  *net.UDPAddr    // resolved at the first dial
 	forged *forgedCounters // nil: not counted (tests)
 	// wrap, when set (tests), wraps each socket's batch writer
 	wrap func(batchWriter) batchWriter
