@@ -1,6 +1,7 @@
 package caddydns
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -80,20 +81,63 @@ func (z *Zone) Provision(ctx caddy.Context) error {
 const noTTL = 1<<32 - 1
 
 func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
-	zp := dns.NewZoneParser(r, origin, file)
+	text, err := io.ReadAll(r)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", file, err)
+	}
+	zp := dns.NewZoneParser(bytes.NewReader(text), origin, file)
 	zp.SetDefaultTTL(noTTL)
 	var rrs []dns.RR
 	for rr, ok := zp.Next(); ok; rr, ok = zp.Next() {
-		if rr.Header().Ttl == noTTL {
+		h := rr.Header()
+		if h.Ttl == noTTL {
 			return nil, fmt.Errorf("%s: %s %s has no TTL: start the zone with $TTL or give the record one",
-				file, rr.Header().Name, dns.TypeToString[rr.Header().Rrtype])
+				file, h.Name, dns.TypeToString[h.Rrtype])
+		}
+		if !dns.IsSubDomain(origin, dns.CanonicalName(h.Name)) {
+			return nil, fmt.Errorf("%s: record %q is outside the zone %s", file, rr.String(), origin)
 		}
 		rrs = append(rrs, rr)
 	}
 	if err := zp.Err(); err != nil {
-		return nil, err // a *dns.ParseError names file and line
+		// a *dns.ParseError names file and line, but of where the parser
+		// gave up: an unclosed parenthesis is seen lines later
+		if line := unclosedParen(text); line > 0 {
+			return nil, fmt.Errorf("%s:%d: '(' opened on this line is not closed (the parser then said: %w)", file, line, err)
+		}
+		return nil, err
 	}
 	return rrs, nil
+}
+
+// unclosedParen returns the line of a '(' that no ')' closes in a zone
+// file's text (outside quoted strings and comments), or 0.
+func unclosedParen(text []byte) int {
+	line, open, inQuote := 1, 0, false
+	for i := 0; i < len(text); i++ {
+		switch c := text[i]; {
+		case c == '\\':
+			i++ // an escaped character, whatever it is
+		case c == '"':
+			inQuote = !inQuote
+		case inQuote:
+			if c == '\n' {
+				line++
+			}
+		case c == ';':
+			for i < len(text) && text[i] != '\n' {
+				i++
+			}
+			line++
+		case c == '\n':
+			line++
+		case c == '(' && open == 0:
+			open = line
+		case c == ')':
+			open = 0
+		}
+	}
+	return open
 }
 
 // ServeDNS answers for names under the origin.
