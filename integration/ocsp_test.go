@@ -281,8 +281,8 @@ func TestReloadWithMissingKeyKeepsServing(t *testing.T) {
 	waitListen(t, addr)
 	missing := filepath.Join(dir, "no-such.key")
 	err := c.reload(fileStapleSite, Vars{"Cert": pk.certFile, "Key": missing, "Staple": pk.stapleFile, "Port": port})
-	if err == nil || !strings.Contains(err.Error(), missing) {
-		t.Fatalf("reload with a missing key: %v, want an error naming %s", err, missing)
+	if err == nil || !strings.Contains(err.Error(), "key file of certificate "+pk.certFile+": open "+missing) {
+		t.Fatalf("reload with a missing key: %v, want an error naming %s and its certificate", err, missing)
 	}
 	if got, _ := stapleGo(t, addr, "dns.example.test", nil); !bytes.Equal(got, good) {
 		t.Fatal("after a refused reload the server no longer serves its staple")
@@ -518,8 +518,8 @@ func TestResponderWithoutNextUpdate(t *testing.T) {
 	ocspResponder(t, pk, rport)
 	fetched := filepath.Join(dir, "fetched.ocsp")
 	o, err := run(t, true, caddyBin, "ocsp", "fetch", "--cert", pk.certFile, "--out", fetched)
-	if err == nil || !strings.Contains(o, "no nextUpdate") {
-		t.Fatalf("caddy ocsp fetch accepted a response without nextUpdate: %v\n%s", err, o)
+	if err == nil || strings.Count(o, "no nextUpdate") != 1 || !strings.Contains(o, "-nmin or -ndays") {
+		t.Fatalf("caddy ocsp fetch of a response without nextUpdate: %v\n%s\nwant the reason once and the responder's -nmin/-ndays hint", err, o)
 	}
 	if _, err := os.Stat(fetched); !os.IsNotExist(err) {
 		t.Fatal("a refused response was written")

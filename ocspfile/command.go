@@ -170,6 +170,9 @@ func fetchCommand() *cobra.Command {
 			return err
 		}
 		st, err := Validate(der, leaf, issuer, time.Now())
+		if errors.Is(err, ErrNoNextUpdate) {
+			return fmt.Errorf("responder answered, but %w (an openssl ocsp responder sets one with -nmin or -ndays); %s not written", err, *out)
+		}
 		if err != nil {
 			return fmt.Errorf("responder answered, but %w; %s not written", err, *out)
 		}

@@ -88,11 +88,11 @@ func ReadSigner(path string) (crypto.Signer, error) {
 func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certificate: %w", err)
+		return tls.Certificate{}, fmt.Errorf("certificate file: %w", err)
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("key: %w", err)
+		return tls.Certificate{}, fmt.Errorf("key file of certificate %s: %w", certFile, err)
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {

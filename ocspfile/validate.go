@@ -145,7 +145,7 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 			fmtTime(resp.ThisUpdate), fmtTime(now))
 	}
 	if resp.NextUpdate.IsZero() {
-		return nil, fmt.Errorf("%w: response has no nextUpdate", ErrNoNextUpdate)
+		return nil, fmt.Errorf("%w: a staple without one never goes stale, so clients cannot tell an old one from a new one", ErrNoNextUpdate)
 	}
 	if !now.Before(resp.NextUpdate) {
 		return nil, fmt.Errorf("%w: nextUpdate %s has passed (now %s)", ErrExpired,
