@@ -115,6 +115,24 @@ func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
 	return nil
 }
 
+// Exampler is a handler that can name a query it answers itself (a
+// zone: its apex SOA), for the hint a transport logs when it starts.
+type Exampler interface {
+	ExampleQuery() (name string, qtype uint16)
+}
+
+// ExampleQuery returns a query the chain answers, as "name TYPE": the
+// first handler's that names one, or "example.org A" (a forwarder's).
+func (c *Chain) ExampleQuery() string {
+	for _, h := range c.handlers {
+		if e, ok := h.(Exampler); ok {
+			name, qtype := e.ExampleQuery()
+			return name + " " + dns.TypeToString[qtype]
+		}
+	}
+	return "example.org A"
+}
+
 // refused ends the chain: no handler is configured for the name.
 func refused(_ context.Context, r *Request) (Response, error) {
 	m := new(dns.Msg)

@@ -140,6 +140,9 @@ func unclosedParen(text []byte) int {
 	return open
 }
 
+// ExampleQuery implements Exampler: the apex SOA.
+func (z *Zone) ExampleQuery() (string, uint16) { return z.Origin, dns.TypeSOA }
+
 // ServeDNS answers for names under the origin.
 func (z *Zone) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
 	q := r.Msg.Question[0]
@@ -377,5 +380,6 @@ func (z *zoneData) glue(ns []dns.RR) []dns.RR {
 var (
 	_ Handler               = (*Zone)(nil)
 	_ caddy.Provisioner     = (*Zone)(nil)
+	_ Exampler              = (*Zone)(nil)
 	_ caddyfile.Unmarshaler = (*Zone)(nil)
 )

@@ -181,15 +181,18 @@ func (s *Server) start() error {
 			s.listeners = append(s.listeners, l)
 			s.rawLns = append(s.rawLns, raw)
 			s.keys = append(s.keys, key)
-			register(key, s)
+			reloaded := register(key, s)
 			s.acceptWG.Add(1)
 			go s.accept(l, key)
+			if reloaded {
+				continue // said when the address first opened
+			}
 			s.logger.Info("dns over tls server listening", zap.String("address", l.Addr().String()),
 				zap.Strings("server_names", s.ServerNames))
 			host, port, _ := net.SplitHostPort(l.Addr().String())
 			s.logger.Info("try it",
-				zap.String("query", fmt.Sprintf("kdig +tls @%s -p %s example.test SOA", host, port)),
-				zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn dot -status < /dev/null | grep -A3 'OCSP Response Status'", l.Addr())))
+				zap.String("query", fmt.Sprintf("kdig +tls @%s -p %s %s", host, port, s.Chain.ExampleQuery())),
+				zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn dot -status < /dev/null 2>/dev/null | grep -A3 'OCSP Response Status'", l.Addr())))
 		}
 	}
 	return nil
@@ -420,10 +423,14 @@ var live = struct {
 	m map[string]*Server
 }{m: make(map[string]*Server)}
 
-func register(key string, s *Server) {
+// register makes s the server of key, and reports whether another
+// server had it (a reload).
+func register(key string, s *Server) (replaced bool) {
 	live.Lock()
+	_, replaced = live.m[key]
 	live.m[key] = s
 	live.Unlock()
+	return replaced
 }
 
 func unregister(key string, s *Server) {

@@ -384,6 +384,10 @@ func TestDoTReloadUnderLoad(t *testing.T) {
 		t.Errorf("%d hand-overs logged, want one per reload", n)
 	}
 	t.Logf("dnsperf across 5 reloads: %s completed, 0 lost", completed[1])
+	// the try-it hint: once, not at every reload, and for the zone served
+	if l := env.c.log.lines(`"msg":"try it"`); len(l) != 1 || !strings.Contains(l[0], "example.test. SOA") {
+		t.Errorf("try-it lines after 5 reloads: %q, want one, for example.test. SOA", l)
+	}
 }
 
 // TestDoTCertificatePerServer: two DoT servers in one process, each
