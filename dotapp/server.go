@@ -146,7 +146,45 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 		return fmt.Errorf("ocsp staples: %w", err)
 	}
 	s.tlsCfg = s.TLSConnPolicies.TLSConfig(ctx)
+	if !s.mayHaveCertificate(ctx) {
+		return errors.New("no certificate to serve: list one in the ocsp app (certificate, or issue <name>), " +
+			"give the server a server_name (the tls app then manages its certificate), or load one in the tls app")
+	}
 	return nil
+}
+
+// mayHaveCertificate reports whether any certificate can reach this
+// server's handshakes; false means every handshake would fail. Any
+// source counts: the ocsp app's certificates, server_name, the tls app's
+// loaded certificates or automation (subjects, get_certificate managers,
+// on-demand), or an http app (its sites' certificates, managed by the
+// tls app at start).
+func (s *Server) mayHaveCertificate(ctx caddy.Context) bool {
+	if len(s.ServerNames) > 0 || ocspfile.HasCertificates(ctx) {
+		return true
+	}
+	if _, err := ctx.AppIfConfigured("http"); err == nil {
+		return true
+	}
+	tlsIface, err := ctx.AppIfConfigured("tls")
+	if err != nil {
+		return false
+	}
+	t := tlsIface.(*caddytls.TLS)
+	if len(t.CertificatesRaw) > 0 {
+		return true
+	}
+	if t.Automation != nil {
+		if t.Automation.OnDemand != nil {
+			return true
+		}
+		for _, p := range t.Automation.Policies {
+			if len(p.SubjectsRaw) > 0 || len(p.ManagersRaw) > 0 || len(p.Managers) > 0 || p.OnDemand {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 func (s *Server) start() error {

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"regexp"
 	"strings"
@@ -450,5 +451,35 @@ func TestDoTCertificatePerServer(t *testing.T) {
 		if _, chain, err := tryStaple(addr, other.leaf.Cert.DNSNames[0], nil); err == nil && bytes.Equal(chain[0].Raw, other.leaf.Cert.Raw) {
 			t.Fatalf("DoT server on %s serves the other server's certificate", addr)
 		}
+	}
+}
+
+// TestDoTWithoutCertificate: a DoT server that no certificate can reach
+// (no ocsp-app certificate, no server_name, nothing in the tls app, no
+// site) is a config error naming the server, not a server whose every
+// handshake fails.
+func TestDoTWithoutCertificate(t *testing.T) {
+	dir := t.TempDir()
+	cfg := filepath.Join(dir, "Caddyfile")
+	write := func(body string) {
+		t.Helper()
+		if err := os.WriteFile(cfg, []byte("{\n\tadmin off\n\tlocal_certs\n\tskip_install_trust\n"+body+"}\n"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	validate := func() (string, error) {
+		t.Helper()
+		cmd := exec.Command(caddyBin, "validate", "--config", cfg, "--adapter", "caddyfile")
+		cmd.Env = append(os.Environ(), "HOME="+dir, "XDG_DATA_HOME="+filepath.Join(dir, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir, "config"))
+		out, err := cmd.CombinedOutput()
+		return string(out), err
+	}
+	write("\tdot 127.0.0.1:8853 {\n\t\tzone example.test " + exampleZone(t) + "\n\t}\n")
+	if out, err := validate(); err == nil || !strings.Contains(out, "server dot0: no certificate to serve") {
+		t.Fatalf("caddy validate of a DoT server with no certificate: %v\n%s", err, out)
+	}
+	write("\tdot 127.0.0.1:8853 {\n\t\tserver_name dns.example.test\n\t\tzone example.test " + exampleZone(t) + "\n\t}\n")
+	if out, err := validate(); err != nil {
+		t.Fatalf("caddy validate with server_name: %v\n%s", err, out)
 	}
 }

@@ -36,6 +36,16 @@ func StapleConnectionPolicies(ctx caddy.Context, cps caddytls.ConnectionPolicies
 // wrapGetCertificate serves, for policy p, the app's certificates that
 // p's certificate_selection takes (all when it has none), with p's
 // default_sni for clients that send no SNI; then the tls app's own.
+// HasCertificates reports whether the config's ocsp app lists
+// certificates (supplied or issued) that a TLS listener can serve.
+func HasCertificates(ctx caddy.Context) bool {
+	appIface, err := ctx.AppIfConfigured("ocsp")
+	if err != nil {
+		return false
+	}
+	return len(appIface.(*App).certEntries()) > 0
+}
+
 func (a *App) wrapGetCertificate(p *caddytls.ConnectionPolicy, next func(*tls.ClientHelloInfo) (*tls.Certificate, error)) func(*tls.ClientHelloInfo) (*tls.Certificate, error) {
 	return func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 		if len(a.certEntries()) > 0 {
