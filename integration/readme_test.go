@@ -107,6 +107,14 @@ func TestReadmeQuickStart(t *testing.T) {
 	if !strings.Contains(log.String(), `"msg":"try it"`) {
 		t.Error("the log does not say how to try it")
 	}
+	// the root CA's file, by its absolute path (the README's ROOT line is
+	// Linux's; the log says where it is on any system)
+	rootLine := regexp.MustCompile(`"root_certificate":"([^"]+)"`).FindStringSubmatch(log.String())
+	if rootLine == nil || !filepath.IsAbs(rootLine[1]) {
+		t.Error("the log does not name the root certificate's file by its absolute path")
+	} else if _, err := os.Stat(rootLine[1]); err != nil {
+		t.Errorf("the root certificate the log names: %v", err)
+	}
 
 	// the README's try-it lines, as written
 	try := exec.Command("sh", "-c", tryBlock)

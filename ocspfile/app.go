@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"path/filepath"
 	"slices"
 	"strings"
 	"sync"
@@ -188,11 +189,34 @@ func (a *App) provisionIssued(ctx caddy.Context, c *Certificate) (*entry, error)
 		return nil, fmt.Errorf("issue: no CA %q in the pki app", is.caID)
 	}
 	is.ca = ca
+	a.logRoot(is.caID)
 	src, err := loadSource(ctx, c, &PKISource{CA: is.caID})
 	if err != nil {
 		return nil, fmt.Errorf("issue %v: %w", c.Issue, err)
 	}
 	return a.issuedEntry(ctx, is, src)
+}
+
+// rootsLogged are the pki CAs whose root file was named in the log, once
+// a process: clients of issued certificates trust that root.
+var rootsLogged sync.Map
+
+// logRoot names, once, the file of the root certificate that issued
+// certificates of CA caID chain to, when storage is on the file system
+// (`kdig +tls-ca=<it>`, `curl --cacert <it>`).
+func (a *App) logRoot(caID string) {
+	fs, ok := a.ctx.Storage().(*certmagic.FileStorage)
+	if !ok {
+		return
+	}
+	root := filepath.Join(fs.Path, "pki", "authorities", caID, "root.crt")
+	if abs, err := filepath.Abs(root); err == nil {
+		root = abs
+	}
+	if _, done := rootsLogged.LoadOrStore(root, true); !done {
+		a.logger.Info("issued certificates chain to this root: clients trust it with it", zap.String("ca", caID),
+			zap.String("root_certificate", root))
+	}
 }
 
 // issuedEntry gets (from storage, or newly issued) the certificate of is
