@@ -145,12 +145,50 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	if err := ocspfile.StapleConnectionPolicies(ctx, s.TLSConnPolicies); err != nil {
 		return fmt.Errorf("ocsp staples: %w", err)
 	}
+	s.warnMissingCertificates()
 	s.tlsCfg = s.TLSConnPolicies.TLSConfig(ctx)
 	if !s.mayHaveCertificate(ctx) {
 		return errors.New("no certificate to serve: list one in the ocsp app (certificate, or issue <name>), " +
 			"give the server a server_name (the tls app then manages its certificate), or load one in the tls app")
 	}
 	return nil
+}
+
+// maxWarnedNames bounds the server names a server warns about (a client
+// chooses them: the set must not grow without end).
+const maxWarnedNames = 64
+
+// warnMissingCertificates makes a handshake that finds no certificate for
+// its server name say so at warn level, once per name (the handshake's own
+// failure is logged at debug level, per connection).
+func (s *Server) warnMissingCertificates() {
+	var mu sync.Mutex
+	warned := make(map[string]bool)
+	for _, p := range s.TLSConnPolicies {
+		if p.TLSConfig == nil || p.TLSConfig.GetCertificate == nil {
+			continue
+		}
+		next := p.TLSConfig.GetCertificate
+		p.TLSConfig.GetCertificate = func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
+			c, err := next(hello)
+			if err == nil && c != nil {
+				return c, nil
+			}
+			mu.Lock()
+			first := !warned[hello.ServerName] && len(warned) < maxWarnedNames
+			if first {
+				warned[hello.ServerName] = true
+			}
+			last := first && len(warned) == maxWarnedNames
+			mu.Unlock()
+			if first {
+				s.logger.Warn("no certificate for this server name: its handshakes fail (logged once a name)",
+					zap.String("server_name", hello.ServerName), zap.Strings("server_names", s.ServerNames), zap.Error(err),
+					zap.Bool("last_name_logged", last))
+			}
+			return c, err
+		}
+	}
 }
 
 // mayHaveCertificate reports whether any certificate can reach this
