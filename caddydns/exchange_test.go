@@ -83,6 +83,35 @@ func TestUDPRefused(t *testing.T) {
 	}
 }
 
+// TestUDPRefusedConcurrent: queries that keep coming while a socket's
+// reader is ending on "connection refused" must not join that socket
+// (nothing would read their answers): every one fails with the refusal,
+// none waits out its deadline.
+func TestUDPRefusedConcurrent(t *testing.T) {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	addr := pc.LocalAddr().String()
+	pc.Close() // nothing listens there now
+	c := newUDPClient(addr, nil)
+	defer c.close()
+	const queries = 200
+	errs := make(chan error, queries)
+	for i := range queries {
+		go func() {
+			packed, _ := query(fmt.Sprintf("q%d.example.org.", i), dns.TypeA).Pack()
+			_, err := c.exchange(context.Background(), time.Now().Add(3*time.Second), question(packed), packed, false)
+			errs <- err
+		}()
+	}
+	for range queries {
+		if err := <-errs; !errors.Is(err, syscall.ECONNREFUSED) {
+			t.Fatalf("a query to a closed port: %v, want connection refused", err)
+		}
+	}
+}
+
 // TestUDPTimeout: an upstream that never answers: the query fails at its
 // deadline with context.DeadlineExceeded, naming the upstream, and its
 // socket is closed.

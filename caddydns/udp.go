@@ -7,6 +7,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"syscall"
 	"time"
 )
 
@@ -64,7 +65,6 @@ type udpSocket struct {
 	taken     int       // queries it has taken
 	users     int       // its queries that have not returned
 	accepting bool      // it takes more queries
-	closing   bool
 }
 
 func newUDPClient(addr string, forged *forgedCounters) *udpClient {
@@ -105,12 +105,10 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 		delete(s.pending, id)
 	}
 	s.users--
-	idle := s.users == 0 && s.accepting
-	if idle {
-		s.accepting = false // a fresh port for the next query
+	last := s.users == 0 // idle or done: closed, a fresh port for the next query
+	if last {
+		s.accepting = false // so no query joins it now
 	}
-	last := s.users == 0 && !s.accepting && !s.closing
-	s.closing = s.closing || last
 	s.mu.Unlock()
 	cl.release() // after the delete: nothing sends on it any more
 	if last {
@@ -198,6 +196,12 @@ func (s *udpSocket) send(b *udpBatch) {
 	s.mu.Unlock()
 	if err := b.send(s.w); err != nil {
 		s.mu.Lock()
+		if errors.Is(err, syscall.ECONNREFUSED) {
+			// the ICMP port unreachable an earlier query drew, reported
+			// to this send and so never to the reader: the socket's
+			// queries, sent or not, have no answer coming
+			s.fail(err)
+		}
 		for i, p := range b.unsent() {
 			id := uint16(p[0])<<8 | uint16(p[1])
 			if cl := b.calls[b.sent+i]; s.pending[id] == cl { // still waiting
@@ -270,12 +274,19 @@ func (s *udpSocket) read() {
 		err = ErrUpstreamClosed
 	}
 	s.mu.Lock()
+	s.fail(err)
+	s.mu.Unlock()
+}
+
+// fail ends every query waiting on s with err, and s takes no more (the
+// next query dials again); s.mu is held.
+func (s *udpSocket) fail(err error) {
+	s.accepting = false
 	for id, cl := range s.pending {
 		delete(s.pending, id)
 		cl.err = err
 		cl.resp <- nil
 	}
-	s.mu.Unlock()
 }
 
 func (c *udpClient) close() {

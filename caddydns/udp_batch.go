@@ -61,7 +61,9 @@ func (b *udpBatch) send(w batchWriter) error {
 	}
 	for b.sent < len(b.msgs) {
 		n, err := w.WriteBatch(b.msgs[b.sent:], 0)
-		b.sent += n
+		if n > 0 { // a failed sendmmsg returns -1
+			b.sent += n
+		}
 		if err != nil {
 			return err
 		}
