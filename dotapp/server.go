@@ -201,8 +201,8 @@ func (s *Server) mayHaveCertificate(ctx caddy.Context) bool {
 	if len(s.ServerNames) > 0 || ocspfile.HasCertificates(ctx) {
 		return true
 	}
-	if _, err := ctx.AppIfConfigured("http"); err == nil {
-		return true
+	if _, err := ctx.AppIfConfigured("http"); !errors.Is(err, caddy.ErrNotConfigured) {
+		return true // configured (an http app that fails says why itself)
 	}
 	tlsIface, err := ctx.AppIfConfigured("tls")
 	if err != nil {
