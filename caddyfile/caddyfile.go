@@ -48,10 +48,20 @@ func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
 			return nil, err
 		}
 	}
+	var seg caddyfile.Segment
+	for d.Next() {
+		seg = append(seg, d.Token())
+	}
+	d.Reset()
 	srv := new(dotapp.Server)
 	if err := srv.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
+	listen, err := applyDefaultBind(seg, srv.Listen)
+	if err != nil {
+		return nil, err
+	}
+	srv.Listen = listen
 	if app.Servers == nil {
 		app.Servers = make(map[string]*dotapp.Server)
 	}
