@@ -6,9 +6,12 @@ package dotapp
 import (
 	"fmt"
 	"sync"
+	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/internal/portshare"
 )
 
 func init() {
@@ -64,8 +67,18 @@ func (a *App) Start() error {
 			return fmt.Errorf("server %s: %w", name, err)
 		}
 	}
+	if !twinChecked.Swap(true) {
+		if err := portshare.Check(); err != nil {
+			a.Stop() // Caddy stops only the apps that started
+			return err
+		}
+	}
 	return nil
 }
+
+// twinChecked is set once the first dot app of the process has checked
+// that no other process listens on its addresses (see portshare).
+var twinChecked atomic.Bool
 
 // Stop closes the listeners. Open connections are handed to the server
 // that replaces this one on the same address (a reload) or drained.

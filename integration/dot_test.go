@@ -4,10 +4,12 @@ import (
 	"bytes"
 	"fmt"
 	"net"
+	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"regexp"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -501,5 +503,46 @@ func TestDoTMissingCertificateWarned(t *testing.T) {
 	lines := env.c.log.lines("no certificate for this server name")
 	if len(lines) != 1 || !strings.Contains(lines[0], `"server_name":"nope.example.test"`) || !strings.Contains(lines[0], `"level":"warn"`) {
 		t.Fatalf("warnings for the name without a certificate: %q, want one", lines)
+	}
+}
+
+// TestSecondInstanceRefused: a second Caddy started on the same config
+// (same admin and DoT addresses, which SO_REUSEPORT would let it share)
+// refuses to run and names the addresses and the first one's pid; the
+// first keeps answering.
+func TestSecondInstanceRefused(t *testing.T) {
+	env := startDoT(t, "10s", 0, 1)
+	dir2 := t.TempDir()
+	cmd := exec.Command(caddyBin, "run", "--config", env.c.config, "--adapter", "caddyfile")
+	cmd.Dir = dir2
+	cmd.Env = append(os.Environ(), "HOME="+dir2, "XDG_DATA_HOME="+filepath.Join(dir2, "data"), "XDG_CONFIG_HOME="+filepath.Join(dir2, "config"))
+	done := make(chan struct{})
+	var out []byte
+	var err error
+	go func() { out, err = cmd.CombinedOutput(); close(done) }()
+	select {
+	case <-done:
+	case <-time.After(60 * time.Second):
+		cmd.Process.Kill()
+		<-done
+		t.Fatalf("a second instance on the same addresses kept running:\n%s", out)
+	}
+	if err == nil {
+		t.Fatalf("the second instance exited without an error:\n%s", out)
+	}
+	pid := strconv.Itoa(env.c.cmd.Process.Pid)
+	for _, want := range []string{"another process listens on the same address", env.c.Admin + " (pid " + pid + ")", env.addr + " (pid " + pid + ")"} {
+		if !strings.Contains(string(out), want) {
+			t.Errorf("second instance's error does not say %q:\n%s", want, out)
+		}
+	}
+	resp, herr := http.Get("http://" + env.c.Admin + "/config/")
+	if herr != nil {
+		t.Fatalf("first instance's admin API after the second gave up: %v", herr)
+	}
+	resp.Body.Close()
+	host, port, _ := net.SplitHostPort(env.addr)
+	if o := kdig(t, "+tls", "@"+host, "-p", port, "www.example.test", "A"); !strings.Contains(o, "192.0.2.80") {
+		t.Fatalf("first instance after the second gave up:\n%s", o)
 	}
 }

@@ -23,6 +23,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/internal/portshare"
 )
 
 func init() {
@@ -345,6 +347,13 @@ func (a *App) newEntry(name string, leaf, issuer *x509.Certificate, src Source) 
 
 // Start begins keeping the staples fresh.
 func (a *App) Start() error {
+	if !twinChecked.Swap(true) {
+		// the admin API listens by now: a second instance of the same
+		// config would share it, and reloads would reach either
+		if err := portshare.Check(); err != nil {
+			return err
+		}
+	}
 	ctx, cancel := context.WithCancel(a.ctx)
 	a.cancel = cancel
 	for _, e := range a.certEntries() {
@@ -354,6 +363,10 @@ func (a *App) Start() error {
 	a.logger.Info("ocsp stapling started", zap.Int("certificates", len(a.certEntries())), zap.Bool("managed", a.managed != nil))
 	return nil
 }
+
+// twinChecked is set once the first ocsp app of the process has checked
+// that no other process listens on its addresses (see portshare).
+var twinChecked atomic.Bool
 
 // Stop ends the refresh loops and waits for them.
 func (a *App) Stop() error {
