@@ -73,7 +73,7 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 		return err
 	}
 	h.responses = newResponseMetrics(ctx, h.Name)
-	return nil
+	return h.sayTryIt(ctx)
 }
 
 // queryParam returns the value of key in a raw query string without

@@ -2,7 +2,6 @@ package dohhandler
 
 import (
 	"bytes"
-	"context"
 	"encoding/base64"
 	"io"
 	"net/http"
@@ -23,12 +22,14 @@ import (
 // newTestHandler provisions a handler whose chain answers from a zone.
 func newTestHandler(t testing.TB) *Handler {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
+	ctx, err := caddy.ProvisionContext(&caddy.Config{}) // a config of its own: the handler loads the events app
+	if err != nil {
+		t.Fatal(err)
+	}
 	h := &Handler{Chain: caddydns.Chain{HandlersRaw: nil}}
 	zone := `{"handler":"zone","origin":"example.org.","records":["@ 3600 IN SOA ns1 host 1 7200 3600 1209600 300","www 60 IN A 192.0.2.80"]}`
 	h.HandlersRaw = append(h.HandlersRaw, []byte(zone))
-	if err := h.Provision(ctx); err != nil {
+	if err = h.Provision(ctx); err != nil {
 		t.Fatal(err)
 	}
 	return h

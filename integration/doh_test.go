@@ -11,7 +11,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -772,5 +774,30 @@ func TestDoHClientGivesUp(t *testing.T) {
 	resp := env.get(t, wire)
 	if m, _ := answer(t, resp); len(m.Answer) != 1 {
 		t.Fatalf("slow.up.test: %v", m)
+	}
+}
+
+// TestDoHTryIt: the log gives one line to try the DoH endpoint, at its
+// listener and path, for the zone it serves; it is not repeated at a
+// reload, and the command it gives (curl, run as written) gets the answer.
+func TestDoHTryIt(t *testing.T) {
+	need(t, "curl")
+	env := startDoH(t)
+	for i := 0; i < 2; i++ {
+		if err := env.c.reload("", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	lines := env.c.log.lines(`"logger":"http.handlers.doh","msg":"try it"`)
+	if len(lines) != 1 {
+		t.Fatalf("DoH try-it lines after 2 reloads: %q, want one", lines)
+	}
+	m := regexp.MustCompile(`"query":"(curl [^"]+)"`).FindStringSubmatch(lines[0])
+	if m == nil || !strings.Contains(m[1], env.addr[strings.LastIndex(env.addr, ":"):]+"/dns-query?name=example.test.&type=SOA") {
+		t.Fatalf("try-it line %q does not ask example.test. SOA at this listener's /dns-query", lines[0])
+	}
+	out, err := exec.Command("sh", "-c", m[1]).CombinedOutput()
+	if err != nil || !strings.Contains(string(out), `"type":6`) || !strings.Contains(string(out), "hostmaster.example.test.") {
+		t.Fatalf("%s: %v\n%s", m[1], err, out)
 	}
 }

@@ -104,8 +104,10 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Fatalf("%s never listened", addr)
 		}
 	}
-	if !strings.Contains(log.String(), `"msg":"try it"`) {
-		t.Error("the log does not say how to try it")
+	for _, logger := range []string{"dot", "http.handlers.doh"} {
+		if !strings.Contains(log.String(), `"logger":"`+logger+`","msg":"try it"`) {
+			t.Errorf("the log does not say how to try %s", logger)
+		}
 	}
 	// the root CA's file, by its absolute path (the README's ROOT line is
 	// Linux's; the log says where it is on any system)
