@@ -363,7 +363,8 @@ func TestZoneFileErrors(t *testing.T) {
 		{"unclosed paren", "$TTL 60\n@ IN SOA ns1 host ( 1 2 3 4 5\nwww IN A 192.0.2.1\n; a comment (\nmail IN A 192.0.2.2\n",
 			"z.zone:2: '(' opened on this line is not closed"},
 		{"paren in a comment and a string", "$TTL 60\n; (\nwww IN TXT \"(\"\nwww IN A 192.0.2.1 garbage\n", "z.zone: dns: garbage after rdata: \"garbage\" at line: 4"},
-		{"outside the zone", "$TTL 60\nwww.example.net. IN A 192.0.2.1\n", `z.zone: record "www.example.net.\t60\tIN\tA\t192.0.2.1" is outside the zone example.org.`},
+		{"outside the zone", "$TTL 60\nwww.example.net. IN A 192.0.2.1\n", `z.zone:2: record "www.example.net.\t60\tIN\tA\t192.0.2.1" is outside the zone example.org.`},
+		{"outside the zone, by $ORIGIN", "$TTL 60\n@ IN A 192.0.2.1\n$ORIGIN example.net.\nwww IN A 192.0.2.1\n", `z.zone:4: record "www.example.net.`},
 	} {
 		_, err := parseZone(strings.NewReader(tc.text), "example.org.", "z.zone")
 		if err == nil || !strings.Contains(err.Error(), tc.want) {

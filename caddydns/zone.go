@@ -95,7 +95,11 @@ func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
 				file, h.Name, dns.TypeToString[h.Rrtype])
 		}
 		if !dns.IsSubDomain(origin, dns.CanonicalName(h.Name)) {
-			return nil, fmt.Errorf("%s: record %q is outside the zone %s", file, rr.String(), origin)
+			at := file
+			if line := ownerLine(text, origin, h.Name); line > 0 {
+				at = fmt.Sprintf("%s:%d", file, line)
+			}
+			return nil, fmt.Errorf("%s: record %q is outside the zone %s", at, rr.String(), origin)
 		}
 		rrs = append(rrs, rr)
 	}
@@ -108,6 +112,46 @@ func parseZone(r io.Reader, origin, file string) ([]dns.RR, error) {
 		return nil, err
 	}
 	return rrs, nil
+}
+
+// ownerLine returns the first line of a zone file's text that starts
+// with the owner name name (absolute, or relative to the $ORIGIN in force
+// there), or 0. The zone parser does not say which line a record it
+// returns came from; this finds it for the errors that need it.
+func ownerLine(text []byte, origin, name string) int {
+	name = dns.CanonicalName(name)
+	for i, l := range strings.Split(string(text), "\n") {
+		if l == "" || l[0] == ' ' || l[0] == '\t' || l[0] == ';' {
+			continue
+		}
+		f := strings.Fields(l)
+		if len(f) == 0 {
+			continue
+		}
+		if strings.EqualFold(f[0], "$ORIGIN") {
+			if len(f) > 1 {
+				origin = absName(f[1], origin)
+			}
+			continue
+		}
+		if f[0][0] != '$' && dns.CanonicalName(absName(f[0], origin)) == name {
+			return i + 1
+		}
+	}
+	return 0
+}
+
+// absName makes a zone file's owner name absolute against origin.
+func absName(n, origin string) string {
+	switch {
+	case n == "@":
+		return origin
+	case dns.IsFqdn(n):
+		return n
+	case origin == ".":
+		return n + "."
+	}
+	return n + "." + origin
 }
 
 // unclosedParen returns the line of a '(' that no ')' closes in a zone

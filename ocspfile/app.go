@@ -141,7 +141,10 @@ func (a *App) Provision(ctx caddy.Context) error {
 			e, err = a.provisionCertificate(ctx, c)
 		}
 		if err != nil {
-			return fmt.Errorf("certificates[%d]: %w", i, err)
+			if len(c.Issue) > 0 {
+				return fmt.Errorf("issue %s: %w", strings.Join(c.Issue, " "), err)
+			}
+			return err // it names the certificate's files
 		}
 		e.tags = c.Tags
 		// two entries for one certificate would fight over one staple slot

@@ -7,6 +7,7 @@ import (
 	"encoding/pem"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 )
@@ -88,11 +89,16 @@ func ReadSigner(path string) (crypto.Signer, error) {
 func LoadKeyPair(certFile, keyFile string) (tls.Certificate, error) {
 	certPEM, err := os.ReadFile(certFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("certificate file: %w", err)
+		return tls.Certificate{}, fmt.Errorf("certificate file: %w", err) // "open <file>: <cause>"
 	}
 	keyPEM, err := os.ReadFile(keyFile)
 	if err != nil {
-		return tls.Certificate{}, fmt.Errorf("key file of certificate %s: %w", certFile, err)
+		// the cause first: "/etc/dns/server.key: no such file or directory"
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return tls.Certificate{}, fmt.Errorf("%s: %w (the key file of certificate %s)", keyFile, pe.Err, certFile)
+		}
+		return tls.Certificate{}, fmt.Errorf("%s: %w (the key file of certificate %s)", keyFile, err, certFile)
 	}
 	cert, err := tls.X509KeyPair(certPEM, keyPEM)
 	if err != nil {
