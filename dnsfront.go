@@ -8,7 +8,8 @@ package dnsfront
 
 import (
 	// plug in the modules
-	_ "github.com/dnsfront/dnsfront/caddydns"
+	_ "github.com/dnsfront/dnsfront/caddydns/forward"
+	_ "github.com/dnsfront/dnsfront/caddydns/zone"
 	_ "github.com/dnsfront/dnsfront/caddyfile"
 	_ "github.com/dnsfront/dnsfront/dohhandler"
 	_ "github.com/dnsfront/dnsfront/dotapp"

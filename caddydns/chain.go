@@ -1,8 +1,13 @@
-// Package caddydns is dnsfront's DNS core: the transport-agnostic handler
-// chain (modules in namespace `dns.handlers`: `zone`, `forward`), query
-// validation, EDNS and padding, upstreams with health checks, and
-// metrics. Transports (the `dot` app, the `doh` HTTP handler) decode a
-// query, call Chain.Serve, and encode the answer; they hold no DNS logic.
+// Package caddydns is dnsfront's DNS core: the handler contract (modules
+// in the namespace `dns.handlers`), the chain that runs them, and what
+// every transport needs done to a query and its answer: decoding, the
+// checks no handler should see (FORMERR, NOTIMP, BADVERS), finishing the
+// answer for the client (ID, question, EDNS, keepalive, padding), the
+// cache lifetime of the answer, and the query metrics. Transports (the
+// `dot` app, the `doh` HTTP handler) frame octets: they hand a query's
+// octets to Chain.Serve and send back the Answer. Handlers live in
+// packages of their own (caddydns/zone, caddydns/forward); this package
+// imports none of them.
 package caddydns
 
 import (
@@ -15,7 +20,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 )
 
 // Request is one query as the handlers see it.
@@ -59,20 +63,20 @@ type Handler interface {
 type Next func(ctx context.Context, r *Request) (Response, error)
 
 // Response is a handler's answer: a message it made (Msg), or an
-// upstream's answer as the upstream sent it (forward), which goes to the
-// client with only its header, question and OPT record rewritten. A
-// handler that needs to look into an answer it got from next calls
-// Message.
+// upstream's answer as the upstream sent it (Wire, see NewWire), which
+// goes to the client with only its header, question and OPT record
+// rewritten. A handler that needs to look into an answer it got from next
+// calls Message.
 type Response struct {
-	Msg *dns.Msg
-	ans *answer
+	Msg  *dns.Msg
+	Wire *Wire
 }
 
 // Message returns the answer as a message, decoding an upstream's.
 func (r *Response) Message() (*dns.Msg, error) {
-	if r.Msg == nil && r.ans != nil {
+	if r.Msg == nil && r.Wire != nil {
 		m := new(dns.Msg)
-		if err := m.Unpack(r.ans.wire); err != nil {
+		if err := m.Unpack(r.Wire.msg); err != nil {
 			return nil, fmt.Errorf("decoding the upstream's answer: %w", err)
 		}
 		r.Msg = m
@@ -104,6 +108,23 @@ func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
 	for _, m := range mods.([]any) {
 		c.handlers = append(c.handlers, m.(Handler))
 	}
+	c.compile()
+	registerMetrics(ctx)
+	c.metrics = newServerMetrics(server, transport)
+	return nil
+}
+
+// NewChain returns a chain of handlers made without Caddy (tests, and
+// programs that embed the handlers): it logs nowhere, and its metrics
+// are counted but registered nowhere.
+func NewChain(server, transport string, handlers ...Handler) *Chain {
+	c := &Chain{handlers: handlers, logger: zap.NewNop(), metrics: newServerMetrics(server, transport)}
+	c.compile()
+	return c
+}
+
+// compile links the handlers, each one's next the rest of the chain.
+func (c *Chain) compile() {
 	c.next = refused
 	for i := len(c.handlers) - 1; i >= 0; i-- {
 		h, next := c.handlers[i], c.next
@@ -111,8 +132,6 @@ func (c *Chain) Provision(ctx caddy.Context, server, transport string) error {
 			return h.ServeDNS(ctx, r, next)
 		}
 	}
-	c.metrics = newServerMetrics(ctx, server, transport)
-	return nil
 }
 
 // Exampler is a handler that can name a query it answers itself (a
@@ -138,70 +157,4 @@ func refused(_ context.Context, r *Request) (Response, error) {
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
 	return Response{Msg: m}, nil
-}
-
-// Serve answers one query and appends the packed answer to buf[:0]: it
-// validates the query (FORMERR, NOTIMP, BADVERS answered here), runs the
-// chain, and finishes the answer for the client (its ID and question,
-// EDNS, padding). A handler error becomes SERVFAIL. It always answers.
-func (c *Chain) Serve(ctx context.Context, r *Request, buf []byte) []byte {
-	start := time.Now()
-	var out []byte
-	rcode := dns.RcodeSuccess
-	resp := checkQuery(r)
-	if resp == nil {
-		res, err := c.next(ctx, r)
-		if err == nil && res.Msg == nil && res.ans != nil {
-			var ok bool
-			if out, rcode, ok = finishWire(r, res.ans, buf); ok {
-				res.ans.release()
-				c.metrics.observe(rcode, time.Since(start))
-				return out
-			}
-		}
-		if err == nil {
-			resp, err = res.Message()
-		}
-		if err != nil || resp == nil {
-			resp = c.servfail(r, err)
-		}
-	}
-	out, rcode = c.pack(r, resp, buf)
-	c.metrics.observe(rcode, time.Since(start))
-	return out
-}
-
-// pack finishes resp for r and packs it into buf; a message that does
-// not pack (a handler's bug) is logged and answered with SERVFAIL.
-func (c *Chain) pack(r *Request, resp *dns.Msg, buf []byte) ([]byte, int) {
-	finish(r, resp)
-	buf = buf[:cap(buf)] // PackBuffer packs into buf's length
-	out, err := FitMessage(resp, buf)
-	if err != nil {
-		c.logger.Error("packing answer", zap.Stringer("client", r.Client), zap.Error(err))
-		resp = new(dns.Msg)
-		resp.SetRcode(r.Msg, dns.RcodeServerFailure)
-		finish(r, resp)
-		out, _ = FitMessage(resp, buf)
-	}
-	if hasOption(r.Msg.IsEdns0(), dns.EDNS0PADDING) {
-		if l, ok := walk(out); ok && l.optLast {
-			out = appendPadding(out, l.optRdata-2)
-		}
-	}
-	return out, resp.Rcode
-}
-
-// servfail is the answer when the chain failed. It is a function of its
-// own to keep Serve's frame small: see dohhandler's ServeHTTP.
-//
-//go:noinline
-func (c *Chain) servfail(r *Request, err error) *dns.Msg {
-	if ce := c.logger.Check(zapcore.DebugLevel, "query failed"); ce != nil {
-		ce.Write(zap.String("name", r.Msg.Question[0].Name), zap.Uint16("type", r.Type()),
-			zap.Stringer("client", r.Client), zap.Error(err))
-	}
-	resp := new(dns.Msg)
-	resp.SetRcode(r.Msg, dns.RcodeServerFailure)
-	return resp
 }

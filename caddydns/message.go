@@ -5,25 +5,26 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // Protocol limits.
 const (
 	// MinMessage is the size of a DNS header: a shorter message is not DNS.
-	MinMessage = 12
+	MinMessage = dnswire.HeaderLen
 	// MaxMessage is the largest DNS message (RFC 1035 over TCP, RFC 8484).
-	MaxMessage = 65535
-	// PaddingBlock is the block size responses are padded to (RFC 8467).
-	PaddingBlock = 468
-	// advertisedUDPSize is the EDNS buffer size we announce (DNS Flag Day
-	// 2020); our transports are streams, so it only informs the client.
-	advertisedUDPSize = 1232
+	MaxMessage = dnswire.MaxMessage
+	// AdvertisedUDPSize is the EDNS buffer size announced (DNS Flag Day
+	// 2020): to clients, whose transports are streams, so it only informs
+	// them, and to UDP upstreams.
+	AdvertisedUDPSize = 1232
 )
 
-// Decode unpacks a query. When it does not parse, the returned response is
+// decode unpacks a query. When it does not parse, the returned response is
 // a FORMERR with the query's ID and opcode (if there is a header at all),
 // to be sent back instead.
-func Decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
+func decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
 	q = new(dns.Msg)
 	if err := q.Unpack(b); err == nil {
 		return q, nil
@@ -111,12 +112,12 @@ func finish(r *Request, resp *dns.Msg) {
 		ropt.Hdr.Rrtype = dns.TypeOPT
 	}
 	ropt.SetVersion(0)
-	ropt.SetUDPSize(advertisedUDPSize)
+	ropt.SetUDPSize(AdvertisedUDPSize)
 	ropt.SetDo(qopt.Do())
 	// padding, cookies and keepalive are per hop: drop the upstream's
 	kept := ropt.Option[:0]
 	for _, o := range ropt.Option {
-		if !hopOption(o.Option()) {
+		if !dnswire.HopOption(o.Option()) {
 			kept = append(kept, o)
 		}
 	}
@@ -158,8 +159,8 @@ func badKeepalive(opt *dns.OPT) bool {
 
 // truncate cuts resp to what the client accepts (RFC 2181 9: set TC).
 // Measuring a message costs a compression map, so stream clients (which
-// take up to MaxMessage) are not measured here: the transport calls
-// FitMessage on the rare answer that packs larger.
+// take up to MaxMessage) are not measured here: fitMessage truncates the
+// rare answer that packs larger.
 func truncate(resp *dns.Msg, size int) {
 	if size <= 0 || size >= MaxMessage {
 		return
@@ -169,9 +170,9 @@ func truncate(resp *dns.Msg, size int) {
 	}
 }
 
-// FitMessage packs resp into buf, truncated (TC set) if it would pass
+// fitMessage packs resp into buf, truncated (TC set) if it would pass
 // MaxMessage octets.
-func FitMessage(resp *dns.Msg, buf []byte) ([]byte, error) {
+func fitMessage(resp *dns.Msg, buf []byte) ([]byte, error) {
 	out, err := resp.PackBuffer(buf)
 	if err == nil && len(out) <= MaxMessage {
 		return out, nil
@@ -208,4 +209,38 @@ func hasOption(opt *dns.OPT, code uint16) bool {
 		}
 	}
 	return false
+}
+
+// msgTTL is dnswire.CacheTTL for an answer that is a message: the
+// smallest TTL of its records (the OPT record is not one), or with no
+// answer records the smallest of its authority SOA's TTL and negative
+// TTL; none for an rcode other than NOERROR and NXDOMAIN. A test holds
+// the two to the same result.
+func msgTTL(m *dns.Msg) (uint32, bool) {
+	if !dnswire.CacheableRcode(m.Rcode) {
+		return 0, false
+	}
+	var ttl uint32
+	ok := false
+	take := func(t uint32) {
+		if !ok || t < ttl {
+			ttl, ok = t, true
+		}
+	}
+	if len(m.Answer) == 0 {
+		for _, rr := range m.Ns {
+			if soa, isSOA := rr.(*dns.SOA); isSOA {
+				take(min(soa.Hdr.Ttl, soa.Minttl))
+			}
+		}
+		return ttl, ok
+	}
+	for _, sec := range [][]dns.RR{m.Answer, m.Ns, m.Extra} {
+		for _, rr := range sec {
+			if rr.Header().Rrtype != dns.TypeOPT {
+				take(rr.Header().Ttl)
+			}
+		}
+	}
+	return ttl, ok
 }

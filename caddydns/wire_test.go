@@ -12,6 +12,8 @@ import (
 
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // upstreamAnswers are answers as upstreams send them, for the tests and
@@ -124,8 +126,7 @@ func slowFinish(r *Request, wire []byte) ([]byte, error) {
 	if err := m.Unpack(wire); err != nil {
 		return nil, err
 	}
-	out, _ := (&Chain{logger: zap.NewNop()}).pack(r, m, nil)
-	return out, nil
+	return (&Chain{logger: zap.NewNop()}).pack(r, m, nil).Wire, nil
 }
 
 // sameAnswer reports how two packed answers differ as DNS messages: the
@@ -155,7 +156,7 @@ func sameAnswer(a, b []byte) error {
 		if oa.Hdr.Class != ob.Hdr.Class || oa.Hdr.Ttl != ob.Hdr.Ttl || hasOption(oa, dns.EDNS0PADDING) != hasOption(ob, dns.EDNS0PADDING) {
 			return fmt.Errorf("OPT records differ: %v %v", oa, ob)
 		}
-		if hasOption(oa, dns.EDNS0PADDING) && len(a) <= MaxMessage-PaddingBlock && (len(a)%PaddingBlock != 0 || len(b)%PaddingBlock != 0) {
+		if hasOption(oa, dns.EDNS0PADDING) && len(a) <= MaxMessage-dnswire.PaddingBlock && (len(a)%dnswire.PaddingBlock != 0 || len(b)%dnswire.PaddingBlock != 0) {
 			return fmt.Errorf("padded to %d and %d octets", len(a), len(b))
 		}
 	}
@@ -237,17 +238,17 @@ func checkFinishWire(t *testing.T, wire []byte, mode byte) (fast bool) {
 // needed.
 func passWire(t *testing.T, wire []byte, mode byte) (out []byte, r *Request, ok bool) {
 	t.Helper()
-	l, ok := walk(wire)
-	if !ok || wire[2]&flagQR == 0 {
+	l, ok := dnswire.Walk(wire)
+	if !ok || wire[2]&dnswire.FlagQR == 0 {
 		return nil, nil, false
 	}
 	name, _, err := dns.UnpackDomainName(wire, MinMessage)
 	if err != nil {
 		return nil, nil, false
 	}
-	q := clientQuery(name, binary.BigEndian.Uint16(wire[l.qEnd-4:]), binary.BigEndian.Uint16(wire[l.qEnd-2:]), mode)
+	q := clientQuery(name, binary.BigEndian.Uint16(wire[l.QEnd-4:]), binary.BigEndian.Uint16(wire[l.QEnd-2:]), mode)
 	packed, err := q.Pack()
-	if err != nil || answers(wire, &l, question(packed)) == otherQuestion {
+	if err != nil || dnswire.Answers(wire, &l, dnswire.Question(packed)) == dnswire.OtherQuestion {
 		return nil, nil, false // the reader would have dropped it
 	}
 	r = &Request{Msg: q, Size: MaxMessage}
@@ -255,22 +256,22 @@ func passWire(t *testing.T, wire []byte, mode byte) (out []byte, r *Request, ok 
 		r.Keepalive = 10 * time.Second
 	}
 	in := bytes.Clone(wire)
-	out, rcode, ok := finishWire(r, &answer{wire: wire, l: l}, nil)
+	out, rcode, ok := finishWire(r, NewWire(wire, &l), nil)
 	if !bytes.Equal(in, wire) {
 		t.Fatal("finishWire changed the upstream's answer")
 	}
 	if !ok {
 		return nil, nil, false
 	}
-	ol, wok := walk(out)
+	ol, wok := dnswire.Walk(out)
 	if !wok || len(out) > MaxMessage {
 		t.Fatalf("the answer passed on is not well formed (%d octets):\n% x", len(out), out)
 	}
-	if ol.rcode != rcode || binary.BigEndian.Uint16(out) != q.Id || out[2]&flagQR == 0 {
-		t.Fatalf("rcode %d (reported %d), ID %#x", ol.rcode, rcode, binary.BigEndian.Uint16(out))
+	if ol.Rcode != rcode || binary.BigEndian.Uint16(out) != q.Id || out[2]&dnswire.FlagQR == 0 {
+		t.Fatalf("rcode %d (reported %d), ID %#x", ol.Rcode, rcode, binary.BigEndian.Uint16(out))
 	}
-	if (q.IsEdns0() != nil) != (ol.opt >= 0) {
-		t.Fatalf("OPT record in the query %v, in the answer %v", q.IsEdns0() != nil, ol.opt >= 0)
+	if (q.IsEdns0() != nil) != (ol.OPT >= 0) {
+		t.Fatalf("OPT record in the query %v, in the answer %v", q.IsEdns0() != nil, ol.OPT >= 0)
 	}
 	return out, r, true
 }
@@ -290,11 +291,11 @@ func TestFinishWireEdits(t *testing.T) {
 	ans := upstreamAnswers(t)
 	pass := func(wire []byte, q *dns.Msg) *dns.Msg {
 		t.Helper()
-		l, ok := walk(wire)
+		l, ok := dnswire.Walk(wire)
 		if !ok {
 			t.Fatal("upstream answer does not walk")
 		}
-		out, _, ok := finishWire(&Request{Msg: q, Size: MaxMessage}, &answer{wire: wire, l: l}, nil)
+		out, _, ok := finishWire(&Request{Msg: q, Size: MaxMessage}, NewWire(wire, &l), nil)
 		if !ok {
 			t.Fatal("not passed through")
 		}
@@ -310,8 +311,8 @@ func TestFinishWireEdits(t *testing.T) {
 	if m.Question[0].Name != "WWW.example.ORG." || m.Id != 0xBEEF || !m.RecursionDesired || !m.CheckingDisabled || !m.RecursionAvailable {
 		t.Fatalf("header or question not the client's: %v", m)
 	}
-	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != advertisedUDPSize || len(o.Option) != 1 || o.Option[0].Option() != dns.EDNS0NSID {
-		t.Fatalf("OPT: %v, want DO, UDP size %d and the upstream's NSID", o, advertisedUDPSize)
+	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != AdvertisedUDPSize || len(o.Option) != 1 || o.Option[0].Option() != dns.EDNS0NSID {
+		t.Fatalf("OPT: %v, want DO, UDP size %d and the upstream's NSID", o, AdvertisedUDPSize)
 	}
 	// per-hop options dropped, others kept
 	m = pass(ans["per hop options"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 1))
@@ -352,106 +353,22 @@ func TestFinishWireSlowPath(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		l, ok := walk(wire)
+		l, ok := dnswire.Walk(wire)
 		if !ok {
 			t.Fatalf("%s: does not walk", name)
 		}
 		r := &Request{Msg: q, Size: MaxMessage}
-		if _, _, ok := finishWire(r, &answer{wire: wire, l: l}, nil); ok {
+		if _, _, ok := finishWire(r, NewWire(wire, &l), nil); ok {
 			t.Fatalf("%s: passed through", name)
 		}
 		// the chain still answers it, decoded
 		c := testChain(t)
 		c.next = func(context.Context, *Request) (Response, error) {
-			return Response{ans: &answer{wire: wire, l: l}}, nil
+			return Response{Wire: NewWire(wire, &l)}, nil
 		}
 		got := serveMsg(context.Background(), c, r)
 		if got == nil || got.Rcode != dns.RcodeSuccess || len(got.Answer) != 1 || got.IsEdns0() == nil {
 			t.Fatalf("%s: %v", name, got)
-		}
-	}
-}
-
-// TestWalk: malformed messages are refused, and what a well-formed one
-// holds is found.
-func TestWalk(t *testing.T) {
-	ans := upstreamAnswers(t)
-	good := ans["cname chain"]
-	for i := MinMessage; i < len(good); i++ {
-		if _, ok := walk(good[:i]); ok {
-			t.Fatalf("cut to %d of %d octets: walks", i, len(good))
-		}
-	}
-	l, ok := walk(good)
-	if !ok || l.end != len(good) || !l.optLast || l.optCount != 1 || l.ttl != 60 || !l.cacheable {
-		t.Fatalf("layout %+v", l)
-	}
-	if l, ok := walk(ans["nxdomain"]); !ok || l.rcode != dns.RcodeNameError || l.ttl != 300 || !l.cacheable {
-		t.Fatalf("NXDOMAIN layout %+v: want the SOA minimum as TTL", l)
-	}
-	if l, ok := walk(ans["badcookie"]); !ok || l.rcode != dns.RcodeBadCookie || l.cacheable {
-		t.Fatalf("BADCOOKIE layout %+v: want the extended rcode, not cacheable", l)
-	}
-	// a pointer forward (or to itself) is refused
-	bad := bytes.Clone(good)
-	off := 0
-	for i := l.qEnd; i+1 < len(bad); i++ {
-		if bad[i]&0xC0 == 0xC0 {
-			off = i
-			break
-		}
-	}
-	if off == 0 {
-		t.Fatal("no compression pointer in the answer")
-	}
-	bad[off], bad[off+1] = 0xC0|byte(off>>8), byte(off)
-	if _, ok := walk(bad); ok {
-		t.Fatal("a pointer to itself walks")
-	}
-	// two questions
-	two := bytes.Clone(good)
-	two[5] = 2
-	if _, ok := walk(two); ok {
-		t.Fatal("two questions walk")
-	}
-}
-
-// TestAnswers: the question in an answer must be the query's, but for
-// the case of ASCII letters in its name.
-func TestAnswers(t *testing.T) {
-	pack := func(name string, qtype uint16) []byte {
-		m := new(dns.Msg)
-		m.SetQuestion(name, qtype)
-		m.Response = true
-		b, err := m.Pack()
-		if err != nil {
-			t.Fatal(err)
-		}
-		return b
-	}
-	q := question(pack("www.Example.org.", dns.TypeHTTPS)) // 65: 'A' in its low octet
-	for _, tc := range []struct {
-		name  string
-		qtype uint16
-		want  int
-	}{
-		{"www.Example.org.", dns.TypeHTTPS, sameQuestion},
-		{"www.example.org.", dns.TypeHTTPS, sameButCase},
-		{"WWW.EXAMPLE.ORG.", dns.TypeHTTPS, sameButCase},
-		{"www.Example.org.", 97, otherQuestion}, // 'a': types are not letters
-		{"www.example.org.", 97, otherQuestion},
-		{"www.example.com.", dns.TypeHTTPS, otherQuestion},
-		{"www.exampleaorg.", dns.TypeHTTPS, otherQuestion},
-		{"ww.wexample.org.", dns.TypeHTTPS, otherQuestion},
-		{"www\\064.example.org.", dns.TypeHTTPS, otherQuestion},
-	} {
-		a := pack(tc.name, tc.qtype)
-		l, ok := walk(a)
-		if !ok {
-			t.Fatal(tc.name)
-		}
-		if got := answers(a, &l, q); got != tc.want {
-			t.Errorf("%s %d: answers = %v, want %v", tc.name, tc.qtype, got, tc.want)
 		}
 	}
 }
@@ -482,8 +399,8 @@ func BenchmarkFinish(b *testing.B) {
 	b.Run("wire", func(b *testing.B) {
 		b.ReportAllocs()
 		for b.Loop() {
-			l, _ := walk(wire) // the reader's check
-			buf, _, _ = finishWire(r, &answer{wire: wire, l: l}, buf)
+			l, _ := dnswire.Walk(wire) // the reader's check
+			buf, _, _ = finishWire(r, NewWire(wire, &l), buf)
 		}
 	})
 	b.Run("decoded", func(b *testing.B) {
@@ -491,7 +408,32 @@ func BenchmarkFinish(b *testing.B) {
 		for b.Loop() {
 			m := new(dns.Msg)
 			_ = m.Unpack(wire)
-			buf, _ = c.pack(r, m, buf)
+			buf = c.pack(r, m, buf).Wire
 		}
 	})
+}
+
+// TestMsgTTL: an answer's cache lifetime is the same whether it is read
+// off the wire (dnswire.CacheTTL, for a forwarded answer) or off the
+// message (msgTTL, for a handler's), and the Answer a transport gets
+// carries it.
+func TestMsgTTL(t *testing.T) {
+	for name, wire := range upstreamAnswers(t) {
+		m := new(dns.Msg)
+		if err := m.Unpack(wire); err != nil {
+			t.Fatal(err)
+		}
+		wantTTL, wantOK := dnswire.CacheTTL(wire)
+		if ttl, ok := msgTTL(m); ttl != wantTTL || ok != wantOK {
+			t.Errorf("%s: msgTTL %d %v, CacheTTL %d %v", name, ttl, ok, wantTTL, wantOK)
+		}
+	}
+	c := testChain(t)
+	for name, want := range map[string]uint32{"www.example.org.": 3600, "nope.example.org.": 300} {
+		b, _ := query(name, dns.TypeA).Pack()
+		a := c.Serve(context.Background(), &Request{Size: MaxMessage}, b, nil)
+		if ttl, ok := dnswire.CacheTTL(a.Wire); !a.Cacheable || a.TTL != want || !ok || ttl != want {
+			t.Errorf("%s: Answer TTL %d %v, of its octets %d %v; want %d", name, a.TTL, a.Cacheable, ttl, ok, want)
+		}
+	}
 }

@@ -21,7 +21,6 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
-	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -108,21 +107,24 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	q, done, err := h.readQuery(w, r, bp)
+	query, done, err := h.readQuery(w, r, bp)
 	if done {
 		return err
 	}
-	out := h.Chain.Serve(r.Context(), &caddydns.Request{
-		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
-	}, (*bp)[:0])
-	*bp = out[:0]
-	return h.writeAnswer(w, r, out)
+	a := h.Chain.Serve(r.Context(), &caddydns.Request{
+		Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
+	}, query, (*bp)[:0])
+	if a.Malformed {
+		return h.fail(w, http.StatusBadRequest, "not a DNS message")
+	}
+	*bp = a.Wire[:0]
+	return h.writeAnswer(w, r, &a)
 }
 
-// readQuery decodes the DNS query of a GET (?dns=), HEAD or POST request
+// readQuery reads the DNS query of a GET (?dns=), HEAD or POST request
 // into *bp. When it returns done, the request has been answered (an
 // HTTP error, or the JSON API).
-func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) (q *dns.Msg, done bool, err error) {
+func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) (query []byte, done bool, err error) {
 	var wire []byte
 	switch r.Method {
 	case http.MethodGet, http.MethodHead:
@@ -172,10 +174,7 @@ func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) 
 		w.Header().Set("Allow", "GET, HEAD, POST")
 		return nil, true, h.fail(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed: use GET or POST")
 	}
-	if q, _ = caddydns.Decode(wire); q == nil {
-		return nil, true, h.fail(w, http.StatusBadRequest, "not a DNS message")
-	}
-	return q, false, nil
+	return wire, false, nil
 }
 
 var errBodyTooLarge = errors.New("body too large")
@@ -256,7 +255,8 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 }
 
 // writeAnswer writes the packed answer out as the response.
-func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte) error {
+func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, a *caddydns.Answer) error {
+	out := a.Wire
 	// each response its own values (Caddy's header directive edits them
 	// in place: TestDoHHeaderEdits), made in two allocations: the values'
 	// slice, and the length and max-age in one string
@@ -264,9 +264,9 @@ func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, out []byte
 	var b [40]byte
 	t := strconv.AppendInt(b[:0], int64(len(out)), 10)
 	n := len(t)
-	ttl, cacheable := caddydns.CacheTTL(out)
+	cacheable := a.Cacheable
 	if cacheable {
-		t = strconv.AppendUint(append(t, "max-age="...), uint64(ttl), 10)
+		t = strconv.AppendUint(append(t, "max-age="...), uint64(a.TTL), 10)
 	}
 	text := string(t)
 	vals[0], vals[1], vals[2] = MessageType, text[:n], text[n:]

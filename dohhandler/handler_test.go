@@ -17,6 +17,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
+	_ "github.com/dnsfront/dnsfront/caddydns/zone" // the zone handler the tests answer from
 )
 
 // newTestHandler provisions a handler whose chain answers from a zone.

@@ -62,13 +62,9 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	q.CheckingDisabled = flag(args.Get("cd"))
 	q.SetEdns0(4096, flag(args.Get("do")))
 
-	wire := h.Chain.Serve(r.Context(), &caddydns.Request{
+	resp, a := h.Chain.ServeMsg(r.Context(), &caddydns.Request{
 		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
-	}, nil)
-	resp := new(dns.Msg)
-	if err := resp.Unpack(wire); err != nil {
-		return h.fail(w, http.StatusBadGateway, "the answer does not decode: "+err.Error())
-	}
+	})
 	out := jsonAnswer{
 		Status: resp.Rcode, TC: resp.Truncated, RD: resp.RecursionDesired, RA: resp.RecursionAvailable,
 		AD: resp.AuthenticatedData, CD: resp.CheckingDisabled,
@@ -89,8 +85,8 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	hdr := w.Header()
 	hdr.Set("Content-Type", ct)
 	hdr.Set("Content-Length", strconv.Itoa(len(body)))
-	if ttl, ok := caddydns.CacheTTL(wire); ok {
-		hdr.Set("Cache-Control", "max-age="+strconv.FormatUint(uint64(ttl), 10))
+	if a.Cacheable {
+		hdr.Set("Cache-Control", "max-age="+strconv.FormatUint(uint64(a.TTL), 10))
 	}
 	w.WriteHeader(http.StatusOK)
 	h.responses.count(http.StatusOK)

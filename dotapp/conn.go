@@ -15,7 +15,6 @@ import (
 	"syscall"
 	"time"
 
-	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -194,7 +193,6 @@ func (c *conn) read() (parked bool) {
 		r.Reset(nil)
 		readerPool.Put(r)
 	}()
-	var buf []byte
 	for {
 		srv := c.srv.Load()
 		if r.Buffered() == 0 {
@@ -238,14 +236,17 @@ func (c *conn) read() (parked bool) {
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
 		}
 		_, _ = r.Discard(2)
-		if cap(buf) < size {
-			buf = make([]byte, size)
+		// the query goes to its answerer in a pooled buffer of its own,
+		// which the answer is then packed into
+		bp := packPool.Get().(*[]byte)
+		if cap(*bp) < size {
+			*bp = make([]byte, 0, max(size, 512))
 		}
-		buf = buf[:size]
-		if _, err := io.ReadFull(r, buf); err != nil {
+		query := (*bp)[:size]
+		if _, err := io.ReadFull(r, query); err != nil {
+			packPool.Put(bp)
 			return false
 		}
-		q, formErr := caddydns.Decode(buf)
 		if c.w == nil {
 			c.w = startWriter(c, srv.maxInFlight())
 		}
@@ -254,7 +255,7 @@ func (c *conn) read() (parked bool) {
 		c.w.pending.Add(1)
 		c.queries++
 		last := srv.MaxQueries > 0 && c.queries >= srv.MaxQueries
-		go c.answer(c.w, q, formErr, last)
+		go c.answer(c.w, bp, size, last)
 		if last {
 			return false
 		}
@@ -367,30 +368,25 @@ func (c *conn) expire() {
 	}
 }
 
-// answer runs one query through the chain of the server that owns the
-// connection now, and hands the packed answer to the writer. last is the
-// connection's last query (max_queries): its answer announces keepalive 0.
-func (c *conn) answer(w *writer, q *dns.Msg, resp *dns.Msg, last bool) {
+// answer runs the query in (*bp)[:size] through the chain of the server
+// that owns the connection now, and hands the answer, packed into bp, to
+// the writer. last is the connection's last query (max_queries): its
+// answer announces keepalive 0.
+func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 	defer w.pending.Done()
 	defer func() { <-w.sem }()
 	srv := c.enter()
 	defer srv.active.Add(-1)
-	bp := packPool.Get().(*[]byte)
-	if q != nil {
-		*bp = srv.Chain.Serve(context.Background(), &caddydns.Request{
-			Msg: q, Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
-			Keepalive: srv.keepalive(last),
-		}, (*bp)[:0])
-	} else {
-		packed, err := caddydns.FitMessage(resp, (*bp)[:cap(*bp)])
-		if err != nil {
-			srv.logger.Error("packing answer", zap.Error(err))
-			packPool.Put(bp)
-			w.inFlight.Add(-1)
-			return
-		}
-		*bp = packed
+	a := srv.Chain.Serve(context.Background(), &caddydns.Request{
+		Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
+		Keepalive: srv.keepalive(last),
+	}, (*bp)[:size], (*bp)[:0])
+	if a.Wire == nil { // no header to answer: the reader lets no such frame in
+		packPool.Put(bp)
+		w.inFlight.Add(-1)
+		return
 	}
+	*bp = a.Wire // a FORMERR when the query did not decode
 	w.out <- bp
 	w.inFlight.Add(-1) // after the send: a parking reader that sees 0 may close out
 }

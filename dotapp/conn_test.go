@@ -19,6 +19,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
+	_ "github.com/dnsfront/dnsfront/caddydns/zone" // the zone handler the tests answer from
 	"github.com/dnsfront/dnsfront/internal/testpki"
 )
 

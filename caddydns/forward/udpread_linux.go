@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"net"
@@ -7,6 +7,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // batchReader reads a UDP socket's datagrams several at a time, one
@@ -72,7 +74,7 @@ func (r *batchReader) read(msgs [][]byte) ([][]byte, error) {
 	for i := 0; i < r.n; i++ {
 		m := r.bufs[i][:r.hdrs[i].Len]
 		if r.hdrs[i].Hdr.Flags&unix.MSG_TRUNC != 0 {
-			if m = asTruncated(m); m == nil {
+			if m = dnswire.AsTruncated(m); m == nil {
 				continue
 			}
 		}

@@ -1,4 +1,4 @@
-package caddydns
+package zone
 
 import (
 	"bytes"
@@ -12,6 +12,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 func init() {
@@ -184,17 +186,17 @@ func unclosedParen(text []byte) int {
 	return open
 }
 
-// ExampleQuery implements Exampler: the apex SOA.
+// ExampleQuery implements caddydns.Exampler: the apex SOA.
 func (z *Zone) ExampleQuery() (string, uint16) { return z.Origin, dns.TypeSOA }
 
 // ServeDNS answers for names under the origin.
-func (z *Zone) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
+func (z *Zone) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	q := r.Msg.Question[0]
 	name := dns.CanonicalName(q.Name)
 	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
 		return next(ctx, r)
 	}
-	return Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
+	return caddydns.Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
 }
 
 // inZone reports whether the canonical name is origin or under it, as
@@ -422,8 +424,8 @@ func (z *zoneData) glue(ns []dns.RR) []dns.RR {
 
 // Interface guards
 var (
-	_ Handler               = (*Zone)(nil)
+	_ caddydns.Handler      = (*Zone)(nil)
 	_ caddy.Provisioner     = (*Zone)(nil)
-	_ Exampler              = (*Zone)(nil)
+	_ caddydns.Exampler     = (*Zone)(nil)
 	_ caddyfile.Unmarshaler = (*Zone)(nil)
 )

@@ -1,6 +1,10 @@
 //go:build !linux
 
-package caddydns
+package forward
+
+import "github.com/dnsfront/dnsfront/caddydns/dnswire"
+
+import "github.com/dnsfront/dnsfront/caddydns/dnswire"
 
 import "net"
 
@@ -12,7 +16,7 @@ type batchReader struct {
 }
 
 func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
-	return &batchReader{conn: conn, buf: make([]byte, MaxMessage)}, nil
+	return &batchReader{conn: conn, buf: make([]byte, dnswire.MaxMessage)}, nil
 }
 
 // release lets r go (nothing to pool here).

@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -143,6 +143,6 @@ func (u *upstream) check(cfg *healthConfig) bool {
 	if err != nil {
 		return false
 	}
-	defer a.release()
-	return a.l.rcode != dns.RcodeServerFailure
+	defer a.Release()
+	return a.Layout().Rcode != dns.RcodeServerFailure
 }

@@ -1,15 +1,17 @@
-package caddydns
+package forward
 
 import (
 	"context"
-	"encoding/json"
 	"net"
 	"sync"
 	"sync/atomic"
 	"testing"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // benchUpstream answers every query with one A record, over UDP and TCP
@@ -40,16 +42,10 @@ func serveUDPTCP(t testing.TB, pc net.PacketConn, ln net.Listener, h dns.Handler
 }
 
 // forwardChain is a provisioned chain with one forward handler to up.
-func forwardChain(t testing.TB, up string) *Chain {
+func forwardChain(t testing.TB, up string) (*caddydns.Chain, *Forward) {
 	t.Helper()
-	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
-	t.Cleanup(cancel)
-	cfg, _ := json.Marshal(map[string]any{"handler": "forward", "to": []string{up}, "tries": 1})
-	c := &Chain{HandlersRaw: []json.RawMessage{cfg}}
-	if err := c.Provision(ctx, "test", "test"); err != nil {
-		t.Fatal(err)
-	}
-	return c
+	f := forwardTo(t, up, map[string]any{"tries": 1})
+	return caddydns.NewChain("test", "test", f), f
 }
 
 // TestForwardUpstreamClosesConnections: an upstream that closes each TCP
@@ -58,7 +54,7 @@ func forwardChain(t testing.TB, up string) *Chain {
 // 7766 6.2.1), so every query is answered; the client learns the limit
 // and from then on gives each connection 16 queries.
 func TestForwardUpstreamClosesConnections(t *testing.T) {
-	c := forwardChain(t, "tcp://"+benchUpstream(t, 16))
+	c, f := forwardChain(t, "tcp://"+benchUpstream(t, 16))
 	var wg sync.WaitGroup
 	var failed atomic.Int64
 	for w := 0; w < 16; w++ {
@@ -67,7 +63,7 @@ func TestForwardUpstreamClosesConnections(t *testing.T) {
 			defer wg.Done()
 			q := query("www.example.net.", dns.TypeA)
 			for i := 0; i < 200; i++ {
-				if m := serveMsg(context.Background(), c, &Request{Msg: q.Copy(), Transport: "test", Size: MaxMessage}); m == nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
+				if m := serveMsg(context.Background(), c, &caddydns.Request{Msg: q.Copy(), Transport: "test", Size: caddydns.MaxMessage}); m == nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 {
 					failed.Add(1)
 				}
 			}
@@ -77,7 +73,7 @@ func TestForwardUpstreamClosesConnections(t *testing.T) {
 	if n := failed.Load(); n != 0 {
 		t.Fatalf("%d of 3200 queries failed", n)
 	}
-	if limit := c.handlers[0].(*Forward).ups[0].stream.limit.Load(); limit != 16 {
+	if limit := f.ups[0].stream.limit.Load(); limit != 16 {
 		t.Fatalf("learned a per-connection limit of %d, want 16", limit)
 	}
 }
@@ -90,7 +86,7 @@ func BenchmarkForward(b *testing.B) {
 	addr := benchUpstream(b, 0)
 	for _, proto := range []string{"udp", "tcp"} {
 		b.Run(proto, func(b *testing.B) {
-			c := forwardChain(b, proto+"://"+addr)
+			c, _ := forwardChain(b, proto+"://"+addr)
 			b.ReportAllocs()
 			b.SetParallelism(8)
 			b.RunParallel(func(pb *testing.PB) {
@@ -99,11 +95,11 @@ func BenchmarkForward(b *testing.B) {
 				for pb.Next() {
 					q.Id = dns.Id()
 					ctx, cancel := context.WithCancel(context.Background())
-					buf = c.Serve(ctx, &Request{Msg: q, Transport: "bench", Size: MaxMessage}, buf)
+					buf = serve(ctx, c, &caddydns.Request{Msg: q, Transport: "bench", Size: caddydns.MaxMessage}, buf)
 					cancel()
 					// what a transport sends: packed, with the rcode and
 					// one record
-					if len(buf) < MinMessage || buf[3]&0xF != dns.RcodeSuccess || buf[6] != 0 || buf[7] != 1 {
+					if len(buf) < dnswire.HeaderLen || buf[3]&0xF != dns.RcodeSuccess || buf[6] != 0 || buf[7] != 1 {
 						b.Errorf("answer: % x", buf)
 						return
 					}

@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -17,6 +17,10 @@ import (
 
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // TestCallWait: a pooled call's timer and channel carry nothing from one
@@ -31,7 +35,7 @@ func TestCallWait(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		// an answer is there and the deadline is far: the answer, every
 		// time (a stale tick from an earlier wait would win half the time)
-		want := new(answer)
+		want := new(caddydns.Wire)
 		cl.resp <- want
 		got, err := cl.wait(context.Background(), time.Now().Add(time.Hour))
 		if err != nil || got != want {
@@ -47,7 +51,7 @@ func TestCallWait(t *testing.T) {
 		t.Fatalf("wait with a canceled context: %v, want context.Canceled", err)
 	}
 
-	cl.resp <- &answer{wire: make([]byte, 0, 512)} // came as the wait ended
+	cl.resp <- caddydns.NewWire(make([]byte, 12), &dnswire.Layout{}) // came as the wait ended
 	cl.err = errors.New("x")
 	cl.release()
 	if len(cl.resp) != 0 || cl.question != nil || cl.err != nil {
@@ -57,7 +61,7 @@ func TestCallWait(t *testing.T) {
 
 // TestUDPRefused: a UDP upstream with nothing listening answers with ICMP
 // port unreachable. The queries waiting on its socket fail at once with
-// "connection refused" (and go to the next upstream) instead of waiting
+// "connection nil" (and go to the next upstream) instead of waiting
 // out their timeout; each query has a socket of its own.
 func TestUDPRefused(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -76,15 +80,15 @@ func TestUDPRefused(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; i < 5; i++ {
-		_, err := c.exchange(context.Background(), deadline, question(packed), packed, false)
+		_, err := c.exchange(context.Background(), deadline, dnswire.Question(packed), packed, false)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("query %d to a closed port: %v, want connection refused", i, err)
+			t.Fatalf("query %d to a closed port: %v, want connection nil", i, err)
 		}
 	}
 }
 
 // TestUDPRefusedConcurrent: queries that keep coming while a socket's
-// reader is ending on "connection refused" must not join that socket
+// reader is ending on "connection nil" must not join that socket
 // (nothing would read their answers): every one fails with the refusal,
 // none waits out its deadline.
 func TestUDPRefusedConcurrent(t *testing.T) {
@@ -101,13 +105,13 @@ func TestUDPRefusedConcurrent(t *testing.T) {
 	for i := range queries {
 		go func() {
 			packed, _ := query(fmt.Sprintf("q%d.example.org.", i), dns.TypeA).Pack()
-			_, err := c.exchange(context.Background(), time.Now().Add(3*time.Second), question(packed), packed, false)
+			_, err := c.exchange(context.Background(), time.Now().Add(3*time.Second), dnswire.Question(packed), packed, false)
 			errs <- err
 		}()
 	}
 	for range queries {
 		if err := <-errs; !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("a query to a closed port: %v, want connection refused", err)
+			t.Fatalf("a query to a closed port: %v, want connection nil", err)
 		}
 	}
 }
@@ -125,7 +129,7 @@ func TestUDPTimeout(t *testing.T) {
 	defer c.close()
 	q := query("www.example.org.", dns.TypeA)
 	packed, _ := q.Pack()
-	_, err = c.exchange(context.Background(), time.Now().Add(20*time.Millisecond), question(packed), packed, false)
+	_, err = c.exchange(context.Background(), time.Now().Add(20*time.Millisecond), dnswire.Question(packed), packed, false)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), pc.LocalAddr().String()) {
 		t.Fatalf("query to a silent upstream: %v, want a deadline error naming %s", err, pc.LocalAddr())
 	}
@@ -179,13 +183,13 @@ func TestUDPBatch(t *testing.T) {
 				return
 			}
 			<-start
-			a, err := c.exchange(context.Background(), time.Now().Add(10*time.Second), question(packed), packed, false)
+			a, err := c.exchange(context.Background(), time.Now().Add(10*time.Second), dnswire.Question(packed), packed, false)
 			if err != nil {
 				errs <- err
 				return
 			}
-			defer a.release()
-			got, _, err := dns.UnpackDomainName(a.wire, MinMessage)
+			defer a.Release()
+			got, _, err := dns.UnpackDomainName(a.Bytes(), dnswire.HeaderLen)
 			if err == nil && got != name {
 				err = fmt.Errorf("query %s got the answer for %s", name, got)
 			}
@@ -247,7 +251,7 @@ func TestUDPBatchSendFails(t *testing.T) {
 	defer c.close()
 	c.wrap = func(batchWriter) batchWriter { return &failingWriter{} }
 	packed, _ := query("www.example.org.", dns.TypeA).Pack()
-	_, err = c.exchange(context.Background(), time.Now().Add(5*time.Second), question(packed), packed, false)
+	_, err = c.exchange(context.Background(), time.Now().Add(5*time.Second), dnswire.Question(packed), packed, false)
 	if !errors.Is(err, errSend) {
 		t.Fatalf("query whose send failed: %v, want %v", err, errSend)
 	}
@@ -279,7 +283,7 @@ func TestForwardLargeUDPAnswer(t *testing.T) {
 		_ = w.WriteMsg(m)
 	})
 	serveUDPTCP(t, pc, ln, h, 0)
-	c := forwardChain(t, "udp://"+pc.LocalAddr().String())
+	c, _ := forwardChain(t, "udp://"+pc.LocalAddr().String())
 	for _, tc := range []struct {
 		name    string
 		records int
@@ -288,7 +292,7 @@ func TestForwardLargeUDPAnswer(t *testing.T) {
 		before := tcpQueries.Load()
 		q := query(tc.name, dns.TypeTXT)
 		q.SetEdns0(65535, false) // the client takes anything: a stream client
-		m := serveMsg(context.Background(), c, &Request{Msg: q, Transport: "test", Size: MaxMessage})
+		m := serveMsg(context.Background(), c, &caddydns.Request{Msg: q, Transport: "test", Size: caddydns.MaxMessage})
 		if m == nil || m.Rcode != dns.RcodeSuccess || m.Truncated || len(m.Answer) != tc.records {
 			t.Fatalf("%s: %v, want %d records, not truncated", tc.name, m, tc.records)
 		}
@@ -331,7 +335,7 @@ func TestForwardHopOptions(t *testing.T) {
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.ActivateAndServe() }()
 	t.Cleanup(func() { _ = s.Shutdown(); <-done })
-	c := forwardChain(t, "udp://"+pc.LocalAddr().String())
+	c, _ := forwardChain(t, "udp://"+pc.LocalAddr().String())
 
 	q := query("www.example.net.", dns.TypeA)
 	q.SetEdns0(1232, true)
@@ -341,7 +345,7 @@ func TestForwardHopOptions(t *testing.T) {
 		&dns.EDNS0_NSID{Code: dns.EDNS0NSID},
 		&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE},
 	}
-	b := c.Serve(context.Background(), &Request{Msg: q, Transport: "test", Size: MaxMessage, Keepalive: 30 * time.Second}, nil)
+	b := serve(context.Background(), c, &caddydns.Request{Msg: q, Transport: "test", Size: caddydns.MaxMessage, Keepalive: 30 * time.Second}, nil)
 	if codes := <-got; !slices.Equal(codes, []uint16{dns.EDNS0NSID}) {
 		t.Fatalf("the upstream got options %v, want only NSID (%d)", codes, dns.EDNS0NSID)
 	}
@@ -356,7 +360,8 @@ func TestForwardHopOptions(t *testing.T) {
 	if !slices.Equal(codes, []uint16{dns.EDNS0NSID, dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
 		t.Errorf("the client got options %v, want the upstream's NSID, then dnsfront's keepalive and padding", codes)
 	}
-	if n, timeout := keepaliveOption(t, b); n != 1 || timeout != 300 || len(b)%PaddingBlock != 0 {
-		t.Errorf("%d keepalive options, TIMEOUT %d (dnsfront's is 300), %d octets (padded to %d)", n, timeout, len(b), PaddingBlock)
+	l, _ := dnswire.Walk(b)
+	if data, n := dnswire.Option(b, &l, dns.EDNS0TCPKEEPALIVE); n != 1 || string(data) != "\x01\x2c" || len(b)%dnswire.PaddingBlock != 0 {
+		t.Errorf("%d keepalive options, TIMEOUT % x (dnsfront's is 300), %d octets (padded to %d)", n, data, len(b), dnswire.PaddingBlock)
 	}
 }

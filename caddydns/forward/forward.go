@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -16,11 +16,14 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 func init() {
@@ -92,7 +95,7 @@ func (Forward) CaddyModule() caddy.ModuleInfo {
 // Provision sets up the upstreams (shared through a usage pool).
 func (f *Forward) Provision(ctx caddy.Context) error {
 	f.logger = ctx.Logger()
-	registerCoreMetrics(ctx)
+	registerMetrics(ctx)
 	if len(f.To) == 0 {
 		return errors.New("forward: no upstream in to")
 	}
@@ -260,28 +263,28 @@ func (f *Forward) Cleanup() error {
 // ServeDNS forwards the query. Its frame, and those below it on the way
 // to the upstream's socket, are kept small (cold paths in functions of
 // their own): see dohhandler's ServeHTTP.
-func (f *Forward) ServeDNS(ctx context.Context, r *Request, _ Next) (Response, error) {
+func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
 	bp := f.bufPool.Get().(*[]byte)
 	packed, err := r.Msg.PackBuffer((*bp)[:cap(*bp)])
 	if err != nil {
 		f.bufPool.Put(bp)
-		return Response{}, packError(err)
+		return caddydns.Response{}, packError(err)
 	}
 	if qopt := r.Msg.IsEdns0(); qopt == nil {
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
-		packed = appendOPT(packed, advertisedUDPSize)
+		packed = dnswire.AppendOPT(packed, caddydns.AdvertisedUDPSize)
 	} else if len(qopt.Option) > 0 {
-		packed = dropHopOptions(packed)
+		packed = dnswire.DropHopOptions(packed)
 	}
 	a, err := f.send(ctx, packed)
 	*bp = packed[:0]
 	f.bufPool.Put(bp)
-	return Response{ans: a}, err
+	return caddydns.Response{Wire: a}, err
 }
 
 // send tries the upstreams in the policy's order until one answers.
-func (f *Forward) send(ctx context.Context, packed []byte) (*answer, error) {
+func (f *Forward) send(ctx context.Context, packed []byte) (*caddydns.Wire, error) {
 	order := f.pick(f.ups, time.Now())
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
@@ -327,15 +330,6 @@ func (f *Forward) tryFailed(u *upstream, try int, err error) {
 	if ce := f.logger.Check(zapcore.DebugLevel, "upstream try failed"); ce != nil {
 		ce.Write(zap.String("upstream", u.name), zap.Int("try", try+1), zap.Error(err))
 	}
-}
-
-// appendOPT adds an OPT record (EDNS version 0, no options) to a packed
-// message without one.
-func appendOPT(packed []byte, udpSize uint16) []byte {
-	packed = append(packed, 0, 0, byte(dns.TypeOPT), byte(udpSize>>8), byte(udpSize), 0, 0, 0, 0, 0, 0)
-	ar := uint16(packed[10])<<8 | uint16(packed[11]) + 1
-	packed[10], packed[11] = byte(ar>>8), byte(ar)
-	return packed
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -456,7 +450,7 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 
 // Interface guards
 var (
-	_ Handler               = (*Forward)(nil)
+	_ caddydns.Handler      = (*Forward)(nil)
 	_ caddy.Provisioner     = (*Forward)(nil)
 	_ caddy.CleanerUpper    = (*Forward)(nil)
 	_ caddyfile.Unmarshaler = (*Forward)(nil)

@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"bufio"
@@ -15,6 +15,8 @@ import (
 	"time"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // spoofUpstream is a UDP upstream that also serves an attacker's zone:
@@ -144,7 +146,7 @@ func TestSpoofedAnswers(t *testing.T) {
 				wg.Add(1)
 				go func() {
 					defer wg.Done()
-					_, _ = f.ServeDNS(context.Background(), &Request{Msg: query(fmt.Sprintf("l%d-%d.attacker.test.", trial, i), dns.TypeA)}, nil)
+					_, _ = f.ServeDNS(context.Background(), &caddydns.Request{Msg: query(fmt.Sprintf("l%d-%d.attacker.test.", trial, i), dns.TypeA)}, nil)
 				}()
 			}
 			wg.Wait()
@@ -160,7 +162,7 @@ func TestSpoofedAnswers(t *testing.T) {
 			res := make(chan result, 1)
 			asked := time.Now()
 			go func() {
-				r := &Request{Msg: query(target, dns.TypeA)}
+				r := &caddydns.Request{Msg: query(target, dns.TypeA)}
 				resp, err := f.ServeDNS(context.Background(), r, nil)
 				if err != nil {
 					res <- result{err: err}
@@ -246,12 +248,12 @@ func Test0x20(t *testing.T) {
 		_ = w.WriteMsg(m)
 	})
 	serveUDPTCP(t, pc, ln, h, 0)
-	c := forwardChain(t, "udp://"+pc.LocalAddr().String())
-	u := c.handlers[0].(*Forward).ups[0]
+	c, f := forwardChain(t, "udp://"+pc.LocalAddr().String())
+	u := f.ups[0]
 	const name = "WwW.ExAmPle-Zone.ORG."
 	ask := func(i int) {
 		t.Helper()
-		m := serveMsg(context.Background(), c, &Request{Msg: query(name, dns.TypeA), Transport: "test", Size: MaxMessage})
+		m := serveMsg(context.Background(), c, &caddydns.Request{Msg: query(name, dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
 		if m == nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Question[0].Name != name {
 			t.Fatalf("query %d: %v, want an answer to %s in the client's case", i, m, name)
 		}

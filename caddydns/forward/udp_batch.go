@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"net"

@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -11,6 +11,8 @@ import (
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // slowUpstream answers every query over UDP after delay, until the test
@@ -35,7 +37,7 @@ func slowUpstream(t *testing.T, delay time.Duration) string {
 }
 
 // forwardTo provisions a forward handler with cfg (its "to" set to up).
-func forwardTo(t *testing.T, up string, cfg map[string]any) *Forward {
+func forwardTo(t testing.TB, up string, cfg map[string]any) *Forward {
 	t.Helper()
 	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
 	t.Cleanup(cancel)
@@ -66,7 +68,7 @@ func TestClientGivesUp(t *testing.T) {
 
 	for i := 0; i < 5; i++ {
 		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
-		_, err := f.ServeDNS(ctx, &Request{Msg: query("slow.example.org.", dns.TypeA)}, nil)
+		_, err := f.ServeDNS(ctx, &caddydns.Request{Msg: query("slow.example.org.", dns.TypeA)}, nil)
 		cancel()
 		if err == nil {
 			t.Fatalf("query %d: answered after its client gave up", i)
@@ -86,7 +88,7 @@ func TestClientGivesUp(t *testing.T) {
 	if g.ups[0] != u {
 		t.Fatal("two handlers naming one upstream do not share it")
 	}
-	if _, err := g.ServeDNS(context.Background(), &Request{Msg: query("slow.example.org.", dns.TypeA)}, nil); err == nil {
+	if _, err := g.ServeDNS(context.Background(), &caddydns.Request{Msg: query("slow.example.org.", dns.TypeA)}, nil); err == nil {
 		t.Fatal("answered past the timeout")
 	}
 	if u.isHealthy(time.Now()) || metricValue(t, gauge) != 0 {

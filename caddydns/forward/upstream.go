@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -16,6 +16,10 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // upstreams are shared by every forward handler of every config that
@@ -200,8 +204,8 @@ func (u *upstream) isHealthy(now time.Time) bool {
 // query sends packed (with the ID to use) and returns the answer, or an
 // error once deadline passes; over UDP a truncated answer is asked again
 // over TCP.
-func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte) (*answer, error) {
-	q := question(packed)
+func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte) (*caddydns.Wire, error) {
+	q := dnswire.Question(packed)
 	if q == nil {
 		return nil, errBadQuery
 	}
@@ -215,8 +219,8 @@ func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte)
 		if exact && u.caseMisses.Load() != 0 {
 			u.caseMisses.Store(0)
 		}
-		if a.truncated() {
-			a.release()
+		if a.Truncated() {
+			a.Release()
 			a, err = u.stream.exchange(ctx, deadline, q, packed)
 		}
 	case errors.Is(err, errCaseMismatch):
@@ -347,17 +351,17 @@ func (u *upstream) updateGauge() {
 // call is one query waiting for its answer. Calls are pooled with their
 // channel and timer, so waiting allocates nothing.
 type call struct {
-	question []byte       // as packed in the query; read under the pending map's lock
-	exact    bool         // the answer must echo the question's letter case (0x20)
-	resp     chan *answer // buffered 1; nil is sent when the connection dies
-	err      error        // why, when the connection says (set before nil is sent)
-	timer    *time.Timer  // stopped while the call is pooled
+	question []byte              // as packed in the query; read under the pending map's lock
+	exact    bool                // the answer must echo the question's letter case (0x20)
+	resp     chan *caddydns.Wire // buffered 1; nil is sent when the connection dies
+	err      error               // why, when the connection says (set before nil is sent)
+	timer    *time.Timer         // stopped while the call is pooled
 }
 
 var callPool = sync.Pool{New: func() any {
 	t := time.NewTimer(time.Hour)
 	t.Stop()
-	return &call{resp: make(chan *answer, 1), timer: t}
+	return &call{resp: make(chan *caddydns.Wire, 1), timer: t}
 }}
 
 func newCall(question []byte) *call {
@@ -373,7 +377,7 @@ func (cl *call) release() {
 	select {
 	case a := <-cl.resp:
 		if a != nil {
-			a.release()
+			a.Release()
 		}
 	default:
 	}
@@ -386,7 +390,7 @@ func (cl *call) release() {
 // of its own: a context per try cost a tenth of a forwarded DoH request's
 // CPU (its timer, its Done channel and the parent's, and its registration
 // as the request context's child).
-func (cl *call) wait(ctx context.Context, deadline time.Time) (*answer, error) {
+func (cl *call) wait(ctx context.Context, deadline time.Time) (*caddydns.Wire, error) {
 	cl.timer.Reset(time.Until(deadline))
 	select {
 	case a := <-cl.resp:
@@ -443,7 +447,7 @@ func deliver(mu *sync.Mutex, pending map[uint16]*call, msg []byte, forged *forge
 
 // deliverAll delivers msgs, read together, under one hold of the lock.
 func deliverAll(mu *sync.Mutex, pending map[uint16]*call, msgs [][]byte, forged *forgedCounters) {
-	var ls [readBatch]layout
+	var ls [readBatch]dnswire.Layout
 	var oks [readBatch]bool
 	var reasons [readBatch]int
 	n := min(len(msgs), readBatch)
@@ -469,11 +473,11 @@ func deliverAll(mu *sync.Mutex, pending map[uint16]*call, msgs [][]byte, forged 
 }
 
 // answerLayout lays out msg if it is a well-formed response.
-func answerLayout(msg []byte) (layout, bool) {
-	if len(msg) < MinMessage || msg[2]&flagQR == 0 {
-		return layout{}, false
+func answerLayout(msg []byte) (dnswire.Layout, bool) {
+	if len(msg) < dnswire.HeaderLen || msg[2]&dnswire.FlagQR == 0 {
+		return dnswire.Layout{}, false
 	}
-	return walk(msg)
+	return dnswire.Walk(msg)
 }
 
 // handOver gives msg to the pending query it answers and returns -1, or
@@ -481,15 +485,15 @@ func answerLayout(msg []byte) (layout, bool) {
 // answer that differs from its query's 0x20 question only in case ends
 // that query with errCaseMismatch (it goes again over TCP): a forged
 // answer, or an upstream that does not keep case.
-func handOver(pending map[uint16]*call, msg []byte, l *layout) int {
+func handOver(pending map[uint16]*call, msg []byte, l *dnswire.Layout) int {
 	id := uint16(msg[0])<<8 | uint16(msg[1])
 	cl := pending[id]
 	if cl == nil {
 		return forgedID
 	}
-	switch answers(msg, l, cl.question) {
-	case sameQuestion:
-	case sameButCase:
+	switch dnswire.Answers(msg, l, cl.question) {
+	case dnswire.SameQuestion:
+	case dnswire.SameButCase:
 		if cl.exact {
 			delete(pending, id)
 			cl.err = errCaseMismatch
@@ -500,7 +504,7 @@ func handOver(pending map[uint16]*call, msg []byte, l *layout) int {
 		return forgedQuestion
 	}
 	delete(pending, id)
-	cl.resp <- newAnswer(msg, l)
+	cl.resp <- caddydns.NewWire(msg, l)
 	return -1
 }
 
@@ -519,9 +523,4 @@ func reserveID(pending map[uint16]*call, cl *call) uint16 {
 			return id
 		}
 	}
-}
-
-// withID returns packed with its ID set (the first two octets).
-func withID(packed []byte, id uint16) {
-	packed[0], packed[1] = byte(id>>8), byte(id)
 }

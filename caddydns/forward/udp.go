@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"context"
@@ -9,6 +9,10 @@ import (
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // readBatch is how many answers one read of an upstream socket takes, at
@@ -84,7 +88,7 @@ func newUDPClient(addr string, forged *forgedCounters) *udpClient {
 // busy one saves a system call and, above all, a wake-up of the upstream
 // per query (waking a sleeping upstream was half the cost of a send on
 // loopback).
-func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte, exact bool) (*answer, error) {
+func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte, exact bool) (*caddydns.Wire, error) {
 	cl := newCall(question)
 	cl.exact = exact
 	s, id, lead, err := c.register(cl, packed)
@@ -144,7 +148,7 @@ func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, 
 		c.filling = nil
 	}
 	id = reserveID(s.pending, cl)
-	withID(packed, id)
+	dnswire.SetID(packed, id)
 	if s.batch == nil {
 		s.batch = batchPool.Get().(*udpBatch)
 		lead = s.batch

@@ -1,4 +1,4 @@
-package caddydns
+package forward
 
 import (
 	"bufio"
@@ -13,6 +13,10 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // Stream client limits: queries are pipelined on a connection until it has
@@ -66,7 +70,7 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 // idle timeout or per-connection query limit, a reset) is sent again on
 // another connection, as RFC 7766 6.2.1 asks of clients, up to
 // streamResends times or until deadline; only then does it fail.
-func (c *streamClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*answer, error) {
+func (c *streamClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*caddydns.Wire, error) {
 	for resend := 0; ; {
 		resp, err := c.exchangeOnce(ctx, deadline, question, packed, resend > 0)
 		switch {
@@ -91,7 +95,7 @@ var (
 	errConnUnusable = errors.New("connection closed or full before the query")
 )
 
-func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, question, packed []byte, resend bool) (*answer, error) {
+func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, question, packed []byte, resend bool) (*caddydns.Wire, error) {
 	sc, err := c.conn(ctx, deadline, resend)
 	if err != nil {
 		return nil, err
@@ -122,7 +126,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 		sc.mu.Unlock()
 	}()
 
-	withID(packed, id)
+	dnswire.SetID(packed, id)
 	if err := sc.write(deadline, packed); err != nil {
 		c.drop(sc, err)
 		if errors.Is(err, os.ErrDeadlineExceeded) {

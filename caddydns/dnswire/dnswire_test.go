@@ -1,0 +1,133 @@
+package dnswire
+
+import (
+	"bytes"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// answers are answers as upstreams send them.
+func answers(t *testing.T) map[string][]byte {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion("www.Example.org.", dns.TypeA)
+	msg := func(rcode int, records ...string) []byte {
+		m := new(dns.Msg)
+		m.SetRcode(q, rcode)
+		for _, s := range records {
+			rr, err := dns.NewRR(s)
+			if err != nil {
+				t.Fatal(err)
+			}
+			switch {
+			case rr.Header().Rrtype == dns.TypeSOA || rr.Header().Rrtype == dns.TypeNS:
+				m.Ns = append(m.Ns, rr)
+			case len(m.Ns) > 0:
+				m.Extra = append(m.Extra, rr)
+			default:
+				m.Answer = append(m.Answer, rr)
+			}
+		}
+		m.SetEdns0(1232, true)
+		if rcode > 0xF {
+			m.IsEdns0().SetExtendedRcode(uint16(rcode))
+		}
+		m.Compress = true
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	return map[string][]byte{
+		"cname chain": msg(dns.RcodeSuccess, "www.example.org. 300 IN CNAME web.example.org.", "web.example.org. 60 IN A 192.0.2.2",
+			"example.org. 3600 IN NS ns1.example.org.", "ns1.example.org. 3600 IN A 192.0.2.53"),
+		"nxdomain":  msg(dns.RcodeNameError, "example.org. 3600 IN SOA ns1.example.org. host.example.org. 1 7200 3600 1209600 300"),
+		"badcookie": msg(dns.RcodeBadCookie),
+	}
+}
+
+// TestWalk: malformed messages are refused, and what a well-formed one
+// holds is found.
+func TestWalk(t *testing.T) {
+	ans := answers(t)
+	good := ans["cname chain"]
+	for i := HeaderLen; i < len(good); i++ {
+		if _, ok := Walk(good[:i]); ok {
+			t.Fatalf("cut to %d of %d octets: walks", i, len(good))
+		}
+	}
+	l, ok := Walk(good)
+	if !ok || l.End != len(good) || !l.OPTLast || l.OPTCount != 1 || l.TTL != 60 || !l.Cacheable {
+		t.Fatalf("layout %+v", l)
+	}
+	if l, ok := Walk(ans["nxdomain"]); !ok || l.Rcode != dns.RcodeNameError || l.TTL != 300 || !l.Cacheable {
+		t.Fatalf("NXDOMAIN layout %+v: want the SOA minimum as TTL", l)
+	}
+	if l, ok := Walk(ans["badcookie"]); !ok || l.Rcode != dns.RcodeBadCookie || l.Cacheable {
+		t.Fatalf("BADCOOKIE layout %+v: want the extended rcode, not cacheable", l)
+	}
+	// a pointer forward (or to itself) is refused
+	bad := bytes.Clone(good)
+	off := 0
+	for i := l.QEnd; i+1 < len(bad); i++ {
+		if bad[i]&0xC0 == 0xC0 {
+			off = i
+			break
+		}
+	}
+	if off == 0 {
+		t.Fatal("no compression pointer in the answer")
+	}
+	bad[off], bad[off+1] = 0xC0|byte(off>>8), byte(off)
+	if _, ok := Walk(bad); ok {
+		t.Fatal("a pointer to itself walks")
+	}
+	// two questions
+	two := bytes.Clone(good)
+	two[5] = 2
+	if _, ok := Walk(two); ok {
+		t.Fatal("two questions walk")
+	}
+}
+
+// TestAnswers: the question in an answer must be the query's, but for
+// the case of ASCII letters in its name.
+func TestAnswers(t *testing.T) {
+	pack := func(name string, qtype uint16) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion(name, qtype)
+		m.Response = true
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	q := Question(pack("www.Example.org.", dns.TypeHTTPS)) // 65: 'A' in its low octet
+	for _, tc := range []struct {
+		name  string
+		qtype uint16
+		want  Match
+	}{
+		{"www.Example.org.", dns.TypeHTTPS, SameQuestion},
+		{"www.example.org.", dns.TypeHTTPS, SameButCase},
+		{"WWW.EXAMPLE.ORG.", dns.TypeHTTPS, SameButCase},
+		{"www.Example.org.", 97, OtherQuestion}, // 'a': types are not letters
+		{"www.example.org.", 97, OtherQuestion},
+		{"www.example.com.", dns.TypeHTTPS, OtherQuestion},
+		{"www.exampleaorg.", dns.TypeHTTPS, OtherQuestion},
+		{"ww.wexample.org.", dns.TypeHTTPS, OtherQuestion},
+		{"www\\064.example.org.", dns.TypeHTTPS, OtherQuestion},
+	} {
+		a := pack(tc.name, tc.qtype)
+		l, ok := Walk(a)
+		if !ok {
+			t.Fatal(tc.name)
+		}
+		if got := Answers(a, &l, q); got != tc.want {
+			t.Errorf("%s %d: answers = %v, want %v", tc.name, tc.qtype, got, tc.want)
+		}
+	}
+}

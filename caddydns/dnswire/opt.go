@@ -1,0 +1,108 @@
+package dnswire
+
+import (
+	"encoding/binary"
+
+	"github.com/miekg/dns"
+)
+
+// HopOption reports an EDNS option that belongs to one hop: padding,
+// cookies and keepalive (RFC 7830, 7873, 7828).
+func HopOption(code uint16) bool {
+	return code == dns.EDNS0PADDING || code == dns.EDNS0COOKIE || code == dns.EDNS0TCPKEEPALIVE
+}
+
+// DropHopOptions removes the hop's options (see HopOption) from a packed
+// query's OPT record, in place, for the next hop: the client's padding,
+// cookie and keepalive are not the upstream's business, and over UDP
+// RFC 7828 forbids the keepalive option. A query whose OPT record is not
+// its last record is returned as it is.
+func DropHopOptions(packed []byte) []byte {
+	l, ok := Walk(packed)
+	if !ok || l.OPTCount != 1 || !l.OPTLast {
+		return packed
+	}
+	opts := packed[l.OPTRdata:l.End]
+	kept, ok := AppendNonHop(opts[:0], opts)
+	if !ok {
+		return packed
+	}
+	binary.BigEndian.PutUint16(packed[l.OPTRdata-2:], uint16(len(kept)))
+	return packed[:l.OPTRdata+len(kept)]
+}
+
+// AppendNonHop appends to dst the options of an OPT record's RDATA that
+// are not the hop's (see HopOption); ok is false, and nothing appended,
+// when the RDATA is not a run of whole options. dst may be opts[:0]
+// (filtering in place: what is kept never passes what is read).
+func AppendNonHop(dst, opts []byte) ([]byte, bool) {
+	for rest := opts; len(rest) > 0; { // check before moving anything
+		if len(rest) < 4 || 4+int(binary.BigEndian.Uint16(rest[2:])) > len(rest) {
+			return dst, false
+		}
+		rest = rest[4+int(binary.BigEndian.Uint16(rest[2:])):]
+	}
+	for len(opts) > 0 {
+		n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
+		if !HopOption(binary.BigEndian.Uint16(opts)) {
+			dst = append(dst, opts[:n]...)
+		}
+		opts = opts[n:]
+	}
+	return dst, true
+}
+
+// AppendOPT adds an OPT record (EDNS version 0, no options) to a packed
+// message without one.
+func AppendOPT(packed []byte, udpSize uint16) []byte {
+	packed = append(packed, 0, 0, byte(dns.TypeOPT), byte(udpSize>>8), byte(udpSize), 0, 0, 0, 0, 0, 0)
+	binary.BigEndian.PutUint16(packed[10:], binary.BigEndian.Uint16(packed[10:])+1)
+	return packed
+}
+
+var zeros [PaddingBlock]byte
+
+// AppendPadding adds a padding option (RFC 7830) to the OPT record that
+// ends msg, whose RDLENGTH is at rdlen, so that msg is a multiple of
+// PaddingBlock octets (RFC 8467 4.1), unless that would pass the largest
+// message. It pads the packed message: a message's estimated length can
+// be off (miekg/dns over-counts some record types).
+func AppendPadding(msg []byte, rdlen int) []byte {
+	n := len(msg) + 4
+	if n > MaxMessage {
+		return msg
+	}
+	pad := (PaddingBlock - n%PaddingBlock) % PaddingBlock
+	if n+pad > MaxMessage {
+		pad = 0
+	}
+	msg = append(msg, byte(dns.EDNS0PADDING>>8), byte(dns.EDNS0PADDING), byte(pad>>8), byte(pad))
+	msg = append(msg, zeros[:pad]...)
+	binary.BigEndian.PutUint16(msg[rdlen:], binary.BigEndian.Uint16(msg[rdlen:])+uint16(4+pad))
+	return msg
+}
+
+// Option returns the data of the last option of the given code in the
+// OPT record of msg, laid out in l, and how many options of that code the
+// record holds (none when msg has no OPT record or its RDATA is not a run
+// of whole options).
+func Option(msg []byte, l *Layout, code uint16) (data []byte, n int) {
+	if l.OPT < 0 {
+		return nil, 0
+	}
+	end := l.End
+	if !l.OPTLast {
+		end = l.OPTRdata + int(binary.BigEndian.Uint16(msg[l.OPTRdata-2:]))
+	}
+	for opts := msg[l.OPTRdata:end]; len(opts) >= 4; {
+		size := 4 + int(binary.BigEndian.Uint16(opts[2:]))
+		if size > len(opts) {
+			return nil, 0
+		}
+		if binary.BigEndian.Uint16(opts) == code {
+			data, n = opts[4:size], n+1
+		}
+		opts = opts[size:]
+	}
+	return data, n
+}
