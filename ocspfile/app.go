@@ -25,6 +25,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/internal/portshare"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 func init() {
@@ -273,13 +274,13 @@ func (a *App) provisionCertificate(ctx caddy.Context, c *Certificate) (*entry, e
 	if c.Certificate == "" || c.Key == "" {
 		return nil, errors.New("certificate and key files are required")
 	}
-	pair, err := LoadKeyPair(c.Certificate, c.Key)
+	pair, err := loadKeyPair(c.Certificate, c.Key)
 	if err != nil {
 		return nil, err
 	}
 	var issuer *x509.Certificate
 	if c.Issuer != "" {
-		certs, err := ReadCertificates(c.Issuer)
+		certs, err := staple.ReadCertificates(c.Issuer)
 		if err != nil {
 			return nil, fmt.Errorf("issuer: %w", err)
 		}
@@ -344,7 +345,7 @@ func (a *App) newEntry(name string, leaf, issuer *x509.Certificate, src Source) 
 		mustStaple:  hasMustStaple(leaf),
 		rescheduled: make(chan struct{}, 1),
 	}
-	e.labels = [2]string{subjectName(leaf), FormatSerial(leaf.SerialNumber)}
+	e.labels = [2]string{subjectName(leaf), staple.FormatSerial(leaf.SerialNumber)}
 	return e
 }
 

@@ -11,6 +11,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/dnsfront/dnsfront/internal/testpki"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 // BenchmarkValidate is the full check a staple gets before it is served
@@ -27,7 +28,7 @@ func BenchmarkValidate(b *testing.B) {
 			now := time.Now()
 			b.ReportAllocs()
 			for b.Loop() {
-				if _, err := Validate(der, leaf.Cert, ca.Cert, now); err != nil {
+				if _, err := staple.Validate(der, leaf.Cert, ca.Cert, now); err != nil {
 					b.Fatal(err)
 				}
 			}
@@ -46,7 +47,7 @@ func BenchmarkStapleLookup(b *testing.B) {
 	a := &App{entries: new(atomic.Pointer[[]*entry])}
 	var entries []*entry
 	for _, l := range []*testpki.Leaf{rsaLeaf, ecLeaf} {
-		st, err := Validate(ca.Response(b, l.Cert, ocsp.Response{Status: ocsp.Good}, nil), l.Cert, ca.Cert, time.Now())
+		st, err := staple.Validate(ca.Response(b, l.Cert, ocsp.Response{Status: ocsp.Good}, nil), l.Cert, ca.Cert, time.Now())
 		if err != nil {
 			b.Fatal(err)
 		}

@@ -8,6 +8,7 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 // UnmarshalCaddyfile sets up the app from the tokens of the global option.
@@ -233,7 +234,7 @@ func unmarshalGeneration(d *caddyfile.Dispenser, g *Generation, w *WriteThrough)
 			if !d.AllArgs(&g.Hash) {
 				return d.ArgErr()
 			}
-			if _, err := ParseCertIDHash(g.Hash); err != nil {
+			if _, err := staple.ParseCertIDHash(g.Hash); err != nil {
 				return d.Err(err.Error())
 			}
 		default:

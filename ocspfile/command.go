@@ -1,7 +1,6 @@
 package ocspfile
 
 import (
-	"bytes"
 	"context"
 	"crypto/x509"
 	"crypto/x509/pkix"
@@ -18,6 +17,9 @@ import (
 	caddycmd "github.com/caddyserver/caddy/v2/cmd"
 	"github.com/spf13/cobra"
 	"golang.org/x/crypto/ocsp"
+
+	"github.com/dnsfront/dnsfront/internal/atomicfile"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 func init() {
@@ -62,7 +64,7 @@ func generateCommand() *cobra.Command {
 		if err := required(map[string]string{"--cert": *cert, "--ca-cert": *caCert, "--ca-key": *caKey, "--out": *out}); err != nil {
 			return err
 		}
-		hash, err := ParseCertIDHash(*hashName)
+		hash, err := staple.ParseCertIDHash(*hashName)
 		if err != nil {
 			return fmt.Errorf("--hash: %w", err)
 		}
@@ -75,7 +77,7 @@ func generateCommand() *cobra.Command {
 			return fmt.Errorf("--backdate %q: want a duration such as 1h, or 0", *backdate)
 		}
 		if b == 0 {
-			b = -1 // GenerateOptions: negative means none
+			b = -1 // staple.GenerateOptions: negative means none
 		}
 		leaf, err := firstCertificate(*cert)
 		if err != nil {
@@ -85,23 +87,23 @@ func generateCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		key, err := ReadSigner(*caKey)
+		key, err := staple.ReadSigner(*caKey)
 		if err != nil {
 			return err
 		}
-		der, err := Generate(leaf, ca, key, GenerateOptions{Validity: v, Backdate: b, Hash: hash})
+		der, err := staple.Generate(leaf, ca, key, staple.GenerateOptions{Validity: v, Backdate: b, Hash: hash})
 		if err != nil {
 			return err
 		}
-		st, err := Validate(der, leaf, ca, time.Now())
+		st, err := staple.Validate(der, leaf, ca, time.Now())
 		if err != nil {
 			return fmt.Errorf("generated response does not validate: %w", err)
 		}
-		if err := WriteFileAtomic(*out, der, 0o644); err != nil {
+		if err := atomicfile.Write(*out, der, 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: good for serial %s, thisUpdate %s, nextUpdate %s\n",
-			*out, FormatSerial(leaf.SerialNumber), fmtTime(st.ThisUpdate()), fmtTime(st.NextUpdate()))
+			*out, staple.FormatSerial(leaf.SerialNumber), staple.FormatTime(st.ThisUpdate()), staple.FormatTime(st.NextUpdate()))
 		return nil
 	}
 	return c
@@ -133,11 +135,11 @@ func inspectCommand() *cobra.Command {
 		if err != nil {
 			return err
 		}
-		if _, err := Validate(raw, leaf, issuer, time.Now()); err != nil {
+		if _, err := staple.Validate(raw, leaf, issuer, time.Now()); err != nil {
 			fmt.Fprintf(w, "verdict:      REFUSED: %v\n", err)
 			return fmt.Errorf("%s: %w", args[0], err)
 		}
-		fmt.Fprintf(w, "verdict:      OK: may be stapled with %s (serial %s)\n", *cert, FormatSerial(leaf.SerialNumber))
+		fmt.Fprintf(w, "verdict:      OK: may be stapled with %s (serial %s)\n", *cert, staple.FormatSerial(leaf.SerialNumber))
 		return nil
 	}
 	return c
@@ -165,22 +167,22 @@ func fetchCommand() *cobra.Command {
 		}
 		ctx, cancel := context.WithTimeout(context.Background(), *timeout)
 		defer cancel()
-		der, err := FetchResponse(ctx, &http.Client{}, *url, leaf, issuer)
+		der, err := staple.FetchResponse(ctx, &http.Client{}, *url, leaf, issuer)
 		if err != nil {
 			return err
 		}
-		st, err := Validate(der, leaf, issuer, time.Now())
-		if errors.Is(err, ErrNoNextUpdate) {
+		st, err := staple.Validate(der, leaf, issuer, time.Now())
+		if errors.Is(err, staple.ErrNoNextUpdate) {
 			return fmt.Errorf("responder answered, but %w (an openssl ocsp responder sets one with -nmin or -ndays); %s not written", err, *out)
 		}
 		if err != nil {
 			return fmt.Errorf("responder answered, but %w; %s not written", err, *out)
 		}
-		if err := WriteFileAtomic(*out, st.DER, 0o644); err != nil {
+		if err := atomicfile.Write(*out, st.DER, 0o644); err != nil {
 			return err
 		}
 		fmt.Fprintf(cmd.OutOrStdout(), "wrote %s: good for serial %s, thisUpdate %s, nextUpdate %s\n",
-			*out, FormatSerial(leaf.SerialNumber), fmtTime(st.ThisUpdate()), fmtTime(st.NextUpdate()))
+			*out, staple.FormatSerial(leaf.SerialNumber), staple.FormatTime(st.ThisUpdate()), staple.FormatTime(st.NextUpdate()))
 		return nil
 	}
 	return c
@@ -188,11 +190,11 @@ func fetchCommand() *cobra.Command {
 
 // describe prints what a response says, without judging it.
 func describe(w io.Writer, raw []byte) error {
-	der, err := DecodeResponse(raw)
+	der, err := staple.DecodeResponse(raw)
 	if err != nil {
 		return err
 	}
-	ids, err := certIDs(der)
+	ids, err := staple.CertIDs(der)
 	if err != nil {
 		return err
 	}
@@ -201,22 +203,22 @@ func describe(w io.Writer, raw []byte) error {
 		// the status of every entry, each parsed for its own serial
 		r, err := ocsp.ParseResponseForCert(der, &x509.Certificate{SerialNumber: id.SerialNumber}, nil)
 		if err != nil {
-			return fmt.Errorf("%w: %w", ErrMalformed, err)
+			return fmt.Errorf("%w: %w", staple.ErrMalformed, err)
 		}
 		status := map[int]string{ocsp.Good: "good", ocsp.Revoked: "revoked", ocsp.Unknown: "unknown"}[r.Status]
 		if r.Status == ocsp.Revoked {
-			status += fmt.Sprintf(" at %s, reason %d", fmtTime(r.RevokedAt), r.RevocationReason)
+			status += fmt.Sprintf(" at %s, reason %d", staple.FormatTime(r.RevokedAt), r.RevocationReason)
 		}
-		fmt.Fprintf(w, "serial:       %s\n", FormatSerial(id.SerialNumber))
+		fmt.Fprintf(w, "serial:       %s\n", staple.FormatSerial(id.SerialNumber))
 		fmt.Fprintf(w, "  status:     %s\n", status)
 		fmt.Fprintf(w, "  issuer:     name hash %X, key hash %X\n", id.NameHash, id.IssuerKeyHash)
-		fmt.Fprintf(w, "  thisUpdate: %s\n", fmtTime(r.ThisUpdate))
+		fmt.Fprintf(w, "  thisUpdate: %s\n", staple.FormatTime(r.ThisUpdate))
 		if r.NextUpdate.IsZero() {
 			fmt.Fprintf(w, "  nextUpdate: none\n")
 		} else {
-			fmt.Fprintf(w, "  nextUpdate: %s (%s)\n", fmtTime(r.NextUpdate), untilText(r.NextUpdate))
+			fmt.Fprintf(w, "  nextUpdate: %s (%s)\n", staple.FormatTime(r.NextUpdate), untilText(r.NextUpdate))
 		}
-		fmt.Fprintf(w, "  producedAt: %s\n", fmtTime(r.ProducedAt))
+		fmt.Fprintf(w, "  producedAt: %s\n", staple.FormatTime(r.ProducedAt))
 		fmt.Fprintf(w, "  signed by:  %s\n", signerText(r, &id))
 	}
 	return nil
@@ -226,7 +228,7 @@ func describe(w io.Writer, raw []byte) error {
 // embedded or not), or a delegated responder, with what its certificate
 // allows. An embedded certificate is the issuer when its name and key
 // hash to the CertID's issuer hashes.
-func signerText(r *ocsp.Response, id *certID) string {
+func signerText(r *ocsp.Response, id *staple.CertID) string {
 	c := r.Certificate
 	if c == nil {
 		by := "key hash " + fmt.Sprintf("%X", r.ResponderKeyHash)
@@ -238,10 +240,8 @@ func signerText(r *ocsp.Response, id *certID) string {
 		}
 		return "responder " + by + ", no certificate embedded (the issuer itself, if it verifies against it)"
 	}
-	if h, ok := hashByOID(id.HashAlgorithm.Algorithm); ok {
-		if name, key, err := issuerHashes(c, h); err == nil && bytes.Equal(name, id.NameHash) && bytes.Equal(key, id.IssuerKeyHash) {
-			return fmt.Sprintf("the issuer itself, %q (its certificate embedded)", c.Subject.String())
-		}
+	if id.CheckIssuer(c) == nil {
+		return fmt.Sprintf("the issuer itself, %q (its certificate embedded)", c.Subject.String())
 	}
 	eku := "lacks id-kp-OCSPSigning: not allowed to sign for the issuer"
 	if slices.Contains(c.ExtKeyUsage, x509.ExtKeyUsageOCSPSigning) {
@@ -272,7 +272,7 @@ func required(flags map[string]string) error {
 }
 
 func firstCertificate(path string) (*x509.Certificate, error) {
-	certs, err := ReadCertificates(path)
+	certs, err := staple.ReadCertificates(path)
 	if err != nil {
 		return nil, err
 	}
@@ -282,7 +282,7 @@ func firstCertificate(path string) (*x509.Certificate, error) {
 // leafAndIssuer reads a certificate and its issuer: from issuerFile, or the
 // second certificate of certFile.
 func leafAndIssuer(certFile, issuerFile string) (*x509.Certificate, *x509.Certificate, error) {
-	certs, err := ReadCertificates(certFile)
+	certs, err := staple.ReadCertificates(certFile)
 	if err != nil {
 		return nil, nil, err
 	}

@@ -10,6 +10,7 @@ import (
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/dnsfront/dnsfront/internal/testpki"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 // TestDescribeSigner: `caddy ocsp inspect` says who signed a response:
@@ -56,26 +57,26 @@ func TestGenerateCertIDHash(t *testing.T) {
 		name string
 		want crypto.Hash
 	}{{"", crypto.SHA1}, {"sha1", crypto.SHA1}, {"sha256", crypto.SHA256}} {
-		h, err := ParseCertIDHash(tc.name)
+		h, err := staple.ParseCertIDHash(tc.name)
 		if err != nil || h != tc.want {
-			t.Fatalf("ParseCertIDHash(%q) = %v, %v", tc.name, h, err)
+			t.Fatalf("staple.ParseCertIDHash(%q) = %v, %v", tc.name, h, err)
 		}
-		der, err := Generate(leaf.Cert, ca.Cert, ca.Key, GenerateOptions{Hash: h})
+		der, err := staple.Generate(leaf.Cert, ca.Cert, ca.Key, staple.GenerateOptions{Hash: h})
 		if err != nil {
 			t.Fatal(err)
 		}
-		ids, err := certIDs(der)
+		ids, err := staple.CertIDs(der)
 		if err != nil {
 			t.Fatal(err)
 		}
-		if got, _ := hashByOID(ids[0].HashAlgorithm.Algorithm); got != tc.want {
+		if got, _ := ids[0].Hash(); got != tc.want {
 			t.Fatalf("hash %q: CertID uses %v, want %v", tc.name, got, tc.want)
 		}
-		if _, err := Validate(der, leaf.Cert, ca.Cert, time.Now()); err != nil {
+		if _, err := staple.Validate(der, leaf.Cert, ca.Cert, time.Now()); err != nil {
 			t.Fatalf("hash %q: %v", tc.name, err)
 		}
 	}
-	if _, err := ParseCertIDHash("md5"); err == nil || !strings.Contains(err.Error(), `"md5"`) {
-		t.Fatalf("ParseCertIDHash(md5) = %v, want an error naming it", err)
+	if _, err := staple.ParseCertIDHash("md5"); err == nil || !strings.Contains(err.Error(), `"md5"`) {
+		t.Fatalf("staple.ParseCertIDHash(md5) = %v, want an error naming it", err)
 	}
 }

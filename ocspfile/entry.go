@@ -17,6 +17,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+
+	"github.com/dnsfront/dnsfront/internal/atomicfile"
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 // slots holds the staple of each certificate across config reloads,
@@ -30,7 +33,7 @@ var (
 // slot is the staple of one certificate and the record of its refreshes.
 type slot struct {
 	key    string
-	staple atomic.Pointer[Staple]
+	staple atomic.Pointer[staple.Staple]
 
 	mu          sync.Mutex // serialises refreshes; guards the fields below
 	lastRefresh time.Time
@@ -58,11 +61,11 @@ func (s *slot) admit(thisUpdate time.Time, revoked bool) error {
 		if s.revoked {
 			what = "the revoked response's"
 		}
-		return fmt.Errorf("%w: thisUpdate %s is before %s thisUpdate %s", ErrRollback,
-			fmtTime(thisUpdate), what, fmtTime(s.newest))
+		return fmt.Errorf("%w: thisUpdate %s is before %s thisUpdate %s", staple.ErrRollback,
+			staple.FormatTime(thisUpdate), what, staple.FormatTime(s.newest))
 	case s.revoked && !revoked && !thisUpdate.After(s.newest):
-		return fmt.Errorf("%w: thisUpdate %s is not after %s, when the certificate was seen revoked", ErrRollback,
-			fmtTime(thisUpdate), fmtTime(s.newest))
+		return fmt.Errorf("%w: thisUpdate %s is not after %s, when the certificate was seen revoked", staple.ErrRollback,
+			staple.FormatTime(thisUpdate), staple.FormatTime(s.newest))
 	}
 	return nil
 }
@@ -198,11 +201,11 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	}
 
 	raw, err := e.source.Obtain(ctx, Subject{Leaf: e.leaf, Issuer: e.issuer})
-	var st *Staple
+	var st *staple.Staple
 	if err == nil {
-		st, err = Validate(raw, e.leaf, e.issuer, now)
+		st, err = staple.Validate(raw, e.leaf, e.issuer, now)
 	}
-	var rev *RevokedError
+	var rev *staple.RevokedError
 	switch {
 	case err == nil:
 		err = s.admit(st.ThisUpdate(), false)
@@ -236,10 +239,10 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 	}
 }
 
-func (a *App) refreshFailed(ctx context.Context, e *entry, cur *Staple, err error, now time.Time) {
+func (a *App) refreshFailed(ctx context.Context, e *entry, cur *staple.Staple, err error, now time.Time) {
 	s := e.slot
 	result := resultFailed
-	if errors.Is(err, ErrRevoked) {
+	if errors.Is(err, staple.ErrRevoked) {
 		// a revoked certificate's earlier "good" staple must not be served
 		result = resultRevoked
 		s.staple.Store(nil)
@@ -286,7 +289,7 @@ func (a *App) refreshFailed(ctx context.Context, e *entry, cur *Staple, err erro
 	}
 }
 
-func (e *entry) logFields(st *Staple) []zap.Field {
+func (e *entry) logFields(st *staple.Staple) []zap.Field {
 	return []zap.Field{
 		zap.String("certificate", e.name),
 		zap.Strings("subjects", subjects(e.leaf)),
@@ -297,7 +300,7 @@ func (e *entry) logFields(st *Staple) []zap.Field {
 	}
 }
 
-func (a *App) emit(name string, e *entry, st *Staple, err error) {
+func (a *App) emit(name string, e *entry, st *staple.Staple, err error) {
 	if a.events == nil || !a.events.ShouldEmit(name) {
 		return
 	}
@@ -320,7 +323,7 @@ func (a *App) emit(name string, e *entry, st *Staple, err error) {
 // storage, so that a fleet on one storage backend shares it.
 func (e *entry) storageKey() string { return path.Join("dnsfront", "ocsp", e.slot.key+".der") }
 
-func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
+func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *staple.Staple {
 	stor := a.ctx.Storage()
 	if stor == nil {
 		return nil
@@ -329,7 +332,7 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
 	if err != nil {
 		return nil
 	}
-	st, err := Validate(b, e.leaf, e.issuer, now)
+	st, err := staple.Validate(b, e.leaf, e.issuer, now)
 	if err != nil || !now.Before(st.HalfLife()) || e.slot.admit(st.ThisUpdate(), false) != nil {
 		return nil
 	}
@@ -338,7 +341,7 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *Staple {
 
 // store keeps a made staple in Caddy's storage. A failure is logged; the
 // staple is served all the same.
-func (a *App) store(ctx context.Context, e *entry, st *Staple) {
+func (a *App) store(ctx context.Context, e *entry, st *staple.Staple) {
 	if stor := a.ctx.Storage(); stor != nil {
 		if err := stor.Store(ctx, e.storageKey(), st.DER); err != nil {
 			a.logger.Error("storing ocsp staple", zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
@@ -374,7 +377,7 @@ func (a *App) writeThrough(e *entry) {
 		}
 		return
 	}
-	err := WriteFileAtomic(path, st.DER, 0o644)
+	err := atomicfile.Write(path, st.DER, 0o644)
 	if err == nil {
 		s.writtenPath, s.writtenAt = path, time.Now()
 		writes.WithLabelValues(e.labels[0], e.labels[1], "ok").Inc()
@@ -421,7 +424,7 @@ type Status struct {
 	WriteError string `json:"write_error,omitempty"`
 }
 
-// Staple states in Status.Status.
+// staple.Staple states in Status.Status.
 const (
 	StatusGood    = "good"    // a valid staple is served
 	StatusNone    = "none"    // no valid staple: none is served

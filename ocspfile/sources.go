@@ -7,14 +7,14 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"io"
 	"net/http"
 	"os"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/modules/caddypki"
-	"golang.org/x/crypto/ocsp"
+
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 func init() {
@@ -120,7 +120,7 @@ type Generation struct {
 
 // provision checks the settings; what names the source's field.
 func (g *Generation) provision(what string) error {
-	h, err := ParseCertIDHash(g.Hash)
+	h, err := staple.ParseCertIDHash(g.Hash)
 	if err != nil {
 		return fmt.Errorf("%s: hash: %w", what, err)
 	}
@@ -128,11 +128,11 @@ func (g *Generation) provision(what string) error {
 	return nil
 }
 
-func (g Generation) options() GenerateOptions {
-	o := GenerateOptions{Validity: time.Duration(g.Validity), Hash: g.hash}
+func (g Generation) options() staple.GenerateOptions {
+	o := staple.GenerateOptions{Validity: time.Duration(g.Validity), Hash: g.hash}
 	switch {
 	case g.Backdate == nil:
-		// GenerateOptions' zero Backdate is the default
+		// staple.GenerateOptions' zero Backdate is the default
 	case *g.Backdate == 0:
 		o.Backdate = -1 // none
 	default:
@@ -170,15 +170,15 @@ func (l *LocalCASource) Provision(ctx caddy.Context) error {
 	if err := l.Generation.provision("local_ca source"); err != nil {
 		return err
 	}
-	certs, err := ReadCertificates(l.CACert)
+	certs, err := staple.ReadCertificates(l.CACert)
 	if err != nil {
 		return fmt.Errorf("local_ca source: ca_cert: %w", err)
 	}
 	l.caCert = certs[0]
-	if l.caKey, err = ReadSigner(l.CAKey); err != nil {
+	if l.caKey, err = staple.ReadSigner(l.CAKey); err != nil {
 		return fmt.Errorf("local_ca source: ca_key: %w", err)
 	}
-	if !publicKeysEqual(l.caKey.Public(), l.caCert.PublicKey) {
+	if !staple.KeyMatches(l.caKey, l.caCert) {
 		return fmt.Errorf("local_ca source: ca_key %s is not the key of ca_cert %s", l.CAKey, l.CACert)
 	}
 	return nil
@@ -186,7 +186,7 @@ func (l *LocalCASource) Provision(ctx caddy.Context) error {
 
 // Obtain signs a new good response.
 func (l *LocalCASource) Obtain(_ context.Context, s Subject) ([]byte, error) {
-	return Generate(s.Leaf, l.caCert, l.caKey, l.options())
+	return staple.Generate(s.Leaf, l.caCert, l.caKey, l.options())
 }
 
 func (l *LocalCASource) String() string { return "local_ca " + l.CACert }
@@ -248,9 +248,9 @@ func (p *PKISource) Obtain(_ context.Context, s Subject) ([]byte, error) {
 		} else {
 			key = p.ca.IntermediateKey()
 		}
-		return Generate(s.Leaf, c, key, p.options())
+		return staple.Generate(s.Leaf, c, key, p.options())
 	}
-	return nil, fmt.Errorf("certificate %s (%q) was not issued by pki CA %q", FormatSerial(s.Leaf.SerialNumber),
+	return nil, fmt.Errorf("certificate %s (%q) was not issued by pki CA %q", staple.FormatSerial(s.Leaf.SerialNumber),
 		s.Leaf.Subject.String(), p.CA)
 }
 
@@ -289,7 +289,7 @@ func (r *ResponderSource) Provision(ctx caddy.Context) error {
 
 // Obtain asks the responder with an RFC 6960 POST request.
 func (r *ResponderSource) Obtain(ctx context.Context, s Subject) ([]byte, error) {
-	return FetchResponse(ctx, r.client, r.URL, s.Leaf, s.Issuer)
+	return staple.FetchResponse(ctx, r.client, r.URL, s.Leaf, s.Issuer)
 }
 
 func (r *ResponderSource) String() string {
@@ -297,46 +297,6 @@ func (r *ResponderSource) String() string {
 		return "responder " + r.URL
 	}
 	return "responder (certificate's OCSP URL)"
-}
-
-// maxResponseSize bounds what is read from a responder.
-const maxResponseSize = 1 << 20
-
-// FetchResponse asks an OCSP responder (url, or the first OCSP URL of
-// leaf) for the status of leaf, as an RFC 6960 HTTP POST.
-func FetchResponse(ctx context.Context, client *http.Client, url string, leaf, issuer *x509.Certificate) ([]byte, error) {
-	if url == "" {
-		if len(leaf.OCSPServer) == 0 {
-			return nil, fmt.Errorf("certificate %s names no OCSP responder: set a responder url", FormatSerial(leaf.SerialNumber))
-		}
-		url = leaf.OCSPServer[0]
-	}
-	req, err := ocsp.CreateRequest(leaf, issuer, nil)
-	if err != nil {
-		return nil, fmt.Errorf("ocsp request: %w", err)
-	}
-	httpReq, err := http.NewRequestWithContext(ctx, http.MethodPost, url, bytes.NewReader(req))
-	if err != nil {
-		return nil, fmt.Errorf("ocsp responder %s: %w", url, err)
-	}
-	httpReq.Header.Set("Content-Type", "application/ocsp-request")
-	httpReq.Header.Set("Accept", "application/ocsp-response")
-	resp, err := client.Do(httpReq)
-	if err != nil {
-		return nil, fmt.Errorf("ocsp responder: %w", err)
-	}
-	defer resp.Body.Close()
-	body, err := io.ReadAll(io.LimitReader(resp.Body, maxResponseSize+1))
-	if err != nil {
-		return nil, fmt.Errorf("ocsp responder %s: reading response: %w", url, err)
-	}
-	if resp.StatusCode != http.StatusOK {
-		return nil, fmt.Errorf("ocsp responder %s: HTTP %s", url, resp.Status)
-	}
-	if len(body) > maxResponseSize {
-		return nil, fmt.Errorf("ocsp responder %s: response larger than %d bytes", url, maxResponseSize)
-	}
-	return body, nil
 }
 
 // Interface guards

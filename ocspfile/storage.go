@@ -16,6 +16,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
 
 func init() {
@@ -173,7 +175,7 @@ func (a *App) entryForStorageKey(ctx context.Context, backend certmagic.Storage,
 		a.logger.Debug("no managed certificate for ocsp storage key", zap.String("key", key), zap.Error(err))
 		return nil
 	}
-	certs, err := ParseCertificatesPEM(bundle)
+	certs, err := staple.ParseCertificatesPEM(bundle)
 	if err != nil || len(certs) < 2 {
 		a.logger.Warn("managed certificate has no issuer in its chain: not stapled", zap.String("key", key), zap.Error(err))
 		return nil

@@ -6,12 +6,10 @@ import (
 	"crypto/x509"
 	"errors"
 	"fmt"
-	"math/rand/v2"
 	"net"
 	"os"
 	"strings"
 	"sync"
-	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -19,10 +17,7 @@ import (
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
-	"github.com/dnsfront/dnsfront/internal/cfparse"
-
 	"github.com/dnsfront/dnsfront/caddydns"
-
 	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
@@ -74,17 +69,23 @@ type Forward struct {
 	// upstream seen not to keep case.
 	Disable0x20 bool `json:"disable_0x20,omitempty"`
 
-	ups      []*upstream
-	keys     []string
-	pick     func([]*upstream, time.Time) []*upstream
-	rr       *atomic.Uint32
-	timeout  time.Duration
-	tries    int
-	maxFails int
-	failDur  time.Duration
-	maxConc  int64
-	logger   *zap.Logger
-	bufPool  *sync.Pool
+	ups     []*upstream
+	keys    []string
+	policy  policy
+	health  healthChecks
+	timeout time.Duration
+	tries   int
+	maxConc int64
+	logger  *zap.Logger
+	bufPool *sync.Pool
+}
+
+// healthChecks are a forward's health settings, with defaults applied,
+// as Caddy's reverse proxy has them: passive (its queries' failures) and
+// active (a check query of its own).
+type healthChecks struct {
+	passive passiveHealth
+	active  *healthConfig // nil: none
 }
 
 // CaddyModule returns the Caddy module information.
@@ -107,28 +108,17 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 	if f.tries <= 0 {
 		f.tries = min(max(len(f.To), 2), 3)
 	}
-	switch {
-	case f.MaxFails == 0:
-		f.maxFails = 3
-	case f.MaxFails > 0:
-		f.maxFails = f.MaxFails
-	}
-	f.failDur = time.Duration(f.FailDuration)
-	if f.failDur <= 0 {
-		f.failDur = 5 * time.Second
-	}
+	f.health.passive = newPassiveHealth(f.MaxFails, time.Duration(f.FailDuration))
 	f.maxConc = int64(f.MaxConcurrent)
 	if f.maxConc <= 0 {
 		f.maxConc = 1000
 	}
-	f.rr = new(atomic.Uint32)
 	var err error
-	if f.pick, err = f.policy(); err != nil {
+	if f.policy, err = newPolicy(f.Policy); err != nil {
 		return err
 	}
-	var checks *healthConfig
 	if f.HealthCheck != nil {
-		if checks, err = f.HealthCheck.compile(); err != nil {
+		if f.health.active, err = f.HealthCheck.compile(); err != nil {
 			return fmt.Errorf("forward: %w", err)
 		}
 	}
@@ -158,7 +148,7 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 			return err
 		}
 		u := v.(*upstream)
-		u.useChecks(checks, f.logger)
+		u.useChecks(f.health.active, f.logger)
 		u.useCaseRandomization(!f.Disable0x20)
 		f.ups = append(f.ups, u)
 		f.keys = append(f.keys, key)
@@ -188,68 +178,6 @@ func (f *Forward) tlsConfig() (*tls.Config, error) {
 		cfg.RootCAs = pool
 	}
 	return cfg, nil
-}
-
-// policy returns the function that orders upstreams for one query: the
-// healthy ones as the policy ranks them, then the unhealthy ones (tried
-// only when every healthy one failed, or none is healthy).
-func (f *Forward) policy() (func([]*upstream, time.Time) []*upstream, error) {
-	order := func(ups []*upstream, now time.Time, first func(healthy []*upstream) int) []*upstream {
-		if len(ups) == 1 {
-			return ups // nothing to order (and no slice to make)
-		}
-		out := make([]*upstream, 0, len(ups))
-		for _, u := range ups {
-			if u.isHealthy(now) {
-				out = append(out, u)
-			}
-		}
-		healthy := len(out)
-		if healthy > 1 {
-			i := first(out)
-			out[0], out[i] = out[i], out[0]
-		}
-		for _, u := range ups {
-			if !u.isHealthy(now) {
-				out = append(out, u)
-			}
-		}
-		return out
-	}
-	switch f.Policy {
-	case "", "least_outstanding":
-		return func(ups []*upstream, now time.Time) []*upstream {
-			return order(ups, now, func(h []*upstream) int {
-				best, bestN, ties := 0, h[0].outstanding.Load(), 1
-				for i := 1; i < len(h); i++ {
-					n := h[i].outstanding.Load()
-					switch {
-					case n < bestN:
-						best, bestN, ties = i, n, 1
-					case n == bestN:
-						ties++
-						if rand.IntN(ties) == 0 { // a fair pick among equals
-							best = i
-						}
-					}
-				}
-				return best
-			})
-		}, nil
-	case "round_robin":
-		return func(ups []*upstream, now time.Time) []*upstream {
-			return order(ups, now, func(h []*upstream) int { return int(f.rr.Add(1)-1) % len(h) })
-		}, nil
-	case "random":
-		return func(ups []*upstream, now time.Time) []*upstream {
-			return order(ups, now, func(h []*upstream) int { return rand.IntN(len(h)) })
-		}, nil
-	case "first":
-		return func(ups []*upstream, now time.Time) []*upstream {
-			return order(ups, now, func([]*upstream) int { return 0 })
-		}, nil
-	}
-	return nil, fmt.Errorf("forward: unknown policy %q (least_outstanding, round_robin, random, first)", f.Policy)
 }
 
 // Cleanup releases the upstreams.
@@ -285,7 +213,7 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 
 // send tries the upstreams in the policy's order until one answers.
 func (f *Forward) send(ctx context.Context, packed []byte) (*caddydns.Wire, error) {
-	order := f.pick(f.ups, time.Now())
+	order := ordered(f.ups, time.Now(), f.policy)
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]
@@ -304,7 +232,7 @@ func (f *Forward) send(ctx context.Context, packed []byte) (*caddydns.Wire, erro
 			lastErr = err
 			break
 		}
-		u.record(err, time.Since(start), f.maxFails, f.failDur)
+		u.record(err, time.Since(start), f.health.passive)
 		if err == nil {
 			return resp, nil
 		}
@@ -330,122 +258,6 @@ func (f *Forward) tryFailed(u *upstream, try int, err error) {
 	if ce := f.logger.Check(zapcore.DebugLevel, "upstream try failed"); ce != nil {
 		ce.Write(zap.String("upstream", u.name), zap.Int("try", try+1), zap.Error(err))
 	}
-}
-
-// UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
-//
-//	forward <upstreams...> {
-//		to <upstreams...>
-//		tls_server_name <name>
-//		tls_ca_files <pem files...>
-//		policy least_outstanding|round_robin|random|first
-//		timeout <duration>
-//		tries <n>
-//		max_concurrent <n>
-//		max_fails <n>
-//		fail_duration <duration>
-//		disable_0x20
-//		health_check [<name> [<type>]] {
-//			interval <duration>
-//			timeout <duration>
-//			fails <n>
-//			passes <n>
-//		}
-//	}
-func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
-	d.Next() // handler name
-	f.To = append(f.To, d.RemainingArgs()...)
-	for n := d.Nesting(); d.NextBlock(n); {
-		opt := d.Val()
-		switch opt {
-		case "to":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			f.To = append(f.To, args...)
-		case "tls_server_name":
-			if !d.AllArgs(&f.TLSServerName) {
-				return d.ArgErr()
-			}
-		case "tls_ca_files":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.ArgErr()
-			}
-			f.TLSCAFiles = append(f.TLSCAFiles, args...)
-		case "policy":
-			if !d.AllArgs(&f.Policy) {
-				return d.ArgErr()
-			}
-		case "timeout":
-			if err := cfparse.Duration(d, &f.Timeout, false); err != nil {
-				return err
-			}
-		case "fail_duration":
-			if err := cfparse.Duration(d, &f.FailDuration, false); err != nil {
-				return err
-			}
-		case "tries":
-			if err := cfparse.Int(d, &f.Tries, 0); err != nil {
-				return err
-			}
-		case "max_concurrent":
-			if err := cfparse.Int(d, &f.MaxConcurrent, 0); err != nil {
-				return err
-			}
-		case "max_fails":
-			if err := cfparse.Int(d, &f.MaxFails, -1); err != nil {
-				return err
-			}
-		case "disable_0x20":
-			if d.NextArg() {
-				return d.ArgErr()
-			}
-			f.Disable0x20 = true
-		case "health_check":
-			hc := new(HealthCheck)
-			args := d.RemainingArgs()
-			if len(args) > 2 {
-				return d.ArgErr()
-			}
-			if len(args) > 0 {
-				hc.Name = args[0]
-			}
-			if len(args) > 1 {
-				hc.Type = args[1]
-			}
-			for n2 := d.Nesting(); d.NextBlock(n2); {
-				switch sub := d.Val(); sub {
-				case "interval":
-					if err := cfparse.Duration(d, &hc.Interval, false); err != nil {
-						return err
-					}
-				case "timeout":
-					if err := cfparse.Duration(d, &hc.Timeout, false); err != nil {
-						return err
-					}
-				case "fails":
-					if err := cfparse.Int(d, &hc.Fails, 1); err != nil {
-						return err
-					}
-				case "passes":
-					if err := cfparse.Int(d, &hc.Passes, 1); err != nil {
-						return err
-					}
-				default:
-					return d.Errf("unrecognized subdirective '%s'", sub)
-				}
-			}
-			f.HealthCheck = hc
-		default:
-			return d.Errf("unrecognized subdirective '%s'", opt)
-		}
-	}
-	if len(f.To) == 0 {
-		return d.Err("forward needs at least one upstream")
-	}
-	return nil
 }
 
 // Interface guards

@@ -29,6 +29,28 @@ type HealthCheck struct {
 	Passes int `json:"passes,omitempty"`
 }
 
+// passiveHealth is how a forward's own queries mark an upstream down:
+// maxFails failed in a row (0: never) keep it down for failDuration.
+type passiveHealth struct {
+	maxFails     int
+	failDuration time.Duration
+}
+
+// newPassiveHealth applies the defaults: max_fails 3 (-1 turns it off),
+// fail_duration 5s.
+func newPassiveHealth(maxFails int, failDuration time.Duration) passiveHealth {
+	switch {
+	case maxFails == 0:
+		maxFails = 3
+	case maxFails < 0:
+		maxFails = 0
+	}
+	if failDuration <= 0 {
+		failDuration = 5 * time.Second
+	}
+	return passiveHealth{maxFails: maxFails, failDuration: failDuration}
+}
+
 // healthConfig is a HealthCheck with its defaults applied and query built.
 type healthConfig struct {
 	query         *dns.Msg

@@ -56,7 +56,7 @@ type streamConn struct {
 	wb  []byte
 
 	mu      sync.Mutex // guards pending, sent and dead
-	pending map[uint16]*call
+	pending pendingCalls
 	sent    int // queries sent on the connection
 	dead    bool
 }
@@ -111,7 +111,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 		c.retire(sc)
 		return nil, errConnUnusable
 	}
-	id := reserveID(sc.pending, cl)
+	id := sc.pending.reserve(cl)
 	sc.sent++
 	full := limit > 0 && int64(sc.sent) >= limit
 	sc.mu.Unlock()
@@ -120,9 +120,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 	}
 	defer func() {
 		sc.mu.Lock()
-		if sc.pending[id] == cl {
-			delete(sc.pending, id)
-		}
+		sc.pending.forget(id, cl)
 		sc.mu.Unlock()
 	}()
 
@@ -215,7 +213,7 @@ func (c *streamClient) dial(ctx context.Context, deadline time.Time) (*streamCon
 	if err != nil {
 		return nil, err
 	}
-	return &streamConn{conn: conn, pending: make(map[uint16]*call)}, nil
+	return &streamConn{conn: conn, pending: make(pendingCalls)}, nil
 }
 
 func (sc *streamConn) write(deadline time.Time, packed []byte) error {
@@ -262,10 +260,7 @@ func (c *streamClient) drop(sc *streamConn, err error) {
 		if len(sc.pending) > 0 && (errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF)) {
 			answered = sc.sent - len(sc.pending)
 		}
-		for id, cl := range sc.pending {
-			delete(sc.pending, id)
-			cl.resp <- nil
-		}
+		sc.pending.failAll(nil)
 	}
 	sc.mu.Unlock()
 	sc.conn.Close()

@@ -64,7 +64,7 @@ type udpSocket struct {
 	w         batchWriter
 	fillUntil time.Time // it takes queries until then
 	mu        sync.Mutex
-	pending   map[uint16]*call
+	pending   pendingCalls
 	batch     *udpBatch // the batch being filled; nil when none
 	taken     int       // queries it has taken
 	users     int       // its queries that have not returned
@@ -105,9 +105,7 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 		err = cl.err // the socket failed, the send, or the case (sent with the nil answer)
 	}
 	s.mu.Lock()
-	if s.pending[id] == cl {
-		delete(s.pending, id)
-	}
+	s.pending.forget(id, cl)
 	s.users--
 	last := s.users == 0 // idle or done: closed, a fresh port for the next query
 	if last {
@@ -147,7 +145,7 @@ func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, 
 		s.mu.Unlock() // it went idle and is closing: another
 		c.filling = nil
 	}
-	id = reserveID(s.pending, cl)
+	id = s.pending.reserve(cl)
 	dnswire.SetID(packed, id)
 	if s.batch == nil {
 		s.batch = batchPool.Get().(*udpBatch)
@@ -180,7 +178,7 @@ func (c *udpClient) dial() (*udpSocket, error) {
 	if err != nil {
 		return nil, err
 	}
-	s := &udpSocket{c: c, conn: conn, w: newBatchWriter(conn), pending: make(map[uint16]*call, 1),
+	s := &udpSocket{c: c, conn: conn, w: newBatchWriter(conn), pending: make(pendingCalls, 1),
 		accepting: true, fillUntil: time.Now().Add(socketFill)}
 	if c.wrap != nil {
 		s.w = c.wrap(s.w)
@@ -208,11 +206,7 @@ func (s *udpSocket) send(b *udpBatch) {
 		}
 		for i, p := range b.unsent() {
 			id := uint16(p[0])<<8 | uint16(p[1])
-			if cl := b.calls[b.sent+i]; s.pending[id] == cl { // still waiting
-				delete(s.pending, id)
-				cl.err = err
-				cl.resp <- nil
-			}
+			s.pending.fail(id, b.calls[b.sent+i], err)
 		}
 		s.mu.Unlock()
 	}
@@ -286,11 +280,7 @@ func (s *udpSocket) read() {
 // next query dials again); s.mu is held.
 func (s *udpSocket) fail(err error) {
 	s.accepting = false
-	for id, cl := range s.pending {
-		delete(s.pending, id)
-		cl.err = err
-		cl.resp <- nil
-	}
+	s.pending.failAll(err)
 }
 
 func (c *udpClient) close() {

@@ -1,4 +1,4 @@
-package ocspfile
+package staple
 
 import (
 	"encoding/pem"
@@ -7,7 +7,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"golang.org/x/crypto/ocsp"
 
 	"github.com/dnsfront/dnsfront/internal/testpki"
@@ -181,22 +180,6 @@ func TestRefreshAt(t *testing.T) {
 		}
 		if got := st.RefreshAt().Sub(now); got < tc.want-2*time.Second || got > tc.want+2*time.Second {
 			t.Errorf("validity %v backdate %v: refresh in %v, want %v", tc.validity, tc.backdate, got, tc.want)
-		}
-	}
-}
-
-func TestGenerationBackdate(t *testing.T) {
-	zero, hour := caddy.Duration(0), caddy.Duration(time.Hour)
-	for _, tc := range []struct {
-		in   *caddy.Duration
-		want time.Duration
-	}{
-		{nil, 0},           // unset: GenerateOptions' default (1h)
-		{&zero, -1},        // 0: none
-		{&hour, time.Hour}, // as given
-	} {
-		if got := (Generation{Backdate: tc.in}).options().Backdate; got != tc.want {
-			t.Errorf("backdate %v: options %v, want %v", tc.in, got, tc.want)
 		}
 	}
 }

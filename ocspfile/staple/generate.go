@@ -1,4 +1,4 @@
-package ocspfile
+package staple
 
 import (
 	"cmp"
@@ -59,7 +59,7 @@ func Generate(leaf, issuer *x509.Certificate, key crypto.Signer, opts GenerateOp
 	default:
 		return nil, fmt.Errorf("generating ocsp response: CA key type %T is not supported (RSA or ECDSA only)", key.Public())
 	}
-	if !publicKeysEqual(key.Public(), issuer.PublicKey) {
+	if !KeyMatches(key, issuer) {
 		return nil, fmt.Errorf("generating ocsp response: CA key does not belong to CA certificate %q", issuer.Subject.String())
 	}
 	if err := leaf.CheckSignatureFrom(issuer); err != nil {
@@ -86,7 +86,7 @@ func Generate(leaf, issuer *x509.Certificate, key crypto.Signer, opts GenerateOp
 	}
 	if !next.After(now) {
 		return nil, fmt.Errorf("generating ocsp response: certificate %s expired at %s",
-			FormatSerial(leaf.SerialNumber), fmtTime(leaf.NotAfter))
+			FormatSerial(leaf.SerialNumber), FormatTime(leaf.NotAfter))
 	}
 	der, err := ocsp.CreateResponse(issuer, issuer, ocsp.Response{
 		Status:       ocsp.Good,
@@ -101,7 +101,8 @@ func Generate(leaf, issuer *x509.Certificate, key crypto.Signer, opts GenerateOp
 	return der, nil
 }
 
-func publicKeysEqual(a, b crypto.PublicKey) bool {
-	k, ok := a.(interface{ Equal(crypto.PublicKey) bool })
-	return ok && k.Equal(b)
+// KeyMatches reports whether key is the private key of cert.
+func KeyMatches(key crypto.Signer, cert *x509.Certificate) bool {
+	k, ok := key.Public().(interface{ Equal(crypto.PublicKey) bool })
+	return ok && k.Equal(cert.PublicKey)
 }

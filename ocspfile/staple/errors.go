@@ -1,4 +1,4 @@
-package ocspfile
+package staple
 
 import (
 	"errors"

@@ -2,7 +2,7 @@
 // validates OCSP responses (RFC 6960) against the certificate they are
 // served with, generates them from a CA, fetches them from responders, and
 // owns the staples served on every TLS handshake through the `ocsp` app.
-package ocspfile
+package staple
 
 import (
 	"bytes"
@@ -100,11 +100,11 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 		return nil, err
 	}
 
-	ids, err := certIDs(der)
+	ids, err := CertIDs(der)
 	if err != nil {
 		return nil, err
 	}
-	var id *certID
+	var id *CertID
 	for i := range ids {
 		if ids[i].SerialNumber != nil && ids[i].SerialNumber.Cmp(leaf.SerialNumber) == 0 {
 			id = &ids[i]
@@ -115,7 +115,7 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 		return nil, fmt.Errorf("%w: response is for %s, certificate has %s",
 			ErrWrongCertificate, serials(ids), FormatSerial(leaf.SerialNumber))
 	}
-	if err := checkIssuerHashes(id, issuer); err != nil {
+	if err := id.CheckIssuer(issuer); err != nil {
 		return nil, err
 	}
 
@@ -142,18 +142,18 @@ func Validate(b []byte, leaf, issuer *x509.Certificate, now time.Time) (*Staple,
 
 	if resp.ThisUpdate.After(now.Add(DefaultSkew)) {
 		return nil, fmt.Errorf("%w: thisUpdate %s is in the future (now %s)", ErrNotYetValid,
-			fmtTime(resp.ThisUpdate), fmtTime(now))
+			FormatTime(resp.ThisUpdate), FormatTime(now))
 	}
 	if resp.NextUpdate.IsZero() {
 		return nil, fmt.Errorf("%w: a staple without one never goes stale, so clients cannot tell an old one from a new one", ErrNoNextUpdate)
 	}
 	if !now.Before(resp.NextUpdate) {
 		return nil, fmt.Errorf("%w: nextUpdate %s has passed (now %s)", ErrExpired,
-			fmtTime(resp.NextUpdate), fmtTime(now))
+			FormatTime(resp.NextUpdate), FormatTime(now))
 	}
 	if resp.NextUpdate.After(leaf.NotAfter) {
 		return nil, fmt.Errorf("%w: nextUpdate %s is after the certificate's NotAfter %s",
-			ErrOutlivesCertificate, fmtTime(resp.NextUpdate), fmtTime(leaf.NotAfter))
+			ErrOutlivesCertificate, FormatTime(resp.NextUpdate), FormatTime(leaf.NotAfter))
 	}
 	return &Staple{DER: der, Response: resp, Validated: now}, nil
 }
@@ -184,17 +184,18 @@ func checkSigner(resp *ocsp.Response, issuer *x509.Certificate, now time.Time) e
 	}
 	if now.Before(signer.NotBefore) || now.After(signer.NotAfter) {
 		return fmt.Errorf("%w: responder certificate %q is valid %s to %s, not now", ErrBadSignature,
-			signer.Subject.String(), fmtTime(signer.NotBefore), fmtTime(signer.NotAfter))
+			signer.Subject.String(), FormatTime(signer.NotBefore), FormatTime(signer.NotAfter))
 	}
 	// ParseResponseForCert checked the response signature against signer
 	return nil
 }
 
-// checkIssuerHashes compares the CertID's issuer name and key hashes with
-// the issuer that signed the served certificate: a response for the same
-// serial from another CA must not pass.
-func checkIssuerHashes(id *certID, issuer *x509.Certificate) error {
-	h, ok := hashByOID(id.HashAlgorithm.Algorithm)
+// CheckIssuer compares the CertID's issuer name and key hashes with
+// issuer (RFC 6960 4.1.1), the CA that signed the served certificate: a
+// response for the same serial from another CA must not pass. The error
+// wraps ErrWrongIssuer, or ErrMalformed for a hash it cannot compute.
+func (id *CertID) CheckIssuer(issuer *x509.Certificate) error {
+	h, ok := id.Hash()
 	if !ok {
 		return fmt.Errorf("%w: unsupported CertID hash algorithm %s", ErrMalformed, id.HashAlgorithm.Algorithm)
 	}
@@ -239,24 +240,29 @@ var hashOIDs = []struct {
 	{asn1.ObjectIdentifier{2, 16, 840, 1, 101, 3, 4, 2, 3}, crypto.SHA512},
 }
 
-func hashByOID(oid asn1.ObjectIdentifier) (crypto.Hash, bool) {
+// Hash is the hash algorithm of the CertID's issuer hashes; false when
+// it is not one of SHA-1 and the SHA-2 family, or not linked in.
+func (id *CertID) Hash() (crypto.Hash, bool) {
 	for _, h := range hashOIDs {
-		if h.oid.Equal(oid) {
+		if h.oid.Equal(id.HashAlgorithm.Algorithm) {
 			return h.hash, h.hash.Available()
 		}
 	}
 	return 0, false
 }
 
+// CertID identifies the certificate a single response is about (RFC
+// 6960 4.1.1): x/crypto/ocsp reads only its serial.
+type CertID struct {
+	HashAlgorithm pkix.AlgorithmIdentifier
+	NameHash      []byte
+	IssuerKeyHash []byte
+	SerialNumber  *big.Int
+}
+
 // The parts of the RFC 6960 ASN.1 needed to read every CertID of a
 // response; x/crypto/ocsp keeps them unexported.
 type (
-	certID struct {
-		HashAlgorithm pkix.AlgorithmIdentifier
-		NameHash      []byte
-		IssuerKeyHash []byte
-		SerialNumber  *big.Int
-	}
 	responseData struct {
 		Raw       asn1.RawContent
 		Version   int `asn1:"optional,default:0,explicit,tag:0"`
@@ -284,7 +290,7 @@ var oidOCSPBasic = asn1.ObjectIdentifier{1, 3, 6, 1, 5, 5, 7, 48, 1, 1}
 
 // certIDs returns the CertID of every single response in der, after
 // checking the outer response status.
-func certIDs(der []byte) ([]certID, error) {
+func CertIDs(der []byte) ([]CertID, error) {
 	var resp ocspResponse
 	rest, err := asn1.Unmarshal(der, &resp)
 	if err != nil {
@@ -306,10 +312,10 @@ func certIDs(der []byte) ([]certID, error) {
 	if len(basic.TBSResponseData.Responses) == 0 {
 		return nil, fmt.Errorf("%w: response holds no certificate status", ErrMalformed)
 	}
-	ids := make([]certID, 0, len(basic.TBSResponseData.Responses))
+	ids := make([]CertID, 0, len(basic.TBSResponseData.Responses))
 	for i, raw := range basic.TBSResponseData.Responses {
 		// a SingleResponse starts with its CertID; the rest is read by x/crypto
-		var id certID
+		var id CertID
 		if _, err := asn1.Unmarshal(raw.Bytes, &id); err != nil {
 			return nil, fmt.Errorf("%w: single response %d: %w", ErrMalformed, i, err)
 		}
@@ -327,7 +333,7 @@ func FormatSerial(n *big.Int) string {
 	return fmt.Sprintf("0x%X", n)
 }
 
-func serials(ids []certID) string {
+func serials(ids []CertID) string {
 	if len(ids) == 1 {
 		return "serial " + FormatSerial(ids[0].SerialNumber)
 	}
@@ -341,4 +347,5 @@ func serials(ids []certID) string {
 	return s
 }
 
-func fmtTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
+// FormatTime writes a time as the errors and the CLI do: RFC 3339, UTC.
+func FormatTime(t time.Time) string { return t.UTC().Format(time.RFC3339) }
