@@ -16,7 +16,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
-	"github.com/dnsfront/dnsfront/ocspfile"
 )
 
 // Defaults of a DoT server.
@@ -142,12 +141,16 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	if err := s.TLSConnPolicies.Provision(ctx); err != nil {
 		return fmt.Errorf("tls connection policies: %w", err)
 	}
-	if err := ocspfile.StapleConnectionPolicies(ctx, s.TLSConnPolicies); err != nil {
+	st, err := staplerOf(ctx)
+	if err != nil {
 		return fmt.Errorf("ocsp staples: %w", err)
+	}
+	if st != nil {
+		st.StapleConnectionPolicies(s.TLSConnPolicies)
 	}
 	s.warnMissingCertificates()
 	s.tlsCfg = s.TLSConnPolicies.TLSConfig(ctx)
-	if !s.mayHaveCertificate(ctx) {
+	if !s.mayHaveCertificate(ctx, st) {
 		return errors.New("no certificate to serve: list one in the ocsp app (certificate, or issue <name>), " +
 			"give the server a server_name (the tls app then manages its certificate), or load one in the tls app")
 	}
@@ -197,8 +200,8 @@ func (s *Server) warnMissingCertificates() {
 // loaded certificates or automation (subjects, get_certificate managers,
 // on-demand), or an http app (its sites' certificates, managed by the
 // tls app at start).
-func (s *Server) mayHaveCertificate(ctx caddy.Context) bool {
-	if len(s.ServerNames) > 0 || ocspfile.HasCertificates(ctx) {
+func (s *Server) mayHaveCertificate(ctx caddy.Context, st Stapler) bool {
+	if len(s.ServerNames) > 0 || (st != nil && st.HasCertificates()) {
 		return true
 	}
 	if _, err := ctx.AppIfConfigured("http"); !errors.Is(err, caddy.ErrNotConfigured) {

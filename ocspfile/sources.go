@@ -218,13 +218,9 @@ func (p *PKISource) Provision(ctx caddy.Context) error {
 	if err := p.Generation.provision("pki source"); err != nil {
 		return err
 	}
-	appIface, err := ctx.App("pki")
+	ca, err := pkiCA(ctx, p.CA)
 	if err != nil {
-		return fmt.Errorf("pki source: loading pki app: %w", err)
-	}
-	ca, ok := appIface.(*caddypki.PKI).CAs[p.CA]
-	if !ok {
-		return fmt.Errorf("pki source: no CA %q in the pki app", p.CA)
+		return fmt.Errorf("pki source: %w", err)
 	}
 	p.ca = ca
 	return nil

@@ -5,6 +5,8 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/dnsfront/dnsfront/dotapp"
 )
 
 func TestGenerationBackdate(t *testing.T) {
@@ -22,3 +24,6 @@ func TestGenerationBackdate(t *testing.T) {
 		}
 	}
 }
+
+// The ocsp app is what the dot app takes staples from.
+var _ dotapp.Stapler = (*App)(nil)

@@ -1,7 +1,10 @@
-// Package ocspfile is dnsfront's OCSP stapling engine: it parses and fully
-// validates OCSP responses (RFC 6960) against the certificate they are
-// served with, generates them from a CA, fetches them from responders, and
-// owns the staples served on every TLS handshake through the `ocsp` app.
+// Package staple is the core of dnsfront's OCSP stapling, free of Caddy:
+// it decodes OCSP responses and validates them in full (RFC 6960) against
+// the certificate they are served with (Validate), generates them from a
+// CA's key (Generate), fetches them from responders (FetchResponse),
+// reads their CertIDs, and names what is wrong with one by an error value
+// (ErrExpired, RevokedError, ...). The `ocsp` app (package ocspfile), its
+// sources, its command line and the tests use it.
 package staple
 
 import (
