@@ -9,7 +9,6 @@ import (
 	"io"
 	"net"
 	"net/netip"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -61,29 +60,6 @@ type conn struct {
 	park    parking
 }
 
-// parking is the state of a parked connection, shared by the reader that
-// parks it, the idle poller that resumes it, its idle timer and the
-// server's drain.
-type parking struct {
-	mu       sync.Mutex
-	parked   bool
-	hello    bool      // parked before the handshake, waiting for the ClientHello
-	since    time.Time // when the wait for the next query began
-	deadline time.Time // when the wait ends the connection
-	timer    *time.Timer
-	id       uint64 // registration with the idle poller; 0 before the first park
-}
-
-// writer sends a connection's answers; it runs while queries come and is
-// stopped when the connection parks with nothing in flight.
-type writer struct {
-	out      chan *[]byte  // packed answers
-	sem      chan struct{} // a slot per query in flight
-	inFlight atomic.Int32
-	pending  sync.WaitGroup
-	done     chan struct{}
-}
-
 var (
 	packPool   = sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 	readerPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, readBufferSize) }}
@@ -113,8 +89,8 @@ func (c *conn) serve(s *Server) {
 	}()
 	c.metrics = s.metrics
 	if c.helloBy.IsZero() {
-		c.helloBy = time.Now().Add(s.handshakeTimeout())
-		if c.rc != nil && idlePoller.ok() && !c.peekHello(s.parkAfter()) && c.parkHello() {
+		c.helloBy = time.Now().Add(s.set.handshake)
+		if c.rc != nil && idlePoller.ok() && !c.peekHello(s.set.parkAfter) && c.parkHello() {
 			return
 		}
 	}
@@ -181,6 +157,21 @@ func (c *conn) finish() {
 	c.release()
 }
 
+// release counts a closed connection out of the server that owns it now.
+func (c *conn) release() {
+	for {
+		s := c.srv.Load()
+		s.mu.Lock()
+		if c.srv.Load() != s {
+			s.mu.Unlock()
+			continue // handed over meanwhile
+		}
+		s.countOut(c)
+		s.mu.Unlock()
+		return
+	}
+}
+
 // read decodes queries until the connection ends (false), a limit closes
 // it, the server stops with no successor and the connection goes quiet,
 // or it stays quiet for parkAfter and is parked (true). The writer and
@@ -201,7 +192,7 @@ func (c *conn) read() (parked bool) {
 			wait := deadline
 			canPark := c.rc != nil && idlePoller.ok()
 			if canPark {
-				wait = minTime(deadline, since.Add(srv.parkAfter()))
+				wait = minTime(deadline, since.Add(srv.set.parkAfter))
 			}
 			c.reading.Store(true)
 			_ = c.raw.SetReadDeadline(wait)
@@ -220,7 +211,7 @@ func (c *conn) read() (parked bool) {
 		// and the client may be waiting for our ACK to send it
 		if r.Buffered() < 2 {
 			quickAck(c.rc)
-			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
+			_ = c.raw.SetReadDeadline(time.Now().Add(srv.set.read))
 		}
 		hdr, err := r.Peek(2)
 		if err != nil {
@@ -233,7 +224,7 @@ func (c *conn) read() (parked bool) {
 		}
 		if r.Buffered() < 2+size {
 			quickAck(c.rc)
-			_ = c.raw.SetReadDeadline(time.Now().Add(srv.readTimeout()))
+			_ = c.raw.SetReadDeadline(time.Now().Add(srv.set.read))
 		}
 		_, _ = r.Discard(2)
 		// the query goes to its answerer in a pooled buffer of its own,
@@ -248,7 +239,7 @@ func (c *conn) read() (parked bool) {
 			return false
 		}
 		if c.w == nil {
-			c.w = startWriter(c, srv.maxInFlight())
+			c.w = startWriter(c, srv.set.maxInFlight)
 		}
 		c.w.sem <- struct{}{}
 		c.w.inFlight.Add(1)
@@ -259,112 +250,6 @@ func (c *conn) read() (parked bool) {
 		if last {
 			return false
 		}
-	}
-}
-
-// parkNow parks the connection, waiting since the given time for its next
-// query: the idle poller resumes it when its socket turns readable, and
-// its timer ends it at the idle deadline. The writer goes too when no
-// answer is in flight. It reports false when the connection cannot be
-// parked and should end.
-func (c *conn) parkNow(since time.Time) bool {
-	if c.aborted.Load() {
-		return false
-	}
-	if c.w != nil && c.w.inFlight.Load() == 0 {
-		c.w.stop()
-		c.w = nil
-	}
-	c.park.mu.Lock()
-	defer c.park.mu.Unlock()
-	c.park.since = since
-	return c.parkUntil(c.srv.Load().idleDeadline(since), false)
-}
-
-// parkHello parks a connection whose client has sent nothing yet, until
-// the handshake deadline. It reports false when it cannot.
-func (c *conn) parkHello() bool {
-	c.park.mu.Lock()
-	defer c.park.mu.Unlock()
-	return c.parkUntil(c.helloBy, true)
-}
-
-// parkUntil arms the idle poller and a timer for deadline; hello says the
-// handshake has not begun. It reports false when the connection cannot be
-// parked. The caller holds c.park.mu.
-func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
-	p := &c.park
-	if c.aborted.Load() {
-		return false // abort came first and found nothing parked
-	}
-	p.parked, p.hello, p.deadline = true, hello, deadline
-	if p.timer == nil {
-		p.timer = time.AfterFunc(time.Until(deadline), c.expire)
-	} else {
-		p.timer.Reset(time.Until(deadline))
-	}
-	if err := idlePoller.arm(c); err != nil {
-		p.parked, p.hello = false, false
-		p.timer.Stop()
-		return false
-	}
-	if !hello {
-		c.metrics.parked.Inc()
-	}
-	return true
-}
-
-// unpark takes a parked connection out of parking for whoever wins it
-// (the poller, the timer, an abort), and says whether it was parked and
-// whether before its handshake. The caller holds c.park.mu.
-func (c *conn) unpark() (parked, hello bool) {
-	p := &c.park
-	parked, hello = p.parked, p.hello
-	if !parked {
-		return false, false
-	}
-	p.parked, p.hello = false, false
-	p.timer.Stop()
-	if !hello {
-		c.metrics.parked.Dec()
-	}
-	return true, hello
-}
-
-// resume goes on with a parked connection whose socket turned readable
-// (the client sent something, or closed): the handshake, or the reader.
-func (c *conn) resume() {
-	c.park.mu.Lock()
-	parked, hello := c.unpark()
-	c.park.mu.Unlock()
-	switch {
-	case !parked:
-		return // ended meanwhile
-	case hello:
-		c.serve(c.srv.Load())
-	default:
-		c.run()
-	}
-}
-
-// expire ends a parked connection at its deadline: the idle timeout, or
-// the handshake's.
-func (c *conn) expire() {
-	c.park.mu.Lock()
-	if time.Now().Before(c.park.deadline) {
-		c.park.mu.Unlock()
-		return // a stale firing: the deadline moved
-	}
-	parked, hello := c.unpark()
-	c.park.mu.Unlock()
-	switch {
-	case !parked:
-		return // resumed meanwhile
-	case hello:
-		c.metrics.handshakeFailures.Inc() // timed out before its ClientHello
-		c.drop()
-	default:
-		c.finish()
 	}
 }
 
@@ -402,73 +287,6 @@ func (c *conn) enter() *Server {
 		}
 		s.active.Add(-1)
 	}
-}
-
-func startWriter(c *conn, inFlight int) *writer {
-	w := &writer{
-		out:  make(chan *[]byte, inFlight),
-		sem:  make(chan struct{}, inFlight),
-		done: make(chan struct{}),
-	}
-	go w.run(c)
-	return w
-}
-
-// stop ends the writer once it has sent what it was given.
-func (w *writer) stop() {
-	close(w.out)
-	<-w.done
-}
-
-// run sends answers, batching those that are ready into one write. The
-// batch buffer is taken from a pool for each write, so that a writer
-// waiting for answers holds none.
-func (w *writer) run(c *conn) {
-	defer close(w.done)
-	failed := false
-	for bp := range w.out {
-		batchp := batchPool.Get().(*[]byte)
-		batch := appendFrame((*batchp)[:0], bp)
-		yielded := false
-	more:
-		for len(batch) < maxBatch {
-			select {
-			case next, ok := <-w.out:
-				if !ok {
-					break more
-				}
-				batch = appendFrame(batch, next)
-			default:
-				// other queries of this connection still being answered
-				// may be ready to run (their upstream's answers came in
-				// one read burst): yield once so that they queue theirs
-				// for this write
-				if !yielded && w.inFlight.Load() > 0 {
-					yielded = true
-					runtime.Gosched()
-					continue
-				}
-				break more
-			}
-		}
-		if !failed { // after a failure, keep draining so that answering goroutines finish
-			_ = c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
-			if _, err := c.tc.Write(batch); err != nil {
-				failed = true
-				c.abort()
-			}
-		}
-		*batchp = batch
-		batchPool.Put(batchp)
-	}
-}
-
-func appendFrame(batch []byte, bp *[]byte) []byte {
-	p := *bp
-	batch = binary.BigEndian.AppendUint16(batch, uint16(len(p)))
-	batch = append(batch, p...)
-	packPool.Put(bp)
-	return batch
 }
 
 // wake makes a connection that waits for a query take the draining

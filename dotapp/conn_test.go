@@ -34,6 +34,7 @@ func newTestServer(t testing.TB) *Server {
 		`"@ 3600 IN SOA ns1 host 1 7200 3600 1209600 300","www 60 IN A 192.0.2.80"]}`)}
 	s.name, s.logger, s.ctx = "test", zap.NewNop(), ctx
 	s.conns, s.perClient = make(map[*conn]struct{}), make(map[netip.Addr]int)
+	s.applyDefaults()
 	if err := s.Chain.Provision(ctx, "test", "dot"); err != nil {
 		t.Fatal(err)
 	}
@@ -272,10 +273,12 @@ func BenchmarkPipelined(b *testing.B) {
 // default one when none is set, and 0 once the server drains.
 func TestKeepaliveAnnounced(t *testing.T) {
 	s := &Server{IdleTimeout: caddy.Duration(30 * time.Second)}
+	s.applyDefaults()
 	if got := s.keepalive(false); got != 30*time.Second {
 		t.Fatalf("idle_timeout 30s: keepalive %v", got)
 	}
 	s.IdleTimeout = 0
+	s.applyDefaults()
 	if got := s.keepalive(false); got != DefaultIdleTimeout {
 		t.Fatalf("no idle_timeout: keepalive %v, want %v", got, DefaultIdleTimeout)
 	}

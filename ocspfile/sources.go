@@ -37,7 +37,7 @@ type Source interface {
 	// Obtain returns an OCSP response, DER or PEM, for s.
 	Obtain(ctx context.Context, s Subject) ([]byte, error)
 	// String names the source and its input in errors and the admin API,
-	// e.g. "file /etc/dns/a.ocsp".
+	// as the Caddyfile writes it, e.g. "staple /etc/dns/a.ocsp".
 	String() string
 }
 

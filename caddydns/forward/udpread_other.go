@@ -2,11 +2,11 @@
 
 package forward
 
-import "github.com/dnsfront/dnsfront/caddydns/dnswire"
+import (
+	"net"
 
-import "github.com/dnsfront/dnsfront/caddydns/dnswire"
-
-import "net"
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
+)
 
 // batchReader reads a UDP socket's datagrams; on Linux several at a time
 // (recvmmsg), here one at a time.

@@ -134,9 +134,11 @@ func (u *upstream) isHealthy(now time.Time) bool {
 	return !u.activeDown.Load() && now.UnixNano() >= u.downUntil.Load()
 }
 
-// query sends packed (with the ID to use) and returns the answer, or an
-// error once deadline passes; over UDP a truncated answer is asked again
-// over TCP.
+// query sends packed, under an ID of the client's choosing (its own ID
+// is overwritten), and returns the answer, or an error once deadline
+// passes. Over UDP the question goes in random letter case (0x20) when
+// that is on, and a truncated answer, or one that does not keep the
+// case, is asked again over TCP.
 func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte) (*caddydns.Wire, error) {
 	q := dnswire.Question(packed)
 	if q == nil {

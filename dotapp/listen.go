@@ -1,0 +1,206 @@
+package dotapp
+
+import (
+	"errors"
+	"fmt"
+	"net"
+	"syscall"
+	"time"
+
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
+	"go.uber.org/zap"
+)
+
+func (s *Server) start() error {
+	if len(s.ServerNames) > 0 {
+		tlsApp, err := s.ctx.App("tls")
+		if err != nil {
+			return fmt.Errorf("tls app: %w", err)
+		}
+		names := make(map[string]struct{}, len(s.ServerNames))
+		for _, n := range s.ServerNames {
+			names[n] = struct{}{}
+		}
+		if err := tlsApp.(*caddytls.TLS).Manage(names); err != nil {
+			return fmt.Errorf("managing certificates for %v: %w", s.ServerNames, err)
+		}
+	}
+	for _, na := range s.addrs {
+		for port := na.StartPort; port <= na.EndPort; port++ {
+			var raw syscall.RawConn
+			ln, err := na.Listen(s.ctx, port-na.StartPort, net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+				raw = c // Caddy wraps the listener; this is its socket (see stop)
+				return nil
+			}})
+			if err != nil {
+				return fmt.Errorf("listen on %s: %w", na.JoinHostPort(port-na.StartPort), err)
+			}
+			l, ok := ln.(net.Listener)
+			if !ok {
+				return fmt.Errorf("listen on %s: not a stream listener", na.JoinHostPort(port-na.StartPort))
+			}
+			key := na.Network + "/" + na.JoinHostPort(port-na.StartPort)
+			s.listeners = append(s.listeners, l)
+			s.rawLns = append(s.rawLns, raw)
+			s.keys = append(s.keys, key)
+			reloaded := register(key, s)
+			s.acceptWG.Add(1)
+			go s.accept(l, key)
+			if reloaded {
+				continue // said when the address first opened
+			}
+			s.logger.Info("dns over tls server listening", zap.String("address", l.Addr().String()),
+				zap.Strings("server_names", s.ServerNames))
+			host, port, _ := net.SplitHostPort(l.Addr().String())
+			s.logger.Info("try it",
+				zap.String("query", fmt.Sprintf("kdig +tls @%s -p %s %s", host, port, s.Chain.ExampleQuery())),
+				zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn dot -status < /dev/null 2>/dev/null | grep -A3 'OCSP Response Status'", l.Addr())))
+		}
+	}
+	return nil
+}
+
+func (s *Server) accept(ln net.Listener, key string) {
+	defer s.acceptWG.Done()
+	var delay time.Duration
+	for {
+		raw, err := ln.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// out of file descriptors and the like: back off, as net/http does
+			delay = min(max(2*delay, 5*time.Millisecond), time.Second)
+			s.logger.Error("accepting connection", zap.Error(err), zap.Duration("retry_in", delay))
+			time.Sleep(delay)
+			continue
+		}
+		delay = 0
+		s.serveNew(raw, key)
+	}
+}
+
+// serveNew admits a connection just accepted and serves it.
+func (s *Server) serveNew(raw net.Conn, key string) {
+	c := newConn(raw, key)
+	if reason := s.admit(c); reason != "" {
+		s.metrics.refused.WithLabelValues(reason).Inc()
+		raw.Close()
+		return
+	}
+	go c.serve(s)
+}
+
+// admit counts the connection in, or says which limit refuses it.
+func (s *Server) admit(c *conn) string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return "stopping"
+	}
+	if s.MaxConnections > 0 && len(s.conns) >= s.MaxConnections {
+		return "max_connections"
+	}
+	if s.MaxConnectionsPerClient > 0 && s.perClient[c.client.Addr()] >= s.MaxConnectionsPerClient {
+		return "max_connections_per_client"
+	}
+	s.countIn(c)
+	return ""
+}
+
+// countIn counts c in as one of s's connections, and makes s its owner;
+// countOut counts it out. s.mu is held.
+func (s *Server) countIn(c *conn) {
+	s.conns[c] = struct{}{}
+	s.perClient[c.client.Addr()]++
+	c.srv.Store(s)
+}
+
+func (s *Server) countOut(c *conn) {
+	delete(s.conns, c)
+	if n := s.perClient[c.client.Addr()] - 1; n > 0 {
+		s.perClient[c.client.Addr()] = n
+	} else {
+		delete(s.perClient, c.client.Addr())
+	}
+}
+
+// adopt takes over a connection from the server this one replaces.
+func (s *Server) adopt(from *Server, c *conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.stopped {
+		return false
+	}
+	from.mu.Lock()
+	defer from.mu.Unlock()
+	if _, ok := from.conns[c]; !ok {
+		return false // closed meanwhile
+	}
+	from.countOut(c)
+	s.countIn(c)
+	return true
+}
+
+// stop closes the listeners, hands each open connection to the server
+// now live on its address (a reload: the client notices nothing), drains
+// the others for the grace period, and waits for the queries this
+// server's chain is answering.
+func (s *Server) stop() {
+	for i, ln := range s.listeners {
+		// closing a listening socket resets the connections in its accept
+		// queue (handshake done, not yet accepted: the accept goroutine may
+		// not have run yet on a busy machine); take them first, so that
+		// they are served and handed over like the others
+		for _, raw := range acceptQueued(s.rawLns[i]) {
+			s.serveNew(raw, s.keys[i])
+		}
+		_ = ln.Close()
+	}
+	s.acceptWG.Wait()
+
+	s.mu.Lock()
+	s.stopped = true
+	conns := make([]*conn, 0, len(s.conns))
+	for c := range s.conns {
+		conns = append(conns, c)
+	}
+	s.mu.Unlock()
+
+	grace := s.set.grace
+	deadline := time.Now().Add(grace)
+	s.drainEnd.Store(deadline.UnixNano())
+	handed := 0
+	for _, c := range conns {
+		if next := successor(c.key, s); next != nil && next.adopt(s, c) {
+			handed++
+			continue
+		}
+		c.wake() // a connection waiting for a query re-reads its deadline
+	}
+	for _, k := range s.keys {
+		unregister(k, s)
+	}
+	if len(conns) > 0 {
+		s.logger.Info("dns over tls server stopping", zap.Int("connections_handed_over", handed),
+			zap.Int("connections_draining", len(conns)-handed), zap.Duration("grace_period", grace))
+	}
+
+	// wait for the draining connections and the queries on our chain
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for time.Now().Before(deadline) {
+		s.mu.Lock()
+		open := len(s.conns)
+		s.mu.Unlock()
+		if open == 0 && s.active.Load() == 0 {
+			return
+		}
+		<-tick.C
+	}
+	s.mu.Lock()
+	for c := range s.conns {
+		c.abort()
+	}
+	s.mu.Unlock()
+}

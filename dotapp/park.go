@@ -1,0 +1,129 @@
+package dotapp
+
+import (
+	"sync"
+	"time"
+)
+
+// A connection with nothing to read is parked: its goroutine ends, and
+// the idle poller (poller_linux.go) resumes it when its socket turns
+// readable, or its timer ends it at its deadline.
+
+// parking is the state of a parked connection, shared by the reader that
+// parks it, the idle poller that resumes it, its idle timer and the
+// server's drain.
+type parking struct {
+	mu       sync.Mutex
+	parked   bool
+	hello    bool      // parked before the handshake, waiting for the ClientHello
+	since    time.Time // when the wait for the next query began
+	deadline time.Time // when the wait ends the connection
+	timer    *time.Timer
+	id       uint64 // registration with the idle poller; 0 before the first park
+}
+
+// parkNow parks the connection, waiting since the given time for its next
+// query: the idle poller resumes it when its socket turns readable, and
+// its timer ends it at the idle deadline. The writer goes too when no
+// answer is in flight. It reports false when the connection cannot be
+// parked and should end.
+func (c *conn) parkNow(since time.Time) bool {
+	if c.aborted.Load() {
+		return false
+	}
+	if c.w != nil && c.w.inFlight.Load() == 0 {
+		c.w.stop()
+		c.w = nil
+	}
+	c.park.mu.Lock()
+	defer c.park.mu.Unlock()
+	c.park.since = since
+	return c.parkUntil(c.srv.Load().idleDeadline(since), false)
+}
+
+// parkHello parks a connection whose client has sent nothing yet, until
+// the handshake deadline. It reports false when it cannot.
+func (c *conn) parkHello() bool {
+	c.park.mu.Lock()
+	defer c.park.mu.Unlock()
+	return c.parkUntil(c.helloBy, true)
+}
+
+// parkUntil arms the idle poller and a timer for deadline; hello says the
+// handshake has not begun. It reports false when the connection cannot be
+// parked. The caller holds c.park.mu.
+func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
+	p := &c.park
+	if c.aborted.Load() {
+		return false // abort came first and found nothing parked
+	}
+	p.parked, p.hello, p.deadline = true, hello, deadline
+	if p.timer == nil {
+		p.timer = time.AfterFunc(time.Until(deadline), c.expire)
+	} else {
+		p.timer.Reset(time.Until(deadline))
+	}
+	if err := idlePoller.arm(c); err != nil {
+		p.parked, p.hello = false, false
+		p.timer.Stop()
+		return false
+	}
+	if !hello {
+		c.metrics.parked.Inc()
+	}
+	return true
+}
+
+// unpark takes a parked connection out of parking for whoever wins it
+// (the poller, the timer, an abort), and says whether it was parked and
+// whether before its handshake. The caller holds c.park.mu.
+func (c *conn) unpark() (parked, hello bool) {
+	p := &c.park
+	parked, hello = p.parked, p.hello
+	if !parked {
+		return false, false
+	}
+	p.parked, p.hello = false, false
+	p.timer.Stop()
+	if !hello {
+		c.metrics.parked.Dec()
+	}
+	return true, hello
+}
+
+// resume goes on with a parked connection whose socket turned readable
+// (the client sent something, or closed): the handshake, or the reader.
+func (c *conn) resume() {
+	c.park.mu.Lock()
+	parked, hello := c.unpark()
+	c.park.mu.Unlock()
+	switch {
+	case !parked:
+		return // ended meanwhile
+	case hello:
+		c.serve(c.srv.Load())
+	default:
+		c.run()
+	}
+}
+
+// expire ends a parked connection at its deadline: the idle timeout, or
+// the handshake's.
+func (c *conn) expire() {
+	c.park.mu.Lock()
+	if time.Now().Before(c.park.deadline) {
+		c.park.mu.Unlock()
+		return // a stale firing: the deadline moved
+	}
+	parked, hello := c.unpark()
+	c.park.mu.Unlock()
+	switch {
+	case !parked:
+		return // resumed meanwhile
+	case hello:
+		c.metrics.handshakeFailures.Inc() // timed out before its ClientHello
+		c.drop()
+	default:
+		c.finish()
+	}
+}
