@@ -60,16 +60,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if !d.AllArgs(&c.Issuer) {
 						return d.ArgErr()
 					}
-				case "staple":
-					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
-						return err
-					}
-				case "tags":
-					if err := unmarshalTags(d, c); err != nil {
-						return err
-					}
 				default:
-					return d.Errf("unrecognized subdirective '%s'", d.Val())
+					if err := c.unmarshalShared(d); err != nil {
+						return err
+					}
 				}
 			}
 			a.Certificates = append(a.Certificates, c)
@@ -88,16 +82,10 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					if err := cfparse.Duration(d, &c.Lifetime, false); err != nil {
 						return err
 					}
-				case "staple":
-					if err := unmarshalSourceOnce(d, &c.SourceRaw); err != nil {
-						return err
-					}
-				case "tags":
-					if err := unmarshalTags(d, c); err != nil {
-						return err
-					}
 				default:
-					return d.Errf("unrecognized subdirective '%s'", d.Val())
+					if err := c.unmarshalShared(d); err != nil {
+						return err
+					}
 				}
 			}
 			a.Certificates = append(a.Certificates, c)
@@ -110,6 +98,18 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 	}
 	return nil
+}
+
+// unmarshalShared reads the subdirectives a supplied and an issued
+// certificate share: staple and tags.
+func (c *Certificate) unmarshalShared(d *caddyfile.Dispenser) error {
+	switch d.Val() {
+	case "staple":
+		return unmarshalSourceOnce(d, &c.SourceRaw)
+	case "tags":
+		return unmarshalTags(d, c)
+	}
+	return d.Errf("unrecognized subdirective '%s'", d.Val())
 }
 
 // unmarshalTags reads `tags <tags...>`, once.
