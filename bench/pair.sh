@@ -11,7 +11,9 @@
 #   bash bench/pair.sh OLD NEW [kind] [requests] [times]
 #
 # kind: getf (GET, forwarding; the default), postf (POST, forwarding),
-# getr / postr (Caddy's respond). A and B swap ports every other time.
+# getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
+# -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused).
+# A and B swap ports every other time.
 # KIND_B=getr gives B another kind than A: with A and B the same binary,
 #
 #   KIND_B=getr bash bench/pair.sh BIN BIN getf
@@ -74,7 +76,7 @@ pb=${pids[-1]}
 sleep 1
 how="side by side"
 [ -z "${TURNS:-}" ] || how="in turns"
-printf "A %s, B %s, %d requests each, %s: CPU us per request\n" "$KIND" "$KIND_B" "$N" "$how"
+printf "A %s, B %s, %s: CPU us per request\n" "$KIND" "$KIND_B" "$how"
 printf "%-8s %10s %10s %10s\n" run A B "B - A"
 for i in $(seq "$TIMES"); do
 	# the two loads start together (or, with TURNS, one after the
@@ -86,16 +88,27 @@ for i in $(seq "$TIMES"); do
 	for port in $ports; do
 		kind=$KIND
 		[ "$port" = 18443 ] || kind=$KIND_B
-		# shellcheck disable=SC2046
-		taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &
+		if [ "$kind" = dotf ]; then
+			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p $((port + 1)) -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
+		else
+			# shellcheck disable=SC2046
+			taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &
+		fi
 		loads+=($!)
 		[ -z "${TURNS:-}" ] || wait $!
 	done
 	wait "${loads[@]}"
+	declare -A done_n
 	for port in 18443 28443; do
-		grep -q "status codes: $N 2xx" "$P/h$port" || { echo "not all answered 2xx:" >&2; cat "$P/h$port" >&2; exit 1; }
+		if grep -q "Queries completed:" "$P/h$port"; then
+			done_n[$port]=$(awk '/Queries completed:/ {print $3; exit}' "$P/h$port")
+			grep -q "Queries lost: *0 " "$P/h$port" || { echo "queries lost:" >&2; cat "$P/h$port" >&2; exit 1; }
+		else
+			grep -q "status codes: $N 2xx" "$P/h$port" || { echo "not all answered 2xx:" >&2; cat "$P/h$port" >&2; exit 1; }
+			done_n[$port]=$N
+		fi
 	done
 	a1=$(ticks "$pa") b1=$(ticks "$pb")
-	awk -v i="$i" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v n="$N" \
-		'BEGIN {printf "%-8s %10.1f %10.1f %+10.1f\n", i, a * 10000 / n, b * 10000 / n, (b - a) * 10000 / n}'
+	awk -v i="$i" -v a=$((a1 - a0)) -v b=$((b1 - b0)) -v na="${done_n[18443]}" -v nb="${done_n[28443]}" \
+		'BEGIN {printf "%-8s %10.1f %10.1f %+10.1f\n", i, a * 10000 / na, b * 10000 / nb, b * 10000 / nb - a * 10000 / na}'
 done

@@ -42,6 +42,8 @@ type Request struct {
 	// more on this connection). 0 (DoH, whose connections HTTP manages):
 	// the option is ignored.
 	Keepalive time.Duration
+
+	start time.Time // when Serve took the query (metrics)
 }
 
 // KeepaliveClose is the Keepalive of a connection the server is closing.

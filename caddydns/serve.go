@@ -36,33 +36,52 @@ type Answer struct {
 // in the metrics, by rcode. r.Msg is set to the decoded query. query and
 // buf may share memory: the query is decoded before anything is written.
 func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte) Answer {
-	start := time.Now()
+	r.start = time.Now()
 	q, formErr := decode(query)
 	if q == nil {
-		a := Answer{Rcode: dns.RcodeFormatError, Malformed: true}
-		if formErr != nil {
-			a.Wire, _ = fitMessage(formErr, buf[:cap(buf)])
-		}
-		c.metrics.observe(a.Rcode, time.Since(start))
-		return a
+		return c.malformed(r, formErr, buf)
 	}
 	r.Msg = q
-	resp := checkQuery(r)
-	if resp == nil {
-		res, err := c.next(ctx, r)
-		if err == nil && res.Msg == nil && res.Wire != nil {
-			if out, rcode, ok := finishWire(r, res.Wire, buf); ok {
-				l := res.Wire.Layout()
-				a := Answer{Wire: out, Rcode: rcode, TTL: l.TTL, Cacheable: l.Cacheable && dnswire.CacheableRcode(rcode)}
-				res.Wire.Release()
-				c.metrics.observe(rcode, time.Since(start))
-				return a
-			}
-		}
-		resp = c.message(r, res, err)
+	var res Response
+	var err error
+	if resp := checkQuery(r); resp != nil {
+		res.Msg = resp
+	} else {
+		// the deepest call of a forwarded query runs on top of this
+		// frame, kept small (the rest in functions of their own): see
+		// dohhandler's ServeHTTP
+		res, err = c.next(ctx, r)
 	}
-	a := c.pack(r, resp, buf)
-	c.metrics.observe(a.Rcode, time.Since(start))
+	return c.answer(r, res, err, buf)
+}
+
+// answer makes the Answer to r from what the chain returned.
+//
+//go:noinline
+func (c *Chain) answer(r *Request, res Response, err error, buf []byte) Answer {
+	if err == nil && res.Msg == nil && res.Wire != nil {
+		if out, rcode, ok := finishWire(r, res.Wire, buf); ok {
+			l := res.Wire.Layout()
+			a := Answer{Wire: out, Rcode: rcode, TTL: l.TTL, Cacheable: l.Cacheable && dnswire.CacheableRcode(rcode)}
+			res.Wire.Release()
+			c.metrics.observe(rcode, time.Since(r.start))
+			return a
+		}
+	}
+	a := c.pack(r, c.message(r, res, err), buf)
+	c.metrics.observe(a.Rcode, time.Since(r.start))
+	return a
+}
+
+// malformed is the Answer to a query that does not decode.
+//
+//go:noinline
+func (c *Chain) malformed(r *Request, formErr *dns.Msg, buf []byte) Answer {
+	a := Answer{Rcode: dns.RcodeFormatError, Malformed: true}
+	if formErr != nil {
+		a.Wire, _ = fitMessage(formErr, buf[:cap(buf)])
+	}
+	c.metrics.observe(a.Rcode, time.Since(r.start))
 	return a
 }
 

@@ -114,10 +114,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	a := h.Chain.Serve(r.Context(), &caddydns.Request{
 		Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
 	}, query, (*bp)[:0])
-	if a.Malformed {
-		return h.fail(w, http.StatusBadRequest, "not a DNS message")
+	if a.Wire != nil {
+		*bp = a.Wire[:0]
 	}
-	*bp = a.Wire[:0]
 	return h.writeAnswer(w, r, &a)
 }
 
@@ -256,6 +255,9 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 
 // writeAnswer writes the packed answer out as the response.
 func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, a *caddydns.Answer) error {
+	if a.Malformed {
+		return h.fail(w, http.StatusBadRequest, "not a DNS message")
+	}
 	out := a.Wire
 	// each response its own values (Caddy's header directive edits them
 	// in place: TestDoHHeaderEdits), made in two allocations: the values'
