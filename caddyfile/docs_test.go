@@ -8,6 +8,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 )
 
@@ -33,9 +34,7 @@ func TestDocsExamples(t *testing.T) {
 			case "caddyfile":
 				adaptClean(t, name, adapter, m[2])
 			case "json":
-				if strings.Contains(m[2], `"apps"`) && !json.Valid([]byte(m[2])) {
-					t.Errorf("%s: JSON config does not parse", name)
-				}
+				checkJSON(t, name, m[2])
 			}
 		}
 	}
@@ -69,4 +68,38 @@ func adaptClean(t *testing.T, name string, adapter caddyconfig.Adapter, cfg stri
 	if (strings.Contains(cfg, "local_certs") || strings.Contains(cfg, "tls internal")) && !strings.Contains(cfg, "skip_install_trust") {
 		t.Errorf("%s: uses Caddy's internal CA (local_certs or tls internal) without skip_install_trust", name)
 	}
+}
+
+// checkJSON checks a JSON example: a config must parse; a handler (an
+// object with "handler") must decode into its module with no field the
+// module does not have (a misspelt option would be ignored by Caddy).
+func checkJSON(t *testing.T, name, text string) {
+	t.Helper()
+	if !json.Valid([]byte(text)) {
+		t.Errorf("%s: JSON does not parse", name)
+		return
+	}
+	var obj map[string]json.RawMessage
+	if json.Unmarshal([]byte(text), &obj) != nil {
+		return
+	}
+	var handler string
+	if json.Unmarshal(obj["handler"], &handler) != nil || handler == "" {
+		return
+	}
+	delete(obj, "handler")
+	rest, _ := json.Marshal(obj)
+	for _, ns := range []string{"dns.handlers.", "http.handlers."} {
+		info, err := caddy.GetModule(ns + handler)
+		if err != nil {
+			continue
+		}
+		dec := json.NewDecoder(strings.NewReader(string(rest)))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(info.New()); err != nil {
+			t.Errorf("%s: handler %s: %v", name, handler, err)
+		}
+		return
+	}
+	t.Errorf("%s: no handler module %q", name, handler)
 }
