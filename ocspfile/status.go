@@ -29,7 +29,7 @@ type Status struct {
 	WriteError string `json:"write_error,omitempty"`
 }
 
-// staple.Staple states in Status.Status.
+// Staple states in Status.Status.
 const (
 	StatusGood    = "good"    // a valid staple is served
 	StatusNone    = "none"    // no valid staple: none is served

@@ -61,7 +61,7 @@ func TestCallWait(t *testing.T) {
 
 // TestUDPRefused: a UDP upstream with nothing listening answers with ICMP
 // port unreachable. The queries waiting on its socket fail at once with
-// "connection nil" (and go to the next upstream) instead of waiting
+// "connection refused" (and go to the next upstream) instead of waiting
 // out their timeout; each query has a socket of its own.
 func TestUDPRefused(t *testing.T) {
 	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
@@ -82,13 +82,13 @@ func TestUDPRefused(t *testing.T) {
 	for i := 0; i < 5; i++ {
 		_, err := c.exchange(context.Background(), deadline, dnswire.Question(packed), packed, false)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("query %d to a closed port: %v, want connection nil", i, err)
+			t.Fatalf("query %d to a closed port: %v, want connection refused", i, err)
 		}
 	}
 }
 
 // TestUDPRefusedConcurrent: queries that keep coming while a socket's
-// reader is ending on "connection nil" must not join that socket
+// reader is ending on "connection refused" must not join that socket
 // (nothing would read their answers): every one fails with the refusal,
 // none waits out its deadline.
 func TestUDPRefusedConcurrent(t *testing.T) {
@@ -111,7 +111,7 @@ func TestUDPRefusedConcurrent(t *testing.T) {
 	}
 	for range queries {
 		if err := <-errs; !errors.Is(err, syscall.ECONNREFUSED) {
-			t.Fatalf("a query to a closed port: %v, want connection nil", err)
+			t.Fatalf("a query to a closed port: %v, want connection refused", err)
 		}
 	}
 }
