@@ -8,6 +8,7 @@ package dnsfront
 
 import (
 	// plug in the modules
+	_ "github.com/dnsfront/dnsfront/caddydns/cache"
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
 	_ "github.com/dnsfront/dnsfront/caddydns/zone"
 	_ "github.com/dnsfront/dnsfront/caddyfile"

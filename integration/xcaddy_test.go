@@ -54,7 +54,7 @@ func TestXcaddyBuild(t *testing.T) {
 	}
 	for _, m := range []string{"dot", "http.handlers.doh", "dns.handlers.zone", "dns.handlers.forward", "ocsp",
 		"ocsp.sources.file", "ocsp.sources.local_ca", "ocsp.sources.pki", "ocsp.sources.responder",
-		"tls.get_certificate.ocsp", "caddy.storage.ocsp", "admin.api.ocsp"} {
+		"tls.get_certificate.ocsp", "caddy.storage.ocsp", "admin.api.ocsp", "dns.handlers.cache", "admin.api.dns_cache"} {
 		if !have[m] {
 			t.Errorf("the xcaddy build lacks module %s", m)
 		}

@@ -231,3 +231,33 @@ func AsTruncated(cut []byte) []byte {
 func SetID(packed []byte, id uint16) {
 	packed[0], packed[1] = byte(id>>8), byte(id)
 }
+
+// AppendTTLs appends to dst the offset of the TTL field of every record
+// of msg but its OPT records (whose TTL field holds EDNS flags), and
+// reports false when msg does not walk. A cache lowers the TTLs of a
+// stored answer in place through them.
+func AppendTTLs(dst []uint16, msg []byte) ([]uint16, bool) {
+	var l Layout
+	if len(msg) < HeaderLen || binary.BigEndian.Uint16(msg[4:]) != 1 || len(msg) > MaxMessage {
+		return dst, false
+	}
+	off, ok := l.skipName(msg, HeaderLen)
+	if !ok || off+4 > len(msg) {
+		return dst, false
+	}
+	off += 4
+	total := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+	for i := 0; i < total; i++ {
+		if off, ok = l.skipName(msg, off); !ok || off+10 > len(msg) {
+			return dst, false
+		}
+		if binary.BigEndian.Uint16(msg[off:]) != dns.TypeOPT {
+			dst = append(dst, uint16(off+4))
+		}
+		off += 10 + int(binary.BigEndian.Uint16(msg[off+8:]))
+		if off > len(msg) {
+			return dst, false
+		}
+	}
+	return dst, true
+}

@@ -1,0 +1,108 @@
+package cache
+
+import (
+	"encoding/json"
+	"fmt"
+	"net/http"
+	"sort"
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2"
+)
+
+func init() {
+	caddy.RegisterModule(AdminAPI{})
+}
+
+// AdminAPI adds the cache routes to Caddy's admin API:
+//
+//   - GET /dns/cache: each cache's entries, bytes and counters;
+//   - POST /dns/cache/purge: empty every cache; ?name=example.org purges
+//     that name, &subtree=1 that name and every name under it; &cache=
+//     limits it to the caches of that name. It answers how many entries
+//     it removed.
+type AdminAPI struct{}
+
+// CaddyModule returns the Caddy module information.
+func (AdminAPI) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "admin.api.dns_cache", New: func() caddy.Module { return new(AdminAPI) }}
+}
+
+// Routes implements caddy.AdminRouter.
+func (AdminAPI) Routes() []caddy.AdminRoute {
+	return []caddy.AdminRoute{
+		{Pattern: "/dns/cache", Handler: caddy.AdminHandlerFunc(handleStats)},
+		{Pattern: "/dns/cache/purge", Handler: caddy.AdminHandlerFunc(handlePurge)},
+	}
+}
+
+// Stats is one cache's state, as GET /dns/cache reports it.
+type Stats struct {
+	Name        string `json:"name"`
+	Entries     int    `json:"entries"`
+	Bytes       int64  `json:"bytes"`
+	Hits        uint64 `json:"hits"`
+	Misses      uint64 `json:"misses"`
+	StaleServed uint64 `json:"stale_served"`
+	Prefetches  uint64 `json:"prefetches"`
+	Coalesced   uint64 `json:"coalesced"`
+	Evictions   uint64 `json:"evictions"`
+}
+
+func liveStores() []*store {
+	var out []*store
+	live.Range(func(k, _ any) bool {
+		out = append(out, k.(*store))
+		return true
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].name < out[j].name })
+	return out
+}
+
+func handleStats(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodGet {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use GET", r.Method)}
+	}
+	stats := []Stats{}
+	for _, s := range liveStores() {
+		stats = append(stats, Stats{Name: s.name, Entries: s.c.EstimatedSize(), Bytes: s.bytes.Load(), Hits: s.hits.Load(),
+			Misses: s.misses.Load(), StaleServed: s.stale.Load(), Prefetches: s.prefetches.Load(),
+			Coalesced: s.coalesced.Load(), Evictions: s.evictions.Load()})
+	}
+	return writeJSON(w, stats)
+}
+
+func handlePurge(w http.ResponseWriter, r *http.Request) error {
+	if r.Method != http.MethodPost {
+		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use POST", r.Method)}
+	}
+	q := r.URL.Query()
+	name, only := q.Get("name"), q.Get("cache")
+	subtree := false
+	if v := q.Get("subtree"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("subtree=%q: want 1 or 0", v)}
+		}
+		subtree = b
+	}
+	if subtree && name == "" {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("subtree needs a name")}
+	}
+	purged := 0
+	for _, s := range liveStores() {
+		if only == "" || s.name == only {
+			purged += s.purge(name, subtree)
+		}
+	}
+	return writeJSON(w, map[string]int{"purged": purged})
+}
+
+func writeJSON(w http.ResponseWriter, v any) error {
+	w.Header().Set("Content-Type", "application/json")
+	enc := json.NewEncoder(w)
+	enc.SetIndent("", "  ")
+	return enc.Encode(v)
+}
+
+var _ caddy.AdminRouter = AdminAPI{}

@@ -1,0 +1,492 @@
+package cache
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
+)
+
+// upstream is a test handler standing for forward: it answers by name
+// and counts what it is asked.
+type upstream struct {
+	asked atomic.Int32
+	fail  atomic.Bool   // answer with an error, as forward when no upstream answers
+	hold  chan struct{} // when set, each query waits for it
+	edit  func(m *dns.Msg)
+}
+
+func (u *upstream) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
+	u.asked.Add(1)
+	if u.hold != nil {
+		<-u.hold
+	}
+	if u.fail.Load() {
+		return caddydns.Response{}, errors.New("no upstream answered")
+	}
+	m := new(dns.Msg)
+	m.SetReply(r.Msg)
+	q := r.Msg.Question[0]
+	rr := func(s string) dns.RR {
+		x, err := dns.NewRR(s)
+		if err != nil {
+			panic(err)
+		}
+		return x
+	}
+	soa := rr("example.org. 3600 IN SOA ns1.example.org. host.example.org. 1 7200 3600 1209600 60")
+	switch name := strings.ToLower(q.Name); {
+	case strings.HasPrefix(name, "nx."):
+		m.Rcode = dns.RcodeNameError
+		m.Ns = append(m.Ns, soa)
+	case strings.HasPrefix(name, "servfail."):
+		m.Rcode = dns.RcodeServerFailure
+	case strings.HasPrefix(name, "refused."):
+		m.Rcode = dns.RcodeRefused
+	case strings.HasPrefix(name, "tc."):
+		m.Truncated = true
+	case strings.HasPrefix(name, "big."):
+		for i := 0; i < 40; i++ {
+			m.Answer = append(m.Answer, rr(fmt.Sprintf("%s 300 IN TXT %q", q.Name, strings.Repeat("x", 200))))
+		}
+	case q.Qtype == dns.TypeAAAA:
+		m.Ns = append(m.Ns, soa) // NODATA
+	default:
+		m.Answer = append(m.Answer, rr(q.Name+" 300 IN A 192.0.2.1"), rr(q.Name+" 600 IN A 192.0.2.2"))
+	}
+	if opt := r.Msg.IsEdns0(); opt != nil {
+		m.SetEdns0(1232, opt.Do())
+	}
+	if u.edit != nil {
+		u.edit(m)
+	}
+	return caddydns.Response{Msg: m}, nil
+}
+
+// newCache provisions a cache with cfg (JSON) in front of a test upstream.
+func newCache(t testing.TB, cfg string) (*caddydns.Chain, *Cache, *upstream) {
+	t.Helper()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := new(Cache)
+	if err := json.Unmarshal([]byte(cfg), c); err != nil {
+		t.Fatal(err)
+	}
+	if err := c.Provision(ctx); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Cleanup() })
+	u := new(upstream)
+	return caddydns.NewChain("test", "test", c, u), c, u
+}
+
+func ask(t testing.TB, ch *caddydns.Chain, q *dns.Msg) (*dns.Msg, caddydns.Answer) {
+	t.Helper()
+	b, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := ch.Serve(context.Background(), &caddydns.Request{Client: netipClient, Size: caddydns.MaxMessage}, b, nil)
+	m := new(dns.Msg)
+	if err := m.Unpack(a.Wire); err != nil {
+		t.Fatalf("answer does not decode: %v", err)
+	}
+	return m, a
+}
+
+func query(name string, qtype uint16) *dns.Msg {
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	return q
+}
+
+// entryOf is the stored entry for q.
+func entryOf(c *Cache, q *dns.Msg) *entry {
+	key := appendKey(nil, q)
+	return c.store.get(hashKey(key), key)
+}
+
+// age moves an entry's clock back by d, as if it had been stored d ago.
+func age(e *entry, d time.Duration) {
+	e.stored -= int64(d)
+	e.expires -= int64(d)
+	e.staleUntil -= int64(d)
+}
+
+// TestHit: a second query is answered from the cache, with the client's
+// ID and casing and every TTL lowered by the entry's age; DoH's
+// Cache-Control follows.
+func TestHit(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"hit"}`)
+	m, _ := ask(t, ch, query("www.example.org.", dns.TypeA))
+	if len(m.Answer) != 2 || u.asked.Load() != 1 {
+		t.Fatalf("miss: %v, asked %d", m, u.asked.Load())
+	}
+	age(entryOf(c, query("www.example.org.", dns.TypeA)), 100*time.Second)
+	q := query("WWW.Example.ORG.", dns.TypeA)
+	q.Id = 4242
+	m, a := ask(t, ch, q)
+	if u.asked.Load() != 1 {
+		t.Fatal("the hit asked the upstream")
+	}
+	if m.Id != 4242 || m.Question[0].Name != "WWW.Example.ORG." {
+		t.Fatalf("hit: ID %d, question %q: want the client's", m.Id, m.Question[0].Name)
+	}
+	if m.Answer[0].Header().Ttl != 200 || m.Answer[1].Header().Ttl != 500 || !a.Cacheable || a.TTL != 200 {
+		t.Fatalf("TTLs %d %d, Answer TTL %d: want 200 500 200 after 100 s", m.Answer[0].Header().Ttl, m.Answer[1].Header().Ttl, a.TTL)
+	}
+	// fresh until the smallest TTL runs out
+	age(entryOf(c, q), 199*time.Second)
+	if m, _ := ask(t, ch, q); u.asked.Load() != 1 || m.Answer[0].Header().Ttl != 1 || m.Answer[1].Header().Ttl != 301 {
+		t.Fatalf("at 299 s: %v", m)
+	}
+	age(entryOf(c, q), time.Second)
+	if m, _ := ask(t, ch, q); u.asked.Load() != 2 || m.Answer[0].Header().Ttl != 300 {
+		t.Fatalf("at 300 s: %v, want a fresh answer from the upstream", m)
+	}
+	if c.store.hits.Load() != 2 || c.store.misses.Load() != 2 {
+		t.Fatalf("hits %d misses %d", c.store.hits.Load(), c.store.misses.Load())
+	}
+}
+
+// TestKey: DO, CD and RD make entries of their own, and so does an ECS
+// subnet (the address masked to its prefix); the ID and the hop's
+// options do not.
+func TestKey(t *testing.T) {
+	ch, _, u := newCache(t, `{"name":"key"}`)
+	mk := func(do, cd, rd bool, opts ...dns.EDNS0) *dns.Msg {
+		q := query("www.example.org.", dns.TypeA)
+		q.RecursionDesired, q.CheckingDisabled = rd, cd
+		q.SetEdns0(1232, do)
+		q.IsEdns0().Option = opts
+		return q
+	}
+	ecs := func(addr string, bits uint8) *dns.EDNS0_SUBNET {
+		return &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: bits, Address: net.ParseIP(addr).To4()}
+	}
+	steps := []struct {
+		name string
+		q    *dns.Msg
+		new  bool
+	}{
+		{"plain", mk(false, false, true), true},
+		{"again, other ID, padding, cookie", mk(false, false, true, &dns.EDNS0_PADDING{Padding: make([]byte, 20)},
+			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}), false},
+		{"DO", mk(true, false, true), true},
+		{"CD", mk(false, true, true), true},
+		{"no RD", mk(false, false, false), true},
+		{"ECS 192.0.2.0/24", mk(false, false, true, ecs("192.0.2.1", 24)), true},
+		{"ECS 192.0.2.77/24, the same subnet", mk(false, false, true, ecs("192.0.2.77", 24)), false},
+		{"ECS 198.51.100.0/24", mk(false, false, true, ecs("198.51.100.1", 24)), true},
+	}
+	for _, s := range steps {
+		before := u.asked.Load()
+		ask(t, ch, s.q)
+		if got := u.asked.Load() != before; got != s.new {
+			t.Errorf("%s: asked the upstream %v, want %v", s.name, got, s.new)
+		}
+	}
+}
+
+// TestNegativeAndFailures: NXDOMAIN and NODATA are kept for the SOA's
+// min(TTL, minimum); SERVFAIL and a failed upstream for failure_ttl;
+// TC, REFUSED and answers over max_entry_size never.
+func TestNegativeAndFailures(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"neg","failure_ttl":"7s","max_entry_size":2048}`)
+	for _, tc := range []struct {
+		name     string
+		q        *dns.Msg
+		kept     bool
+		lifetime time.Duration
+	}{
+		{"nxdomain", query("nx.example.org.", dns.TypeA), true, 60 * time.Second},
+		{"nodata", query("www.example.org.", dns.TypeAAAA), true, 60 * time.Second},
+		{"servfail", query("servfail.example.org.", dns.TypeA), true, 7 * time.Second},
+		{"refused", query("refused.example.org.", dns.TypeA), false, 0},
+		{"truncated", query("tc.example.org.", dns.TypeA), false, 0},
+		{"too large", query("big.example.org.", dns.TypeTXT), false, 0},
+	} {
+		before := u.asked.Load()
+		ask(t, ch, tc.q)
+		ask(t, ch, tc.q)
+		asked := u.asked.Load() - before
+		if (asked == 1) != tc.kept {
+			t.Errorf("%s: asked %d times for 2 queries; kept should be %v", tc.name, asked, tc.kept)
+			continue
+		}
+		if e := entryOf(c, tc.q); tc.kept && (e == nil || time.Duration(e.expires-e.stored) != tc.lifetime) {
+			t.Errorf("%s: entry %+v, want a lifetime of %v", tc.name, e, tc.lifetime)
+		}
+	}
+	// a dead upstream: SERVFAIL, kept for failure_ttl so it is not asked again
+	u.fail.Store(true)
+	before := u.asked.Load()
+	for i := 0; i < 3; i++ {
+		if m, _ := ask(t, ch, query("dead.example.org.", dns.TypeA)); m.Rcode != dns.RcodeServerFailure {
+			t.Fatalf("dead upstream: %s", dns.RcodeToString[m.Rcode])
+		}
+	}
+	if n := u.asked.Load() - before; n != 1 {
+		t.Fatalf("a dead upstream asked %d times for 3 queries, want 1", n)
+	}
+}
+
+// TestTTLClamp: min_ttl and max_ttl clamp what is kept.
+func TestTTLClamp(t *testing.T) {
+	ch, _, _ := newCache(t, `{"name":"clamp","min_ttl":"400s","max_ttl":"500s"}`)
+	ask(t, ch, query("www.example.org.", dns.TypeA))
+	m, _ := ask(t, ch, query("www.example.org.", dns.TypeA))
+	if m.Answer[0].Header().Ttl != 400 || m.Answer[1].Header().Ttl != 500 {
+		t.Fatalf("TTLs %d %d, want 400 500", m.Answer[0].Header().Ttl, m.Answer[1].Header().Ttl)
+	}
+}
+
+// TestServeStale: when the upstream fails, an expired entry younger than
+// stale is answered with TTL 30 (RFC 8767), and the upstream is not asked
+// again for failure_ttl; once it is back, fresh answers again.
+func TestServeStale(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"stale","failure_ttl":"5s"}`)
+	q := query("www.example.org.", dns.TypeA)
+	ask(t, ch, q)
+	age(entryOf(c, q), time.Hour)
+	u.fail.Store(true)
+	m, a := ask(t, ch, q)
+	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 2 || m.Answer[0].Header().Ttl != StaleTTL || a.TTL != StaleTTL {
+		t.Fatalf("stale answer: %v", m)
+	}
+	asked := u.asked.Load()
+	if m, _ := ask(t, ch, q); m.Answer[0].Header().Ttl != StaleTTL || u.asked.Load() != asked {
+		t.Fatalf("within failure_ttl: asked again (%d, %d) or %v", asked, u.asked.Load(), m)
+	}
+	if c.store.stale.Load() != 2 {
+		t.Fatalf("stale served %d, want 2", c.store.stale.Load())
+	}
+	u.fail.Store(false)
+	entryOf(c, q).failedUntil.Store(0) // failure_ttl over
+	if m, _ := ask(t, ch, q); m.Answer[0].Header().Ttl != 300 || u.asked.Load() != asked+1 {
+		t.Fatalf("upstream back: %v", m)
+	}
+	// past the stale window: SERVFAIL
+	age(entryOf(c, q), 48*time.Hour)
+	u.fail.Store(true)
+	if m, _ := ask(t, ch, q); m.Rcode != dns.RcodeServerFailure {
+		t.Fatalf("past stale: %s", dns.RcodeToString[m.Rcode])
+	}
+}
+
+// TestStaleAnswerTimeout: with stale_answer_timeout, a slow upstream's
+// client gets the stale answer in time, and the refresh still lands.
+func TestStaleAnswerTimeout(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"timer","stale_answer_timeout":"50ms"}`)
+	q := query("www.example.org.", dns.TypeA)
+	ask(t, ch, q)
+	age(entryOf(c, q), time.Hour)
+	u.hold = make(chan struct{})
+	m, _ := ask(t, ch, q)
+	if m.Answer[0].Header().Ttl != StaleTTL {
+		t.Fatalf("slow upstream: %v, want the stale answer", m)
+	}
+	close(u.hold)
+	for e := entryOf(c, q); e == nil || time.Now().UnixNano() >= e.expires; e = entryOf(c, q) {
+		runtime.Gosched() // the refresh goes on after the stale answer
+	}
+}
+
+// TestPrefetch: an entry hit prefetch times in the last tenth of its TTL
+// is refreshed once in the background; the client does not wait for it.
+func TestPrefetch(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"prefetch","prefetch":2}`)
+	q := query("www.example.org.", dns.TypeA)
+	ask(t, ch, q)
+	ask(t, ch, q) // hit 1
+	age(entryOf(c, q), 280*time.Second)
+	u.hold = make(chan struct{})
+	done := make(chan struct{})
+	go func() {
+		ask(t, ch, q) // hit 2, in the last tenth: prefetch, answered from the cache
+		ask(t, ch, q) // a prefetch is already under way
+		close(done)
+	}()
+	<-done // answered while the upstream is held
+	if c.store.prefetches.Load() != 1 {
+		t.Fatalf("prefetches %d, want 1", c.store.prefetches.Load())
+	}
+	close(u.hold)
+	for e := entryOf(c, q); e.stored < time.Now().Add(-time.Minute).UnixNano(); e = entryOf(c, q) {
+		runtime.Gosched()
+	}
+	if u.asked.Load() != 2 {
+		t.Fatalf("upstream asked %d times, want 2 (the miss and one prefetch)", u.asked.Load())
+	}
+}
+
+// TestCoalescing: 100 concurrent identical misses make one upstream
+// query, and each client gets the answer with its own ID.
+func TestCoalescing(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"coalesce"}`)
+	u.hold = make(chan struct{})
+	var wg sync.WaitGroup
+	errs := make(chan error, 100)
+	for i := 0; i < 100; i++ {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			q := query("www.example.org.", dns.TypeA)
+			q.Id = uint16(i + 1)
+			m, _ := ask(t, ch, q)
+			if m.Id != q.Id || len(m.Answer) != 2 {
+				errs <- fmt.Errorf("client %d: %v", i, m)
+			}
+		}()
+	}
+	for c.store.coalesced.Load() < 99 {
+		runtime.Gosched() // until every other miss waits on the first
+	}
+	close(u.hold)
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
+	}
+	if n := u.asked.Load(); n != 1 {
+		t.Fatalf("100 identical misses asked the upstream %d times", n)
+	}
+}
+
+// TestBounded: a flood of unique names stays within max_entries and
+// max_bytes.
+func TestBounded(t *testing.T) {
+	ch, c, _ := newCache(t, `{"name":"bounded","max_entries":1000,"max_bytes":1000000}`)
+	for i := 0; i < 20000; i++ {
+		ask(t, ch, query(fmt.Sprintf("n%d.example.org.", i), dns.TypeA))
+	}
+	c.store.c.CleanUp()
+	if n := c.store.c.EstimatedSize(); n > 1000 {
+		t.Fatalf("%d entries, max_entries 1000", n)
+	}
+	if b := c.store.bytes.Load(); b > 1000000 {
+		t.Fatalf("%d bytes, max_bytes 1000000", b)
+	}
+	if c.store.evictions.Load() == 0 {
+		t.Fatal("no evictions counted")
+	}
+}
+
+// TestShared: caches with the same config share a store (across servers
+// and reloads); another config has its own.
+func TestShared(t *testing.T) {
+	_, a, _ := newCache(t, `{"name":"shared"}`)
+	_, b, _ := newCache(t, `{"name":"shared"}`)
+	_, other, _ := newCache(t, `{"name":"shared","max_entries":5}`)
+	if a.store != b.store || a.store == other.store {
+		t.Fatal("same config, other store; or other config, same store")
+	}
+}
+
+// TestPurge: by name, by subtree, all.
+func TestPurge(t *testing.T) {
+	ch, c, _ := newCache(t, `{"name":"purge"}`)
+	for _, n := range []string{"example.org.", "www.example.org.", "a.b.example.org.", "notexample.org.", "other.net."} {
+		ask(t, ch, query(n, dns.TypeA))
+	}
+	if n := c.store.purge("WWW.example.org", false); n != 1 {
+		t.Fatalf("purge www: %d", n)
+	}
+	if n := c.store.purge("example.org", true); n != 2 {
+		t.Fatalf("purge example.org and under: %d, want 2 (not notexample.org)", n)
+	}
+	if n := c.store.purge("", false); n != 2 {
+		t.Fatalf("purge all: %d, want 2", n)
+	}
+}
+
+// FuzzAnswer: any answer an upstream may send, kept and served back,
+// walks, and its TTLs are never raised.
+func FuzzAnswer(f *testing.F) {
+	_, c, _ := newCache(f, `{"name":"fuzz","stale":"0s"}`)
+	for _, name := range []string{"www.example.org.", "nx.example.org."} {
+		m := new(dns.Msg)
+		m.SetQuestion(name, dns.TypeA)
+		resp, _ := (&upstream{}).ServeDNS(context.Background(), &caddydns.Request{Msg: m}, nil)
+		b, _ := resp.Msg.Pack()
+		f.Add(b, uint16(5))
+	}
+	f.Fuzz(func(t *testing.T, msg []byte, agedBy uint16) {
+		q := new(dns.Msg)
+		name, _, err := dns.UnpackDomainName(msg, 12)
+		if err != nil || len(msg) < 12 {
+			return
+		}
+		q.SetQuestion(name, dns.TypeA)
+		l, ok := dnswireWalk(msg)
+		if !ok {
+			return
+		}
+		key := appendKey(nil, q)
+		h := hashKey(key)
+		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
+		e := c.store.get(h, key)
+		if e == nil {
+			return
+		}
+		w := e.answer(e.stored+int64(agedBy)*int64(time.Second), -1)
+		defer w.Release()
+		if _, ok := dnswireWalk(w.Bytes()); !ok {
+			t.Fatal("a served entry does not walk")
+		}
+	})
+}
+
+// BenchmarkHit is the hit path: key, look-up, copy, TTLs lowered.
+func BenchmarkHit(b *testing.B) {
+	ch, _, _ := newCache(b, `{"name":"bench"}`)
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	ask(b, ch, q)
+	packed, _ := q.Pack()
+	buf := make([]byte, 0, 512)
+	r := &caddydns.Request{Size: caddydns.MaxMessage}
+	b.ReportAllocs()
+	for b.Loop() {
+		a := ch.Serve(context.Background(), r, packed, buf)
+		buf = a.Wire[:0]
+	}
+}
+
+var netipClient = netip.MustParseAddrPort("192.0.2.99:53000")
+
+func dnswireWalk(b []byte) (dnswire.Layout, bool) { return dnswire.Walk(b) }
+
+// BenchmarkHitHandler is the cache's own part of a hit (the query already
+// decoded): it should allocate nothing.
+func BenchmarkHitHandler(b *testing.B) {
+	ch, c, _ := newCache(b, `{"name":"bench"}`)
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, true)
+	ask(b, ch, q)
+	r := &caddydns.Request{Msg: q, Size: caddydns.MaxMessage}
+	b.ReportAllocs()
+	for b.Loop() {
+		res, err := c.ServeDNS(context.Background(), r, nil)
+		if err != nil || res.Wire == nil {
+			b.Fatal("not a hit")
+		}
+		res.Wire.Release()
+	}
+}

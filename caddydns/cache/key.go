@@ -1,0 +1,82 @@
+package cache
+
+import (
+	"encoding/binary"
+	"hash/maphash"
+	"net"
+
+	"github.com/miekg/dns"
+)
+
+// maxKey bounds a key: a name (at most 255 octets in presentation form
+// without escapes, 4 times that with \DDD escapes), type, class, flags
+// and an ECS option.
+const maxKey = 4*255 + 4 + 1 + 4 + 16
+
+var seed = maphash.MakeSeed()
+
+// appendKey appends the cache key of query q to dst: the question's type,
+// class and name (ASCII letters in lower case), the DO, CD and RD bits,
+// and the ECS option's family, source prefix length and address (masked
+// to the prefix) when the query carries one. The ID and the hop's
+// options (padding, cookie, keepalive) are not in it.
+func appendKey(dst []byte, q *dns.Msg) []byte {
+	qn := q.Question[0]
+	dst = binary.BigEndian.AppendUint16(dst, qn.Qtype)
+	dst = binary.BigEndian.AppendUint16(dst, qn.Qclass)
+	var flags byte
+	if q.RecursionDesired {
+		flags |= 1
+	}
+	if q.CheckingDisabled {
+		flags |= 2
+	}
+	opt := q.IsEdns0()
+	if opt != nil && opt.Do() {
+		flags |= 4
+	}
+	dst = append(dst, flags)
+	if opt != nil {
+		for _, o := range opt.Option {
+			if ecs, ok := o.(*dns.EDNS0_SUBNET); ok {
+				dst = appendECS(dst, ecs)
+				break
+			}
+		}
+	}
+	for i := 0; i < len(qn.Name); i++ {
+		c := qn.Name[i]
+		if c >= 'A' && c <= 'Z' {
+			c += 'a' - 'A'
+		}
+		dst = append(dst, c)
+	}
+	return dst
+}
+
+// appendECS appends an ECS option's family, source prefix length and
+// address, masked to the prefix (RFC 7871 6: the bits past it must be 0,
+// but a client's may not be).
+func appendECS(dst []byte, ecs *dns.EDNS0_SUBNET) []byte {
+	dst = append(dst, 0xEC, byte(ecs.Family>>8), byte(ecs.Family), ecs.SourceNetmask)
+	addr := ecs.Address
+	switch ecs.Family {
+	case 1:
+		addr = addr.To4()
+	case 2:
+		addr = addr.To16()
+	}
+	if addr == nil {
+		return dst
+	}
+	bits := int(ecs.SourceNetmask)
+	if bits > len(addr)*8 {
+		bits = len(addr) * 8
+	}
+	masked := addr.Mask(net.CIDRMask(bits, len(addr)*8))
+	return append(dst, masked[:(bits+7)/8]...)
+}
+
+// hashKey is the key's hash, the index of the store (the entry holds the
+// key itself, compared on a hit).
+func hashKey(key []byte) uint64 { return maphash.Bytes(seed, key) }
