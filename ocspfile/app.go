@@ -6,6 +6,7 @@ import (
 	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"slices"
 	"strings"
@@ -168,9 +169,10 @@ func (a *App) certEntries() []*entry {
 
 // Start begins keeping the staples fresh.
 func (a *App) Start() error {
-	if !twinChecked.Swap(true) {
+	if _, err := a.ctx.AppIfConfigured("dot"); errors.Is(err, caddy.ErrNotConfigured) && !twinChecked.Swap(true) {
 		// the admin API listens by now: a second instance of the same
-		// config would share it, and reloads would reach either
+		// config would share it, and reloads would reach either (with a
+		// dot app, the dot app checks once its listeners are open too)
 		if err := portshare.Check(); err != nil {
 			return err
 		}
