@@ -490,3 +490,33 @@ func BenchmarkHitHandler(b *testing.B) {
 		res.Wire.Release()
 	}
 }
+
+// FuzzKey: any query that decodes has a key, the same for a copy with
+// another ID, name case and hop options, and one that names its name.
+func FuzzKey(f *testing.F) {
+	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("A.b.C.", dns.TypeTXT)} {
+		q.SetEdns0(1232, true)
+		q.IsEdns0().Option = append(q.IsEdns0().Option, &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 1).To4()})
+		b, _ := q.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q := new(dns.Msg)
+		if q.Unpack(b) != nil || len(q.Question) != 1 {
+			return
+		}
+		key := appendKey(nil, q)
+		other := q.Copy()
+		other.Id++
+		other.Question[0].Name = strings.ToUpper(q.Question[0].Name)
+		if opt := other.IsEdns0(); opt != nil {
+			opt.Option = append(opt.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 8)})
+		}
+		if got := appendKey(nil, other); string(got) != string(key) {
+			t.Fatalf("keys differ for the same question: %q %q", key, got)
+		}
+		if name := keyName(key); !strings.EqualFold(name, q.Question[0].Name) {
+			t.Fatalf("key names %q, query %q", name, q.Question[0].Name)
+		}
+	})
+}
