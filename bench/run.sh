@@ -21,7 +21,9 @@
 # bench/results/latest.tsv).
 #
 # Upstream for the forwarders (dnsfront forward, dnsdist): nsd serving
-# examples/example.test.zone on 127.0.0.1:5301 (rrl off). unbound and
+# examples/example.test.zone on 127.0.0.1:5301 (rrl off), and zipf.test,
+# a wildcard zone (TTL 5 s) for the cache rows, where dnsfront's cache,
+# dnsdist's packet cache and unbound's own cache forward to nsd. unbound and
 # "dnsfront zone" answer from their own copy of the zone: those rows are
 # labelled so.
 set -euo pipefail
@@ -31,7 +33,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 # dnsfront's DoH rows and Caddy's respond are measured in turns of this many slices a round
 SLICES=${SLICES:-5}
-SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake"}
+SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake cache"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 # unbound needs two descriptors per TCP client and the open-files limit
 # here is 16,384: it gets fewer (the table says how many each server had)
@@ -70,6 +72,7 @@ sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
 go build -o "$T/idleconns" ./bench/idleconns
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 cp examples/example.test.zone "$T/example.test.zone"
+printf '$ORIGIN zipf.test.\n$TTL 5\n@ IN SOA ns1 hostmaster 1 7200 3600 1209600 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\n* IN A 192.0.2.99\n' > "$T/zipf.test.zone"
 
 echo "== certificate, key and OCSP staple shared by every server"
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -keyout "$T/ca.key" -out "$T/ca.pem" \
@@ -102,6 +105,9 @@ remote-control:
 zone:
 	name: example.test
 	zonefile: "$T/example.test.zone"
+zone:
+	name: zipf.test
+	zonefile: "$T/zipf.test.zone"
 EOF
 
 cat > "$T/Caddyfile" <<EOF
@@ -126,6 +132,11 @@ cat > "$T/Caddyfile" <<EOF
 	dot 127.0.0.1:8854 {
 		zone example.test $T/example.test.zone
 	}
+	dot 127.0.0.1:8855 {
+		idle_timeout 30s
+		cache
+		forward udp://127.0.0.1:5301
+	}
 }
 https://:8443 {
 	tls {
@@ -137,6 +148,10 @@ https://:8443 {
 	doh /zone-query {
 		zone example.test $T/example.test.zone
 	}
+	doh /cache-query {
+		cache
+		forward udp://127.0.0.1:5301
+	}
 	respond /respond "x"
 }
 EOF
@@ -147,6 +162,14 @@ setTCPRecvTimeout(30)
 newServer({address="127.0.0.1:5301"})
 addTLSLocal("127.0.0.1:9853", "$T/server.pem", "$T/server.key", {ocspResponses={"$T/server.ocsp"}})
 addDOHLocal("127.0.0.1:9443", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
+-- the cache rows: frontends of their own, on a pool with a packet cache
+newServer({address="127.0.0.1:5301", pool="cached"})
+getPool("cached"):setCache(newPacketCache(200000, {maxTTL=86400}))
+addTLSLocal("127.0.0.1:9855", "$T/server.pem", "$T/server.key", {ocspResponses={"$T/server.ocsp"}})
+addDOHLocal("127.0.0.1:9444", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
+addAction(OrRule({DSTPortRule(9855), DSTPortRule(9444)}), PoolAction("cached"))
+webserver("127.0.0.1:8084")
+setWebserverConfig({apiKey="bench", acl="127.0.0.0/8"})
 EOF
 
 cat > "$T/unbound.conf" <<EOF
@@ -169,13 +192,22 @@ server:
 	module-config: "iterator"
 	incoming-num-tcp: 6500
 	tcp-idle-timeout: 30000
+	do-not-query-localhost: no
+	msg-cache-size: 64m
+	rrset-cache-size: 128m
 auth-zone:
 	name: "example.test"
 	zonefile: "$T/example.test.zone"
 	for-downstream: yes
 	for-upstream: no
+forward-zone:
+	name: "zipf.test"
+	forward-addr: 127.0.0.1@5301
 remote-control:
-	control-enable: no
+	control-enable: yes
+	control-interface: 127.0.0.1
+	control-port: 8953
+	control-use-cert: no
 EOF
 
 # start VAR name host:port command...: runs a server pinned to the server
@@ -387,6 +419,29 @@ idle_measure() {
 	sleep 3 # let the server let go of them
 }
 
+# cache_counts SERVER: "hits misses" of its cache so far
+cache_counts() {
+	case $1 in
+	dnsfront) curl -s localhost:2999/dns/cache | awk -F'[:,]' '/"hits"/ {h += $2} /"misses"/ {m += $2} END {print h + 0, m + 0}' ;;
+	dnsdist) curl -s -H 'X-API-Key: bench' http://127.0.0.1:8084/api/v1/servers/localhost/statistics |
+		grep -o '"name": *"cache-\(hits\|misses\)"[^}]*' | awk -F'[:,}]' '/hits/ {h = $NF} /misses/ {m = $NF} END {print h + 0, m + 0}' ;;
+	unbound) unbound-control -c "$T/unbound.conf" stats_noreset 2>/dev/null |
+		awk -F= '/^total.num.cachehits=/ {h = $2} /^total.num.cachemiss=/ {m = $2} END {print h + 0, m + 0}' ;;
+	esac
+}
+
+# cache_measure SCENARIO NAME SERVER PID command...: measure, and note the
+# hit ratio the server reached during the run
+cache_measure() {
+	local scenario=$1 name=$2 server=$3 pid=$4 h0 m0 h1 m1
+	shift 4
+	read -r h0 m0 <<<"$(cache_counts "$server")"
+	measure "$scenario" "$name" "$pid" "$@"
+	read -r h1 m1 <<<"$(cache_counts "$server")"
+	awk -v s="$scenario" -v n="$name" -v r="$round" -v h=$((h1 - h0)) -v m=$((m1 - m0)) -v out="$T/hits.tsv" \
+		'BEGIN {if (h + m > 0) {printf "%s\t%s\t%s\t%.1f\n", s, n, r, h * 100 / (h + m) >> out; printf "   %-28s %-22s hit ratio %.1f%%\n", s, n, h * 100 / (h + m)}}'
+}
+
 DP="dnsperf -d $T/dnsperf.txt -l $DURATION"
 H2N=$((DURATION * 15000))
 for round in $(seq "$ROUNDS"); do
@@ -466,6 +521,24 @@ for round in $(seq "$ROUNDS"); do
 			# the same through Caddy's HTTP stack with no DNS work: its ceiling
 			measure "DoH new conn per query" "caddy respond" "$DNSFRONT" h2load -n 3000 -c 3000 -m 1 -t 1 "https://127.0.0.1:8443/respond"
 			;;
+		cache)
+			# through each server's cache: Zipf names (~90% hits) and a
+			# file of 100 names (all hits once warm); unbound forwards
+			# zipf.test to nsd and caches it itself
+			for f in zipf hits; do
+				sc="DoT cache, zipf -c 10 -q 100"
+				[ $f = zipf ] || sc="DoT cache, 100% hits -c 10 -q 100"
+				Z="dnsperf -d $T/$f.txt -l $DURATION"
+				cache_measure "$sc" "dnsfront cache" dnsfront "$DNSFRONT" $Z -m dot -s 127.0.0.1 -p 8855 -c 10 -q 100
+				cache_measure "$sc" "dnsdist packet cache" dnsdist "$DNSDIST" $Z -m dot -s 127.0.0.1 -p 9855 -c 10 -q 100
+				cache_measure "$sc" "unbound cache" unbound "$UNBOUND" $Z -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
+			done
+			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:9444/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-9444.txt"
+			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:10443/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-10443.txt"
+			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsfront cache" dnsfront "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls.txt"
+			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsdist packet cache" dnsdist "$DNSDIST" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls-9444.txt"
+			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "unbound cache" unbound "$UNBOUND" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls-10443.txt"
+			;;
 		esac
 	done
 done
@@ -492,6 +565,17 @@ mkdir -p bench/results
 		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
 		END {for (i = 1; i <= n; i++) {k = o[i]; printf "| %s | %s | %s | %s | %s |\n", k, median(c[k]), median(p[k]), median(q[k]), median(x[k])}}' "$T/latency.tsv"
 		cp "$T/latency.tsv" bench/results/latest-latency.tsv
+	fi
+	if [ -s "$T/hits.tsv" ]; then
+		echo
+		echo "Hit ratio each cache reached in its rows (hits / (hits + misses) during the run, from its own counters; median over rounds):"
+		echo
+		echo "| scenario | server | hit ratio % |"
+		echo "|---|---|---:|"
+		awk -F'\t' '{k = $1 "\t" $2; if (!(k in seen)) {o[++n] = k; seen[k] = 1}; v[k] = v[k] " " $4}
+		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
+		END {for (i = 1; i <= n; i++) {split(o[i], f, "\t"); printf "| %s | %s | %s |\n", f[1], f[2], median(v[o[i]])}}' "$T/hits.tsv"
+		cp "$T/hits.tsv" bench/results/latest-hits.tsv
 	fi
 	if [ -s "$IDLE" ]; then
 		echo
