@@ -1,12 +1,13 @@
 package ocspfile
 
 import (
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/http"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/dnsfront/dnsfront/internal/adminapi"
 )
 
 func init() {
@@ -45,8 +46,8 @@ func activeApp() (*App, error) {
 }
 
 func handleList(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use GET", r.Method)}
+	if err := adminapi.Method(r, http.MethodGet); err != nil {
+		return err
 	}
 	if r.URL.Path != "/ocsp/" {
 		return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("no such route %s", r.URL.Path)}
@@ -55,25 +56,18 @@ func handleList(w http.ResponseWriter, r *http.Request) error {
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, app.Statuses())
+	return adminapi.WriteJSON(w, app.Statuses())
 }
 
 func handleReload(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodPost {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use POST", r.Method)}
+	if err := adminapi.Method(r, http.MethodPost); err != nil {
+		return err
 	}
 	app, err := activeApp()
 	if err != nil {
 		return err
 	}
-	return writeJSON(w, app.Reload(r.Context()))
-}
-
-func writeJSON(w http.ResponseWriter, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return adminapi.WriteJSON(w, app.Reload(r.Context()))
 }
 
 // Interface guards

@@ -1,13 +1,14 @@
 package cache
 
 import (
-	"encoding/json"
 	"fmt"
 	"net/http"
 	"sort"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
+
+	"github.com/dnsfront/dnsfront/internal/adminapi"
 )
 
 func init() {
@@ -60,8 +61,8 @@ func liveStores() []*store {
 }
 
 func handleStats(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodGet {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use GET", r.Method)}
+	if err := adminapi.Method(r, http.MethodGet); err != nil {
+		return err
 	}
 	stats := []Stats{}
 	for _, s := range liveStores() {
@@ -69,12 +70,12 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 			Misses: s.misses.Load(), StaleServed: s.stale.Load(), Prefetches: s.prefetches.Load(),
 			Coalesced: s.coalesced.Load(), Evictions: s.evictions.Load()})
 	}
-	return writeJSON(w, stats)
+	return adminapi.WriteJSON(w, stats)
 }
 
 func handlePurge(w http.ResponseWriter, r *http.Request) error {
-	if r.Method != http.MethodPost {
-		return caddy.APIError{HTTPStatus: http.StatusMethodNotAllowed, Err: fmt.Errorf("method %s not allowed: use POST", r.Method)}
+	if err := adminapi.Method(r, http.MethodPost); err != nil {
+		return err
 	}
 	q := r.URL.Query()
 	name, only := q.Get("name"), q.Get("cache")
@@ -95,14 +96,7 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 			purged += s.purge(name, subtree)
 		}
 	}
-	return writeJSON(w, map[string]int{"purged": purged})
-}
-
-func writeJSON(w http.ResponseWriter, v any) error {
-	w.Header().Set("Content-Type", "application/json")
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(v)
+	return adminapi.WriteJSON(w, map[string]int{"purged": purged})
 }
 
 var _ caddy.AdminRouter = AdminAPI{}
