@@ -134,7 +134,10 @@ cat > "$T/Caddyfile" <<EOF
 	}
 	dot 127.0.0.1:8855 {
 		idle_timeout 30s
-		cache
+		cache {
+			max_entries 1000000
+			max_bytes 1GiB
+		}
 		forward udp://127.0.0.1:5301
 	}
 }
@@ -164,7 +167,7 @@ addTLSLocal("127.0.0.1:9853", "$T/server.pem", "$T/server.key", {ocspResponses={
 addDOHLocal("127.0.0.1:9443", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
 -- the cache rows: frontends of their own, on a pool with a packet cache
 newServer({address="127.0.0.1:5301", pool="cached"})
-getPool("cached"):setCache(newPacketCache(200000, {maxTTL=86400}))
+getPool("cached"):setCache(newPacketCache(1000000, {maxTTL=86400}))
 addTLSLocal("127.0.0.1:9855", "$T/server.pem", "$T/server.key", {ocspResponses={"$T/server.ocsp"}})
 addDOHLocal("127.0.0.1:9444", "$T/server.pem", "$T/server.key", "/dns-query", {ocspResponses={"$T/server.ocsp"}})
 addAction(OrRule({DSTPortRule(9855), DSTPortRule(9444)}), PoolAction("cached"))
@@ -533,6 +536,20 @@ for round in $(seq "$ROUNDS"); do
 				cache_measure "$sc" "dnsdist packet cache" dnsdist "$DNSDIST" $Z -m dot -s 127.0.0.1 -p 9855 -c 10 -q 100
 				cache_measure "$sc" "unbound cache" unbound "$UNBOUND" $Z -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
 			done
+			# every query a miss (names asked once): the cache's cost on a
+			# miss, against forwarding without it; and what each entry
+			# costs in memory (RSS growth / misses, each a new entry)
+			U="dnsperf -d $T/unique.txt -l $DURATION"
+			for srv in "dnsfront cache:dnsfront:$DNSFRONT:8855" "dnsfront forward, no cache:-:$DNSFRONT:8853" "dnsdist packet cache:dnsdist:$DNSDIST:9855"; do
+				IFS=: read -r name server pid port <<<"$srv"
+				rss0=$(rss_kb "$pid")
+				read -r h0 m0 <<<"$(cache_counts "$server")"
+				measure "DoT cache, 0% hits -c 10 -q 100" "$name" "$pid" $U -m dot -s 127.0.0.1 -p "$port" -c 10 -q 100
+				read -r h1 m1 <<<"$(cache_counts "$server")"
+				rss1=$(rss_kb "$pid")
+				[ "$server" = - ] || awk -v n="$name" -v r="$round" -v m=$((m1 - m0)) -v d=$((rss1 - rss0)) -v out="$T/entries.tsv" \
+					'BEGIN {if (m > 0) {printf "%s\t%s\t%d\t%.0f\n", n, r, m, d * 1024 / m >> out; printf "   %-28s %-22s %d new entries, %.0f bytes each (RSS growth)\n", "cache memory", n, m, d * 1024 / m}}'
+			done
 			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:9444/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-9444.txt"
 			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:10443/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-10443.txt"
 			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsfront cache" dnsfront "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls.txt"
@@ -565,6 +582,14 @@ mkdir -p bench/results
 		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
 		END {for (i = 1; i <= n; i++) {k = o[i]; printf "| %s | %s | %s | %s | %s |\n", k, median(c[k]), median(p[k]), median(q[k]), median(x[k])}}' "$T/latency.tsv"
 		cp "$T/latency.tsv" bench/results/latest-latency.tsv
+	fi
+	if [ -s "$T/entries.tsv" ]; then
+		echo
+		echo "Memory per cache entry (the 0%-hit row: RSS growth over the run / misses, each a new entry; per round):"
+		echo
+		echo "| server | round | new entries | bytes per entry |"
+		echo "|---|---:|---:|---:|"
+		awk -F'\t' '{printf "| %s | %s | %s | %s |\n", $1, $2, $3, $4}' "$T/entries.tsv"
 	fi
 	if [ -s "$T/hits.tsv" ]; then
 		echo

@@ -63,7 +63,8 @@ func main() {
 }
 
 // writeCacheFiles writes zipf.txt (dnsperf) and zipf-urls.txt (DoH GET)
-// with the same 500,000 draws, and hits.txt with 100 names.
+// with the same 500,000 draws, hits.txt with 100 names, and unique.txt
+// with 1,000,000 names, each asked once.
 func writeCacheFiles(dir, url string) {
 	z := rand.NewZipf(rand.New(rand.NewSource(1)), 1.01, 1, 99_999)
 	var perf, urls, hits strings.Builder
@@ -82,7 +83,11 @@ func writeCacheFiles(dir, url string) {
 	for i := 0; i < 100; i++ {
 		fmt.Fprintf(&hits, "h%d.zipf.test A\n", i)
 	}
-	for name, text := range map[string]string{"zipf.txt": perf.String(), "zipf-urls.txt": urls.String(), "hits.txt": hits.String()} {
+	var unique strings.Builder // every query a miss: 1,000,000 names asked once
+	for i := 0; i < 1_000_000; i++ {
+		fmt.Fprintf(&unique, "u%d.zipf.test A\n", i)
+	}
+	for name, text := range map[string]string{"zipf.txt": perf.String(), "zipf-urls.txt": urls.String(), "hits.txt": hits.String(), "unique.txt": unique.String()} {
 		if err := os.WriteFile(filepath.Join(dir, name), []byte(text), 0o644); err != nil {
 			log.Fatal(err)
 		}
