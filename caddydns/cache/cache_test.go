@@ -303,8 +303,17 @@ func TestStaleAnswerTimeout(t *testing.T) {
 		t.Fatalf("slow upstream: %v, want the stale answer", m)
 	}
 	close(u.hold)
-	for e := entryOf(c, q); e == nil || time.Now().UnixNano() >= e.expires; e = entryOf(c, q) {
-		runtime.Gosched() // the refresh goes on after the stale answer
+	waitFlight(c, q) // the refresh goes on after the stale answer
+	if e := entryOf(c, q); e == nil || time.Now().UnixNano() >= e.expires {
+		t.Fatal("the refresh did not land")
+	}
+}
+
+// waitFlight waits until no query for q is in flight (registered before
+// the client that started it was answered), and its answer is stored.
+func waitFlight(c *Cache, q *dns.Msg) {
+	if v, ok := c.store.flights.Load(hashKey(appendKey(nil, q))); ok {
+		<-v.(*flight).done
 	}
 }
 
@@ -328,8 +337,9 @@ func TestPrefetch(t *testing.T) {
 		t.Fatalf("prefetches %d, want 1", c.store.prefetches.Load())
 	}
 	close(u.hold)
-	for e := entryOf(c, q); e.stored < time.Now().Add(-time.Minute).UnixNano(); e = entryOf(c, q) {
-		runtime.Gosched()
+	waitFlight(c, q)
+	if e := entryOf(c, q); e.stored < time.Now().Add(-time.Minute).UnixNano() {
+		t.Fatal("the prefetch did not replace the entry")
 	}
 	if u.asked.Load() != 2 {
 		t.Fatalf("upstream asked %d times, want 2 (the miss and one prefetch)", u.asked.Load())
@@ -519,4 +529,38 @@ func FuzzKey(f *testing.F) {
 			t.Fatalf("key names %q, query %q", name, q.Question[0].Name)
 		}
 	})
+}
+
+// TestKeyNameWithOddECS: a key built from an ECS option of an unknown
+// family, or with a prefix longer than its address (which miekg/dns does
+// not decode off the wire, but a handler may build), still names its
+// question, so that purge finds it.
+func TestKeyNameWithOddECS(t *testing.T) {
+	for _, ecs := range []*dns.EDNS0_SUBNET{
+		{Code: dns.EDNS0SUBNET, Family: 3, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 1).To4()},
+		{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 200, Address: net.IPv4(192, 0, 2, 1).To4()},
+		{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 1).To4()},
+	} {
+		q := query("www.example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = []dns.EDNS0{ecs}
+		if name := keyName(appendKey(nil, q)); name != "www.example.org." {
+			t.Errorf("ECS family %d /%d: key name %q", ecs.Family, ecs.SourceNetmask, name)
+		}
+	}
+}
+
+// TestFirstAnswerTTL: the client whose query filled the cache gets the
+// upstream's answer, its Cache-Control TTL that answer's own (max_ttl
+// clamps what is kept, not what this client sees).
+func TestFirstAnswerTTL(t *testing.T) {
+	ch, _, _ := newCache(t, `{"name":"first","max_ttl":"10s"}`)
+	m, a := ask(t, ch, query("www.example.org.", dns.TypeA))
+	if m.Answer[0].Header().Ttl != 300 || a.TTL != 300 {
+		t.Fatalf("first answer: record TTL %d, Answer TTL %d; want both 300", m.Answer[0].Header().Ttl, a.TTL)
+	}
+	m, a = ask(t, ch, query("www.example.org.", dns.TypeA))
+	if m.Answer[0].Header().Ttl != 10 || a.TTL != 10 {
+		t.Fatalf("hit: record TTL %d, Answer TTL %d; want both 10", m.Answer[0].Header().Ttl, a.TTL)
+	}
 }

@@ -58,20 +58,24 @@ func appendKey(dst []byte, q *dns.Msg) []byte {
 // address, masked to the prefix (RFC 7871 6: the bits past it must be 0,
 // but a client's may not be).
 func appendECS(dst []byte, ecs *dns.EDNS0_SUBNET) []byte {
-	dst = append(dst, 0xEC, byte(ecs.Family>>8), byte(ecs.Family), ecs.SourceNetmask)
 	addr := ecs.Address
 	switch ecs.Family {
 	case 1:
 		addr = addr.To4()
 	case 2:
 		addr = addr.To16()
+	default:
+		addr = nil
 	}
-	if addr == nil {
+	// the prefix length written is the one the address bytes follow
+	// (keyName skips by it): 0 for an address that cannot be read
+	bits := 0
+	if addr != nil {
+		bits = min(int(ecs.SourceNetmask), len(addr)*8)
+	}
+	dst = append(dst, 0xEC, byte(ecs.Family>>8), byte(ecs.Family), byte(bits))
+	if bits == 0 {
 		return dst
-	}
-	bits := int(ecs.SourceNetmask)
-	if bits > len(addr)*8 {
-		bits = len(addr) * 8
 	}
 	masked := addr.Mask(net.CIDRMask(bits, len(addr)*8))
 	return append(dst, masked[:(bits+7)/8]...)

@@ -174,10 +174,11 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 		}
 		lay, _ := dnswire.Walk(e.msg)
 		lay.TTL = min(max(lay.TTL, lo), hi) // a negative answer's SOA minimum too
-		*l = lay
+		e.l = lay                           // the entry's own: l stays the caller's answer's
 		lifetime = time.Duration(lay.TTL) * time.Second
+	} else {
+		e.l = *l
 	}
-	e.l = *l
 	e.expires = now + int64(lifetime)
 	e.staleUntil = e.expires
 	if !failure {
