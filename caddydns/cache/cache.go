@@ -119,7 +119,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	}
 	c.key = string(cfg)
 	v, _, err := stores.LoadOrNew(c.key, func() (caddy.Destructor, error) {
-		return newStore(c.Name, c.MaxEntries, c.MaxBytes)
+		return newStore(c.Name, c.MaxEntries, c.MaxBytes, c.stale)
 	})
 	if err != nil {
 		return fmt.Errorf("cache: %w", err)
@@ -153,8 +153,8 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 		c.maybePrefetch(e, hash, now, r, next)
 		return caddydns.Response{Wire: e.answer(now, -1)}, nil
 	}
-	if e != nil && !e.failure && now < e.staleUntil && now < e.failedUntil.Load() {
-		c.store.stale.Add(1) // the upstream failed a moment ago: not asked again yet
+	if e != nil && !e.failure && now < c.store.staleUntil(e) && now < e.failedUntil.Load() {
+		c.store.staleServed.Add(1) // the upstream failed a moment ago: not asked again yet
 		return caddydns.Response{Wire: e.answer(now, StaleTTL)}, nil
 	}
 	c.store.misses.Add(1)

@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -126,7 +127,6 @@ func entryOf(c *Cache, q *dns.Msg) *entry {
 func age(e *entry, d time.Duration) {
 	e.stored -= int64(d)
 	e.expires -= int64(d)
-	e.staleUntil -= int64(d)
 }
 
 // TestHit: a second query is answered from the cache, with the client's
@@ -274,8 +274,8 @@ func TestServeStale(t *testing.T) {
 	if m, _ := ask(t, ch, q); m.Answer[0].Header().Ttl != StaleTTL || u.asked.Load() != asked {
 		t.Fatalf("within failure_ttl: asked again (%d, %d) or %v", asked, u.asked.Load(), m)
 	}
-	if c.store.stale.Load() != 2 {
-		t.Fatalf("stale served %d, want 2", c.store.stale.Load())
+	if c.store.staleServed.Load() != 2 {
+		t.Fatalf("stale served %d, want 2", c.store.staleServed.Load())
 	}
 	u.fail.Store(false)
 	entryOf(c, q).failedUntil.Store(0) // failure_ttl over
@@ -312,8 +312,8 @@ func TestStaleAnswerTimeout(t *testing.T) {
 // waitFlight waits until no query for q is in flight (registered before
 // the client that started it was answered), and its answer is stored.
 func waitFlight(c *Cache, q *dns.Msg) {
-	if v, ok := c.store.flights.Load(hashKey(appendKey(nil, q))); ok {
-		<-v.(*flight).done
+	if done := c.store.flights.waitFor(hashKey(appendKey(nil, q))); done != nil {
+		<-done
 	}
 }
 
@@ -396,6 +396,49 @@ func TestBounded(t *testing.T) {
 	if c.store.evictions.Load() == 0 {
 		t.Fatal("no evictions counted")
 	}
+}
+
+// TestFlood: 1,000,000 unique names keep the Go heap the cache holds
+// within max_bytes (the weight an entry is counted at is what it takes:
+// max_bytes binds here, max_entries in TestBounded; 10% more is allowed
+// for the index), and its entries
+// within max_entries; a name asked all along stays cached.
+func TestFlood(t *testing.T) {
+	const maxBytes, maxEntries = 2 << 20, 100_000
+	_, c, _ := newCache(t, fmt.Sprintf(`{"name":"flood","max_entries":%d,"max_bytes":%d}`, maxEntries, maxBytes))
+	hot := query("hot.example.org.", dns.TypeA)
+	hr := &caddydns.Request{Msg: hot, Size: caddydns.MaxMessage}
+	q := query("x.", dns.TypeA)
+	r := &caddydns.Request{Msg: q, Size: caddydns.MaxMessage}
+	var before, after runtime.MemStats
+	runtime.GC()
+	runtime.ReadMemStats(&before)
+	for i := range 1_000_000 {
+		q.Question[0].Name = "n" + strconv.Itoa(i) + ".flood.test."
+		res, err := c.ServeDNS(context.Background(), r, wireUpstream)
+		if err != nil {
+			t.Fatal(err)
+		}
+		res.Wire.Release()
+		if i%100 == 0 {
+			res, _ := c.ServeDNS(context.Background(), hr, wireUpstream)
+			res.Wire.Release()
+		}
+	}
+	c.store.c.CleanUp()
+	runtime.GC()
+	runtime.ReadMemStats(&after)
+	if n := c.store.c.EstimatedSize(); n > maxEntries || n < 1000 {
+		t.Fatalf("%d entries, max_entries %d", n, maxEntries)
+	}
+	// the index's tables grow by doubling: 10% is allowed for them
+	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > maxBytes*11/10 {
+		t.Fatalf("the heap grew by %d bytes, max_bytes %d", grew, maxBytes)
+	}
+	if misses := c.store.misses.Load(); misses > 1_000_000+1_000 {
+		t.Fatalf("%d misses: the name asked all along was evicted", misses)
+	}
+	runtime.KeepAlive(c)
 }
 
 // TestShared: caches with the same config share a store (across servers
@@ -562,5 +605,77 @@ func TestFirstAnswerTTL(t *testing.T) {
 	m, a = ask(t, ch, query("www.example.org.", dns.TypeA))
 	if m.Answer[0].Header().Ttl != 10 || a.TTL != 10 {
 		t.Fatalf("hit: record TTL %d, Answer TTL %d; want both 10", m.Answer[0].Header().Ttl, a.TTL)
+	}
+}
+
+// wireUpstream answers every query as forward does, with octets: the
+// query's header and question, then one A record (its owner a pointer to
+// the question).
+func wireUpstream(_ context.Context, r *caddydns.Request) (caddydns.Response, error) {
+	var b [512]byte
+	q, err := r.Msg.PackBuffer(b[:0])
+	if err != nil {
+		return caddydns.Response{}, err
+	}
+	l, _ := dnswire.Walk(q)
+	msg := append(q[:l.QEnd:l.QEnd], 0xC0, 12, 0, 1, 0, 1, 0, 0, 0x0E, 0x10, 0, 4, 192, 0, 2, 1)
+	msg[2] |= 0x80
+	msg[7], msg[10], msg[11] = 1, 0, 0
+	l, ok := dnswire.Walk(msg)
+	if !ok {
+		return caddydns.Response{}, errors.New("wireUpstream: bad answer")
+	}
+	return caddydns.Response{Wire: caddydns.NewWire(msg, &l)}, nil
+}
+
+// BenchmarkMissHandler is the cache's part of a miss (every name new):
+// the flight, the answer kept, the client's copy.
+func BenchmarkMissHandler(b *testing.B) {
+	_, c, _ := newCache(b, `{"name":"miss","max_entries":1000000}`)
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	r := &caddydns.Request{Msg: q, Size: caddydns.MaxMessage}
+	b.ReportAllocs()
+	i := 0
+	for b.Loop() {
+		i++
+		q.Question[0].Name = "n" + strconv.Itoa(i) + ".zipf.test."
+		res, err := c.ServeDNS(context.Background(), r, wireUpstream)
+		if err != nil || res.Wire == nil {
+			b.Fatal("no answer")
+		}
+		res.Wire.Release()
+	}
+	if c.store.misses.Load() < uint64(b.N) {
+		b.Fatal("not every query was a miss")
+	}
+}
+
+// BenchmarkEntryMemory is the Go heap an entry takes (live bytes after a
+// collection, per entry), with the names of the bench's Zipf file.
+func BenchmarkEntryMemory(b *testing.B) {
+	const n = 200_000
+	for b.Loop() {
+		_, c, _ := newCache(b, `{"name":"memory","max_entries":1000000}`)
+		q := query("x.", dns.TypeA)
+		r := &caddydns.Request{Msg: q, Size: caddydns.MaxMessage}
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		for i := range n {
+			q.Question[0].Name = "n" + strconv.Itoa(i) + ".zipf.test."
+			res, _ := c.ServeDNS(context.Background(), r, wireUpstream)
+			res.Wire.Release()
+		}
+		c.store.c.CleanUp()
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		if got := c.store.c.EstimatedSize(); got != n {
+			b.Fatalf("%d entries, want %d", got, n)
+		}
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/entry")
+		b.ReportMetric(float64(c.store.bytes.Load())/n, "counted-B/entry")
+		runtime.KeepAlive(c)
+		_ = c.Cleanup()
 	}
 }

@@ -42,7 +42,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			t = new(sums)
 			byName[s.name] = t
 		}
-		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.stale.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load()} {
+		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load()} {
 			t.counters[i] += v
 		}
 		t.entries += int64(s.c.EstimatedSize())

@@ -1,78 +1,13 @@
 package cache
 
 import (
-	"bytes"
-	"encoding/binary"
 	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/maypok86/otter/v2"
-
-	"github.com/dnsfront/dnsfront/caddydns"
-	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
-
-// entryOverhead is what an entry costs beyond its octets: the entry, its
-// slice headers, the store's node and index (measured with the Go
-// benchmark of the store, rounded up).
-const entryOverhead = 200
-
-// entry is one cached answer, as the upstream (or a handler) gave it, its
-// TTLs clamped to min_ttl and max_ttl. It is read-only once stored, but
-// for its counters.
-type entry struct {
-	key    []byte
-	msg    []byte
-	l      dnswire.Layout
-	ttls   []uint16 // offsets of the TTL fields to lower on a hit
-	stored int64    // unix nanos
-	// expires is when the entry stops being fresh; staleUntil when it may
-	// no longer be served stale (RFC 8767) and leaves the store
-	expires, staleUntil int64
-	failure             bool // a SERVFAIL or an answer with nothing to cache, kept for failure_ttl
-
-	hits        atomic.Uint32
-	prefetching atomic.Bool
-	// failedUntil: the upstream failed to refresh this expired entry;
-	// until then it is served stale without asking (RFC 8767 5)
-	failedUntil atomic.Int64
-}
-
-func (e *entry) size() uint32 { return uint32(len(e.key) + len(e.msg) + 2*len(e.ttls) + entryOverhead) }
-
-// answer returns the entry as a caddydns.Wire with every TTL lowered by
-// its age (never below 0), or set to ttl when ttl >= 0 (a stale answer).
-// The Wire is a pooled copy: the chain releases it.
-func (e *entry) answer(now int64, ttl int64) *caddydns.Wire {
-	l := e.l
-	w := caddydns.NewWire(e.msg, &l)
-	msg := w.Bytes()
-	age := uint32(max(now-e.stored, 0) / int64(time.Second))
-	for _, off := range e.ttls {
-		t := binary.BigEndian.Uint32(msg[off:])
-		switch {
-		case ttl >= 0:
-			t = uint32(ttl)
-		case t > age:
-			t -= age
-		default:
-			t = 0
-		}
-		binary.BigEndian.PutUint32(msg[off:], t)
-	}
-	lay := w.Layout()
-	switch {
-	case ttl >= 0:
-		lay.TTL = uint32(ttl)
-	case lay.TTL > age:
-		lay.TTL -= age
-	default:
-		lay.TTL = 0
-	}
-	return w
-}
 
 // store is the cache of one config, shared by every handler that has the
 // same config, across reloads (a usage pool, as upstreams are).
@@ -81,9 +16,13 @@ type store struct {
 	c     *otter.Cache[uint64, *entry]
 	bytes atomic.Int64
 
-	hits, misses, stale, prefetches, coalesced, evictions atomic.Uint64
+	// stale is how long past its expiry an entry may be answered stale
+	// (the same for every config sharing the store: it is in the key)
+	stale time.Duration
 
-	flights sync.Map // key hash -> *flight
+	hits, misses, staleServed, prefetches, coalesced, evictions atomic.Uint64
+
+	flights flights
 }
 
 // stores holds the stores of all configs, by their config; live lists
@@ -93,16 +32,17 @@ var (
 	live   sync.Map // *store -> struct{}
 )
 
-func newStore(name string, maxEntries int, maxBytes int64) (*store, error) {
-	s := &store{name: name}
+func newStore(name string, maxEntries int, maxBytes int64, stale time.Duration) (*store, error) {
+	s := &store{name: name, stale: stale}
+	s.flights.init()
 	// each entry weighs at least maxBytes/maxEntries: the weight bound
 	// then keeps both the byte budget and the entry count
-	floor := uint32(max(maxBytes/int64(maxEntries), 1))
+	floor := uint32(max((maxBytes+int64(maxEntries)-1)/int64(maxEntries), 1)) // rounded up: maxEntries at most
 	c, err := otter.New(&otter.Options[uint64, *entry]{
 		MaximumWeight: uint64(maxBytes),
 		Weigher:       func(_ uint64, e *entry) uint32 { return max(e.size(), floor) },
 		ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[uint64, *entry]) time.Duration {
-			return time.Duration(en.Value.staleUntil - time.Now().UnixNano())
+			return time.Duration(s.staleUntil(en.Value) - time.Now().UnixNano())
 		}),
 		OnAtomicDeletion: func(ev otter.DeletionEvent[uint64, *entry]) {
 			s.bytes.Add(-int64(ev.Value.size()))
@@ -131,10 +71,19 @@ func (s *store) Destruct() error {
 // get returns the entry of key, if there is one.
 func (s *store) get(hash uint64, key []byte) *entry {
 	e, ok := s.c.GetIfPresent(hash)
-	if !ok || !bytes.Equal(e.key, key) {
+	if !ok || !e.is(key) {
 		return nil
 	}
 	return e
+}
+
+// staleUntil is when e may no longer be answered stale (RFC 8767), and
+// leaves the store.
+func (s *store) staleUntil(e *entry) int64 {
+	if e.failure {
+		return e.expires
+	}
+	return e.expires + int64(s.stale)
 }
 
 func (s *store) put(hash uint64, e *entry) {
@@ -154,10 +103,10 @@ func (s *store) purge(name string, subtree bool) int {
 	name = lowerFQDN(name)
 	n := 0
 	for h, e := range s.c.All() {
-		if len(e.key) < 5 {
+		if e.klen < 5 {
 			continue
 		}
-		owner := keyName(e.key)
+		owner := keyName(e.key())
 		if owner == name || (subtree && (name == "." || len(owner) > len(name) && owner[len(owner)-len(name)-1] == '.' && owner[len(owner)-len(name):] == name)) {
 			if _, ok := s.c.Invalidate(h); ok {
 				n++
