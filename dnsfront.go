@@ -8,8 +8,10 @@ package dnsfront
 
 import (
 	// plug in the modules
+	_ "github.com/dnsfront/dnsfront/caddydns/acl"
 	_ "github.com/dnsfront/dnsfront/caddydns/cache"
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
+	_ "github.com/dnsfront/dnsfront/caddydns/ratelimit"
 	_ "github.com/dnsfront/dnsfront/caddydns/zone"
 	_ "github.com/dnsfront/dnsfront/caddyfile"
 	_ "github.com/dnsfront/dnsfront/dohhandler"

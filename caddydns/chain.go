@@ -13,6 +13,7 @@ package caddydns
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"net/netip"
 	"time"
@@ -43,8 +44,27 @@ type Request struct {
 	// the option is ignored.
 	Keepalive time.Duration
 
+	// Upstream and Cache are what the handlers did with the query, for
+	// the query log: the upstream that answered it (set by forward) and
+	// the cache's verdict (CacheHit, CacheMiss, CacheStale; "" with no
+	// cache).
+	Upstream string
+	Cache    string
+
 	start time.Time // when Serve took the query (metrics)
 }
+
+// The cache's verdicts on a query (Request.Cache).
+const (
+	CacheHit   = "hit"
+	CacheMiss  = "miss"
+	CacheStale = "stale"
+)
+
+// ErrDrop, returned by a handler (an ACL, a rate limit), asks the
+// transport to answer nothing at all: DoT closes the connection, DoH
+// resets the request's stream (closes an HTTP/1.1 connection).
+var ErrDrop = errors.New("dropped by policy")
 
 // KeepaliveClose is the Keepalive of a connection the server is closing.
 const KeepaliveClose time.Duration = -1

@@ -2,6 +2,7 @@ package caddydns
 
 import (
 	"context"
+	"errors"
 	"time"
 
 	"github.com/miekg/dns"
@@ -26,6 +27,9 @@ type Answer struct {
 	// (when the query had a header to answer). DoH answers such a request
 	// with 400 instead (RFC 8484 4.2.1).
 	Malformed bool
+	// Drop says a handler dropped the query (ErrDrop): the transport
+	// answers nothing. Wire is nil.
+	Drop bool
 }
 
 // Serve answers the query in the octets query and appends the packed
@@ -59,6 +63,9 @@ func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte)
 //
 //go:noinline
 func (c *Chain) answer(r *Request, res Response, err error, buf []byte) Answer {
+	if err != nil && errors.Is(err, ErrDrop) {
+		return Answer{Drop: true}
+	}
 	if err == nil && res.Msg == nil && res.Wire != nil {
 		if out, rcode, ok := finishWire(r, res.Wire, buf); ok {
 			l := res.Wire.Layout()
@@ -87,12 +94,16 @@ func (c *Chain) malformed(r *Request, formErr *dns.Msg, buf []byte) Answer {
 
 // ServeMsg answers the query r.Msg as Serve does, but returns the
 // finished answer as a message, not packed (the JSON API: no pack and
-// unpack between the chain and the JSON). Answer.Wire is nil.
+// unpack between the chain and the JSON). Answer.Wire is nil; so is the
+// message when the query was dropped (Answer.Drop).
 func (c *Chain) ServeMsg(ctx context.Context, r *Request) (*dns.Msg, Answer) {
 	start := time.Now()
 	resp := checkQuery(r)
 	if resp == nil {
 		res, err := c.next(ctx, r)
+		if err != nil && errors.Is(err, ErrDrop) {
+			return nil, Answer{Drop: true}
+		}
 		resp = c.message(r, res, err)
 	}
 	finish(r, resp)

@@ -255,6 +255,9 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 
 // writeAnswer writes the packed answer out as the response.
 func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, a *caddydns.Answer) error {
+	if a.Drop {
+		dropped()
+	}
 	if a.Malformed {
 		return h.fail(w, http.StatusBadRequest, "not a DNS message")
 	}
@@ -285,6 +288,11 @@ func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, a *caddydn
 	}
 	return nil
 }
+
+// dropped ends a request a handler dropped (caddydns.ErrDrop) with no
+// response: net/http resets its HTTP/2 stream, or closes its HTTP/1.1
+// connection (as Caddy's reverse proxy does when it must abort).
+func dropped() { panic(http.ErrAbortHandler) }
 
 // writeLast writes the answer, the handler's last write. On HTTP/2,
 // Caddy's idle-timeout writer arms the stream's write deadline before a

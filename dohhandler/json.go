@@ -65,6 +65,9 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	resp, a := h.Chain.ServeMsg(r.Context(), &caddydns.Request{
 		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
 	})
+	if a.Drop {
+		dropped()
+	}
 	out := jsonAnswer{
 		Status: resp.Rcode, TC: resp.Truncated, RD: resp.RecursionDesired, RA: resp.RecursionAvailable,
 		AD: resp.AuthenticatedData, CD: resp.CheckingDisabled,

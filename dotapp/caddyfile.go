@@ -2,6 +2,7 @@ package dotapp
 
 import (
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 
@@ -27,6 +28,9 @@ import (
 //		max_queries <n>
 //		max_connections <n>
 //		max_connections_per_client <n>
+//		listener_wrappers {
+//			proxy_protocol { ... }   # any caddy.listeners module
+//		}
 //		<dns handler> ...    # zone, forward: answered in this order
 //	}
 func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -64,6 +68,23 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient}[opt]
 			if err := cfparse.Int(d, into, 0); err != nil {
 				return err
+			}
+		case "listener_wrappers":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				modID := "caddy.listeners." + d.Val()
+				unm, err := caddyfile.UnmarshalModule(d, modID)
+				if err != nil {
+					return err
+				}
+				lw, ok := unm.(caddy.ListenerWrapper)
+				if !ok {
+					return d.Errf("module %s is not a listener wrapper", modID)
+				}
+				s.ListenerWrappersRaw = append(s.ListenerWrappersRaw,
+					caddyconfig.JSONModuleObject(lw, "wrapper", lw.(caddy.Module).CaddyModule().ID.Name(), nil))
 			}
 		default:
 			ok, err := s.Chain.UnmarshalHandler(d)

@@ -266,6 +266,12 @@ func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 		Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
 		Keepalive: srv.keepalive(last),
 	}, (*bp)[:size], (*bp)[:0])
+	if a.Drop { // a handler's policy: the connection ends, unanswered
+		packPool.Put(bp)
+		w.inFlight.Add(-1)
+		c.abort()
+		return
+	}
 	if a.Wire == nil { // no header to answer: the reader lets no such frame in
 		packPool.Put(bp)
 		w.inFlight.Add(-1)

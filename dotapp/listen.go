@@ -39,6 +39,9 @@ func (s *Server) start() error {
 			if !ok {
 				return fmt.Errorf("listen on %s: not a stream listener", na.JoinHostPort(port-na.StartPort))
 			}
+			for _, w := range s.wrappers {
+				l = w.WrapListener(l)
+			}
 			key := na.Network + "/" + na.JoinHostPort(port-na.StartPort)
 			s.listeners = append(s.listeners, l)
 			s.rawLns = append(s.rawLns, raw)
@@ -80,15 +83,38 @@ func (s *Server) accept(ln net.Listener, key string) {
 	}
 }
 
-// serveNew admits a connection just accepted and serves it.
+// serveNew admits a connection just accepted and serves it. Through a
+// listener wrapper, the client's address may be behind a header still
+// to read (PROXY protocol): the connection's own goroutine reads it
+// (within the wrapper's timeout), not the accepting one.
 func (s *Server) serveNew(raw net.Conn, key string) {
+	if len(s.wrappers) > 0 {
+		go func() {
+			if c := s.admitNew(raw, key); c != nil {
+				c.serve(s)
+			}
+		}()
+		return
+	}
+	if c := s.admitNew(raw, key); c != nil {
+		go c.serve(s)
+	}
+}
+
+// admitNew makes a connection of raw and admits it, or closes raw.
+func (s *Server) admitNew(raw net.Conn, key string) *conn {
 	c := newConn(raw, key)
+	if len(s.wrappers) > 0 {
+		// a wrapper may hold octets the socket has delivered (the PROXY
+		// protocol's reader): the socket is not peeked at, nor parked
+		c.rc = nil
+	}
 	if reason := s.admit(c); reason != "" {
 		s.metrics.refused.WithLabelValues(reason).Inc()
 		raw.Close()
-		return
+		return nil
 	}
-	go c.serve(s)
+	return c
 }
 
 // admit counts the connection in, or says which limit refuses it.

@@ -2,6 +2,7 @@ package dotapp
 
 import (
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -49,6 +50,13 @@ type Server struct {
 	// ServerNames) names the certificate for clients without SNI.
 	TLSConnPolicies caddytls.ConnectionPolicies `json:"tls_connection_policies,omitempty"`
 
+	// ListenerWrappersRaw wrap each listener, in order, as an HTTP
+	// server's do: `proxy_protocol` (with its `allow` list of trusted
+	// senders) gives each connection the address a load balancer's PROXY
+	// header carries, and the handlers see that client. TLS is the
+	// server's own, after the wrappers.
+	ListenerWrappersRaw []json.RawMessage `json:"listener_wrappers,omitempty" caddy:"namespace=caddy.listeners inline_key=wrapper"`
+
 	caddydns.Chain
 
 	// IdleTimeout closes a connection with no query for this long; each
@@ -81,6 +89,7 @@ type Server struct {
 	addrs     []caddy.NetworkAddress
 	tlsCfg    *tls.Config
 	listeners []net.Listener
+	wrappers  []caddy.ListenerWrapper
 	rawLns    []syscall.RawConn // each listener's socket, when Caddy let us see it
 	keys      []string          // listener keys in the live registry
 	acceptWG  sync.WaitGroup
@@ -117,6 +126,19 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 			return fmt.Errorf("listen %q: DNS over TLS listens on tcp, not %s", l, na.Network)
 		}
 		s.addrs = append(s.addrs, na)
+	}
+	if s.ListenerWrappersRaw != nil {
+		mods, err := ctx.LoadModule(s, "ListenerWrappersRaw")
+		if err != nil {
+			return fmt.Errorf("loading listener wrappers: %w", err)
+		}
+		for _, m := range mods.([]any) {
+			lw := m.(caddy.ListenerWrapper)
+			if m.(caddy.Module).CaddyModule().ID == "caddy.listeners.tls" {
+				return errors.New("listener_wrappers: tls is the DoT server's own, after the wrappers: leave it out")
+			}
+			s.wrappers = append(s.wrappers, lw)
+		}
 	}
 	if err := s.Chain.Provision(ctx, name, "dot"); err != nil {
 		return err

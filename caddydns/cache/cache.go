@@ -150,14 +150,17 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 	e := c.store.get(hash, key)
 	if e != nil && now < e.expires {
 		c.store.hits.Add(1)
+		r.Cache = caddydns.CacheHit
 		c.maybePrefetch(e, hash, now, r, next)
 		return caddydns.Response{Wire: e.answer(now, -1)}, nil
 	}
 	if e != nil && !e.failure && now < c.store.staleUntil(e) && now < e.failedUntil.Load() {
 		c.store.staleServed.Add(1) // the upstream failed a moment ago: not asked again yet
+		r.Cache = caddydns.CacheStale
 		return caddydns.Response{Wire: e.answer(now, StaleTTL)}, nil
 	}
 	c.store.misses.Add(1)
+	r.Cache = caddydns.CacheMiss
 	return c.miss(ctx, r, next, hash, key, e)
 }
 

@@ -2,7 +2,6 @@ package cache
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net"
@@ -15,11 +14,11 @@ import (
 	"testing"
 	"time"
 
-	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/caddydns/dnswire"
+	"github.com/dnsfront/dnsfront/internal/handlertest"
 )
 
 // upstream is a test handler standing for forward: it answers by name
@@ -81,18 +80,8 @@ func (u *upstream) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.N
 // newCache provisions a cache with cfg (JSON) in front of a test upstream.
 func newCache(t testing.TB, cfg string) (*caddydns.Chain, *Cache, *upstream) {
 	t.Helper()
-	ctx, err := caddy.ProvisionContext(&caddy.Config{})
-	if err != nil {
-		t.Fatal(err)
-	}
 	c := new(Cache)
-	if err := json.Unmarshal([]byte(cfg), c); err != nil {
-		t.Fatal(err)
-	}
-	if err := c.Provision(ctx); err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Cleanup() })
+	handlertest.Provision(t, c, cfg)
 	u := new(upstream)
 	return caddydns.NewChain("test", "test", c, u), c, u
 }

@@ -25,7 +25,7 @@ func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Nex
 	f, own := c.store.flights.join(hash, timed)
 	if !own {
 		c.store.coalesced.Add(1)
-		return c.await(ctx, f, old)
+		return c.await(ctx, r, f, old)
 	}
 	if timed {
 		return c.missTimed(ctx, r, next, hash, key, old, f)
@@ -38,6 +38,7 @@ func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Nex
 	if res.Wire == nil {
 		if now := time.Now().UnixNano(); c.staleOK(old, now) {
 			c.store.staleServed.Add(1)
+			r.Cache = caddydns.CacheStale
 			return caddydns.Response{Wire: old.answer(now, StaleTTL)}, nil
 		}
 		return caddydns.Response{}, err
@@ -63,9 +64,10 @@ func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydn
 	defer timer.Stop()
 	select {
 	case <-f.done:
-		return c.orStale(f, old)
+		return c.orStale(r, f, old)
 	case <-timer.C:
 		c.store.staleServed.Add(1)
+		r.Cache = caddydns.CacheStale
 		return caddydns.Response{Wire: old.answer(time.Now().UnixNano(), StaleTTL)}, nil
 	case <-ctx.Done():
 		return caddydns.Response{}, ctx.Err()
@@ -73,13 +75,13 @@ func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydn
 }
 
 // await waits for the flight f as one of its waiters.
-func (c *Cache) await(ctx context.Context, f *flight, old *entry) (caddydns.Response, error) {
+func (c *Cache) await(ctx context.Context, r *caddydns.Request, f *flight, old *entry) (caddydns.Response, error) {
 	select {
 	case <-f.done:
 	case <-ctx.Done():
 		return caddydns.Response{}, ctx.Err()
 	}
-	return c.orStale(f, old)
+	return c.orStale(r, f, old)
 }
 
 // errNoAnswer is a flight's error when the chain returned no answer and
@@ -88,10 +90,11 @@ var errNoAnswer = errors.New("cache: the next handlers gave no answer")
 
 // orStale is the flight's answer, or old's stale when the flight failed
 // and old may be served stale.
-func (c *Cache) orStale(f *flight, old *entry) (caddydns.Response, error) {
+func (c *Cache) orStale(r *caddydns.Request, f *flight, old *entry) (caddydns.Response, error) {
 	if f.msg == nil {
 		if now := time.Now().UnixNano(); c.staleOK(old, now) {
 			c.store.staleServed.Add(1)
+			r.Cache = caddydns.CacheStale
 			return caddydns.Response{Wire: old.answer(now, StaleTTL)}, nil
 		}
 	}

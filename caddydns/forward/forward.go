@@ -205,14 +205,15 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 	} else if len(qopt.Option) > 0 {
 		packed = dnswire.DropHopOptions(packed)
 	}
-	a, err := f.send(ctx, packed)
+	a, err := f.send(ctx, r, packed)
 	*bp = packed[:0]
 	f.bufPool.Put(bp)
 	return caddydns.Response{Wire: a}, err
 }
 
-// send tries the upstreams in the policy's order until one answers.
-func (f *Forward) send(ctx context.Context, packed []byte) (*caddydns.Wire, error) {
+// send tries the upstreams in the policy's order until one answers, and
+// notes the one that did in r (the query log).
+func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) (*caddydns.Wire, error) {
 	order := ordered(f.ups, time.Now(), f.policy)
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
@@ -234,6 +235,7 @@ func (f *Forward) send(ctx context.Context, packed []byte) (*caddydns.Wire, erro
 		}
 		u.record(err, time.Since(start), f.health.passive)
 		if err == nil {
+			r.Upstream = u.name
 			return resp, nil
 		}
 		lastErr = err

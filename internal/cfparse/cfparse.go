@@ -4,9 +4,12 @@ package cfparse
 
 import (
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/internal/netprefix"
 )
 
 // Duration reads the one duration argument of the directive under the
@@ -53,4 +56,37 @@ func OptionalArg(d *caddyfile.Dispenser, into *string) error {
 		}
 	}
 	return nil
+}
+
+// Prefixes reads the one or more client prefixes (or bare addresses) that
+// are the arguments of the directive under the cursor.
+func Prefixes(d *caddyfile.Dispenser) ([]string, error) {
+	name := d.Val()
+	list := d.RemainingArgs()
+	if len(list) == 0 {
+		return nil, d.Errf("%s: want one or more prefixes", name)
+	}
+	for _, p := range list {
+		if _, err := netprefix.Parse(p); err != nil {
+			return nil, d.Errf("%s: %v", name, err)
+		}
+	}
+	return list, nil
+}
+
+// OneOf reads the one argument of the directive under the cursor, which
+// must be one of choices.
+func OneOf(d *caddyfile.Dispenser, into *string, choices ...string) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	for _, c := range choices {
+		if s == c {
+			*into = s
+			return nil
+		}
+	}
+	return d.Errf("%s %q: want %s", name, s, strings.Join(choices, " or "))
 }

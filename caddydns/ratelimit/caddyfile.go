@@ -1,0 +1,80 @@
+package ratelimit
+
+import (
+	"strconv"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/internal/cfparse"
+)
+
+// UnmarshalCaddyfile sets up the limiter from Caddyfile tokens; a bare
+// `ratelimit` takes the defaults. Syntax:
+//
+//	ratelimit {
+//		name <label>
+//		qps <rate>
+//		burst <n>
+//		prefix <v4len> <v6len>
+//		action refused|drop
+//		exempt <prefixes...>
+//		max_clients <n>
+//	}
+func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // handler name
+	if d.NextArg() {
+		return d.ArgErr()
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch opt := d.Val(); opt {
+		case "name":
+			if !d.AllArgs(&rl.Name) {
+				return d.ArgErr()
+			}
+		case "qps":
+			var s string
+			if !d.AllArgs(&s) {
+				return d.ArgErr()
+			}
+			v, err := strconv.ParseFloat(s, 64)
+			if err != nil || !(v > 0) || v > 1e9 {
+				return d.Errf("qps %q: want a rate above 0", s)
+			}
+			rl.QPS = v
+		case "burst":
+			if err := cfparse.Int(d, &rl.Burst, 1); err != nil {
+				return err
+			}
+		case "max_clients":
+			if err := cfparse.Int(d, &rl.MaxClients, 1); err != nil {
+				return err
+			}
+		case "prefix":
+			var v4, v6 string
+			if !d.AllArgs(&v4, &v6) {
+				return d.Errf("prefix: want the IPv4 and the IPv6 length, e.g. prefix 24 56")
+			}
+			a, err1 := strconv.Atoi(v4)
+			b, err2 := strconv.Atoi(v6)
+			if err1 != nil || err2 != nil || a < 1 || a > 32 || b < 1 || b > 128 {
+				return d.Errf("prefix %s %s: want 1-32 and 1-128", v4, v6)
+			}
+			rl.PrefixV4, rl.PrefixV6 = a, b
+		case "action":
+			if err := cfparse.OneOf(d, &rl.Action, "refused", "drop"); err != nil {
+				return err
+			}
+		case "exempt":
+			list, err := cfparse.Prefixes(d)
+			if err != nil {
+				return err
+			}
+			rl.Exempt = append(rl.Exempt, list...)
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return nil
+}
+
+var _ caddyfile.Unmarshaler = (*RateLimit)(nil)

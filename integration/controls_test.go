@@ -1,0 +1,195 @@
+package integration
+
+import (
+	"crypto/tls"
+	"encoding/binary"
+	"encoding/json"
+	"fmt"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+)
+
+// controlsSite: DoT behind a load balancer (PROXY protocol from
+// 127.0.0.1 only), and a DoH site that trusts X-Forwarded-For from
+// 127.0.0.1; both with the same ACL and a rate limit, so that each shows
+// which client address its handlers saw.
+const controlsSite = `{
+	servers {
+		trusted_proxies static 127.0.0.1/32
+	}
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		listener_wrappers {
+			proxy_protocol {
+				timeout 2s
+				allow 127.0.0.1/32
+			}
+		}
+		acl {
+			deny 127.0.0.3 203.0.113.0/24
+			allow 127.0.0.0/8 198.51.100.0/24
+		}
+		ratelimit {
+			name dot-limit
+			qps 0.001
+			burst 3
+			prefix 32 128
+		}
+		forward udp://{{.Up}}
+	}
+}
+https://127.0.0.1:{{.HTTPS}} {
+	tls internal
+	doh {
+		acl {
+			deny 127.0.0.3 203.0.113.0/24
+			allow 127.0.0.0/8 198.51.100.0/24
+		}
+		forward udp://{{.Up}}
+	}
+}
+`
+
+// proxyV2 is a PROXY protocol v2 header for a TCP over IPv4 connection
+// from src to dst.
+func proxyV2(src, dst netip.AddrPort) []byte {
+	b := []byte("\r\n\r\n\x00\r\nQUIT\n")
+	b = append(b, 0x21, 0x11, 0, 12) // v2 PROXY, TCP over IPv4, 12 octets of addresses
+	s, d := src.Addr().As4(), dst.Addr().As4()
+	b = append(append(b, s[:]...), d[:]...)
+	b = binary.BigEndian.AppendUint16(b, src.Port())
+	return binary.BigEndian.AppendUint16(b, dst.Port())
+}
+
+// dotVia asks name over DoT from the local address from, with header
+// (a PROXY header, or nil) written before the TLS handshake, and returns
+// the rcode, or -1 when the connection failed or was closed unanswered.
+func dotVia(t *testing.T, addr, from string, header []byte, name string) int {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	raw, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	if header != nil {
+		if _, err := raw.Write(header); err != nil {
+			return -1
+		}
+	}
+	c := &dotConn{tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}})} // trust is kdig's test
+	_ = c.SetDeadline(time.Now().Add(5 * time.Second))
+	if err := c.Handshake(); err != nil {
+		return -1
+	}
+	c.send(t, question(name, dns.TypeA, 7))
+	m, err := c.recv(5 * time.Second)
+	if err != nil {
+		return -1
+	}
+	return m.Rcode
+}
+
+// TestClientControls: the ACL and the rate limit see the real client,
+// over DoT (the socket's address, or a trusted PROXY v1/v2 header's) and
+// DoH (X-Forwarded-For from a trusted proxy); a PROXY header from a
+// sender not allowed is not believed; a client over its rate is refused
+// while another is answered.
+func TestClientControls(t *testing.T) {
+	dir := t.TempDir()
+	up := newTestUpstream(t, 1)
+	port, https := freePort(t), freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, dir, controlsSite, Vars{"Port": port, "HTTPS": https, "Up": up.addr})
+	waitListen(t, addr)
+	host, p, _ := net.SplitHostPort(addr)
+	kd := func(from string, names ...string) string {
+		return kdig(t, append([]string{"+tls", "+retry=0", "-b", from, "@" + host, "-p", p}, names...)...)
+	}
+
+	// kdig from addresses of 127/8: allowed, denied
+	if out := kd("127.0.0.2", "a.example.test."); !strings.Contains(out, "status: NOERROR") {
+		t.Fatalf("127.0.0.2 (allowed):\n%s", out)
+	}
+	if out := kd("127.0.0.3", "a.example.test."); !strings.Contains(out, "status: REFUSED") {
+		t.Fatalf("127.0.0.3 (denied):\n%s", out)
+	}
+
+	// PROXY headers from the load balancer (127.0.0.1, allowed): the
+	// handlers see the address they carry
+	dst := netip.MustParseAddrPort(addr)
+	if rc := dotVia(t, addr, "127.0.0.1", proxyV2(netip.MustParseAddrPort("203.0.113.7:5555"), dst), "a.example.test."); rc != dns.RcodeRefused {
+		t.Fatalf("PROXY v2 from a denied client: rcode %d, want REFUSED", rc)
+	}
+	if rc := dotVia(t, addr, "127.0.0.1", proxyV2(netip.MustParseAddrPort("198.51.100.7:5555"), dst), "a.example.test."); rc != dns.RcodeSuccess {
+		t.Fatalf("PROXY v2 from an allowed client: rcode %d, want NOERROR", rc)
+	}
+	v1 := []byte(fmt.Sprintf("PROXY TCP4 203.0.113.8 127.0.0.1 5555 %d\r\n", port))
+	if rc := dotVia(t, addr, "127.0.0.1", v1, "a.example.test."); rc != dns.RcodeRefused {
+		t.Fatalf("PROXY v1 from a denied client: rcode %d, want REFUSED", rc)
+	}
+	// a denied client that sends a header claiming an allowed address is
+	// not believed: it is not an allowed sender
+	if rc := dotVia(t, addr, "127.0.0.3", proxyV2(netip.MustParseAddrPort("198.51.100.9:5555"), dst), "a.example.test."); rc == dns.RcodeSuccess {
+		t.Fatal("a PROXY header from a sender not allowed was believed: the denied client was answered")
+	}
+
+	// the rate limit: 3 queries, then REFUSED; another client answered
+	for i, want := range []string{"NOERROR", "NOERROR", "NOERROR", "REFUSED"} {
+		if out := kd("127.0.0.4", fmt.Sprintf("r%d.example.test", i)); !strings.Contains(out, "status: "+want) {
+			t.Fatalf("query %d from 127.0.0.4: want %s\n%s", i+1, want, out)
+		}
+	}
+	if out := kd("127.0.0.5", "a.example.test."); !strings.Contains(out, "status: NOERROR") {
+		t.Fatalf("another client while 127.0.0.4 is limited:\n%s", out)
+	}
+	var stats []struct {
+		Name           string `json:"name"`
+		ClientsLimited int    `json:"clients_limited"`
+		Limited        uint64 `json:"limited"`
+		Top            []struct {
+			Prefix  string `json:"prefix"`
+			Limited uint64 `json:"limited"`
+		} `json:"top"`
+	}
+	if err := json.Unmarshal(c.api("GET", "/dns/ratelimit"), &stats); err != nil || len(stats) != 1 || stats[0].Limited != 1 ||
+		len(stats[0].Top) != 1 || stats[0].Top[0].Prefix != "127.0.0.4/32" {
+		t.Fatalf("GET /dns/ratelimit: %+v (%v), want 127.0.0.4/32 limited once", stats, err)
+	}
+	metrics := string(c.api("GET", "/metrics"))
+	for _, want := range []string{
+		`dnsfront_ratelimit_limited_total{ratelimit="dot-limit"} 1`,
+		`dnsfront_acl_denied_total{rule="deny 127.0.0.3 203.0.113.0/24",server="dot0"}`,
+	} {
+		if !strings.Contains(metrics, want) {
+			t.Errorf("metrics lack %s", want)
+		}
+	}
+
+	// DoH: X-Forwarded-For from the trusted proxy names the client
+	curl := need(t, "curl")
+	doh := func(xff string) string {
+		args := []string{"-sk", "--interface", "127.0.0.1", "-H", "accept: application/dns-json"}
+		if xff != "" {
+			args = append(args, "-H", "X-Forwarded-For: "+xff)
+		}
+		out, _ := run(t, true, curl, append(args, fmt.Sprintf("https://127.0.0.1:%d/dns-query?name=a.example.test&type=A", https))...)
+		return out
+	}
+	if out := doh(""); !strings.Contains(out, `"Status":0`) {
+		t.Fatalf("DoH from 127.0.0.1: %s", out)
+	}
+	if out := doh("203.0.113.9"); !strings.Contains(out, `"Status":5`) {
+		t.Fatalf("DoH for a denied client behind the trusted proxy: %s, want REFUSED (5)", out)
+	}
+	if out := doh("198.51.100.9"); !strings.Contains(out, `"Status":0`) {
+		t.Fatalf("DoH for an allowed client behind the trusted proxy: %s", out)
+	}
+}
