@@ -11,6 +11,7 @@ import (
 	_ "github.com/dnsfront/dnsfront/caddydns/acl"
 	_ "github.com/dnsfront/dnsfront/caddydns/cache"
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
+	_ "github.com/dnsfront/dnsfront/caddydns/querylog"
 	_ "github.com/dnsfront/dnsfront/caddydns/ratelimit"
 	_ "github.com/dnsfront/dnsfront/caddydns/zone"
 	_ "github.com/dnsfront/dnsfront/caddyfile"

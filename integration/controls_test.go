@@ -32,6 +32,7 @@ const controlsSite = `{
 				allow 127.0.0.1/32
 			}
 		}
+		query_log
 		acl {
 			deny 127.0.0.3 203.0.113.0/24
 			allow 127.0.0.0/8 198.51.100.0/24
@@ -48,6 +49,7 @@ const controlsSite = `{
 https://127.0.0.1:{{.HTTPS}} {
 	tls internal
 	doh {
+		query_log
 		acl {
 			deny 127.0.0.3 203.0.113.0/24
 			allow 127.0.0.0/8 198.51.100.0/24
@@ -141,6 +143,17 @@ func TestClientControls(t *testing.T) {
 		t.Fatal("a PROXY header from a sender not allowed was believed: the denied client was answered")
 	}
 
+	// the query log saw the client the PROXY header named
+	if err := eventually(5*time.Second, func() bool {
+		return len(c.log.lines(`"client":"203.0.113.7"`)) > 0
+	}); err != nil {
+		t.Fatalf("no query log entry for the PROXY v2 client 203.0.113.7")
+	}
+	if l := c.log.lines(`"client":"203.0.113.7"`)[0]; !strings.Contains(l, `"logger":"dns.handlers.query_log"`) ||
+		!strings.Contains(l, `"rcode":"REFUSED"`) || !strings.Contains(l, `"transport":"dot"`) || !strings.Contains(l, `"qname":"a.example.test."`) {
+		t.Fatalf("query log entry: %s", l)
+	}
+
 	// the rate limit: 3 queries, then REFUSED; another client answered
 	for i, want := range []string{"NOERROR", "NOERROR", "NOERROR", "REFUSED"} {
 		if out := kd("127.0.0.4", fmt.Sprintf("r%d.example.test", i)); !strings.Contains(out, "status: "+want) {
@@ -191,5 +204,11 @@ func TestClientControls(t *testing.T) {
 	}
 	if out := doh("198.51.100.9"); !strings.Contains(out, `"Status":0`) {
 		t.Fatalf("DoH for an allowed client behind the trusted proxy: %s", out)
+	}
+	if l := c.log.lines(`"client":"203.0.113.9"`); len(l) != 1 || !strings.Contains(l[0], `"transport":"doh"`) || !strings.Contains(l[0], `"rcode":"REFUSED"`) {
+		t.Fatalf("query log entries of the DoH client 203.0.113.9: %q", l)
+	}
+	if l := c.log.lines(`"client":"198.51.100.9"`); len(l) != 1 || !strings.Contains(l[0], `"upstream":"udp://`) {
+		t.Fatalf("query log entries of the DoH client 198.51.100.9: %q", l)
 	}
 }
