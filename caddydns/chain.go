@@ -44,6 +44,13 @@ type Request struct {
 	// the option is ignored.
 	Keepalive time.Duration
 
+	// ECS says the query's EDNS Client Subnet option (RFC 7871), or its
+	// lack of one, is what goes upstream: set by the ecs handler, which
+	// puts the option its policy chooses into Msg. Unset, forward strips
+	// the client's option (the default policy, for privacy), and a cache
+	// does not key by it.
+	ECS bool
+
 	// Upstream and Cache are what the handlers did with the query, for
 	// the query log: the upstream that answered it (set by forward) and
 	// the cache's verdict (CacheHit, CacheMiss, CacheStale; "" with no

@@ -3,6 +3,7 @@ package caddydns
 import (
 	"context"
 	"encoding/binary"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -286,6 +287,52 @@ func TestKeepalive(t *testing.T) {
 		}
 		if hasOption(q.IsEdns0(), dns.EDNS0PADDING) && len(b)%dnswire.PaddingBlock != 0 {
 			t.Errorf("%s: padded answer of %d octets", tc.name, len(b))
+		}
+	}
+}
+
+// ecsAnswerer answers with an ECS option (as an upstream echoes the one
+// it was sent), as a message or as octets.
+type ecsAnswerer struct{ wire bool }
+
+func (h ecsAnswerer) ServeDNS(_ context.Context, r *Request, _ Next) (Response, error) {
+	m := new(dns.Msg)
+	m.SetReply(r.Msg)
+	m.SetEdns0(1232, false)
+	m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, SourceScope: 24, Address: net.IPv4(192, 0, 2, 0).To4()}}
+	if !h.wire {
+		return Response{Msg: m}, nil
+	}
+	b, _ := m.Pack()
+	l, _ := dnswire.Walk(b)
+	return Response{Wire: NewWire(b, &l)}, nil
+}
+
+// TestECS: a malformed ECS option is answered FORMERR (RFC 7871 6); an
+// answer's ECS option reaches only a client that sent one (7.2.2), on
+// both the message and the octets paths.
+func TestECS(t *testing.T) {
+	for _, data := range [][]byte{{0, 1, 24, 8, 192, 0, 2}, {0, 1, 16, 0, 192, 0, 2}, {0, 1, 23, 0, 192, 0, 3}} {
+		q := query("www.example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: dns.EDNS0SUBNET, Data: data}}
+		if m := ask(testChain(t), q); m == nil || m.Rcode != dns.RcodeFormatError {
+			t.Errorf("ECS %v: %v, want FORMERR", data, m)
+		}
+	}
+	for _, wire := range []bool{false, true} {
+		c := NewChain("test", "test", ecsAnswerer{wire: wire})
+		plain := query("www.example.org.", dns.TypeA)
+		plain.SetEdns0(1232, false)
+		if m := ask(c, plain); m == nil || len(m.IsEdns0().Option) != 0 {
+			t.Errorf("wire %v: a client that sent no ECS got %v", wire, m)
+		}
+		withECS := query("www.example.org.", dns.TypeA)
+		withECS.SetEdns0(1232, false)
+		withECS.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0).To4()}}
+		m := ask(c, withECS)
+		if m == nil || len(m.IsEdns0().Option) != 1 || m.IsEdns0().Option[0].Option() != dns.EDNS0SUBNET {
+			t.Errorf("wire %v: a client that sent ECS got %v", wire, m)
 		}
 	}
 }

@@ -42,8 +42,9 @@ func decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
 }
 
 // checkQuery returns the response to a query that must not reach the
-// handlers, or nil for a query they may answer.
-func checkQuery(r *Request) *dns.Msg {
+// handlers, or nil for a query they may answer. raw is the query as it
+// came (nil for one made here).
+func checkQuery(r *Request, raw []byte) *dns.Msg {
 	q := r.Msg
 	reply := func(rcode int) *dns.Msg {
 		m := new(dns.Msg)
@@ -66,6 +67,9 @@ func checkQuery(r *Request) *dns.Msg {
 			opts++
 			if opt.Version() > 0 {
 				return reply(dns.RcodeBadVers)
+			}
+			if badECSOption(opt, raw) {
+				return reply(dns.RcodeFormatError) // RFC 7871 6
 			}
 			if r.Keepalive != 0 && badKeepalive(opt) {
 				// a client sends the option without a TIMEOUT (RFC 7828
@@ -114,10 +118,12 @@ func finish(r *Request, resp *dns.Msg) {
 	ropt.SetVersion(0)
 	ropt.SetUDPSize(AdvertisedUDPSize)
 	ropt.SetDo(qopt.Do())
-	// padding, cookies and keepalive are per hop: drop the upstream's
+	// padding, cookies and keepalive are per hop: drop the upstream's;
+	// and an ECS option goes only to a client that sent one (RFC 7871 7.2.2)
+	clientECS := hasECS(qopt)
 	kept := ropt.Option[:0]
 	for _, o := range ropt.Option {
-		if !dnswire.HopOption(o.Option()) {
+		if code := o.Option(); !dnswire.HopOption(code) && (clientECS || code != dns.EDNS0SUBNET) {
 			kept = append(kept, o)
 		}
 	}
@@ -243,4 +249,31 @@ func msgTTL(m *dns.Msg) (uint32, bool) {
 		}
 	}
 	return ttl, ok
+}
+
+// hasECS reports whether an OPT record carries an EDNS Client Subnet
+// option.
+func hasECS(opt *dns.OPT) bool {
+	for _, o := range opt.Option {
+		if o.Option() == dns.EDNS0SUBNET {
+			return true
+		}
+	}
+	return false
+}
+
+// badECSOption reports an ECS option a query must not carry (RFC 7871 6,
+// dnswire.BadECS), read from the query's octets raw (the decoded option
+// has lost how many address octets were sent); nil raw (a query made
+// here, not received) is not checked.
+func badECSOption(opt *dns.OPT, raw []byte) bool {
+	if raw == nil || !hasECS(opt) {
+		return false
+	}
+	l, ok := dnswire.Walk(raw)
+	if !ok {
+		return true
+	}
+	data, n := dnswire.Option(raw, &l, dns.EDNS0SUBNET)
+	return n != 1 || dnswire.BadECS(data)
 }

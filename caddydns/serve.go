@@ -48,7 +48,7 @@ func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte)
 	r.Msg = q
 	var res Response
 	var err error
-	if resp := checkQuery(r); resp != nil {
+	if resp := checkQuery(r, query); resp != nil {
 		res.Msg = resp
 	} else {
 		// the deepest call of a forwarded query runs on top of this
@@ -98,7 +98,7 @@ func (c *Chain) malformed(r *Request, formErr *dns.Msg, buf []byte) Answer {
 // message when the query was dropped (Answer.Drop).
 func (c *Chain) ServeMsg(ctx context.Context, r *Request) (*dns.Msg, Answer) {
 	start := time.Now()
-	resp := checkQuery(r)
+	resp := checkQuery(r, nil)
 	if resp == nil {
 		res, err := c.next(ctx, r)
 		if err != nil && errors.Is(err, ErrDrop) {

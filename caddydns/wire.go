@@ -122,7 +122,11 @@ func finishWire(r *Request, a *Wire, buf []byte) (out []byte, rcode int, ok bool
 	out = append(out, 0, byte(dns.TypeOPT>>8), byte(dns.TypeOPT), byte(AdvertisedUDPSize>>8), byte(AdvertisedUDPSize&0xFF),
 		byte(rcode>>4), 0, byte(flags>>8), byte(flags), 0, 0)
 	if l.OPT >= 0 {
-		if out, ok = dnswire.AppendNonHop(out, msg[l.OPTRdata:l.End]); !ok {
+		except := uint16(0) // an ECS option goes only to a client that sent one (RFC 7871 7.2.2)
+		if !hasECS(qopt) {
+			except = dns.EDNS0SUBNET
+		}
+		if out, ok = dnswire.AppendNonHopExcept(out, msg[l.OPTRdata:l.End], except); !ok {
 			return nil, 0, false
 		}
 	}

@@ -23,6 +23,8 @@ import (
 //   - big.up.test. TXT: 40 records, truncated (TC=1) over UDP;
 //   - huge.up.test. TXT: 120 records (~6 KB) over UDP as over TCP,
 //     whatever size the query announced;
+//   - ecs.up.test. TXT: the ECS option the query carried ("ecs
+//     192.0.2.0/24", or "no ecs"), echoed with its scope;
 //   - size.up.test. TXT: the UDP size the query's OPT record announced
 //     ("udp 1232"), or "no edns";
 //   - any other name: an A record 198.51.100.<id>, so a test sees which
@@ -93,6 +95,22 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 		for i := 0; i < 120; i++ {
 			m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "record %03d padding padding padding padding"`, q.Question[0].Name, i)))
 		}
+	case name == "ecs.up.test." && q.Question[0].Qtype == dns.TypeTXT:
+		// the ECS option the query carried, echoed as an authoritative
+		// server does, with the scope of its source prefix
+		seen := "no ecs"
+		if opt := q.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_SUBNET); ok {
+					seen = fmt.Sprintf("ecs %s/%d", e.Address, e.SourceNetmask)
+					echo := *e
+					echo.SourceScope = e.SourceNetmask
+					m.SetEdns0(1232, false)
+					m.IsEdns0().Option = []dns.EDNS0{&echo}
+				}
+			}
+		}
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "%s"`, q.Question[0].Name, seen)))
 	case name == "size.up.test." && q.Question[0].Qtype == dns.TypeTXT:
 		size := "no edns"
 		if opt := q.IsEdns0(); opt != nil {

@@ -141,7 +141,7 @@ func (c *Cache) Cleanup() error {
 // keeps what may be kept.
 func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	var kb [320]byte // a name of 255 octets and all the rest; a longer one (escapes) grows it
-	key := appendKey(kb[:0], r.Msg)
+	key := appendKey(kb[:0], r.Msg, r.ECS)
 	if len(key) > maxKey {
 		return next(ctx, r) // no key this long is kept
 	}

@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/netip"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -92,7 +93,10 @@ func ask(t testing.TB, ch *caddydns.Chain, q *dns.Msg) (*dns.Msg, caddydns.Answe
 	if err != nil {
 		t.Fatal(err)
 	}
-	a := ch.Serve(context.Background(), &caddydns.Request{Client: netipClient, Size: caddydns.MaxMessage}, b, nil)
+	// as behind an ecs handler with policy pass: the client's option is
+	// what goes upstream
+	ecs := q.IsEdns0() != nil && slices.ContainsFunc(q.IsEdns0().Option, func(o dns.EDNS0) bool { return o.Option() == dns.EDNS0SUBNET })
+	a := ch.Serve(context.Background(), &caddydns.Request{Client: netipClient, Size: caddydns.MaxMessage, ECS: ecs}, b, nil)
 	m := new(dns.Msg)
 	if err := m.Unpack(a.Wire); err != nil {
 		t.Fatalf("answer does not decode: %v", err)
@@ -108,7 +112,7 @@ func query(name string, qtype uint16) *dns.Msg {
 
 // entryOf is the stored entry for q.
 func entryOf(c *Cache, q *dns.Msg) *entry {
-	key := appendKey(nil, q)
+	key := appendKey(nil, q, true)
 	return c.store.get(hashKey(key), key)
 }
 
@@ -183,6 +187,10 @@ func TestKey(t *testing.T) {
 		{"ECS 192.0.2.0/24", mk(false, false, true, ecs("192.0.2.1", 24)), true},
 		{"ECS 192.0.2.77/24, the same subnet", mk(false, false, true, ecs("192.0.2.77", 24)), false},
 		{"ECS 198.51.100.0/24", mk(false, false, true, ecs("198.51.100.1", 24)), true},
+	}
+	// without an ecs handler the option is stripped upstream: not keyed
+	if string(appendKey(nil, mk(false, false, true, ecs("192.0.2.1", 24)), false)) != string(appendKey(nil, mk(false, false, true, ecs("198.51.100.1", 24)), false)) {
+		t.Error("the ECS option is in the key of a query whose option is not sent upstream")
 	}
 	for _, s := range steps {
 		before := u.asked.Load()
@@ -301,7 +309,7 @@ func TestStaleAnswerTimeout(t *testing.T) {
 // waitFlight waits until no query for q is in flight (registered before
 // the client that started it was answered), and its answer is stored.
 func waitFlight(c *Cache, q *dns.Msg) {
-	if done := c.store.flights.waitFor(hashKey(appendKey(nil, q))); done != nil {
+	if done := c.store.flights.waitFor(hashKey(appendKey(nil, q, true))); done != nil {
 		<-done
 	}
 }
@@ -480,7 +488,7 @@ func FuzzAnswer(f *testing.F) {
 		if !ok {
 			return
 		}
-		key := appendKey(nil, q)
+		key := appendKey(nil, q, true)
 		h := hashKey(key)
 		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
 		e := c.store.get(h, key)
@@ -547,14 +555,14 @@ func FuzzKey(f *testing.F) {
 		if q.Unpack(b) != nil || len(q.Question) != 1 {
 			return
 		}
-		key := appendKey(nil, q)
+		key := appendKey(nil, q, true)
 		other := q.Copy()
 		other.Id++
 		other.Question[0].Name = strings.ToUpper(q.Question[0].Name)
 		if opt := other.IsEdns0(); opt != nil {
 			opt.Option = append(opt.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 8)})
 		}
-		if got := appendKey(nil, other); string(got) != string(key) {
+		if got := appendKey(nil, other, true); string(got) != string(key) {
 			t.Fatalf("keys differ for the same question: %q %q", key, got)
 		}
 		if name := keyName(key); !strings.EqualFold(name, q.Question[0].Name) {
@@ -576,7 +584,7 @@ func TestKeyNameWithOddECS(t *testing.T) {
 		q := query("www.example.org.", dns.TypeA)
 		q.SetEdns0(1232, false)
 		q.IsEdns0().Option = []dns.EDNS0{ecs}
-		if name := keyName(appendKey(nil, q)); name != "www.example.org." {
+		if name := keyName(appendKey(nil, q, true)); name != "www.example.org." {
 			t.Errorf("ECS family %d /%d: key name %q", ecs.Family, ecs.SourceNetmask, name)
 		}
 	}

@@ -17,10 +17,11 @@ var seed = maphash.MakeSeed()
 
 // appendKey appends the cache key of query q to dst: the question's type,
 // class and name (ASCII letters in lower case), the DO, CD and RD bits,
-// and the ECS option's family, source prefix length and address (masked
-// to the prefix) when the query carries one. The ID and the hop's
-// options (padding, cookie, keepalive) are not in it.
-func appendKey(dst []byte, q *dns.Msg) []byte {
+// and, with ecs (the ECS option is what goes upstream: Request.ECS), the
+// ECS option's family, source prefix length and address (masked to the
+// prefix) when the query carries one. The ID and the hop's options
+// (padding, cookie, keepalive) are not in it.
+func appendKey(dst []byte, q *dns.Msg, ecs bool) []byte {
 	qn := q.Question[0]
 	dst = binary.BigEndian.AppendUint16(dst, qn.Qtype)
 	dst = binary.BigEndian.AppendUint16(dst, qn.Qclass)
@@ -36,7 +37,7 @@ func appendKey(dst []byte, q *dns.Msg) []byte {
 		flags |= 4
 	}
 	dst = append(dst, flags)
-	if opt != nil {
+	if opt != nil && ecs {
 		for _, o := range opt.Option {
 			if ecs, ok := o.(*dns.EDNS0_SUBNET); ok {
 				dst = appendECS(dst, ecs)

@@ -131,3 +131,63 @@ func TestAnswers(t *testing.T) {
 		}
 	}
 }
+
+func TestBadECS(t *testing.T) {
+	for _, tc := range []struct {
+		data []byte
+		bad  bool
+	}{
+		{[]byte{0, 1, 24, 0, 192, 0, 2}, false},
+		{[]byte{0, 1, 32, 0, 192, 0, 2, 1}, false},
+		{[]byte{0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0xaa, 0xbb}, false},
+		{[]byte{0, 0, 0, 0}, false},                  // dig +subnet=0
+		{[]byte{0, 1, 0, 0}, false},                  // /0: no address octets
+		{[]byte{0, 1, 24, 8, 192, 0, 2}, true},       // a scope in a query
+		{[]byte{0, 1, 16, 0, 192, 0, 2}, true},       // an octet past the prefix
+		{[]byte{0, 1, 24, 0, 192, 0}, true},          // an octet short
+		{[]byte{0, 1, 23, 0, 192, 0, 3}, true},       // a bit set past /23
+		{[]byte{0, 1, 33, 0, 192, 0, 2, 1, 0}, true}, // longer than IPv4
+		{[]byte{0, 3, 8, 0, 10}, true},               // unknown family
+		{[]byte{0, 0, 8, 0, 10}, true},               // family 0 with a prefix
+		{[]byte{0, 1, 24}, true},                     // too short
+	} {
+		if got := BadECS(tc.data); got != tc.bad {
+			t.Errorf("BadECS(%v) = %v, want %v", tc.data, got, tc.bad)
+		}
+	}
+}
+
+// FuzzBadECS: any option data is judged without a panic, and data judged
+// good decodes (miekg/dns) to an option that packs to the same octets.
+func FuzzBadECS(f *testing.F) {
+	f.Add([]byte{0, 1, 24, 0, 192, 0, 2})
+	f.Add([]byte{0, 2, 56, 0, 0x20, 1, 0xd, 0xb8, 0, 0xaa, 0xbb})
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if BadECS(data) {
+			return
+		}
+		q := new(dns.Msg)
+		q.SetQuestion("example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: dns.EDNS0SUBNET, Data: data}}
+		b, err := q.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(b); err != nil {
+			t.Fatalf("good ECS %v does not decode: %v", data, err)
+		}
+		e := m.IsEdns0().Option[0].(*dns.EDNS0_SUBNET)
+		if e.Family != 0 {
+			m2 := new(dns.Msg)
+			m2.SetQuestion("example.org.", dns.TypeA)
+			m2.SetEdns0(1232, false)
+			m2.IsEdns0().Option = []dns.EDNS0{e}
+			b2, err := m2.Pack()
+			if err != nil || string(b2[len(b2)-len(data):]) != string(data) {
+				t.Fatalf("good ECS %v packs again as %v (%v)", data, b2[len(b2)-len(data):], err)
+			}
+		}
+	})
+}

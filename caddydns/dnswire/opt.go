@@ -15,15 +15,20 @@ func HopOption(code uint16) bool {
 // DropHopOptions removes the hop's options (see HopOption) from a packed
 // query's OPT record, in place, for the next hop: the client's padding,
 // cookie and keepalive are not the upstream's business, and over UDP
-// RFC 7828 forbids the keepalive option. A query whose OPT record is not
-// its last record is returned as it is.
-func DropHopOptions(packed []byte) []byte {
+// RFC 7828 forbids the keepalive option. With ecs, the EDNS Client
+// Subnet option goes too. A query whose OPT record is not its last record
+// is returned as it is.
+func DropHopOptions(packed []byte, ecs bool) []byte {
 	l, ok := Walk(packed)
 	if !ok || l.OPTCount != 1 || !l.OPTLast {
 		return packed
 	}
 	opts := packed[l.OPTRdata:l.End]
-	kept, ok := AppendNonHop(opts[:0], opts)
+	except := uint16(0)
+	if ecs {
+		except = dns.EDNS0SUBNET
+	}
+	kept, ok := AppendNonHopExcept(opts[:0], opts, except)
 	if !ok {
 		return packed
 	}
@@ -35,7 +40,11 @@ func DropHopOptions(packed []byte) []byte {
 // are not the hop's (see HopOption); ok is false, and nothing appended,
 // when the RDATA is not a run of whole options. dst may be opts[:0]
 // (filtering in place: what is kept never passes what is read).
-func AppendNonHop(dst, opts []byte) ([]byte, bool) {
+func AppendNonHop(dst, opts []byte) ([]byte, bool) { return AppendNonHopExcept(dst, opts, 0) }
+
+// AppendNonHopExcept is AppendNonHop leaving out the option except too
+// (0: none).
+func AppendNonHopExcept(dst, opts []byte, except uint16) ([]byte, bool) {
 	for rest := opts; len(rest) > 0; { // check before moving anything
 		if len(rest) < 4 || 4+int(binary.BigEndian.Uint16(rest[2:])) > len(rest) {
 			return dst, false
@@ -44,7 +53,7 @@ func AppendNonHop(dst, opts []byte) ([]byte, bool) {
 	}
 	for len(opts) > 0 {
 		n := 4 + int(binary.BigEndian.Uint16(opts[2:]))
-		if !HopOption(binary.BigEndian.Uint16(opts)) {
+		if code := binary.BigEndian.Uint16(opts); !HopOption(code) && (except == 0 || code != except) {
 			dst = append(dst, opts[:n]...)
 		}
 		opts = opts[n:]
@@ -105,4 +114,33 @@ func Option(msg []byte, l *Layout, code uint16) (data []byte, n int) {
 		opts = opts[size:]
 	}
 	return data, n
+}
+
+// BadECS reports an EDNS Client Subnet option's data (see Option) that a
+// query must not carry (RFC 7871 6): an unknown family, a source prefix
+// longer than the family's addresses, a scope other than 0, more or fewer
+// address octets than the source prefix needs, or bits set past it. Family
+// 0 with prefix 0 (what dig sends for +subnet=0) is accepted.
+func BadECS(data []byte) bool {
+	if len(data) < 4 {
+		return true
+	}
+	family, source, scope := binary.BigEndian.Uint16(data), int(data[2]), data[3]
+	limit := -1 // the family's address bits
+	switch family {
+	case 0:
+		limit = 0
+	case 1:
+		limit = 32
+	case 2:
+		limit = 128
+	}
+	addr := data[4:]
+	switch {
+	case limit < 0, source > limit, scope != 0, len(addr) != (source+7)/8:
+		return true
+	case source%8 != 0 && addr[len(addr)-1]&(0xFF>>(source%8)) != 0:
+		return true
+	}
+	return false
 }

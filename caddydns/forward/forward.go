@@ -203,7 +203,9 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 		// client never sees this OPT (finish removes it)
 		packed = dnswire.AppendOPT(packed, caddydns.AdvertisedUDPSize)
 	} else if len(qopt.Option) > 0 {
-		packed = dnswire.DropHopOptions(packed)
+		// the client's ECS goes on only when an ecs handler says so
+		// (r.ECS): by default it is stripped, for the client's privacy
+		packed = dnswire.DropHopOptions(packed, !r.ECS)
 	}
 	a, err := f.send(ctx, r, packed)
 	*bp = packed[:0]

@@ -50,16 +50,12 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return err
 			}
 		case "prefix":
-			var v4, v6 string
-			if !d.AllArgs(&v4, &v6) {
-				return d.Errf("prefix: want the IPv4 and the IPv6 length, e.g. prefix 24 56")
+			if err := cfparse.PrefixLengths(d, &rl.PrefixV4, &rl.PrefixV6); err != nil {
+				return err
 			}
-			a, err1 := strconv.Atoi(v4)
-			b, err2 := strconv.Atoi(v6)
-			if err1 != nil || err2 != nil || a < 1 || a > 32 || b < 1 || b > 128 {
-				return d.Errf("prefix %s %s: want 1-32 and 1-128", v4, v6)
+			if rl.PrefixV4 == 0 || rl.PrefixV6 == 0 {
+				return d.Errf("prefix %d %d: a rate limit groups by at least 1 bit", rl.PrefixV4, rl.PrefixV6)
 			}
-			rl.PrefixV4, rl.PrefixV6 = a, b
 		case "action":
 			if err := cfparse.OneOf(d, &rl.Action, "refused", "drop"); err != nil {
 				return err

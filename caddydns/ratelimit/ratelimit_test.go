@@ -168,7 +168,7 @@ func TestCaddyfile(t *testing.T) {
 	for in, msg := range map[string]string{
 		"ratelimit {\n\tqps fast\n}":          `qps "fast"`,
 		"ratelimit {\n\tprefix 24\n}":         "prefix: want the IPv4 and the IPv6 length",
-		"ratelimit {\n\n\tprefix 40 56\n}":    "prefix 40 56: want 1-32 and 1-128, at Testfile:3",
+		"ratelimit {\n\n\tprefix 40 56\n}":    "prefix 40 56: want 0-32 and 0-128, at Testfile:3",
 		"ratelimit {\n\texempt 10.0.0.1/8\n}": "exempt:",
 	} {
 		err := new(RateLimit).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))

@@ -90,3 +90,20 @@ func OneOf(d *caddyfile.Dispenser, into *string, choices ...string) error {
 	}
 	return d.Errf("%s %q: want %s", name, s, strings.Join(choices, " or "))
 }
+
+// PrefixLengths reads the two arguments of `prefix <v4len> <v6len>`:
+// 0-32 and 0-128.
+func PrefixLengths(d *caddyfile.Dispenser, v4, v6 *int) error {
+	name := d.Val()
+	var a, b string
+	if !d.AllArgs(&a, &b) {
+		return d.Errf("%s: want the IPv4 and the IPv6 length, e.g. %s 24 56", name, name)
+	}
+	x, err1 := strconv.Atoi(a)
+	y, err2 := strconv.Atoi(b)
+	if err1 != nil || err2 != nil || x < 0 || x > 32 || y < 0 || y > 128 {
+		return d.Errf("%s %s %s: want 0-32 and 0-128", name, a, b)
+	}
+	*v4, *v6 = x, y
+	return nil
+}
