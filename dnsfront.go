@@ -10,6 +10,7 @@ import (
 	// plug in the modules
 	_ "github.com/dnsfront/dnsfront/caddydns/acl"
 	_ "github.com/dnsfront/dnsfront/caddydns/cache"
+	_ "github.com/dnsfront/dnsfront/caddydns/dnstap"
 	_ "github.com/dnsfront/dnsfront/caddydns/ecs"
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
 	_ "github.com/dnsfront/dnsfront/caddydns/querylog"

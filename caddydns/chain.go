@@ -58,7 +58,25 @@ type Request struct {
 	Upstream string
 	Cache    string
 
+	// Tap, set by a handler (dnstap), sees the messages of the query as
+	// they pass: the answer the client gets (the chain calls it), and the
+	// queries to upstreams and their answers (forward calls it).
+	Tap Tap
+
 	start time.Time // when Serve took the query (metrics)
+	query []byte    // the query's octets, while the handlers run
+}
+
+// Octets returns the query as the client sent it; valid while the
+// handlers run, nil for a query made here (DoH's JSON API).
+func (r *Request) Octets() []byte { return r.query }
+
+// Tap sees a query's messages as they pass (see Request.Tap). Its
+// methods must neither block nor keep msg.
+type Tap interface {
+	ClientResponse(r *Request, msg []byte)
+	ForwarderQuery(r *Request, upstream string, msg []byte)
+	ForwarderResponse(r *Request, upstream string, msg []byte)
 }
 
 // The cache's verdicts on a query (Request.Cache).

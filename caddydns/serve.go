@@ -45,7 +45,7 @@ func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte)
 	if q == nil {
 		return c.malformed(r, formErr, buf)
 	}
-	r.Msg = q
+	r.Msg, r.query = q, query
 	var res Response
 	var err error
 	if resp := checkQuery(r, query); resp != nil {
@@ -72,11 +72,17 @@ func (c *Chain) answer(r *Request, res Response, err error, buf []byte) Answer {
 			a := Answer{Wire: out, Rcode: rcode, TTL: l.TTL, Cacheable: l.Cacheable && dnswire.CacheableRcode(rcode)}
 			res.Wire.Release()
 			c.metrics.observe(rcode, time.Since(r.start))
+			if r.Tap != nil {
+				r.Tap.ClientResponse(r, out)
+			}
 			return a
 		}
 	}
 	a := c.pack(r, c.message(r, res, err), buf)
 	c.metrics.observe(a.Rcode, time.Since(r.start))
+	if r.Tap != nil && a.Wire != nil {
+		r.Tap.ClientResponse(r, a.Wire)
+	}
 	return a
 }
 
@@ -107,6 +113,11 @@ func (c *Chain) ServeMsg(ctx context.Context, r *Request) (*dns.Msg, Answer) {
 		resp = c.message(r, res, err)
 	}
 	finish(r, resp)
+	if r.Tap != nil {
+		if b, err := resp.Pack(); err == nil {
+			r.Tap.ClientResponse(r, b)
+		}
+	}
 	ttl, cacheable := msgTTL(resp)
 	c.metrics.observe(resp.Rcode, time.Since(start))
 	return resp, Answer{Rcode: resp.Rcode, TTL: ttl, Cacheable: cacheable}
