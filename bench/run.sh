@@ -33,7 +33,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 # dnsfront's DoH rows and Caddy's respond are measured in turns of this many slices a round
 SLICES=${SLICES:-5}
-SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake cache"}
+SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake cache controls"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 # unbound needs two descriptors per TCP client and the open-files limit
 # here is 16,384: it gets fewer (the table says how many each server had)
@@ -70,6 +70,8 @@ for port in 8443 9443 10443; do
 done
 sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
 go build -o "$T/idleconns" ./bench/idleconns
+# a dnstap collector for the controls row (golang-dnstap's own command)
+go build -o "$T/dnstap" github.com/dnstap/golang-dnstap/dnstap
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 cp examples/example.test.zone "$T/example.test.zone"
 printf '$ORIGIN zipf.test.\n$TTL 5\n@ IN SOA ns1 hostmaster 1 7200 3600 1209600 5\n@ IN NS ns1\nns1 IN A 127.0.0.1\n* IN A 192.0.2.99\n' > "$T/zipf.test.zone"
@@ -131,6 +133,20 @@ cat > "$T/Caddyfile" <<EOF
 	}
 	dot 127.0.0.1:8854 {
 		zone example.test $T/example.test.zone
+	}
+	# plain forwarding behind the controls an open front end runs: an
+	# ACL, a rate limit no client reaches, dnstap to a socket, ECS strip
+	dot 127.0.0.1:8856 {
+		idle_timeout 30s
+		dnstap unix:$T/tap.sock
+		acl {
+			allow 127.0.0.0/8 ::1
+		}
+		ratelimit {
+			qps 100000000
+		}
+		ecs strip
+		forward udp://127.0.0.1:5301
 	}
 	dot 127.0.0.1:8855 {
 		idle_timeout 30s
@@ -271,6 +287,10 @@ restart_servers() {
 
 echo "== start nsd (upstream, on CPU $UPSTREAM_CPU), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
 CPU=$UPSTREAM_CPU start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
+# the dnstap collector of the controls row, next to the upstream: it reads
+# the frames and discards its text
+taskset -c "$UPSTREAM_CPU" "$T/dnstap" -u "$T/tap.sock" -q -w /dev/null > "$T/dnstap.log" 2>&1 &
+pids+=($!)
 start_servers
 
 if [ -n "${HOLD:-}" ]; then
@@ -463,6 +483,12 @@ for round in $(seq "$ROUNDS"); do
 			measure "DoT -c 10 -q 100" "dnsdist forward" "$DNSDIST" $DP -m dot -s 127.0.0.1 -p 9853 -c 10 -q 100
 			measure "DoT -c 10 -q 100" "dnsfront zone (own data)" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8854 -c 10 -q 100
 			measure "DoT -c 10 -q 100" "unbound (own data)" "$UNBOUND" $DP -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
+			;;
+		controls)
+			# the cost of acl + ratelimit (not reached) + dnstap to a
+			# socket + ecs strip, against plain forwarding, alternating
+			measure "DoT forward -c 10 -q 100" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 10 -q 100
+			measure "DoT forward -c 10 -q 100" "dnsfront forward + controls + dnstap" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8856 -c 10 -q 100
 			;;
 		doh)
 			# dnsfront's rows and Caddy's respond for the same kind of
