@@ -56,6 +56,13 @@ https://127.0.0.1:{{.HTTPS}} {
 		}
 		forward udp://{{.Up}}
 	}
+	doh /drop-query {
+		acl {
+			deny 203.0.113.0/24
+			action drop
+		}
+		forward udp://{{.Up}}
+	}
 }
 `
 
@@ -204,6 +211,15 @@ func TestClientControls(t *testing.T) {
 	}
 	if out := doh("198.51.100.9"); !strings.Contains(out, `"Status":0`) {
 		t.Fatalf("DoH for an allowed client behind the trusted proxy: %s", out)
+	}
+	// action drop on DoH: the stream is reset, no HTTP answer at all
+	dropURL := fmt.Sprintf("https://127.0.0.1:%d/drop-query?name=a.example.test&type=A", https)
+	out, err := run(t, true, curl, "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}", "-H", "accept: application/dns-json", "-H", "X-Forwarded-For: 203.0.113.10", dropURL)
+	if err == nil || strings.TrimSpace(out) != "000" {
+		t.Fatalf("DoH drop: curl %v, status %q; want a failed transfer with no status", err, out)
+	}
+	if out, _ := run(t, true, curl, "-sk", "--http2", "-o", "/dev/null", "-w", "%{http_code}", "-H", "accept: application/dns-json", dropURL); strings.TrimSpace(out) != "200" {
+		t.Fatalf("DoH through the drop ACL from an allowed client: status %q", out)
 	}
 	if l := c.log.lines(`"client":"203.0.113.9"`); len(l) != 1 || !strings.Contains(l[0], `"transport":"doh"`) || !strings.Contains(l[0], `"rcode":"REFUSED"`) {
 		t.Fatalf("query log entries of the DoH client 203.0.113.9: %q", l)
