@@ -43,7 +43,6 @@ type ACL struct {
 	rules  []rule
 	deny   bool // the default
 	denied *prometheus.CounterVec
-	defLbl string
 }
 
 // Rule is one line of the list: prefixes to allow, or to deny (one of
@@ -105,7 +104,6 @@ func (a *ACL) Provision(ctx caddy.Context) error {
 	default:
 		return fmt.Errorf("acl: action %q: want refused or drop", a.Action)
 	}
-	a.defLbl = "default"
 	a.denied = denied
 	return promreg.Register(ctx.GetMetricsRegistry(), denied)
 }
@@ -115,7 +113,7 @@ var errDenied = fmt.Errorf("acl: %w", caddydns.ErrDrop)
 
 // ServeDNS passes an allowed query on, and refuses or drops a denied one.
 func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	deny, label := a.deny, a.defLbl
+	deny, label := a.deny, "default"
 	client := r.Client.Addr()
 	for i := range a.rules {
 		if a.rules[i].prefixes.Contains(client) {

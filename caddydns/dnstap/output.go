@@ -4,6 +4,7 @@ import (
 	"net"
 	"net/netip"
 	"os"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -193,8 +194,8 @@ func frame(ev *event) *tap.Dnstap {
 	case tap.Message_FORWARDER_QUERY, tap.Message_FORWARDER_RESPONSE:
 		// the upstream's side: the response address is the upstream's
 		up := ev.upstream
-		if i := indexScheme(up); i >= 0 {
-			up = up[i:]
+		if _, addr, ok := strings.Cut(up, "://"); ok {
+			up = addr
 		}
 		if ap, err := netip.ParseAddrPort(up); err == nil {
 			port := uint32(ap.Port())
@@ -209,16 +210,6 @@ func frame(ev *event) *tap.Dnstap {
 		}
 	}
 	return &tap.Dnstap{Type: &typ, Identity: ev.id, Version: dnsfront, Message: m}
-}
-
-// indexScheme is where the address of "udp://127.0.0.1:53" starts.
-func indexScheme(s string) int {
-	for i := 0; i+3 <= len(s); i++ {
-		if s[i:i+3] == "://" {
-			return i + 3
-		}
-	}
-	return -1
 }
 
 // collector reports every live output.
