@@ -1,6 +1,6 @@
 // Package caddyfile registers the Caddyfile global options and directives
-// of dnsfront that span its packages: the `ocsp` and `dot` global options
-// and the `doh` directive. Each module's own
+// of dnsfront that span its packages: the `ocsp`, `dot` and `doh` global
+// options and the `doh` directive. Each module's own
 // UnmarshalCaddyfile stays beside its type.
 package caddyfile
 
@@ -21,6 +21,7 @@ import (
 func init() {
 	httpcaddyfile.RegisterGlobalOption("ocsp", parseOCSP)
 	httpcaddyfile.RegisterGlobalOption("dot", parseDoT)
+	httpcaddyfile.RegisterGlobalOption("doh", parseDoHServer)
 	httpcaddyfile.RegisterHandlerDirective("doh", parseDoH)
 	// before respond, so that a site can answer DoH on its path and
 	// something else everywhere else without an order line
@@ -57,7 +58,7 @@ func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
 	if err := srv.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
-	listen, err := applyDefaultBind(seg, srv.Listen)
+	listen, err := applyDefaultBind(seg, srv.Listen, "dot", 853)
 	if err != nil {
 		return nil, err
 	}
@@ -67,6 +68,42 @@ func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
 	}
 	app.Servers[fmt.Sprintf("dot%d", len(app.Servers))] = srv
 	return httpcaddyfile.App{Name: "dot", Value: caddyconfig.JSON(app, nil)}, nil
+}
+
+// parseDoHServer adds a dedicated DNS over HTTPS server to the `doh` app
+// for each `doh` global option (see dotapp.DoHServer.UnmarshalCaddyfile);
+// the `doh` directive inside a site is the Caddy handler. Servers are
+// named doh0, doh1, ... in the order they appear.
+func parseDoHServer(d *caddyfile.Dispenser, existing any) (any, error) {
+	app := new(dotapp.DoHApp)
+	if existing != nil {
+		prev, ok := existing.(httpcaddyfile.App)
+		if !ok {
+			return nil, d.Errf("unexpected value for doh option: %T", existing)
+		}
+		if err := json.Unmarshal(prev.Value, app); err != nil {
+			return nil, err
+		}
+	}
+	var seg caddyfile.Segment
+	for d.Next() {
+		seg = append(seg, d.Token())
+	}
+	d.Reset()
+	srv := new(dotapp.DoHServer)
+	if err := srv.UnmarshalCaddyfile(d); err != nil {
+		return nil, err
+	}
+	listen, err := applyDefaultBind(seg, srv.Listen, "doh", 443)
+	if err != nil {
+		return nil, err
+	}
+	srv.Listen = listen
+	if app.Servers == nil {
+		app.Servers = make(map[string]*dotapp.DoHServer)
+	}
+	app.Servers[fmt.Sprintf("doh%d", len(app.Servers))] = srv
+	return httpcaddyfile.App{Name: "doh", Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // parseOCSP sets up the `ocsp` app from the global option (see

@@ -9,10 +9,8 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
 
-// dotDefaultPort is the port of a dot address that gives none (RFC 7858).
-const dotDefaultPort = 853
-
-// applyDefaultBind gives each listen address of a `dot` option that names
+// applyDefaultBind gives each listen address of a `dot` or `doh` option
+// (kind; port is its default) that names
 // no host the hosts of the Caddyfile's `default_bind`, as Caddy does for
 // its site addresses: with `default_bind 127.0.0.1`, `dot :8853` listens on
 // 127.0.0.1:8853, not on every interface.
@@ -23,12 +21,12 @@ const dotDefaultPort = 853
 // line for line. When the file cannot be read or is not the one adapted
 // (a Caddyfile posted to the admin API, or read from stdin), the
 // addresses are kept as written; docs/dot.md says to give the host then.
-func applyDefaultBind(seg caddyfile.Segment, listen []string) ([]string, error) {
+func applyDefaultBind(seg caddyfile.Segment, listen []string, kind string, port uint) ([]string, error) {
 	hostless := false
 	for _, a := range listen {
-		na, err := caddy.ParseNetworkAddressWithDefaults(a, "tcp", dotDefaultPort)
+		na, err := caddy.ParseNetworkAddressWithDefaults(a, "tcp", port)
 		if err != nil {
-			return nil, fmt.Errorf("dot listen address %q: %v", a, err)
+			return nil, fmt.Errorf("%s listen address %q: %v", kind, a, err)
 		}
 		if na.Host == "" && !na.IsUnixNetwork() && !na.IsFdNetwork() {
 			hostless = true
@@ -43,7 +41,7 @@ func applyDefaultBind(seg caddyfile.Segment, listen []string) ([]string, error) 
 	}
 	var out []string
 	for _, a := range listen {
-		na, _ := caddy.ParseNetworkAddressWithDefaults(a, "tcp", dotDefaultPort)
+		na, _ := caddy.ParseNetworkAddressWithDefaults(a, "tcp", port)
 		if na.Host != "" || na.IsUnixNetwork() || na.IsFdNetwork() {
 			out = append(out, a)
 			continue
@@ -56,7 +54,7 @@ func applyDefaultBind(seg caddyfile.Segment, listen []string) ([]string, error) 
 			switch netw {
 			case "", "tcp", "tcp4", "tcp6":
 			default:
-				return nil, fmt.Errorf("%s:%d: dot %s cannot follow default_bind %s (a %s address): give dot a host", b.File, b.Line, a, b.Text, netw)
+				return nil, fmt.Errorf("%s:%d: %s %s cannot follow default_bind %s (a %s address): give %s a host", b.File, b.Line, kind, a, b.Text, netw, kind)
 			}
 			if netw == "" {
 				netw, _, _, _ = caddy.SplitNetworkAddress(a) // the dot address's own, if any

@@ -4,16 +4,12 @@ package dohhandler
 
 import (
 	"bytes"
-	"encoding/base64"
 	"errors"
 	"io"
-	"mime"
 	"net/http"
 	"net/netip"
-	"net/url"
 	"os"
 	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -22,7 +18,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
-	"go.uber.org/zap/zapcore"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 )
@@ -53,8 +48,8 @@ type Handler struct {
 	// DisableJSON turns the JSON API off.
 	DisableJSON bool `json:"disable_json,omitempty"`
 
-	logger    *zap.Logger
-	responses *responseMetrics
+	logger   *zap.Logger
+	endpoint *Endpoint
 }
 
 // CaddyModule returns the Caddy module information.
@@ -71,123 +66,59 @@ func (h *Handler) Provision(ctx caddy.Context) error {
 	if err := h.Chain.Provision(ctx, h.Name, "doh"); err != nil {
 		return err
 	}
-	h.responses = newResponseMetrics(ctx, h.Name)
+	h.endpoint = NewEndpoint(ctx, &h.Chain, h.Name, h.DisableJSON)
 	return h.sayTryIt(ctx)
-}
-
-// queryParam returns the value of key in a raw query string without
-// building url.Values (this runs for every GET).
-func queryParam(raw, key string) (string, bool) {
-	for raw != "" {
-		var kv string
-		kv, raw, _ = strings.Cut(raw, "&")
-		k, v, _ := strings.Cut(kv, "=")
-		if k != key {
-			continue
-		}
-		if strings.ContainsAny(v, "%+") {
-			u, err := url.QueryUnescape(v)
-			if err != nil {
-				return "", true
-			}
-			v = u
-		}
-		return v, true
-	}
-	return "", false
 }
 
 var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b }}
 
-// ServeHTTP answers a DoH request. It is kept small, with the request's
-// decoding and the answer's encoding in functions of their own: a
-// forwarded query's deepest call (the upstream write) runs on top of
-// this frame and Caddy's, and every byte kept off that path spares
-// HTTP/2's per-request goroutine a stack copy (8 to 16 KB).
+// ServeHTTP answers a DoH request through the Endpoint. It is kept
+// small, with the body's reading and the answer's writing in functions of
+// their own: a forwarded query's deepest call (the upstream write) runs
+// on top of this frame and Caddy's, and every byte kept off that path
+// spares HTTP/2's per-request goroutine a stack copy (8 to 16 KB).
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	query, done, err := h.readQuery(w, r, bp)
-	if done {
-		return err
+	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r)}
+	if r.Method == http.MethodPost {
+		req.ContentType = r.Header.Get("Content-Type")
+		if isMessageType(req.ContentType) { // else refused unread
+			body, refused := h.readPOST(r, bp)
+			if refused != nil {
+				return h.write(w, r, refused)
+			}
+			req.Body = body
+		}
+	} else {
+		req.Accept = r.Header.Get("Accept")
 	}
-	a := h.Chain.Serve(r.Context(), &caddydns.Request{
-		Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
-	}, query, (*bp)[:0])
-	if a.Wire != nil {
-		*bp = a.Wire[:0]
-	}
-	return h.writeAnswer(w, r, &a)
+	reply := h.endpoint.Serve(r.Context(), &req, bp)
+	return h.write(w, r, &reply)
 }
 
-// readQuery reads the DNS query of a GET (?dns=), HEAD or POST request
-// into *bp. When it returns done, the request has been answered (an
-// HTTP error, or the JSON API).
-func (h *Handler) readQuery(w http.ResponseWriter, r *http.Request, bp *[]byte) (query []byte, done bool, err error) {
-	var wire []byte
-	switch r.Method {
-	case http.MethodGet, http.MethodHead:
-		param, ok := queryParam(r.URL.RawQuery, "dns")
-		if !ok || param == "" {
-			if _, hasName := queryParam(r.URL.RawQuery, "name"); !h.DisableJSON && (hasName || acceptsJSON(r)) {
-				return nil, true, h.serveJSON(w, r)
-			}
-			return nil, true, h.fail(w, http.StatusBadRequest, "missing dns parameter: send the query base64url-encoded in ?dns=")
-		}
-		param = strings.TrimRight(param, "=") // padding is tolerated
-		need := base64.RawURLEncoding.DecodedLen(len(param))
-		if need > caddydns.MaxMessage {
-			return nil, true, h.fail(w, http.StatusRequestURITooLong, "dns parameter holds more than 65535 octets")
-		}
-		// the decoded query, then the encoded one, in the pooled buffer
-		buf := (*bp)[:0]
-		if cap(buf) < need+len(param) {
-			buf = make([]byte, 0, need+len(param))
-			*bp = buf
-		}
-		src := append(buf[need:need], param...)
-		n, err := base64.RawURLEncoding.Decode(buf[:need], src)
-		if err != nil {
-			return nil, true, h.fail(w, http.StatusBadRequest, "dns parameter is not base64url: "+err.Error())
-		}
-		wire = buf[:n]
-	case http.MethodPost:
-		if !isMessageType(r.Header.Get("Content-Type")) {
-			return nil, true, h.fail(w, http.StatusUnsupportedMediaType, "POST body must be "+MessageType)
-		}
-		var err error
-		if wire, err = readBody(r, bp); err != nil {
-			if errors.Is(err, errBodyTooLarge) {
-				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge, "body holds more than 65535 octets")
-			}
-			if limit, ok := errors.AsType[*http.MaxBytesError](err); ok { // Caddy's request_body max_size
-				return nil, true, h.fail(w, http.StatusRequestEntityTooLarge,
-					"body over the server's limit of "+strconv.FormatInt(limit.Limit, 10)+" octets (request_body max_size)")
-			}
-			if errors.Is(err, os.ErrDeadlineExceeded) {
-				return nil, true, h.fail(w, http.StatusRequestTimeout, "the body did not come in time (the server's read_body_idle timeout)")
-			}
-			return nil, true, h.fail(w, http.StatusBadRequest, "reading body: "+err.Error())
-		}
-	default:
-		w.Header().Set("Allow", "GET, HEAD, POST")
-		return nil, true, h.fail(w, http.StatusMethodNotAllowed, "method "+r.Method+" not allowed: use GET or POST")
+// readPOST reads a POST's body into *bp, or returns the reply that
+// refuses it.
+func (h *Handler) readPOST(r *http.Request, bp *[]byte) ([]byte, *Reply) {
+	wire, err := readBody(r, bp)
+	if err == nil {
+		return wire, nil
 	}
-	return wire, false, nil
+	var rep Reply
+	if errors.Is(err, errBodyTooLarge) {
+		rep = h.endpoint.Refuse(http.StatusRequestEntityTooLarge, BodyTooLarge)
+	} else if limit, ok := errors.AsType[*http.MaxBytesError](err); ok { // Caddy's request_body max_size
+		rep = h.endpoint.Refuse(http.StatusRequestEntityTooLarge,
+			"body over the server's limit of "+strconv.FormatInt(limit.Limit, 10)+" octets (request_body max_size)")
+	} else if errors.Is(err, os.ErrDeadlineExceeded) {
+		rep = h.endpoint.Refuse(http.StatusRequestTimeout, "the body did not come in time (the server's read_body_idle timeout)")
+	} else {
+		rep = h.endpoint.Refuse(http.StatusBadRequest, "reading body: "+err.Error())
+	}
+	return nil, &rep
 }
 
 var errBodyTooLarge = errors.New("body too large")
-
-// isMessageType reports whether a Content-Type is application/dns-message
-// (any case, with or without parameters). The plain form, which clients
-// send, is matched without parsing (the parser allocates a map).
-func isMessageType(ct string) bool {
-	if ct == MessageType {
-		return true
-	}
-	mt, _, err := mime.ParseMediaType(ct)
-	return err == nil && mt == MessageType
-}
 
 // idleBody returns Caddy's idle-timeout reader when it is what r's body
 // is read through and a single timer can stand in for it. Caddy bounds
@@ -253,40 +184,37 @@ func readBody(r *http.Request, bp *[]byte) ([]byte, error) {
 	return buf.Bytes(), nil
 }
 
-// writeAnswer writes the packed answer out as the response.
-func (h *Handler) writeAnswer(w http.ResponseWriter, r *http.Request, a *caddydns.Answer) error {
-	if a.Drop {
+// write sends a reply out.
+func (h *Handler) write(w http.ResponseWriter, r *http.Request, rep *Reply) error {
+	if rep.Drop {
 		dropped()
 	}
-	if a.Malformed {
-		return h.fail(w, http.StatusBadRequest, "not a DNS message")
-	}
-	out := a.Wire
-	// each response its own values (Caddy's header directive edits them
-	// in place: TestDoHHeaderEdits), made in two allocations: the values'
-	// slice, and the length and max-age in one string
-	vals := make([]string, 3)
-	var b [40]byte
-	t := strconv.AppendInt(b[:0], int64(len(out)), 10)
-	n := len(t)
-	cacheable := a.Cacheable
-	if cacheable {
-		t = strconv.AppendUint(append(t, "max-age="...), uint64(a.TTL), 10)
-	}
-	text := string(t)
-	vals[0], vals[1], vals[2] = MessageType, text[:n], text[n:]
-	hdr := w.Header()
-	hdr["Content-Type"] = vals[0:1:1]
-	hdr["Content-Length"] = vals[1:2:2]
-	if cacheable {
-		hdr["Cache-Control"] = vals[2:3:3]
-	}
-	w.WriteHeader(http.StatusOK)
-	h.responses.count(http.StatusOK)
+	SetHeaders(w.Header(), rep)
+	w.WriteHeader(rep.Status)
 	if r.Method != http.MethodHead {
-		writeLast(w, r, out)
+		writeLast(w, r, rep.Body)
 	}
 	return nil
+}
+
+// SetHeaders sets a reply's header fields in hdr. Each response has
+// values of its own (Caddy's header directive edits them in place:
+// TestDoHHeaderEdits), made in two allocations: the values' slice, and
+// the length.
+func SetHeaders(hdr http.Header, rep *Reply) {
+	vals := make([]string, 3)
+	vals[0], vals[1], vals[2] = rep.ContentType, strconv.Itoa(len(rep.Body)), rep.CacheControl
+	hdr["Content-Type"] = vals[0:1:1]
+	hdr["Content-Length"] = vals[1:2:2]
+	if rep.CacheControl != "" {
+		hdr["Cache-Control"] = vals[2:3:3]
+	}
+	if rep.Allow != "" {
+		hdr.Set("Allow", rep.Allow)
+	}
+	if rep.Nosniff() {
+		hdr.Set("X-Content-Type-Options", "nosniff")
+	}
 }
 
 // dropped ends a request a handler dropped (caddydns.ErrDrop) with no
@@ -318,19 +246,6 @@ func writeLast(w http.ResponseWriter, r *http.Request, out []byte) {
 	_, _ = w.Write(out)
 }
 
-// fail writes an HTTP error with a short text body.
-func (h *Handler) fail(w http.ResponseWriter, status int, msg string) error {
-	if ce := h.logger.Check(zapcore.DebugLevel, "doh request refused"); ce != nil {
-		ce.Write(zap.Int("status", status), zap.String("reason", msg))
-	}
-	h.responses.count(status)
-	w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-	w.Header().Set("X-Content-Type-Options", "nosniff")
-	w.WriteHeader(status)
-	_, _ = io.WriteString(w, msg+"\n")
-	return nil
-}
-
 // clientAddr is the client as Caddy determined it (trusted proxies
 // included), not raw headers.
 func clientAddr(r *http.Request) netip.AddrPort {
@@ -343,15 +258,6 @@ func clientAddr(r *http.Request) netip.AddrPort {
 		return netip.AddrPort{}
 	}
 	return netip.AddrPortFrom(addr.Unmap(), 0)
-}
-
-func acceptsJSON(r *http.Request) bool {
-	for _, a := range strings.Split(r.Header.Get("Accept"), ",") {
-		if mt, _, err := mime.ParseMediaType(strings.TrimSpace(a)); err == nil && mt == JSONType {
-			return true
-		}
-	}
-	return false
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:

@@ -1,8 +1,10 @@
 package dohhandler
 
 import (
+	"context"
 	"encoding/json"
 	"net/http"
+	"net/url"
 	"strconv"
 	"strings"
 
@@ -38,14 +40,14 @@ type jsonRR struct {
 	Data string `json:"data"`
 }
 
-func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
-	args := r.URL.Query()
+func (e *Endpoint) serveJSON(ctx context.Context, req *Request) Reply {
+	args, _ := url.ParseQuery(req.RawQuery)
 	name := args.Get("name")
 	if name == "" {
-		return h.fail(w, http.StatusBadRequest, "missing name parameter")
+		return e.Refuse(http.StatusBadRequest, "missing name parameter")
 	}
 	if _, ok := dns.IsDomainName(name); !ok || len(dns.Fqdn(name)) > 254 {
-		return h.fail(w, http.StatusBadRequest, "name parameter is not a domain name")
+		return e.Refuse(http.StatusBadRequest, "name parameter is not a domain name")
 	}
 	qtype := dns.TypeA
 	if t := args.Get("type"); t != "" {
@@ -54,7 +56,7 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 		} else if n, ok := dns.StringToType[strings.ToUpper(t)]; ok {
 			qtype = n
 		} else {
-			return h.fail(w, http.StatusBadRequest, "type parameter "+strconv.Quote(t)+" is not a DNS type")
+			return e.Refuse(http.StatusBadRequest, "type parameter "+strconv.Quote(t)+" is not a DNS type")
 		}
 	}
 	q := new(dns.Msg)
@@ -62,11 +64,11 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	q.CheckingDisabled = flag(args.Get("cd"))
 	q.SetEdns0(4096, flag(args.Get("do")))
 
-	resp, a := h.Chain.ServeMsg(r.Context(), &caddydns.Request{
-		Msg: q, Transport: "doh", Server: h.Name, Client: clientAddr(r), Size: caddydns.MaxMessage,
+	resp, a := e.chain.ServeMsg(ctx, &caddydns.Request{
+		Msg: q, Transport: "doh", Server: e.name, Client: req.Client, Size: caddydns.MaxMessage,
 	})
 	if a.Drop {
-		dropped()
+		return Reply{Drop: true}
 	}
 	out := jsonAnswer{
 		Status: resp.Rcode, TC: resp.Truncated, RD: resp.RecursionDesired, RA: resp.RecursionAvailable,
@@ -78,25 +80,18 @@ func (h *Handler) serveJSON(w http.ResponseWriter, r *http.Request) error {
 	}
 	body, err := json.Marshal(out)
 	if err != nil {
-		return h.fail(w, http.StatusInternalServerError, "encoding answer: "+err.Error())
+		return e.Refuse(http.StatusInternalServerError, "encoding answer: "+err.Error())
 	}
 	body = append(body, '\n') // a terminal shows the prompt on its own line
-	ct := "application/json"
-	if acceptsJSON(r) {
-		ct = JSONType
+	r := Reply{Status: http.StatusOK, ContentType: "application/json", Body: body}
+	if acceptsJSON(req.Accept) {
+		r.ContentType = JSONType
 	}
-	hdr := w.Header()
-	hdr.Set("Content-Type", ct)
-	hdr.Set("Content-Length", strconv.Itoa(len(body)))
 	if a.Cacheable {
-		hdr.Set("Cache-Control", "max-age="+strconv.FormatUint(uint64(a.TTL), 10))
+		r.CacheControl = maxAge(a.TTL)
 	}
-	w.WriteHeader(http.StatusOK)
-	h.responses.count(http.StatusOK)
-	if r.Method != http.MethodHead {
-		_, _ = w.Write(body)
-	}
-	return nil
+	e.responses.count(http.StatusOK)
+	return r
 }
 
 func jsonRRs(rrs []dns.RR) []jsonRR {

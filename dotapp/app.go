@@ -34,18 +34,36 @@ func (App) CaddyModule() caddy.ModuleInfo {
 // Provision sets up each server.
 func (a *App) Provision(ctx caddy.Context) error {
 	a.logger = ctx.Logger()
-	for name, s := range a.Servers {
-		if err := s.provision(ctx, name, a.logger.With(zap.String("server", name))); err != nil {
+	return provisionServers(ctx, a.Servers, a.logger)
+}
+
+// Validate checks that no two servers listen on the same address.
+func (a *App) Validate() error { return validateServers(a.Servers) }
+
+// Start opens every server's listeners.
+func (a *App) Start() error { return startServers(a.Servers) }
+
+// Stop closes the listeners. Open connections are handed to the server
+// that replaces this one on the same address (a reload) or drained.
+func (a *App) Stop() error {
+	stopServers(a.Servers)
+	return nil
+}
+
+// What the dot and doh apps do with their servers.
+
+func provisionServers(ctx caddy.Context, servers map[string]*Server, logger *zap.Logger) error {
+	for name, s := range servers {
+		if err := s.provision(ctx, name, logger.With(zap.String("server", name))); err != nil {
 			return fmt.Errorf("server %s: %w", name, err)
 		}
 	}
 	return nil
 }
 
-// Validate checks that no two servers listen on the same address.
-func (a *App) Validate() error {
+func validateServers(servers map[string]*Server) error {
 	seen := make(map[string]string)
-	for name, s := range a.Servers {
+	for name, s := range servers {
 		for _, addr := range s.addrs {
 			for port := addr.StartPort; port <= addr.EndPort; port++ {
 				k := addr.JoinHostPort(port - addr.StartPort)
@@ -59,9 +77,8 @@ func (a *App) Validate() error {
 	return nil
 }
 
-// Start opens every server's listeners.
-func (a *App) Start() error {
-	for name, s := range a.Servers {
+func startServers(servers map[string]*Server) error {
+	for name, s := range servers {
 		if err := s.start(); err != nil {
 			// the caller stops the apps of a config that failed to start
 			return fmt.Errorf("server %s: %w", name, err)
@@ -69,22 +86,20 @@ func (a *App) Start() error {
 	}
 	if !twinChecked.Swap(true) {
 		if err := portshare.Check(); err != nil {
-			a.Stop() // Caddy stops only the apps that started
+			stopServers(servers) // Caddy stops only the apps that started
 			return err
 		}
 	}
 	return nil
 }
 
-// twinChecked is set once the first dot app of the process has checked
-// that no other process listens on its addresses (see portshare).
+// twinChecked is set once the first dot or doh app of the process has
+// checked that no other process listens on its addresses (see portshare).
 var twinChecked atomic.Bool
 
-// Stop closes the listeners. Open connections are handed to the server
-// that replaces this one on the same address (a reload) or drained.
-func (a *App) Stop() error {
+func stopServers(servers map[string]*Server) {
 	var wg sync.WaitGroup
-	for _, s := range a.Servers {
+	for _, s := range servers {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -92,7 +107,6 @@ func (a *App) Stop() error {
 		}()
 	}
 	wg.Wait()
-	return nil
 }
 
 // Interface guards

@@ -34,6 +34,40 @@ import (
 //		<dns handler> ...    # zone, forward: answered in this order
 //	}
 func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return s.unmarshal(d, "dot", 853, nil)
+}
+
+// UnmarshalCaddyfile sets up a server from the tokens of a `doh` global
+// option: a server's options (see Server.UnmarshalCaddyfile) and:
+//
+//	doh [<listen addresses...>] {
+//		path <request path>    # default /dns-query
+//		json off               # no JSON API
+//		...                    # listen, server_name, limits, handlers
+//	}
+func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	return ds.Server.unmarshal(d, "doh", 443, func(opt string) (bool, error) {
+		switch opt {
+		case "path":
+			if !d.AllArgs(&ds.Path) {
+				return true, d.ArgErr()
+			}
+		case "json":
+			var v string
+			if !d.AllArgs(&v) || (v != "on" && v != "off") {
+				return true, d.Err("json takes on or off")
+			}
+			ds.DisableJSON = v == "off"
+		default:
+			return false, nil
+		}
+		return true, nil
+	})
+}
+
+// unmarshal reads a server's block; more, when not nil, reads the
+// options of one kind of server.
+func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more func(opt string) (bool, error)) error {
 	d.Next() // option name
 	s.Listen = append(s.Listen, d.RemainingArgs()...)
 	for n := d.Nesting(); d.NextBlock(n); {
@@ -87,19 +121,29 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 					caddyconfig.JSONModuleObject(lw, "wrapper", lw.(caddy.Module).CaddyModule().ID.Name(), nil))
 			}
 		default:
+			if more != nil {
+				if ok, err := more(opt); ok || err != nil {
+					if err != nil {
+						return err
+					}
+					continue
+				}
+			}
 			ok, err := s.Chain.UnmarshalHandler(d)
 			if err != nil {
 				return err
 			}
 			if !ok {
-				return d.Errf("unrecognized subdirective '%s' (not a dot option nor a dns handler)", opt)
+				return d.Errf("unrecognized subdirective '%s' (not a %s option nor a dns handler)", opt, kind)
 			}
 		}
 	}
 	if len(s.Listen) == 0 {
-		return d.Err("dot needs a listen address, e.g. dot 127.0.0.1:853")
+		return d.Errf("%s needs a listen address, e.g. %s 127.0.0.1:%d", kind, kind, port)
 	}
 	return nil
 }
 
 var _ caddyfile.Unmarshaler = (*Server)(nil)
+
+var _ caddyfile.Unmarshaler = (*DoHServer)(nil)

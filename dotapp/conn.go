@@ -110,6 +110,14 @@ func (c *conn) serve(s *Server) {
 	// delayed ACK (40 ms on Linux)
 	quickAck(c.rc)
 	c.metrics.open.Inc()
+	if s.doh != nil {
+		if c.tc.ConnectionState().NegotiatedProtocol == "h2" {
+			go runH2(c)
+		} else {
+			s.doh.serveH1(c)
+		}
+		return
+	}
 	// the handshake grew this goroutine's stack; the reader starts afresh
 	go c.run()
 }
@@ -146,6 +154,12 @@ func (c *conn) finish() {
 		c.w.stop()
 		c.w = nil
 	}
+	c.closeOut()
+}
+
+// closeOut closes a connection whose answers are written: cleanly
+// (close_notify) unless it was aborted; and counts it out.
+func (c *conn) closeOut() {
 	idlePoller.forget(c)
 	if !c.aborted.Load() {
 		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))

@@ -38,7 +38,7 @@ func newTestServer(t testing.TB) *Server {
 	if err := s.Chain.Provision(ctx, "test", "dot"); err != nil {
 		t.Fatal(err)
 	}
-	s.metrics = newDotMetrics(ctx, "test")
+	s.metrics = newDotMetrics(ctx, dotVecs, "test")
 	ca := testpki.NewCA(t, "test", testpki.ECDSA)
 	leaf := ca.Issue(t, testpki.LeafOptions{}, "dns.example.org")
 	s.tlsCfg = &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{leaf.Cert.Raw}, PrivateKey: leaf.Key, Leaf: leaf.Cert}},

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"strings"
 	"syscall"
 	"time"
 
@@ -42,7 +43,8 @@ func (s *Server) start() error {
 			for _, w := range s.wrappers {
 				l = w.WrapListener(l)
 			}
-			key := na.Network + "/" + na.JoinHostPort(port-na.StartPort)
+			// a DoH server takes over only from a DoH server
+			key := s.transport() + ":" + na.Network + "/" + na.JoinHostPort(port-na.StartPort)
 			s.listeners = append(s.listeners, l)
 			s.rawLns = append(s.rawLns, raw)
 			s.keys = append(s.keys, key)
@@ -52,15 +54,25 @@ func (s *Server) start() error {
 			if reloaded {
 				continue // said when the address first opened
 			}
-			s.logger.Info("dns over tls server listening", zap.String("address", l.Addr().String()),
+			s.logger.Info(strings.ToLower(s.what())+" server listening", zap.String("address", l.Addr().String()),
 				zap.Strings("server_names", s.ServerNames))
-			host, port, _ := net.SplitHostPort(l.Addr().String())
-			s.logger.Info("try it",
-				zap.String("query", fmt.Sprintf("kdig +tls @%s -p %s %s", host, port, s.Chain.ExampleQuery())),
-				zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn dot -status < /dev/null 2>/dev/null | grep -A3 'OCSP Response Status'", l.Addr())))
+			s.sayTryIt(l.Addr())
 		}
 	}
 	return nil
+}
+
+// sayTryIt logs the commands that query the server at addr and show its
+// staple.
+func (s *Server) sayTryIt(addr net.Addr) {
+	host, port, _ := net.SplitHostPort(addr.String())
+	alpn, query := "dot", fmt.Sprintf("kdig +tls @%s -p %s %s", host, port, s.Chain.ExampleQuery())
+	if s.doh != nil {
+		alpn = "h2"
+		query = fmt.Sprintf("kdig +https=%s @%s -p %s %s", s.doh.path, host, port, s.Chain.ExampleQuery())
+	}
+	s.logger.Info("try it", zap.String("query", query),
+		zap.String("staple", fmt.Sprintf("openssl s_client -connect %s -alpn %s -status < /dev/null 2>/dev/null | grep -A3 'OCSP Response Status'", addr, alpn)))
 }
 
 func (s *Server) accept(ln net.Listener, key string) {
@@ -207,8 +219,11 @@ func (s *Server) stop() {
 	for _, k := range s.keys {
 		unregister(k, s)
 	}
+	if s.doh != nil {
+		s.doh.stop(handed < len(conns))
+	}
 	if len(conns) > 0 {
-		s.logger.Info("dns over tls server stopping", zap.Int("connections_handed_over", handed),
+		s.logger.Info(strings.ToLower(s.what())+" server stopping", zap.Int("connections_handed_over", handed),
 			zap.Int("connections_draining", len(conns)-handed), zap.Duration("grace_period", grace))
 	}
 

@@ -7,27 +7,42 @@ import (
 	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
+// connVecs are the connection metrics of one kind of server, under the
+// subsystem dot (DNS over TLS) or doh (the dedicated DoH server).
+type connVecs struct {
+	open, parked                *prometheus.GaugeVec
+	handshakeFailures, badFrame *prometheus.CounterVec
+	refused                     *prometheus.CounterVec
+}
+
+func newConnVecs(sub, what, bad string) *connVecs {
+	return &connVecs{
+		open: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "dnsfront", Subsystem: sub, Name: "connections_open",
+			Help: what + " connections open, after the handshake.",
+		}, []string{"server"}),
+		parked: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Namespace: "dnsfront", Subsystem: sub, Name: "connections_parked",
+			Help: "Open " + what + " connections parked while quiet: no goroutine or buffer of their own until the client sends again.",
+		}, []string{"server"}),
+		handshakeFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dnsfront", Subsystem: sub, Name: "handshake_failures_total",
+			Help: "TLS handshakes that failed or timed out.",
+		}, []string{"server"}),
+		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dnsfront", Subsystem: sub, Name: "connections_refused_total",
+			Help: "Connections closed at once by a limit, by reason.",
+		}, []string{"server", "reason"}),
+		badFrame: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Namespace: "dnsfront", Subsystem: sub, Name: "bad_frames_total",
+			Help: bad,
+		}, []string{"server"}),
+	}
+}
+
 var (
-	connsOpen = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_open",
-		Help: "DNS over TLS connections open, after the handshake.",
-	}, []string{"server"})
-	connsParked = prometheus.NewGaugeVec(prometheus.GaugeOpts{
-		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_parked",
-		Help: "Open DNS over TLS connections parked while quiet: no goroutine or buffer of their own until the client sends again.",
-	}, []string{"server"})
-	handshakeFailures = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "dnsfront", Subsystem: "dot", Name: "handshake_failures_total",
-		Help: "TLS handshakes that failed or timed out.",
-	}, []string{"server"})
-	connsRefused = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "dnsfront", Subsystem: "dot", Name: "connections_refused_total",
-		Help: "Connections closed at once by a limit, by reason.",
-	}, []string{"server", "reason"})
-	badFrames = prometheus.NewCounterVec(prometheus.CounterOpts{
-		Namespace: "dnsfront", Subsystem: "dot", Name: "bad_frames_total",
-		Help: "Connections closed for a length prefix shorter than a DNS header.",
-	}, []string{"server"})
+	dotVecs = newConnVecs("dot", "DNS over TLS", "Connections closed for a length prefix shorter than a DNS header.")
+	dohVecs = newConnVecs("doh", "Dedicated DNS over HTTPS server", "HTTP/2 connections closed for a protocol error (a GOAWAY with an error code).")
 )
 
 type dotMetrics struct {
@@ -38,13 +53,13 @@ type dotMetrics struct {
 	badFrames         prometheus.Counter
 }
 
-func newDotMetrics(ctx caddy.Context, server string) *dotMetrics {
-	_ = promreg.Register(ctx.GetMetricsRegistry(), connsOpen, connsParked, handshakeFailures, connsRefused, badFrames)
+func newDotMetrics(ctx caddy.Context, v *connVecs, server string) *dotMetrics {
+	_ = promreg.Register(ctx.GetMetricsRegistry(), v.open, v.parked, v.handshakeFailures, v.refused, v.badFrame)
 	return &dotMetrics{
-		open:              connsOpen.WithLabelValues(server),
-		parked:            connsParked.WithLabelValues(server),
-		handshakeFailures: handshakeFailures.WithLabelValues(server),
-		refused:           connsRefused.MustCurryWith(prometheus.Labels{"server": server}),
-		badFrames:         badFrames.WithLabelValues(server),
+		open:              v.open.WithLabelValues(server),
+		parked:            v.parked.WithLabelValues(server),
+		handshakeFailures: v.handshakeFailures.WithLabelValues(server),
+		refused:           v.refused.MustCurryWith(prometheus.Labels{"server": server}),
+		badFrames:         v.badFrame.WithLabelValues(server),
 	}
 }

@@ -28,7 +28,7 @@ func parkServer(t *testing.T, idle, handshake time.Duration) (*Server, string) {
 	s.HandshakeTimeout = caddy.Duration(handshake)
 	s.quietPark = 50 * time.Millisecond
 	s.applyDefaults()
-	s.metrics = newDotMetrics(s.ctx, t.Name())
+	s.metrics = newDotMetrics(s.ctx, dotVecs, t.Name())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)

@@ -105,6 +105,8 @@ type Server struct {
 
 	quietPark time.Duration // parkAfter unless a test sets it
 	set       settings
+
+	doh *dohSide // a server of the doh app: DNS over HTTPS
 }
 
 func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) error {
@@ -116,14 +118,14 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 		return errors.New("no listen address")
 	}
 	for _, l := range s.Listen {
-		na, err := caddy.ParseNetworkAddressWithDefaults(caddy.NewReplacer().ReplaceAll(l, ""), "tcp", 853)
+		na, err := caddy.ParseNetworkAddressWithDefaults(caddy.NewReplacer().ReplaceAll(l, ""), "tcp", s.defaultPort())
 		if err != nil {
 			return fmt.Errorf("listen %q: %w", l, err)
 		}
 		switch na.Network {
 		case "tcp", "tcp4", "tcp6":
 		default:
-			return fmt.Errorf("listen %q: DNS over TLS listens on tcp, not %s", l, na.Network)
+			return fmt.Errorf("listen %q: %s listens on tcp, not %s", l, s.what(), na.Network)
 		}
 		s.addrs = append(s.addrs, na)
 	}
@@ -140,14 +142,45 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 			s.wrappers = append(s.wrappers, lw)
 		}
 	}
-	if err := s.Chain.Provision(ctx, name, "dot"); err != nil {
+	if err := s.Chain.Provision(ctx, name, s.transport()); err != nil {
 		return err
 	}
 	if err := s.provisionTLS(ctx); err != nil {
 		return err
 	}
-	s.metrics = newDotMetrics(ctx, name)
+	vecs := dotVecs
+	if s.doh != nil {
+		vecs = dohVecs
+		if err := s.doh.provision(ctx, s); err != nil {
+			return err
+		}
+	}
+	s.metrics = newDotMetrics(ctx, vecs, name)
 	return nil
+}
+
+// transport is the server's name for its protocol: "dot" or "doh" (the
+// transport label of metrics, logs and dnstap).
+func (s *Server) transport() string {
+	if s.doh != nil {
+		return "doh"
+	}
+	return "dot"
+}
+
+// what names the server's protocol in messages.
+func (s *Server) what() string {
+	if s.doh != nil {
+		return "DNS over HTTPS"
+	}
+	return "DNS over TLS"
+}
+
+func (s *Server) defaultPort() uint {
+	if s.doh != nil {
+		return 443
+	}
+	return 853
 }
 
 // idleDeadline is when a connection that has waited for its next query

@@ -18,6 +18,9 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	for _, p := range s.TLSConnPolicies {
 		if p.ALPN == nil {
 			p.ALPN = []string{"dot"}
+			if s.doh != nil {
+				p.ALPN = []string{"h2", "http/1.1"}
+			}
 		}
 		if p.DefaultSNI == "" && len(s.ServerNames) > 0 {
 			p.DefaultSNI = s.ServerNames[0]

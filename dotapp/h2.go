@@ -1,0 +1,833 @@
+package dotapp
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"io"
+	"net/http"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"go.uber.org/zap"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/dohhandler"
+)
+
+// HTTP/2 settings and limits of the dedicated DoH server.
+const (
+	h2MaxFrame       = 16384    // SETTINGS_MAX_FRAME_SIZE read (the protocol's default)
+	h2HeaderListSize = 16 << 10 // SETTINGS_MAX_HEADER_LIST_SIZE; a longer list gets 431
+	h2HeaderTable    = 4096     // SETTINGS_HEADER_TABLE_SIZE (the default)
+	h2StreamWindow   = 65535    // a stream's receive window (the default): one DNS message
+	h2ConnWindow     = 1 << 20  // the connection's receive window
+	// h2MaxQueued bounds the octets of frames queued for a client that
+	// does not read them (floods of PING or SETTINGS wanting answers):
+	// past it the connection is closed (ENHANCE_YOUR_CALM).
+	h2MaxQueued = 1 << 20
+	// h2MaxEmpty is how many frames that carry nothing (DATA without
+	// data or END_STREAM) a connection may send in its life.
+	h2MaxEmpty = 100
+	// h2Recent is how many closed streams are remembered, to tell a
+	// frame for a closed stream from one for a stream never opened.
+	h2Recent    = 64
+	h2MaxWindow = 1<<31 - 1
+)
+
+// h2conn is one HTTP/2 connection of a DoH server, shaped like a DoT
+// connection: one reader decodes frames and requests; each complete
+// request is answered in a goroutine of its own (a slot among
+// max_in_flight, which is also SETTINGS_MAX_CONCURRENT_STREAMS: a reset
+// stream keeps its slot until its answer is made, so resets cannot make
+// more work than that, CVE-2023-44487); answers and control frames are
+// framed under one lock into a buffer that a writer goroutine sends, as
+// much as is ready in one write.
+type h2conn struct {
+	c  *conn
+	rd io.Reader // the TLS connection (tests: any reader)
+	wr io.Writer
+	fr *http2.Framer // reads: the reader only; writes: under mu, into out
+
+	// the reader's own
+	maxStream   uint32 // highest stream ID the client used
+	gotSettings bool
+	empty       int
+	consumed    int32 // DATA octets received and not yet given back (connection window)
+	connRecv    int32
+	maxStreams  int
+
+	mu           sync.Mutex
+	out          h2buf // frames to send
+	hbuf         bytes.Buffer
+	henc         *hpack.Encoder
+	streams      map[uint32]*h2stream
+	recent       [h2Recent]recentStream
+	recentN      int
+	connSend     int64 // the connection's send window
+	initialSend  int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
+	peerMaxFrame int
+	blocked      []*h2stream // answers waiting for window
+	blockedSince time.Time
+	goaway       bool // GOAWAY sent: no new streams
+	closed       bool // the connection is done: answers are dropped
+
+	kick     chan struct{}
+	stop     chan struct{}
+	wdone    chan struct{}
+	sem      chan struct{}
+	answers  sync.WaitGroup
+	inFlight atomic.Int32
+}
+
+type recentStream struct {
+	id   uint32
+	byUs bool // closed by our RST_STREAM: the client's frames in flight are ignored
+}
+
+// h2stream is a request and its answer.
+type h2stream struct {
+	id            uint32
+	req           dohhandler.Request
+	path          string
+	contentLength int64 // -1: none
+	bp            *[]byte
+	recvWindow    int32
+	sendWindow    int64
+	remoteDone    bool // END_STREAM received
+	refused       bool // answered before its body came (413, 431): the rest is dropped
+	reset         bool
+	blocked       bool
+	head          bool
+	out           []byte // answer octets still to send
+}
+
+// h2buf is where the Framer writes, under h2conn.mu.
+type h2buf struct{ b []byte }
+
+func (b *h2buf) Write(p []byte) (int, error) {
+	b.b = append(b.b, p...)
+	return len(p), nil
+}
+
+func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
+	h := &h2conn{
+		c: c, rd: rd, wr: wr,
+		streams:      make(map[uint32]*h2stream),
+		connSend:     65535,
+		initialSend:  65535,
+		peerMaxFrame: 16384,
+		connRecv:     h2ConnWindow,
+		maxStreams:   maxStreams,
+		kick:         make(chan struct{}, 1),
+		stop:         make(chan struct{}),
+		wdone:        make(chan struct{}),
+		sem:          make(chan struct{}, maxStreams),
+	}
+	h.fr = http2.NewFramer(&h.out, rd)
+	h.fr.ReadMetaHeaders = hpack.NewDecoder(h2HeaderTable, nil)
+	h.fr.MaxHeaderListSize = h2HeaderListSize
+	h.fr.SetMaxReadFrameSize(h2MaxFrame)
+	h.fr.SetReuseFrames()
+	h.henc = hpack.NewEncoder(&h.hbuf)
+	return h
+}
+
+// runH2 serves an HTTP/2 connection until it ends.
+func runH2(c *conn) {
+	srv := c.srv.Load()
+	h := newH2(c, c.tc, c.tc, srv.set.maxInFlight)
+	go h.writeLoop()
+	graceful := true
+	func() {
+		defer func() {
+			if r := recover(); r != nil {
+				srv.logger.Error("doh connection panicked", zap.Any("panic", r))
+				graceful = false
+				c.abort()
+			}
+		}()
+		graceful = h.read()
+	}()
+	h.finish(graceful)
+	c.closeOut()
+}
+
+// read reads frames until the connection ends. It returns false after a
+// connection error (the answers in flight are then dropped).
+func (h *h2conn) read() bool {
+	c := h.c
+	srv := c.srv.Load()
+	h.setDeadline(time.Now().Add(srv.set.read))
+	var preface [len(http2.ClientPreface)]byte
+	if _, err := io.ReadFull(h.rd, preface[:]); err != nil {
+		return true
+	}
+	if string(preface[:]) != http2.ClientPreface {
+		h.connError(http2.ErrCodeProtocol)
+		return false
+	}
+	h.mu.Lock()
+	_ = h.fr.WriteSettings(
+		http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: uint32(h.maxStreams)},
+		http2.Setting{ID: http2.SettingMaxHeaderListSize, Val: h2HeaderListSize},
+	)
+	_ = h.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
+	h.mu.Unlock()
+	h.wake()
+	last := time.Now()
+	for {
+		srv = c.srv.Load()
+		c.reading.Store(true)
+		h.setDeadline(srv.idleDeadline(last))
+		f, err := h.fr.ReadFrame()
+		c.reading.Store(false)
+		if err == nil {
+			last = time.Now()
+			err = h.process(f)
+		}
+		if err != nil {
+			switch e := err.(type) {
+			case http2.StreamError:
+				h.resetStream(e.StreamID, e.Code)
+				continue
+			case http2.ConnectionError:
+				h.connError(http2.ErrCode(e))
+				return false
+			}
+			if errors.Is(err, http2.ErrFrameTooLarge) {
+				h.connError(http2.ErrCodeFrameSize)
+				return false
+			}
+			// idle (or draining), or the client went: stop reading, and
+			// answer the streams in flight
+			h.goAway(http2.ErrCodeNo)
+			return true
+		}
+		if h.stalled(last) {
+			h.goAway(http2.ErrCodeNo)
+			return true
+		}
+	}
+}
+
+// setDeadline bounds the reader's next wait.
+func (h *h2conn) setDeadline(t time.Time) {
+	if h.c.raw != nil {
+		_ = h.c.raw.SetReadDeadline(t)
+	}
+}
+
+// stalled reports whether answers have waited for flow-control window
+// longer than the write timeout (a client that keeps its window shut).
+func (h *h2conn) stalled(now time.Time) bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return !h.blockedSince.IsZero() && now.Sub(h.blockedSince) > DefaultWriteTimeout
+}
+
+var errNotSettings = http2.ConnectionError(http2.ErrCodeProtocol)
+
+// process handles a frame; an error is the StreamError or
+// ConnectionError it causes.
+func (h *h2conn) process(f http2.Frame) error {
+	if !h.gotSettings {
+		sf, ok := f.(*http2.SettingsFrame)
+		if !ok || sf.IsAck() {
+			return errNotSettings // RFC 9113 3.4: the preface ends with SETTINGS
+		}
+		h.gotSettings = true
+	}
+	switch f := f.(type) {
+	case *http2.MetaHeadersFrame:
+		return h.onHeaders(f)
+	case *http2.DataFrame:
+		return h.onData(f)
+	case *http2.SettingsFrame:
+		return h.onSettings(f)
+	case *http2.WindowUpdateFrame:
+		return h.onWindowUpdate(f)
+	case *http2.PingFrame:
+		if f.IsAck() {
+			return nil
+		}
+		h.mu.Lock()
+		_ = h.fr.WritePing(true, f.Data)
+		err := h.queuedLocked()
+		h.mu.Unlock()
+		h.wake()
+		return err
+	case *http2.RSTStreamFrame:
+		if f.StreamID > h.maxStream {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 6.4: an idle stream
+		}
+		h.mu.Lock()
+		if st := h.streams[f.StreamID]; st != nil {
+			st.reset = true
+			h.closeStreamLocked(st, false)
+		}
+		h.mu.Unlock()
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeProtocol}
+		}
+	case *http2.GoAwayFrame:
+		// the client will open no more streams: answer those open, and end
+		h.goAway(http2.ErrCodeNo)
+	case *http2.PushPromiseFrame:
+		return http2.ConnectionError(http2.ErrCodeProtocol) // a client never pushes
+	}
+	return nil
+}
+
+// onHeaders starts a request (or ends one: trailers).
+func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
+	id := f.StreamID
+	if id%2 == 0 {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // client streams are odd
+	}
+	h.mu.Lock()
+	st := h.streams[id]
+	h.mu.Unlock()
+	if st != nil {
+		if st.remoteDone {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+		}
+		// trailers: they end the stream, and carry no pseudo-header
+		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		}
+		return h.endRequest(st)
+	}
+	if id <= h.maxStream {
+		if r, ok := h.recentStream(id); ok {
+			if r.byUs {
+				return nil // sent before our reset arrived
+			}
+			return http2.ConnectionError(http2.ErrCodeStreamClosed)
+		}
+		return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 5.1.1: IDs only grow
+	}
+	h.maxStream = id
+	if f.HasPriority() && f.Priority.StreamDep == id {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+	}
+	h.mu.Lock()
+	goaway, open := h.goaway, len(h.streams)
+	h.mu.Unlock()
+	if goaway {
+		return nil // past our GOAWAY's last stream: ignored, the client retries elsewhere
+	}
+	if open >= h.maxStreams {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
+	}
+	st = &h2stream{id: id, contentLength: -1, recvWindow: h2StreamWindow}
+	var scheme string
+	for _, hf := range f.Fields {
+		switch hf.Name {
+		case ":method":
+			st.req.Method = hf.Value
+		case ":path":
+			st.path = hf.Value
+		case ":scheme":
+			scheme = hf.Value
+		case ":authority", ":protocol":
+		case ":status":
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // a response's
+		case "content-type":
+			st.req.ContentType = hf.Value
+		case "accept":
+			st.req.Accept = hf.Value
+		case "content-length":
+			n, err := strconv.ParseUint(hf.Value, 10, 63)
+			if err != nil || (st.contentLength >= 0 && int64(n) != st.contentLength) {
+				return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+			}
+			st.contentLength = int64(n)
+		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
+			// RFC 9113 8.2.2: connection-specific fields make a request malformed
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+		case "te":
+			if hf.Value != "trailers" {
+				return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
+			}
+		}
+	}
+	if st.req.Method == "" || scheme == "" || st.path == "" {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.3.1
+	}
+	st.head = st.req.Method == http.MethodHead
+	st.path, st.req.RawQuery, _ = strings.Cut(st.path, "?")
+	st.req.Client = h.c.client
+	st.bp = packPool.Get().(*[]byte)
+	h.mu.Lock()
+	st.sendWindow = h.initialSend
+	h.streams[id] = st
+	h.mu.Unlock()
+	if f.Truncated {
+		st.remoteDone = f.StreamEnded()
+		h.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "header list over "+strconv.Itoa(h2HeaderListSize)+" octets")
+		return nil
+	}
+	if st.contentLength > caddydns.MaxMessage {
+		h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
+	}
+	if f.StreamEnded() {
+		return h.endRequest(st)
+	}
+	return nil
+}
+
+// onData takes a request's body.
+func (h *h2conn) onData(f *http2.DataFrame) error {
+	id, n := f.StreamID, int32(f.Length)
+	// the connection's window first: it counts every DATA frame
+	if h.connRecv -= n; h.connRecv < 0 {
+		return http2.ConnectionError(http2.ErrCodeFlowControl)
+	}
+	if h.consumed += n; h.consumed >= h2ConnWindow/2 {
+		h.mu.Lock()
+		_ = h.fr.WriteWindowUpdate(0, uint32(h.consumed))
+		h.mu.Unlock()
+		h.connRecv += h.consumed
+		h.consumed = 0
+		h.wake()
+	}
+	h.mu.Lock()
+	st := h.streams[id]
+	h.mu.Unlock()
+	if st == nil {
+		if id > h.maxStream {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+		}
+		if r, ok := h.recentStream(id); ok && r.byUs {
+			return nil
+		}
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+	}
+	if st.remoteDone {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
+	}
+	if st.recvWindow -= n; st.recvWindow < 0 {
+		return http2.StreamError{StreamID: id, Code: http2.ErrCodeFlowControl}
+	}
+	data := f.Data()
+	if len(data) == 0 && !f.StreamEnded() {
+		if h.empty++; h.empty > h2MaxEmpty {
+			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+		}
+	}
+	if !st.refused {
+		body := len(st.req.Body) + len(data)
+		if st.contentLength >= 0 && int64(body) > st.contentLength {
+			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.1.1
+		}
+		if body > caddydns.MaxMessage {
+			h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
+		} else {
+			st.req.Body = append((*st.bp)[:len(st.req.Body)], data...)
+			*st.bp = st.req.Body[:0]
+		}
+	}
+	if f.StreamEnded() {
+		return h.endRequest(st)
+	}
+	if st.recvWindow < h2StreamWindow/2 {
+		h.mu.Lock()
+		_ = h.fr.WriteWindowUpdate(id, uint32(h2StreamWindow-st.recvWindow))
+		h.mu.Unlock()
+		st.recvWindow = h2StreamWindow
+		h.wake()
+	}
+	return nil
+}
+
+// endRequest takes the request's end (END_STREAM) and has it answered.
+// With max_in_flight answers being made, it waits for one to finish.
+func (h *h2conn) endRequest(st *h2stream) error {
+	st.remoteDone = true
+	if st.refused {
+		h.mu.Lock()
+		if len(st.out) == 0 && !st.reset {
+			h.closeStreamLocked(st, false)
+		}
+		h.mu.Unlock()
+		return nil
+	}
+	if st.contentLength >= 0 && int64(len(st.req.Body)) != st.contentLength {
+		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
+	}
+	h.sem <- struct{}{}
+	h.answers.Add(1)
+	h.inFlight.Add(1)
+	go h.answer(st)
+	return nil
+}
+
+// answer makes a stream's answer through the Endpoint of the server that
+// owns the connection now, and queues it.
+func (h *h2conn) answer(st *h2stream) {
+	defer h.answers.Done()
+	defer func() { <-h.sem }()
+	defer h.inFlight.Add(-1)
+	srv := h.c.enter()
+	var rep dohhandler.Reply
+	if st.path != srv.doh.path {
+		rep = srv.doh.notFound()
+	} else {
+		rep = srv.doh.endpoint.Serve(context.Background(), &st.req, st.bp)
+	}
+	srv.active.Add(-1)
+	h.mu.Lock()
+	h.respondLocked(st, &rep)
+	h.mu.Unlock()
+	h.wake()
+}
+
+// refuse answers a stream with an HTTP error before its request is
+// complete; what else it sends is dropped.
+func (h *h2conn) refuse(st *h2stream, status int, msg string) {
+	st.refused = true
+	srv := h.c.srv.Load()
+	rep := srv.doh.endpoint.Refuse(status, msg)
+	h.mu.Lock()
+	h.respondLocked(st, &rep)
+	h.mu.Unlock()
+	h.wake()
+}
+
+// respondLocked frames a reply: HEADERS, then DATA as far as the windows
+// let it go.
+func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
+	if st.reset || h.closed {
+		return
+	}
+	if rep.Drop {
+		h.rstLocked(st, http2.ErrCodeInternal) // as net/http resets a request Caddy's handler drops
+		return
+	}
+	body := rep.Body
+	if st.head {
+		body = nil
+	}
+	h.hbuf.Reset()
+	enc := h.henc
+	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(rep.Status)})
+	_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: rep.ContentType})
+	_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(rep.Body))})
+	if rep.CacheControl != "" {
+		_ = enc.WriteField(hpack.HeaderField{Name: "cache-control", Value: rep.CacheControl})
+	}
+	if rep.Allow != "" {
+		_ = enc.WriteField(hpack.HeaderField{Name: "allow", Value: rep.Allow})
+	}
+	if rep.Nosniff() {
+		_ = enc.WriteField(hpack.HeaderField{Name: "x-content-type-options", Value: "nosniff"})
+	}
+	_ = h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: h.hbuf.Bytes(),
+		EndStream: len(body) == 0, EndHeaders: true})
+	st.out = body
+	h.sendLocked(st)
+	if len(st.out) == 0 {
+		h.sentLocked(st)
+	}
+}
+
+// sendLocked frames as much of a stream's answer as the windows allow;
+// the rest waits for WINDOW_UPDATE.
+func (h *h2conn) sendLocked(st *h2stream) {
+	for len(st.out) > 0 {
+		n := int64(min(len(st.out), h.peerMaxFrame))
+		n = min(n, st.sendWindow, h.connSend)
+		if n <= 0 {
+			if !st.blocked {
+				st.blocked = true
+				h.blocked = append(h.blocked, st)
+				if h.blockedSince.IsZero() {
+					h.blockedSince = time.Now()
+				}
+			}
+			return
+		}
+		_ = h.fr.WriteData(st.id, int(n) == len(st.out), st.out[:n])
+		st.out = st.out[n:]
+		st.sendWindow -= n
+		h.connSend -= n
+	}
+}
+
+// sentLocked ends a stream whose answer is all framed: closed when the
+// request had ended, else (an early refusal) reset with NO_ERROR so that
+// the client stops sending its body (RFC 9113 8.1).
+func (h *h2conn) sentLocked(st *h2stream) {
+	if st.remoteDone {
+		h.closeStreamLocked(st, false)
+		return
+	}
+	h.rstLocked(st, http2.ErrCodeNo)
+}
+
+// flushBlockedLocked sends what waited for window, after the client gave
+// more.
+func (h *h2conn) flushBlockedLocked() {
+	if len(h.blocked) == 0 {
+		return
+	}
+	still := h.blocked[:0]
+	for _, st := range h.blocked {
+		st.blocked = false
+		if st.reset {
+			continue
+		}
+		h.sendLocked(st)
+		if len(st.out) == 0 {
+			h.sentLocked(st)
+		} else {
+			still = append(still, st)
+		}
+	}
+	clear(h.blocked[len(still):])
+	h.blocked = still
+	if len(still) == 0 {
+		h.blockedSince = time.Time{}
+	} else {
+		h.blockedSince = time.Now()
+	}
+}
+
+func (h *h2conn) onSettings(f *http2.SettingsFrame) error {
+	if f.IsAck() {
+		return nil
+	}
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			return err
+		}
+		switch s.ID {
+		case http2.SettingHeaderTableSize:
+			h.henc.SetMaxDynamicTableSizeLimit(s.Val)
+		case http2.SettingInitialWindowSize:
+			// RFC 9113 6.9.2: the change applies to every open stream
+			delta := int64(s.Val) - h.initialSend
+			h.initialSend = int64(s.Val)
+			for _, st := range h.streams {
+				if st.sendWindow += delta; st.sendWindow > h2MaxWindow {
+					return http2.ConnectionError(http2.ErrCodeFlowControl)
+				}
+			}
+		case http2.SettingMaxFrameSize:
+			h.peerMaxFrame = int(s.Val)
+		}
+		return nil
+	})
+	if err != nil {
+		return err
+	}
+	_ = h.fr.WriteSettingsAck()
+	h.flushBlockedLocked()
+	err = h.queuedLocked()
+	h.wake()
+	return err
+}
+
+func (h *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame) error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if f.StreamID == 0 {
+		if h.connSend += int64(f.Increment); h.connSend > h2MaxWindow {
+			return http2.ConnectionError(http2.ErrCodeFlowControl)
+		}
+	} else {
+		if f.StreamID > h.maxStream {
+			return http2.ConnectionError(http2.ErrCodeProtocol) // an idle stream
+		}
+		st := h.streams[f.StreamID]
+		if st == nil {
+			return nil // closed: a late update
+		}
+		if st.sendWindow += int64(f.Increment); st.sendWindow > h2MaxWindow {
+			return http2.StreamError{StreamID: f.StreamID, Code: http2.ErrCodeFlowControl}
+		}
+	}
+	h.flushBlockedLocked()
+	h.wake()
+	return nil
+}
+
+// resetStream ends a stream with RST_STREAM (a stream error).
+func (h *h2conn) resetStream(id uint32, code http2.ErrCode) {
+	if id > h.maxStream {
+		h.maxStream = id // a new stream, opened and closed at once
+	}
+	h.mu.Lock()
+	if st := h.streams[id]; st != nil {
+		h.rstLocked(st, code)
+	} else {
+		_ = h.fr.WriteRSTStream(id, code)
+		h.rememberLocked(id, true)
+	}
+	h.mu.Unlock()
+	h.wake()
+}
+
+func (h *h2conn) rstLocked(st *h2stream, code http2.ErrCode) {
+	_ = h.fr.WriteRSTStream(st.id, code)
+	st.reset = true
+	h.closeStreamLocked(st, true)
+}
+
+// closeStreamLocked forgets a stream. Its buffer goes back to the pool
+// unless an answer is being made in it (it is dropped then).
+func (h *h2conn) closeStreamLocked(st *h2stream, byUs bool) {
+	if h.streams[st.id] != st {
+		return
+	}
+	delete(h.streams, st.id)
+	h.rememberLocked(st.id, byUs)
+	if st.remoteDone && !st.refused && len(st.out) == 0 && !st.blocked && !st.reset {
+		packPool.Put(st.bp) // answered and sent
+	}
+	st.out = nil
+	if st.blocked {
+		for i, b := range h.blocked {
+			if b == st {
+				h.blocked = append(h.blocked[:i], h.blocked[i+1:]...)
+				break
+			}
+		}
+		if len(h.blocked) == 0 {
+			h.blockedSince = time.Time{}
+		}
+	}
+}
+
+func (h *h2conn) rememberLocked(id uint32, byUs bool) {
+	h.recent[h.recentN%h2Recent] = recentStream{id: id, byUs: byUs}
+	h.recentN++
+}
+
+func (h *h2conn) recentStream(id uint32) (recentStream, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for _, r := range h.recent {
+		if r.id == id {
+			return r, true
+		}
+	}
+	return recentStream{}, false
+}
+
+// queuedLocked reports a client that lets frames for it pile up.
+func (h *h2conn) queuedLocked() error {
+	if len(h.out.b) > h2MaxQueued {
+		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
+	}
+	return nil
+}
+
+// goAway sends GOAWAY once: no stream past the last one seen is served.
+func (h *h2conn) goAway(code http2.ErrCode) {
+	h.mu.Lock()
+	if !h.goaway {
+		h.goaway = true
+		_ = h.fr.WriteGoAway(h.maxStream, code, nil)
+	}
+	h.mu.Unlock()
+	h.wake()
+}
+
+// connError ends the connection for a protocol error: GOAWAY with its
+// code, then close.
+func (h *h2conn) connError(code http2.ErrCode) {
+	if h.c.metrics != nil {
+		h.c.metrics.badFrames.Inc()
+	}
+	h.mu.Lock()
+	if !h.goaway {
+		h.goaway = true
+		_ = h.fr.WriteGoAway(h.maxStream, code, nil)
+	}
+	h.mu.Unlock()
+	h.wake()
+}
+
+func (h *h2conn) wake() {
+	select {
+	case h.kick <- struct{}{}:
+	default:
+	}
+}
+
+// finish ends the connection once the reader is done: after a graceful
+// end the answers in flight are made and sent first.
+func (h *h2conn) finish(graceful bool) {
+	if graceful {
+		h.answers.Wait()
+	}
+	h.mu.Lock()
+	h.closed = true
+	h.mu.Unlock()
+	close(h.stop)
+	<-h.wdone
+}
+
+// writeLoop sends what is framed, as much as is ready in one write.
+func (h *h2conn) writeLoop() {
+	defer close(h.wdone)
+	var spare []byte
+	failed := false
+	for {
+		final := false
+		select {
+		case <-h.kick:
+		case <-h.stop:
+			final = true
+		}
+		if !final && h.inFlight.Load() > 0 {
+			// answers of this connection that are ready to run (their
+			// upstream's replies came in one burst) join this write
+			runtime.Gosched()
+		}
+		h.mu.Lock()
+		buf := h.out.b
+		h.out.b = spare[:0]
+		h.mu.Unlock()
+		if len(buf) > 0 && !failed {
+			if h.c.raw != nil {
+				_ = h.c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
+			}
+			if _, err := h.wr.Write(buf); err != nil {
+				failed = true
+				h.c.abort()
+			}
+		}
+		if cap(buf) <= 64<<10 {
+			spare = buf[:0]
+		} else {
+			spare = nil
+		}
+		if final {
+			return
+		}
+	}
+}
+
+func statusText(s int) string {
+	switch s {
+	case http.StatusOK:
+		return "200"
+	case http.StatusBadRequest:
+		return "400"
+	case http.StatusNotFound:
+		return "404"
+	}
+	return strconv.Itoa(s)
+}
