@@ -23,6 +23,7 @@ import (
 //		idle_timeout <duration>
 //		read_timeout <duration>
 //		handshake_timeout <duration>
+//		write_timeout <duration>
 //		grace_period <duration>
 //		max_in_flight <n>
 //		max_queries <n>
@@ -91,9 +92,9 @@ func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more f
 				return d.ArgErr()
 			}
 			s.ServerNames = append(s.ServerNames, args...)
-		case "idle_timeout", "read_timeout", "handshake_timeout", "grace_period":
+		case "idle_timeout", "read_timeout", "handshake_timeout", "write_timeout", "grace_period":
 			into := map[string]*caddy.Duration{"idle_timeout": &s.IdleTimeout, "read_timeout": &s.ReadTimeout,
-				"handshake_timeout": &s.HandshakeTimeout, "grace_period": &s.GracePeriod}[opt]
+				"handshake_timeout": &s.HandshakeTimeout, "write_timeout": &s.WriteTimeout, "grace_period": &s.GracePeriod}[opt]
 			if err := cfparse.Duration(d, into, false); err != nil {
 				return err
 			}

@@ -199,6 +199,9 @@ func (c *conn) read() (parked bool) {
 		readerPool.Put(r)
 	}()
 	for {
+		if c.aborted.Load() {
+			return false // a write failed: the deadlines set below must not undo that
+		}
 		srv := c.srv.Load()
 		if r.Buffered() == 0 {
 			since := time.Now()

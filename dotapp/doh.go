@@ -110,7 +110,7 @@ func (d *dohSide) provision(ctx caddy.Context, s *Server) error {
 		Handler:           h1Handler{},
 		ReadHeaderTimeout: s.set.read,
 		ReadTimeout:       s.set.read,
-		WriteTimeout:      DefaultWriteTimeout,
+		WriteTimeout:      s.set.write,
 		IdleTimeout:       s.set.idle,
 		MaxHeaderBytes:    h2HeaderListSize,
 		ErrorLog:          zap.NewStdLog(s.logger.Named("http1")),

@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 
@@ -23,11 +24,14 @@ import (
 
 // HTTP/2 settings and limits of the dedicated DoH server.
 const (
-	h2MaxFrame       = 16384    // SETTINGS_MAX_FRAME_SIZE read (the protocol's default)
-	h2HeaderListSize = 16 << 10 // SETTINGS_MAX_HEADER_LIST_SIZE; a longer list gets 431
-	h2HeaderTable    = 4096     // SETTINGS_HEADER_TABLE_SIZE (the default)
-	h2StreamWindow   = 65535    // a stream's receive window (the default): one DNS message
-	h2ConnWindow     = 1 << 20  // the connection's receive window
+	h2MaxFrame = 16384 // SETTINGS_MAX_FRAME_SIZE read (the protocol's default)
+	// h2HeaderListSize is SETTINGS_MAX_HEADER_LIST_SIZE: room for a GET
+	// of any DNS message (65535 octets are 87,380 in base64url); a longer
+	// list gets 431.
+	h2HeaderListSize = 96 << 10
+	h2HeaderTable    = 4096    // SETTINGS_HEADER_TABLE_SIZE (the default)
+	h2StreamWindow   = 65535   // a stream's receive window (the default): one DNS message
+	h2ConnWindow     = 1 << 20 // the connection's receive window
 	// h2MaxQueued bounds the octets of frames queued for a client that
 	// does not read them (floods of PING or SETTINGS wanting answers):
 	// past it the connection is closed (ENHANCE_YOUR_CALM).
@@ -52,6 +56,7 @@ const (
 type h2conn struct {
 	c  *conn
 	rd io.Reader // the TLS connection (tests: any reader)
+	in h2reader  // rd, as the Framer reads it
 	wr io.Writer
 	fr *http2.Framer // reads: the reader only; writes: under mu, into out
 
@@ -75,8 +80,10 @@ type h2conn struct {
 	peerMaxFrame int
 	blocked      []*h2stream // answers waiting for window
 	blockedSince time.Time
-	goaway       bool // GOAWAY sent: no new streams
-	closed       bool // the connection is done: answers are dropped
+	writing      int        // octets the writer is sending
+	written      *sync.Cond // the writer sent a batch (or gave up)
+	goaway       bool       // GOAWAY sent: no new streams
+	closed       bool       // the connection is done: answers are dropped
 
 	kick     chan struct{}
 	stop     chan struct{}
@@ -108,6 +115,35 @@ type h2stream struct {
 	out           []byte // answer octets still to send
 }
 
+// h2reader bounds what one Framer.ReadFrame reads: a frame is at most
+// h2MaxFrame octets, but a header block is HEADERS and any number of
+// CONTINUATION frames, read in one call. The Framer ends a block whose
+// fields grow past the header list limit; this ends one that does not
+// grow at all (empty CONTINUATION frames, without end).
+type h2reader struct {
+	r    io.Reader
+	left int
+}
+
+// h2MaxBlock is the most a header block may take on the wire: twice the
+// header list limit (the Framer's own bound for the octets it decodes),
+// and a frame header for each frame of it.
+const h2MaxBlock = 2*h2HeaderListSize + (2*h2HeaderListSize/h2MaxFrame+1)*9 + h2MaxFrame
+
+var errBlockTooLong = errors.New("http2: header block longer than the header list limit allows")
+
+func (r *h2reader) Read(p []byte) (int, error) {
+	if r.left <= 0 {
+		return 0, errBlockTooLong
+	}
+	if len(p) > r.left {
+		p = p[:r.left]
+	}
+	n, err := r.r.Read(p)
+	r.left -= n
+	return n, err
+}
+
 // h2buf is where the Framer writes, under h2conn.mu.
 type h2buf struct{ b []byte }
 
@@ -130,12 +166,14 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 		wdone:        make(chan struct{}),
 		sem:          make(chan struct{}, maxStreams),
 	}
-	h.fr = http2.NewFramer(&h.out, rd)
+	h.in = h2reader{r: rd}
+	h.fr = http2.NewFramer(&h.out, &h.in)
 	h.fr.ReadMetaHeaders = hpack.NewDecoder(h2HeaderTable, nil)
 	h.fr.MaxHeaderListSize = h2HeaderListSize
 	h.fr.SetMaxReadFrameSize(h2MaxFrame)
 	h.fr.SetReuseFrames()
 	h.henc = hpack.NewEncoder(&h.hbuf)
+	h.written = sync.NewCond(&h.mu)
 	return h
 }
 
@@ -183,9 +221,13 @@ func (h *h2conn) read() bool {
 	h.wake()
 	last := time.Now()
 	for {
+		if c.aborted.Load() {
+			return false // a write failed, or the grace period ended
+		}
 		srv = c.srv.Load()
 		c.reading.Store(true)
 		h.setDeadline(srv.idleDeadline(last))
+		h.in.left = h2MaxBlock
 		f, err := h.fr.ReadFrame()
 		c.reading.Store(false)
 		if err == nil {
@@ -205,14 +247,27 @@ func (h *h2conn) read() bool {
 				h.connError(http2.ErrCodeFrameSize)
 				return false
 			}
+			if errors.Is(err, errBlockTooLong) {
+				h.connError(http2.ErrCodeEnhanceYourCalm)
+				return false
+			}
 			// idle (or draining), or the client went: stop reading, and
 			// answer the streams in flight
+			if ce := srv.logger.Check(zapcore.DebugLevel, "http/2 connection ends"); ce != nil {
+				ce.Write(zap.Stringer("client", c.client), zap.Error(err))
+			}
 			h.goAway(http2.ErrCodeNo)
 			return true
 		}
 		if h.stalled(last) {
 			h.goAway(http2.ErrCodeNo)
 			return true
+		}
+		if h.flooded() {
+			// frames for a client that does not read them keep piling
+			// up (requests wait in endRequest; this is the rest)
+			h.connError(http2.ErrCodeEnhanceYourCalm)
+			return false
 		}
 	}
 }
@@ -229,7 +284,7 @@ func (h *h2conn) setDeadline(t time.Time) {
 func (h *h2conn) stalled(now time.Time) bool {
 	h.mu.Lock()
 	defer h.mu.Unlock()
-	return !h.blockedSince.IsZero() && now.Sub(h.blockedSince) > DefaultWriteTimeout
+	return !h.blockedSince.IsZero() && now.Sub(h.blockedSince) > h.c.srv.Load().set.write
 }
 
 var errNotSettings = http2.ConnectionError(http2.ErrCodeProtocol)
@@ -372,7 +427,7 @@ func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	h.mu.Unlock()
 	if f.Truncated {
 		st.remoteDone = f.StreamEnded()
-		h.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "header list over "+strconv.Itoa(h2HeaderListSize)+" octets")
+		h.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large: the header list is over "+strconv.Itoa(h2HeaderListSize)+" octets")
 		return nil
 	}
 	if st.contentLength > caddydns.MaxMessage {
@@ -463,10 +518,30 @@ func (h *h2conn) endRequest(st *h2stream) error {
 	if st.contentLength >= 0 && int64(len(st.req.Body)) != st.contentLength {
 		return http2.StreamError{StreamID: st.id, Code: http2.ErrCodeProtocol}
 	}
+	// a client that does not read its answers is not given more
+	if err := h.waitQueue(); err != nil {
+		return err
+	}
 	h.sem <- struct{}{}
 	h.answers.Add(1)
 	h.inFlight.Add(1)
 	go h.answer(st)
+	return nil
+}
+
+// waitQueue waits while more than h2MaxQueued octets wait to be sent to
+// the client (it does not read them): a reader that takes no new request
+// meanwhile keeps the connection's memory bounded; the write timeout
+// ends it if the client never reads.
+func (h *h2conn) waitQueue() error {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	for len(h.out.b)+h.writing > h2MaxQueued {
+		if h.closed || h.c.aborted.Load() {
+			return http2.ConnectionError(http2.ErrCodeNo)
+		}
+		h.written.Wait()
+	}
 	return nil
 }
 
@@ -725,6 +800,14 @@ func (h *h2conn) recentStream(id uint32) (recentStream, bool) {
 	return recentStream{}, false
 }
 
+// flooded reports a client that lets frames for it pile up past twice
+// the queue's bound.
+func (h *h2conn) flooded() bool {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	return len(h.out.b) > 2*h2MaxQueued
+}
+
 // queuedLocked reports a client that lets frames for it pile up.
 func (h *h2conn) queuedLocked() error {
 	if len(h.out.b) > h2MaxQueued {
@@ -774,7 +857,12 @@ func (h *h2conn) finish(graceful bool) {
 	}
 	h.mu.Lock()
 	h.closed = true
+	h.written.Broadcast()
 	h.mu.Unlock()
+	if !graceful && h.c.raw != nil {
+		// what is queued (the GOAWAY) gets a moment, not a write timeout
+		_ = h.c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+	}
 	close(h.stop)
 	<-h.wdone
 }
@@ -799,10 +887,11 @@ func (h *h2conn) writeLoop() {
 		h.mu.Lock()
 		buf := h.out.b
 		h.out.b = spare[:0]
+		h.writing = len(buf)
 		h.mu.Unlock()
 		if len(buf) > 0 && !failed {
 			if h.c.raw != nil {
-				_ = h.c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
+				_ = h.c.raw.SetWriteDeadline(time.Now().Add(h.c.srv.Load().set.write))
 			}
 			if _, err := h.wr.Write(buf); err != nil {
 				failed = true
@@ -814,6 +903,10 @@ func (h *h2conn) writeLoop() {
 		} else {
 			spare = nil
 		}
+		h.mu.Lock()
+		h.writing = 0
+		h.written.Broadcast()
+		h.mu.Unlock()
 		if final {
 			return
 		}

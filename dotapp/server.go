@@ -67,6 +67,11 @@ type Server struct {
 	ReadTimeout caddy.Duration `json:"read_timeout,omitempty"`
 	// HandshakeTimeout bounds the TLS handshake. Default: 5s.
 	HandshakeTimeout caddy.Duration `json:"handshake_timeout,omitempty"`
+	// WriteTimeout bounds each write of answers to a client: one that
+	// does not read for this long is disconnected. On HTTP/2 it also
+	// bounds how long answers may wait for a client's flow-control
+	// window. Default: 10s.
+	WriteTimeout caddy.Duration `json:"write_timeout,omitempty"`
 	// MaxInFlight is how many queries of one connection are answered at
 	// once; reading waits past it. Default: 100.
 	MaxInFlight int `json:"max_in_flight,omitempty"`
@@ -210,6 +215,7 @@ func (s *Server) keepalive(last bool) time.Duration {
 // applied, once, at provision.
 type settings struct {
 	idle, read, handshake, grace time.Duration
+	write                        time.Duration
 	parkAfter                    time.Duration
 	maxInFlight                  int
 }
@@ -226,6 +232,7 @@ func (s *Server) applyDefaults() {
 		idle:        or(s.IdleTimeout, DefaultIdleTimeout),
 		read:        or(s.ReadTimeout, DefaultReadTimeout),
 		handshake:   or(s.HandshakeTimeout, DefaultHandshakeTimeout),
+		write:       or(s.WriteTimeout, DefaultWriteTimeout),
 		grace:       or(s.GracePeriod, DefaultGracePeriod),
 		parkAfter:   or(caddy.Duration(s.quietPark), parkAfter),
 		maxInFlight: DefaultMaxInFlight,

@@ -66,7 +66,7 @@ func (w *writer) run(c *conn) {
 			}
 		}
 		if !failed { // after a failure, keep draining so that answering goroutines finish
-			_ = c.raw.SetWriteDeadline(time.Now().Add(DefaultWriteTimeout))
+			_ = c.raw.SetWriteDeadline(time.Now().Add(c.srv.Load().set.write))
 			if _, err := c.tc.Write(batch); err != nil {
 				failed = true
 				c.abort()

@@ -1,0 +1,235 @@
+package dotapp
+
+import (
+	"bytes"
+	"encoding/base64"
+	"io"
+	"net/netip"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+)
+
+// newTestDoHServer is newTestServer as a DoH server at /dns-query.
+func newTestDoHServer(t testing.TB) *Server {
+	t.Helper()
+	s := newTestServer(t)
+	s.doh = &dohSide{path: DefaultDoHPath}
+	if err := s.doh.provision(s.ctx, s); err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// syncBuf is a writer the h2 writer goroutine and the test share.
+type syncBuf struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuf) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+// h2exchange runs the HTTP/2 connection loop over input (the client's
+// octets, then EOF) and returns what the server wrote.
+func h2exchange(t testing.TB, s *Server, input []byte) []byte {
+	t.Helper()
+	c := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
+	c.srv.Store(s)
+	var out syncBuf
+	h := newH2(c, bytes.NewReader(input), &out, s.set.maxInFlight)
+	go h.writeLoop()
+	graceful := h.read()
+	h.finish(graceful)
+	return out.b.Bytes()
+}
+
+// h2input builds a client's octets: the preface, SETTINGS, then what
+// write adds with the Framer and an HPACK encoder.
+func h2input(write func(fr *http2.Framer, enc func(fields ...string) []byte)) []byte {
+	var b, hb bytes.Buffer
+	b.WriteString(http2.ClientPreface)
+	fr := http2.NewFramer(&b, nil)
+	_ = fr.WriteSettings()
+	e := hpack.NewEncoder(&hb)
+	write(fr, func(fields ...string) []byte {
+		hb.Reset()
+		for i := 0; i+1 < len(fields); i += 2 {
+			_ = e.WriteField(hpack.HeaderField{Name: fields[i], Value: fields[i+1]})
+		}
+		return bytes.Clone(hb.Bytes())
+	})
+	return b.Bytes()
+}
+
+// h2reply is a stream's response, as read back from the server's octets.
+type h2reply struct {
+	status int
+	hdr    map[string]string
+	body   []byte
+	rst    http2.ErrCode
+	reset  bool
+}
+
+func readReplies(t testing.TB, out []byte) (map[uint32]*h2reply, *http2.GoAwayFrame) {
+	t.Helper()
+	fr := http2.NewFramer(nil, bytes.NewReader(out))
+	fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
+	replies := make(map[uint32]*h2reply)
+	get := func(id uint32) *h2reply {
+		if replies[id] == nil {
+			replies[id] = &h2reply{hdr: make(map[string]string)}
+		}
+		return replies[id]
+	}
+	var goaway *http2.GoAwayFrame
+	for {
+		f, err := fr.ReadFrame()
+		if err == io.EOF {
+			return replies, goaway
+		}
+		if err != nil {
+			t.Fatalf("the server's frames: %v", err)
+		}
+		switch f := f.(type) {
+		case *http2.MetaHeadersFrame:
+			r := get(f.StreamID)
+			for _, hf := range f.Fields {
+				r.hdr[hf.Name] = hf.Value
+			}
+			r.status, _ = strconv.Atoi(r.hdr[":status"])
+		case *http2.DataFrame:
+			get(f.StreamID).body = append(get(f.StreamID).body, f.Data()...)
+		case *http2.RSTStreamFrame:
+			r := get(f.StreamID)
+			r.reset, r.rst = true, f.ErrCode
+		case *http2.GoAwayFrame:
+			g := *f
+			goaway = &g
+		}
+	}
+}
+
+func dnsGET(t testing.TB, name string) string {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, dns.TypeA)
+	wire, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	return "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(wire)
+}
+
+func TestH2Requests(t *testing.T) {
+	s := newTestDoHServer(t)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	wire, _ := q.Pack()
+	get := dnsGET(t, "www.example.org.")
+	req := func(method, path string, extra ...string) []string {
+		return append([]string{":method", method, ":scheme", "https", ":path", path, ":authority", "dns.example.org"}, extra...)
+	}
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc(req("GET", get)...), EndStream: true, EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: enc(req("POST", "/dns-query", "content-type", "application/dns-message",
+			"content-length", strconv.Itoa(len(wire)))...), EndHeaders: true})
+		_ = fr.WriteData(3, false, wire[:5])
+		_ = fr.WriteData(3, true, wire[5:])
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: enc(req("HEAD", get)...), EndStream: true, EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 7, BlockFragment: enc(req("GET", "/other")...), EndStream: true, EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 9, BlockFragment: enc(req("PUT", "/dns-query")...), EndStream: true, EndHeaders: true})
+		// a request with a connection-specific field is malformed
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 11, BlockFragment: enc(req("GET", get, "connection", "close")...), EndStream: true, EndHeaders: true})
+		// a body longer than its content-length is malformed
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 13, BlockFragment: enc(req("POST", "/dns-query", "content-type", "application/dns-message",
+			"content-length", "3")...), EndHeaders: true})
+		_ = fr.WriteData(13, true, wire)
+	})
+	replies, goaway := readReplies(t, h2exchange(t, s, in))
+	for id, want := range map[uint32]int{1: 200, 3: 200, 5: 200, 7: 404, 9: 405} {
+		r := replies[id]
+		if r == nil || r.status != want {
+			t.Fatalf("stream %d: %+v, want %d", id, r, want)
+		}
+	}
+	for _, id := range []uint32{1, 3} {
+		m := new(dns.Msg)
+		if err := m.Unpack(replies[id].body); err != nil || len(m.Answer) != 1 || replies[id].hdr["cache-control"] != "max-age=60" ||
+			replies[id].hdr["content-length"] != strconv.Itoa(len(replies[id].body)) {
+			t.Fatalf("stream %d: %v %v %v", id, m, err, replies[id].hdr)
+		}
+	}
+	if len(replies[5].body) != 0 || replies[5].hdr["content-length"] == "0" {
+		t.Fatalf("HEAD: %+v", replies[5])
+	}
+	if replies[9].hdr["allow"] != "GET, HEAD, POST" {
+		t.Fatalf("405: %v", replies[9].hdr)
+	}
+	for _, id := range []uint32{11, 13} {
+		if r := replies[id]; r == nil || !r.reset || r.rst != http2.ErrCodeProtocol || r.status != 0 {
+			t.Fatalf("stream %d: %+v, want RST_STREAM PROTOCOL_ERROR", id, r)
+		}
+	}
+	if goaway == nil || goaway.ErrCode != http2.ErrCodeNo || goaway.LastStreamID != 13 {
+		t.Fatalf("GOAWAY at EOF: %+v, want NO_ERROR with last stream 13", goaway)
+	}
+}
+
+// TestH2HPACKBomb: a request naming one large table entry many times, in
+// an octet each, makes a header list past the limit: 431, and the
+// connection goes on.
+func TestH2HPACKBomb(t *testing.T) {
+	s := newTestDoHServer(t)
+	get := dnsGET(t, "www.example.org.")
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		req := []string{":method", "GET", ":scheme", "https", ":path", get, ":authority", "dns.example.org"}
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc(append(req, "x-bomb", strings.Repeat("b", 3000))...), EndStream: true, EndHeaders: true})
+		bomb := append(enc(req...), bytes.Repeat([]byte{0x80 | 62}, 100)...)
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: bomb, EndStream: true, EndHeaders: true})
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: enc(req...), EndStream: true, EndHeaders: true})
+	})
+	replies, _ := readReplies(t, h2exchange(t, s, in))
+	for id, want := range map[uint32]int{1: 200, 3: 431, 5: 200} {
+		if r := replies[id]; r == nil || r.status != want {
+			t.Fatalf("stream %d: %+v, want %d", id, r, want)
+		}
+	}
+}
+
+// FuzzH2 feeds the connection loop any frames after the preface: it must
+// end, without a panic, and write a bounded amount.
+func FuzzH2(f *testing.F) {
+	get := "/dns-query?dns=AAABAAABAAAAAAAAA3d3dwdleGFtcGxlA29yZwAAAQAB"
+	for _, seed := range [][]byte{
+		h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc(":method", "GET", ":scheme", "https", ":path", get), EndStream: true, EndHeaders: true})
+		}),
+		h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc(":method", "POST", ":scheme", "https", ":path", "/dns-query",
+				"content-type", "application/dns-message"), EndHeaders: true})
+			_ = fr.WriteData(1, false, []byte{0, 1, 1, 0, 0, 1})
+			_ = fr.WriteRSTStream(1, http2.ErrCodeCancel)
+			_ = fr.WritePing(false, [8]byte{1})
+			_ = fr.WriteWindowUpdate(0, 1000)
+			_ = fr.WriteSettings(http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1})
+		}),
+	} {
+		f.Add(seed[len(http2.ClientPreface):])
+	}
+	s := newTestDoHServer(f)
+	f.Fuzz(func(t *testing.T, frames []byte) {
+		out := h2exchange(t, s, append([]byte(http2.ClientPreface), frames...))
+		if len(out) > 4*h2MaxQueued+len(frames)*64 {
+			t.Fatalf("%d octets written for %d read", len(out), len(frames))
+		}
+	})
+}

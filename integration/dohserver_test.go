@@ -1,0 +1,450 @@
+package integration
+
+import (
+	"bufio"
+	"bytes"
+	"crypto/tls"
+	"encoding/base64"
+	"fmt"
+	"net"
+	"net/http"
+	"os/exec"
+	"regexp"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/miekg/dns"
+	"golang.org/x/net/http2"
+)
+
+// TestDoHServerStaple: the dedicated server's handshake (ALPN h2)
+// carries the ocsp app's staple, as openssl sees it.
+func TestDoHServerStaple(t *testing.T) {
+	env := startDoHSite(t, dohServerSite)
+	out := sClient(t, env.addr, "dns.example.test", "-alpn", "h2")
+	if !strings.Contains(out, "OCSP Response Status: successful") || !strings.Contains(out, "ALPN protocol: h2") {
+		t.Fatalf("openssl s_client -alpn h2 -status:\n%s", out)
+	}
+	out = sClient(t, env.addr, "", "-alpn", "http/1.1")
+	if !strings.Contains(out, "OCSP Response Status: successful") || !strings.Contains(out, "ALPN protocol: http/1.1") {
+		t.Fatalf("openssl s_client -alpn http/1.1 -status, no SNI:\n%s", out)
+	}
+}
+
+// TestDoHServerH2spec: h2spec (its HTTP/2 and HPACK conformance cases)
+// passes whole against the dedicated server.
+func TestDoHServerH2spec(t *testing.T) {
+	env := startDoHSite(t, dohServerSite)
+	_, port, _ := net.SplitHostPort(env.addr)
+	bin := t.TempDir() + "/h2spec"
+	if out, err := exec.Command("go", "build", "-o", bin, "github.com/summerwind/h2spec/cmd/h2spec").CombinedOutput(); err != nil {
+		t.Fatalf("building h2spec (a tool of go.mod): %v\n%s", err, out)
+	}
+	out, _ := run(t, true, bin, "-h", "127.0.0.1", "-p", port, "-t", "-k", "-P", "/dns-query", "-o", "5")
+	m := regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("h2spec printed no summary:\n%s", out)
+	}
+	total, _ := strconv.Atoi(m[1])
+	if total < 145 || m[1] != m[2] {
+		t.Fatalf("h2spec: %s\n%s", m[0], out)
+	}
+	t.Logf("h2spec: %s", m[0])
+}
+
+// TestDoHServerReloadH2load: h2load (long-lived HTTP/2, 10 streams a
+// connection) and curl (a connection a request) across five reloads
+// through the admin API: no request fails.
+func TestDoHServerReloadH2load(t *testing.T) {
+	h2load := need(t, "h2load")
+	curl := need(t, "curl")
+	env := startDoHSite(t, dohServerSite)
+	_, port, _ := net.SplitHostPort(env.addr)
+	url := env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+	var out string
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		out, _ = run(t, true, h2load, "-n", "60000", "-c", "4", "-m", "10", "--connect-to", "127.0.0.1:"+port, url)
+	}()
+	var curlOK, curlFailed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			o, err := exec.Command(curl, "-s", "--http2", "--cacert", env.root, "--resolve", "dns.example.test:"+port+":127.0.0.1",
+				"-o", "/dev/null", "-w", "%{http_code}", url).Output()
+			if err == nil && string(o) == "200" {
+				curlOK.Add(1)
+			} else {
+				curlFailed.Add(1)
+			}
+		}
+	}()
+	answered := func() int64 { return metric(t, env.c, `dnsfront_doh_responses_total{code="200",server="doh0"}`) }
+	for i := 0; i < 5; i++ {
+		n := answered()
+		if err := eventually(20*time.Second, func() bool { return answered() > n+2000 }); err != nil {
+			t.Fatalf("load stalled before reload %d", i+1)
+		}
+		if err := env.c.reload("", nil); err != nil {
+			t.Fatal(err)
+		}
+	}
+	<-done
+	close(stop)
+	wg.Wait()
+	if !strings.Contains(out, "60000 succeeded, 0 failed, 0 errored, 0 timeout") || !strings.Contains(out, "status codes: 60000 2xx") {
+		t.Fatalf("h2load across 5 reloads:\n%s", out)
+	}
+	if curlFailed.Load() != 0 || curlOK.Load() == 0 {
+		t.Fatalf("curl across 5 reloads: %d answered, %d failed", curlOK.Load(), curlFailed.Load())
+	}
+	t.Logf("h2load: 60000 requests, curl: %d, across 5 reloads, none failed", curlOK.Load())
+}
+
+// metric reads one sample of the admin API's /metrics (0 when absent).
+func metric(t testing.TB, c *caddyProc, sample string) int64 {
+	t.Helper()
+	for _, l := range strings.Split(string(c.api("GET", "/metrics")), "\n") {
+		if v, ok := strings.CutPrefix(l, sample+" "); ok {
+			f, _ := strconv.ParseFloat(v, 64)
+			return int64(f)
+		}
+	}
+	return 0
+}
+
+// blackhole is an upstream that counts queries and answers none.
+type blackhole struct {
+	pc    net.PacketConn
+	count atomic.Int64
+}
+
+func newBlackhole(t *testing.T) *blackhole {
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &blackhole{pc: pc}
+	t.Cleanup(func() { pc.Close() })
+	go func() {
+		buf := make([]byte, 2048)
+		for {
+			if _, _, err := pc.ReadFrom(buf); err != nil {
+				return
+			}
+			b.count.Add(1)
+		}
+	}()
+	return b
+}
+
+const attackSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	doh :{{.Port}} {
+		max_in_flight 20
+		idle_timeout 2s
+		write_timeout 2s
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}} {
+			timeout 20s
+			tries 1
+		}
+	}
+}
+`
+
+// TestDoHServerAttacks: the known HTTP/2 attacks each end (or are held
+// to the server's limits) while another client is served all along, with
+// no request of that client failing.
+func TestDoHServerAttacks(t *testing.T) {
+	hole := newBlackhole(t)
+	dir := t.TempDir()
+	port := freePort(t)
+	env := &dohEnv{addr: fmt.Sprintf("127.0.0.1:%d", port), url: fmt.Sprintf("https://dns.example.test:%d/dns-query", port)}
+	env.c = startCaddy(t, dir, attackSite, Vars{"Port": port, "Zone": exampleZone(t), "Up": hole.pc.LocalAddr().String()})
+	waitListen(t, env.addr)
+	env.root = dir + "/data/caddy/pki/authorities/local/root.crt"
+	cfg := env.tlsConfig(t)
+
+	// the other client: GETs over a connection of its own, all along
+	var served, failed atomic.Int64
+	stop := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		client := &http.Client{Timeout: 10 * time.Second, Transport: &http2.Transport{TLSClientConfig: cfg,
+			DialTLS: func(network, _ string, c *tls.Config) (net.Conn, error) { return tls.Dial(network, env.addr, c) }}}
+		url := env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			resp, err := client.Get(url)
+			if err == nil {
+				resp.Body.Close()
+			}
+			if err == nil && resp.StatusCode == 200 {
+				served.Add(1)
+			} else {
+				failed.Add(1)
+			}
+		}
+	}()
+	t.Cleanup(func() { close(stop); wg.Wait() })
+	stillServed := func(t *testing.T) {
+		t.Helper()
+		n := served.Load()
+		if err := eventually(10*time.Second, func() bool { return served.Load() > n+50 }); err != nil {
+			t.Fatalf("the other client is no longer served (%d answered, %d failed)", served.Load(), failed.Load())
+		}
+		if failed.Load() != 0 {
+			t.Fatalf("%d requests of the other client failed", failed.Load())
+		}
+	}
+	upQuery := func(i int) string {
+		return "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, fmt.Sprintf("q%d.up.test.", i), dns.TypeA, nil))
+	}
+
+	t.Run("rapid reset", func(t *testing.T) {
+		// CVE-2023-44487: streams opened and reset at once are not
+		// counted as open; their answers are, until made
+		c := dialH2(t, env.addr, cfg)
+		before := hole.count.Load()
+		go func() {
+			w := bufio.NewWriter(c.conn)
+			fr := http2.NewFramer(w, nil)
+			for i := 0; i < 5000; i++ {
+				id := uint32(2*i + 1)
+				if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: c.block("GET", upQuery(i)), EndStream: true, EndHeaders: true}) != nil ||
+					fr.WriteRSTStream(id, http2.ErrCodeCancel) != nil {
+					return
+				}
+				if i%100 == 99 && w.Flush() != nil {
+					return
+				}
+			}
+			_ = w.Flush()
+		}()
+		if err := eventually(10*time.Second, func() bool { return hole.count.Load() >= before+20 }); err != nil {
+			t.Fatalf("the resets' queries did not reach the upstream: %d", hole.count.Load()-before)
+		}
+		stillServed(t)
+		if n := hole.count.Load() - before; n > 20 {
+			t.Fatalf("%d upstream queries for 5000 reset streams: more than max_in_flight (20) at once", n)
+		}
+	})
+
+	t.Run("CONTINUATION flood", func(t *testing.T) {
+		// CVE-2024-27316 class: a header block that never ends, growing
+		c := dialH2(t, env.addr, cfg)
+		sent := 0
+		go func() {
+			field := bytes.Repeat([]byte("v"), 1000)
+			if c.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.block("GET", "/dns-query")}) != nil {
+				return
+			}
+			for i := 0; sent < 50<<20; i++ {
+				var frag []byte
+				for len(frag) < 15000 {
+					// a literal field, not indexed: name and value each time
+					frag = append(frag, 0x00, byte(len("x-flood")))
+					frag = append(frag, "x-flood"...)
+					frag = append(frag, 0x7f, byte(len(field)-127)&0x7f|0x80, byte((len(field)-127)>>7))
+					frag = append(frag, field...)
+				}
+				if c.fr.WriteContinuation(1, false, frag) != nil {
+					return
+				}
+				sent += len(frag)
+			}
+		}()
+		if e := c.goaway(10 * time.Second); !e.goaway && !e.closed {
+			t.Fatal("the flood went on")
+		} else if e.goaway && e.code != http2.ErrCodeProtocol {
+			t.Fatalf("GOAWAY %v, want PROTOCOL_ERROR", e.code)
+		}
+		stillServed(t)
+	})
+
+	t.Run("empty CONTINUATION flood", func(t *testing.T) {
+		c := dialH2(t, env.addr, cfg)
+		go func() {
+			w := bufio.NewWriter(c.conn)
+			fr := http2.NewFramer(w, nil)
+			if fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: c.block("GET", "/dns-query")}) != nil {
+				return
+			}
+			for i := 0; i < 5_000_000; i++ {
+				if fr.WriteContinuation(1, false, nil) != nil {
+					return
+				}
+			}
+			_ = w.Flush()
+		}()
+		if e := c.goaway(20 * time.Second); !e.goaway || e.code != http2.ErrCodeEnhanceYourCalm {
+			t.Fatalf("empty CONTINUATION frames: %+v, want GOAWAY ENHANCE_YOUR_CALM", e)
+		}
+		stillServed(t)
+	})
+
+	for _, flood := range []struct {
+		name  string
+		frame func(fr *http2.Framer) error
+	}{
+		{"PING flood", func(fr *http2.Framer) error { return fr.WritePing(false, [8]byte{1}) }},
+		{"SETTINGS flood", func(fr *http2.Framer) error {
+			return fr.WriteSettings(http2.Setting{ID: http2.SettingMaxFrameSize, Val: 16384})
+		}},
+	} {
+		t.Run(flood.name, func(t *testing.T) {
+			// frames that each want an answer, from a client that reads
+			// none: the answers may not pile up
+			c := dialH2(t, env.addr, cfg)
+			w := bufio.NewWriterSize(c.conn, 64<<10)
+			fr := http2.NewFramer(w, nil)
+			sent := 0
+			var err error
+			for ; sent < 5_000_000 && err == nil; sent++ {
+				err = flood.frame(fr)
+			}
+			if err == nil {
+				err = w.Flush()
+			}
+			if err == nil {
+				t.Fatalf("%d frames written, and the connection is still open", sent)
+			}
+			t.Logf("the connection ended after %d frames: %v", sent, err)
+			stillServed(t)
+		})
+	}
+
+	t.Run("empty DATA frames", func(t *testing.T) {
+		c := dialH2(t, env.addr, cfg)
+		if err := c.headers(1, false, c.block("POST", "/dns-query", "content-type", "application/dns-message")); err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 1000; i++ {
+			if c.fr.WriteData(1, false, nil) != nil {
+				break
+			}
+		}
+		if e := c.goaway(10 * time.Second); !e.goaway || e.code != http2.ErrCodeEnhanceYourCalm {
+			t.Fatalf("1000 empty DATA frames: %+v, want GOAWAY ENHANCE_YOUR_CALM", e)
+		}
+		stillServed(t)
+	})
+
+	t.Run("stream exhaustion", func(t *testing.T) {
+		// streams opened and never finished: past MAX_CONCURRENT_STREAMS
+		// (max_in_flight) they are refused, and the idle timeout ends them
+		c := dialH2(t, env.addr, cfg)
+		for i := 0; i < 20; i++ {
+			if err := c.headers(uint32(2*i+1), false, c.block("POST", "/dns-query", "content-type", "application/dns-message")); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if err := c.headers(41, false, c.block("POST", "/dns-query", "content-type", "application/dns-message")); err != nil {
+			t.Fatal(err)
+		}
+		if e := c.await(41, 10*time.Second); !e.reset || e.rst != http2.ErrCodeRefusedStream {
+			t.Fatalf("the 21st open stream: %+v, want RST_STREAM REFUSED_STREAM", e)
+		}
+		stillServed(t)
+		if e := c.goaway(10 * time.Second); !e.goaway && !e.closed {
+			t.Fatalf("20 stalled streams: the connection was not ended: %+v", e)
+		}
+	})
+
+	t.Run("zero window", func(t *testing.T) {
+		// a client that opens no window gets the answer's HEADERS, no
+		// DATA, and is let go once write_timeout passes
+		c := dialH2(t, env.addr, cfg, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 0})
+		if err := c.headers(1, true, c.block("GET", "/dns-query?dns="+base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil)))); err != nil {
+			t.Fatal(err)
+		}
+		// PINGs keep the connection from idling out: write_timeout ends it
+		go func() {
+			for i := 0; i < 100; i++ {
+				if c.fr.WritePing(false, [8]byte{byte(i)}) != nil {
+					return
+				}
+				time.Sleep(100 * time.Millisecond)
+			}
+		}()
+		e := c.await(1, 15*time.Second)
+		if e.status != 200 || len(e.body) != 0 {
+			t.Fatalf("zero window: %+v, want the headers (200) and no DATA", e)
+		}
+		if e := c.goaway(15 * time.Second); !e.goaway && !e.closed {
+			t.Fatalf("zero window: the connection was not ended: %+v", e)
+		}
+		stillServed(t)
+	})
+
+	t.Run("slow read", func(t *testing.T) {
+		// a client that opens its windows wide, sends requests and reads
+		// nothing: the server stops taking its requests once 1 MB of
+		// answers wait, and write_timeout ends it
+		c := dialH2(t, env.addr, cfg, http2.Setting{ID: http2.SettingInitialWindowSize, Val: 1<<31 - 1})
+		if err := c.fr.WriteWindowUpdate(0, 1<<31-1-65535); err != nil {
+			t.Fatal(err)
+		}
+		before := metric(t, env.c, `dnsfront_doh_responses_total{code="200",server="doh0"}`)
+		block := c.block("GET", "/dns-query?dns="+base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil)))
+		w := bufio.NewWriterSize(c.conn, 64<<10)
+		fr := http2.NewFramer(w, nil)
+		var err error
+		sent := 0
+		for ; sent < 2_000_000 && err == nil; sent++ {
+			if err = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*sent + 1), BlockFragment: block, EndStream: true, EndHeaders: true}); err == nil && sent%500 == 499 {
+				err = w.Flush()
+			}
+		}
+		if err == nil {
+			t.Fatalf("%d requests sent unread, and the connection is still open", sent)
+		}
+		t.Logf("the connection ended after %d requests (%d answered, with the other client's): %v", sent,
+			metric(t, env.c, `dnsfront_doh_responses_total{code="200",server="doh0"}`)-before, err)
+		stillServed(t)
+	})
+
+	t.Run("HPACK bomb", func(t *testing.T) {
+		// one 3,000-octet field in the dynamic table, then a request that
+		// names it 100 times in one octet each: 300 KB of header list
+		c := dialH2(t, env.addr, cfg)
+		path := "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+		if err := c.headers(1, true, c.block("GET", path, "x-bomb", strings.Repeat("b", 3000))); err != nil {
+			t.Fatal(err)
+		}
+		if e := c.await(1, 10*time.Second); e.status != 200 {
+			t.Fatalf("the first request: %+v", e)
+		}
+		bomb := append(c.block("GET", path), bytes.Repeat([]byte{0x80 | 62}, 100)...) // index 62: the newest entry
+		if err := c.headers(3, true, bomb); err != nil {
+			t.Fatal(err)
+		}
+		e := c.await(3, 10*time.Second)
+		if e.status != 431 && !e.goaway && !e.closed {
+			t.Fatalf("HPACK bomb: %+v, want 431 or the connection ended", e)
+		}
+		stillServed(t)
+	})
+}
