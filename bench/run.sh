@@ -33,7 +33,7 @@ ROUNDS=${ROUNDS:-3}
 DURATION=${DURATION:-10}
 # dnsfront's DoH rows and Caddy's respond are measured in turns of this many slices a round
 SLICES=${SLICES:-5}
-SCENARIOS=${SCENARIOS:-"idle udp dot latency doh handshake cache controls"}
+SCENARIOS=${SCENARIOS:-"idle udp dot latency doh dohserver handshake cache controls"}
 IDLE_CONNS=${IDLE_CONNS:-10000}
 # unbound needs two descriptors per TCP client and the open-files limit
 # here is 16,384: it gets fewer (the table says how many each server had)
@@ -63,9 +63,11 @@ if [ -n "${BIN:-}" ]; then
 else
 	go build -o "$T/caddy" ./cmd/caddy
 fi
+go build -tags dohnethttp -o "$T/caddy-nethttp" ./cmd/caddy
+mkdir -p "$T/nethttp"
 go run ./bench/mkqueries -out "$T"
 # the GET URLs for each server's DoH port, and for dnsfront's zone path
-for port in 8443 9443 10443; do
+for port in 8443 8444 8445 9443 10443; do
 	sed "s#https://127.0.0.1:8443#https://127.0.0.1:$port#" "$T/get-urls.txt" > "$T/urls-$port.txt"
 done
 sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
@@ -131,6 +133,11 @@ cat > "$T/Caddyfile" <<EOF
 		idle_timeout 30s
 		forward udp://127.0.0.1:5301
 	}
+	# the dedicated DoH server
+	doh 127.0.0.1:8444 {
+		idle_timeout 30s
+		forward udp://127.0.0.1:5301
+	}
 	dot 127.0.0.1:8854 {
 		zone example.test $T/example.test.zone
 	}
@@ -172,6 +179,27 @@ https://:8443 {
 		forward udp://127.0.0.1:5301
 	}
 	respond /respond "x"
+}
+EOF
+
+# the dedicated DoH server again, in a build whose HTTP/2 is Go's own
+# (-tags dohnethttp): the plain net/http figure its connection loop is
+# measured against
+cat > "$T/Caddyfile-nethttp" <<EOF
+{
+	admin off
+	log {
+		level WARN
+	}
+	ocsp {
+		certificate $T/server.pem $T/server.key {
+			staple file $T/server.ocsp
+		}
+	}
+	doh 127.0.0.1:8445 {
+		idle_timeout 30s
+		forward udp://127.0.0.1:5301
+	}
 }
 EOF
 
@@ -253,6 +281,7 @@ start() {
 # start_servers: dnsfront, dnsdist and unbound, fresh
 start_servers() {
 	start DNSFRONT dnsfront 127.0.0.1:8853 env HOME="$T" "$T/caddy" run --config "$T/Caddyfile" --adapter caddyfile
+	start NETHTTP dnsfront-nethttp 127.0.0.1:8445 env HOME="$T/nethttp" "$T/caddy-nethttp" run --config "$T/Caddyfile-nethttp" --adapter caddyfile
 	start DNSDIST dnsdist 127.0.0.1:9853 dnsdist --supervised --disable-syslog -C "$T/dnsdist.conf"
 	start UNBOUND unbound 127.0.0.1:10853 unbound -d -c "$T/unbound.conf"
 	sleep 1
@@ -278,7 +307,7 @@ pin_nsd() {
 # process's earlier allocations would distort
 restart_servers() {
 	local p
-	for p in "$DNSFRONT" "$DNSDIST" "$UNBOUND"; do
+	for p in "$DNSFRONT" "$NETHTTP" "$DNSDIST" "$UNBOUND"; do
 		kill "$p" 2>/dev/null || true
 		wait "$p" 2>/dev/null || true
 	done
@@ -438,7 +467,7 @@ idle_measure() {
 	local per
 	per=$(awk -v a="$rss1" -v b="$rss0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
 	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$n" "$per" "$((rss1 / 1024))" "$kind" >> "$IDLE"
-	printf '   %-28s %-22s %s connections  %s bytes each  rss %s MB\n' "idle DoT, $kind" "$name" "$n" "$per" "$((rss1 / 1024))"
+	printf '   %-28s %-22s %s connections  %s bytes each  rss %s MB\n' "idle, $kind" "$name" "$n" "$per" "$((rss1 / 1024))"
 	sleep 3 # let the server let go of them
 }
 
@@ -509,6 +538,40 @@ for round in $(seq "$ROUNDS"); do
 			measure "DoH POST h2 -c 10 -m 10" dnsdist "$DNSDIST" h2load -c 10 -m 10 -n $H2N $post https://127.0.0.1:9443/dns-query
 			# shellcheck disable=SC2086
 			measure "DoH POST h2 -c 10 -m 10" "unbound (own data)" "$UNBOUND" h2load -c 10 -m 10 -n $H2N $post https://127.0.0.1:10443/dns-query
+			;;
+		dohserver)
+			# the dedicated DoH server (8444) against dnsdist's DoH, the
+			# same server with Go's own HTTP/2 (8445, plain net/http) and
+			# the Caddy handler (8443), all forwarding to nsd
+			post="-d $T/post.bin -H content-type:application/dns-message"
+			for target in "dnsfront doh server":8444:"$DNSFRONT" "dnsdist":9443:"$DNSDIST" \
+				"dnsfront doh server, Go's net/http h2":8445:"$NETHTTP" "dnsfront handler (Caddy site)":8443:"$DNSFRONT"; do
+				IFS=: read -r name port pid <<<"$target"
+				measure "DoH server GET h2 -c 10 -m 10" "$name" "$pid" h2load -c 10 -m 10 -n $H2N -i "$T/urls-$port.txt"
+				# shellcheck disable=SC2086
+				measure "DoH server POST h2 -c 10 -m 10" "$name" "$pid" h2load -c 10 -m 10 -n $H2N $post "https://127.0.0.1:$port/dns-query"
+			done
+			# p50/p99 of each request under the same load (h2load --log-file: a line a request, its time in us)
+			for target in "dnsfront doh server":8444 "dnsdist":9443; do
+				name=${target%:*} port=${target##*:}
+				rm -f "$T/h2.log"
+				taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n $((H2N / 2)) -i "$T/urls-$port.txt" --log-file="$T/h2.log" >/dev/null 2>&1 || true
+				awk '{print $3 / 1000}' "$T/h2.log" | sort -n |
+					awk -v n="$name" -v r="$round" '{a[NR] = $1} END {if (NR) printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\n", n, r, NR, a[int(NR * .5) + 1], a[int(NR * .99) + 1], a[NR]}' >> "$T/doh-latency.tsv"
+				tail -1 "$T/doh-latency.tsv" | awk -F'\t' '{printf "   %-28s %-22s %s answers  p50 %s ms  p99 %s ms  max %s ms\n", "DoH GET latency -c 10 -m 10", $1, $3, $4, $5, $6}'
+			done
+			# a new TLS connection per GET, staple attached
+			for target in "dnsfront doh server":8444:"$DNSFRONT" "dnsdist":9443:"$DNSDIST"; do
+				IFS=: read -r name port pid <<<"$target"
+				measure "DoH server new conn per query" "$name" "$pid" h2load -n 3000 -c 3000 -m 1 -t 1 -i "$T/urls-$port.txt"
+			done
+			# memory per idle HTTP/2 connection (preface and SETTINGS sent,
+			# no request), fresh processes, round 1
+			if [ "$round" = 1 ]; then
+				restart_servers
+				idle_measure "HTTP/2 (DoH), preface sent" "dnsfront" "$DNSFRONT" 127.0.0.1:8444 -h2
+				idle_measure "HTTP/2 (DoH), preface sent" "dnsdist" "$DNSDIST" 127.0.0.1:9443 -h2
+			fi
 			;;
 		idle)
 			# fresh processes only: a C allocator reuses what it already holds
@@ -609,6 +672,16 @@ mkdir -p bench/results
 		END {for (i = 1; i <= n; i++) {k = o[i]; printf "| %s | %s | %s | %s | %s |\n", k, median(c[k]), median(p[k]), median(q[k]), median(x[k])}}' "$T/latency.tsv"
 		cp "$T/latency.tsv" bench/results/latest-latency.tsv
 	fi
+	if [ -s "$T/doh-latency.tsv" ]; then
+		echo
+		echo "DoH GET latency under load (h2load -c 10 -m 10 --log-file, per-request times; median over rounds):"
+		echo
+		echo "| server | requests | p50 ms | p99 ms | max ms |"
+		echo "|---|---:|---:|---:|---:|"
+		awk -F'\t' '{k = $1; if (!(k in seen)) {o[++n] = k; seen[k] = 1}; c[k] = c[k] " " $3; p[k] = p[k] " " $4; q[k] = q[k] " " $5; x[k] = x[k] " " $6}
+		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
+		END {for (i = 1; i <= n; i++) {k = o[i]; printf "| %s | %s | %s | %s | %s |\n", k, median(c[k]), median(p[k]), median(q[k]), median(x[k])}}' "$T/doh-latency.tsv"
+	fi
 	if [ -s "$T/entries.tsv" ]; then
 		echo
 		echo "Memory per cache entry (the 0%-hit row: RSS growth over the run / misses, each a new entry; per round):"
@@ -630,7 +703,7 @@ mkdir -p bench/results
 	fi
 	if [ -s "$IDLE" ]; then
 		echo
-		echo "Memory held by idle DoT connections ($IDLE_CONNS opened, $UNBOUND_IDLE_CONNS for unbound, handshake done and nothing sent, or one query asked and answered, or a TCP connection with no ClientHello; RSS growth / connections; round 1, fresh processes for each kind):"
+		echo "Memory held by idle connections, DoT and HTTP/2 ($IDLE_CONNS opened, $UNBOUND_IDLE_CONNS for unbound, handshake done and nothing sent, or one query asked and answered, or a TCP connection with no ClientHello; RSS growth / connections; round 1, fresh processes for each kind):"
 		echo
 		echo "| idle connections | server | connections open | bytes per connection | RSS MB with them |"
 		echo "|---|---|---:|---:|---:|"

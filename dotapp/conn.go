@@ -112,7 +112,7 @@ func (c *conn) serve(s *Server) {
 	c.metrics.open.Inc()
 	if s.doh != nil {
 		if c.tc.ConnectionState().NegotiatedProtocol == "h2" {
-			go runH2(c)
+			go serveH2(c)
 		} else {
 			s.doh.serveH1(c)
 		}

@@ -177,6 +177,10 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	return h
 }
 
+// serveH2 serves an HTTP/2 connection: runH2 (a build for the benchmark
+// may make it Go's own server, see doh_nethttp.go).
+var serveH2 = runH2
+
 // runH2 serves an HTTP/2 connection until it ends.
 func runH2(c *conn) {
 	srv := c.srv.Load()

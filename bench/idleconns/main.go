@@ -1,7 +1,8 @@
 // Command idleconns opens many DNS over TLS connections, completes each
 // handshake, sends nothing (or, with -query, one query whose answer it
-// reads; with -silent, not even a ClientHello), and holds them open until its standard input closes: the
-// benchmark reads the server's memory meanwhile.
+// reads; with -silent, not even a ClientHello; with -h2, the HTTP/2
+// preface of a DoH client), and holds them open until its standard input
+// closes: the benchmark reads the server's memory meanwhile.
 package main
 
 import (
@@ -24,6 +25,7 @@ func main() {
 	n := flag.Int("n", 10000, "connections")
 	query := flag.String("query", "", "a name to ask for (type A) on each connection before it goes idle; empty: ask nothing")
 	silent := flag.Bool("silent", false, "connect over TCP and send nothing, not even a ClientHello")
+	h2 := flag.Bool("h2", false, "DNS over HTTPS: ALPN h2, and the HTTP/2 preface and SETTINGS sent after the handshake")
 	flag.Parse()
 	var frame []byte
 	if *query != "" {
@@ -36,6 +38,9 @@ func main() {
 		frame = append(binary.BigEndian.AppendUint16(nil, uint16(len(b))), b...)
 	}
 	cfg := &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot"}} // a load generator: the certificate is not the point
+	if *h2 {
+		cfg.NextProtos = []string{"h2"}
+	}
 	conns := make([]net.Conn, 0, *n)
 	var mu sync.Mutex
 	var wg sync.WaitGroup
@@ -56,6 +61,10 @@ func main() {
 			}
 			if err == nil && frame != nil {
 				err = askOnce(c, frame)
+			}
+			if err == nil && *h2 {
+				// the client preface, then an empty SETTINGS frame
+				_, err = io.WriteString(c, "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00")
 			}
 			mu.Lock()
 			defer mu.Unlock()
