@@ -58,6 +58,8 @@ type conn struct {
 	aborted atomic.Bool
 	reading atomic.Bool // waiting for a query, deadline set from srv
 	park    parking
+
+	h2 *h2conn // a DoH server's HTTP/2 connection
 }
 
 var (
@@ -149,6 +151,10 @@ func (c *conn) run() {
 // finish ends the connection: the answers in flight are written, then it
 // is closed cleanly (close_notify) unless it was aborted.
 func (c *conn) finish() {
+	if c.h2 != nil {
+		c.h2.endParked() // only a parked one ends here
+		return
+	}
 	if c.w != nil {
 		c.w.pending.Wait()
 		c.w.stop()

@@ -41,7 +41,7 @@ const (
 	h2MaxEmpty = 100
 	// h2Recent is how many closed streams are remembered, to tell a
 	// frame for a closed stream from one for a stream never opened.
-	h2Recent    = 64
+	h2Recent    = 32
 	h2MaxWindow = 1<<31 - 1
 )
 
@@ -85,9 +85,13 @@ type h2conn struct {
 	goaway       bool       // GOAWAY sent: no new streams
 	closed       bool       // the connection is done: answers are dropped
 
-	kick     chan struct{}
-	stop     chan struct{}
-	wdone    chan struct{}
+	last time.Time // when the last frame came
+
+	// the writer's, from startWriter to stopWriter
+	kick  chan struct{}
+	stop  chan struct{}
+	wdone chan struct{}
+
 	sem      chan struct{}
 	answers  sync.WaitGroup
 	inFlight atomic.Int32
@@ -161,10 +165,6 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 		peerMaxFrame: 16384,
 		connRecv:     h2ConnWindow,
 		maxStreams:   maxStreams,
-		kick:         make(chan struct{}, 1),
-		stop:         make(chan struct{}),
-		wdone:        make(chan struct{}),
-		sem:          make(chan struct{}, maxStreams),
 	}
 	h.in = h2reader{r: rd}
 	h.fr = http2.NewFramer(&h.out, &h.in)
@@ -172,48 +172,70 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	h.fr.MaxHeaderListSize = h2HeaderListSize
 	h.fr.SetMaxReadFrameSize(h2MaxFrame)
 	h.fr.SetReuseFrames()
-	h.henc = hpack.NewEncoder(&h.hbuf)
 	h.written = sync.NewCond(&h.mu)
 	return h
 }
 
 // serveH2 serves an HTTP/2 connection: runH2 (a build for the benchmark
 // may make it Go's own server, see doh_nethttp.go).
-var serveH2 = runH2
+var serveH2 func(*conn)
 
-// runH2 serves an HTTP/2 connection until it ends.
+func init() {
+	if serveH2 == nil {
+		serveH2 = runH2
+	}
+}
+
+// runH2 serves an HTTP/2 connection until it ends or parks.
 func runH2(c *conn) {
 	srv := c.srv.Load()
 	h := newH2(c, c.tc, c.tc, srv.set.maxInFlight)
-	go h.writeLoop()
-	graceful := true
+	c.h2 = h
+	h.startWriter()
+	h.serve(h.start)
+}
+
+// serve runs read (the preface, or the frame loop) and ends the
+// connection after it, unless it parked.
+func (h *h2conn) serve(read func() h2end) {
+	c := h.c
+	end := h2Failed
 	func() {
 		defer func() {
 			if r := recover(); r != nil {
-				srv.logger.Error("doh connection panicked", zap.Any("panic", r))
-				graceful = false
+				c.srv.Load().logger.Error("doh connection panicked", zap.Any("panic", r))
+				end = h2Failed
 				c.abort()
 			}
 		}()
-		graceful = h.read()
+		end = read()
 	}()
-	h.finish(graceful)
+	if end == h2Parked {
+		return
+	}
+	h.finish(end == h2Graceful)
 	c.closeOut()
 }
 
-// read reads frames until the connection ends. It returns false after a
-// connection error (the answers in flight are then dropped).
-func (h *h2conn) read() bool {
-	c := h.c
-	srv := c.srv.Load()
-	h.setDeadline(time.Now().Add(srv.set.read))
+// How a reader stops.
+type h2end int
+
+const (
+	h2Graceful h2end = iota // the streams in flight are answered, then the connection closes
+	h2Failed                // a connection error: closed once the GOAWAY is out
+	h2Parked                // quiet: no goroutine until the client sends again
+)
+
+// start reads the client's preface, sends the server's, and reads frames.
+func (h *h2conn) start() h2end {
+	h.setDeadline(time.Now().Add(h.c.srv.Load().set.read))
 	var preface [len(http2.ClientPreface)]byte
 	if _, err := io.ReadFull(h.rd, preface[:]); err != nil {
-		return true
+		return h2Graceful
 	}
 	if string(preface[:]) != http2.ClientPreface {
 		h.connError(http2.ErrCodeProtocol)
-		return false
+		return h2Failed
 	}
 	h.mu.Lock()
 	_ = h.fr.WriteSettings(
@@ -223,19 +245,37 @@ func (h *h2conn) read() bool {
 	_ = h.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
 	h.mu.Unlock()
 	h.wake()
-	last := time.Now()
+	h.last = time.Now()
+	return h.read()
+}
+
+// resume goes on with a parked connection whose socket turned readable.
+func (h *h2conn) resume() {
+	h.startWriter()
+	h.serve(h.read)
+}
+
+// read reads frames until the connection ends or parks.
+func (h *h2conn) read() h2end {
+	c := h.c
 	for {
 		if c.aborted.Load() {
-			return false // a write failed, or the grace period ended
+			return h2Failed // a write failed, or the grace period ended
 		}
-		srv = c.srv.Load()
+		srv := c.srv.Load()
+		deadline := srv.idleDeadline(h.last)
+		wait := deadline
+		canPark := c.rc != nil && idlePoller.ok()
+		if canPark {
+			wait = minTime(deadline, time.Now().Add(srv.set.parkAfter))
+		}
 		c.reading.Store(true)
-		h.setDeadline(srv.idleDeadline(last))
+		h.setDeadline(wait)
 		h.in.left = h2MaxBlock
 		f, err := h.fr.ReadFrame()
 		c.reading.Store(false)
 		if err == nil {
-			last = time.Now()
+			h.last = time.Now()
 			err = h.process(f)
 		}
 		if err != nil {
@@ -245,15 +285,24 @@ func (h *h2conn) read() bool {
 				continue
 			case http2.ConnectionError:
 				h.connError(http2.ErrCode(e))
-				return false
+				return h2Failed
 			}
 			if errors.Is(err, http2.ErrFrameTooLarge) {
 				h.connError(http2.ErrCodeFrameSize)
-				return false
+				return h2Failed
 			}
 			if errors.Is(err, errBlockTooLong) {
 				h.connError(http2.ErrCodeEnhanceYourCalm)
-				return false
+				return h2Failed
+			}
+			// quiet, with nothing of a frame read and nothing in flight:
+			// park (a read returns what TLS holds before it waits, so
+			// TLS holds nothing either)
+			if canPark && isTimeout(err) && h.in.left == h2MaxBlock && time.Now().Before(deadline) && h.park() {
+				return h2Parked
+			}
+			if isTimeout(err) && h.in.left == h2MaxBlock && time.Now().Before(deadline) {
+				continue // streams in flight: wait on
 			}
 			// idle (or draining), or the client went: stop reading, and
 			// answer the streams in flight
@@ -261,19 +310,65 @@ func (h *h2conn) read() bool {
 				ce.Write(zap.Stringer("client", c.client), zap.Error(err))
 			}
 			h.goAway(http2.ErrCodeNo)
-			return true
+			return h2Graceful
 		}
-		if h.stalled(last) {
+		if h.stalled(h.last) {
 			h.goAway(http2.ErrCodeNo)
-			return true
+			return h2Graceful
 		}
 		if h.flooded() {
 			// frames for a client that does not read them keep piling
 			// up (requests wait in endRequest; this is the rest)
 			h.connError(http2.ErrCodeEnhanceYourCalm)
-			return false
+			return h2Failed
 		}
 	}
+}
+
+// park lets a quiet connection go of its goroutines and write buffers:
+// with no stream open, no answer being made and nothing to send, the
+// writer stops and the idle poller resumes the connection when its
+// client sends again. It reports false when the connection is not quiet
+// or cannot be parked.
+func (h *h2conn) park() bool {
+	h.mu.Lock()
+	quiet := len(h.streams) == 0 && len(h.out.b) == 0 && h.writing == 0 && h.inFlight.Load() == 0
+	h.mu.Unlock()
+	if !quiet {
+		return false
+	}
+	h.stopWriter()
+	h.mu.Lock()
+	h.out.b = nil
+	h.hbuf = bytes.Buffer{}
+	h.mu.Unlock()
+	c := h.c
+	c.park.mu.Lock()
+	defer c.park.mu.Unlock()
+	c.park.since = h.last
+	if c.parkUntil(c.srv.Load().idleDeadline(h.last), false) {
+		return true
+	}
+	h.startWriter()
+	return false
+}
+
+// endParked ends a parked connection (its idle timeout, or an abort):
+// a GOAWAY, written here (no writer runs), then close.
+func (h *h2conn) endParked() {
+	c := h.c
+	if !c.aborted.Load() {
+		h.mu.Lock()
+		h.goaway = true
+		_ = h.fr.WriteGoAway(h.maxStream, http2.ErrCodeNo, nil)
+		out := h.out.b
+		h.out.b = nil
+		h.closed = true
+		h.mu.Unlock()
+		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
+		_, _ = h.wr.Write(out)
+	}
+	c.closeOut()
 }
 
 // setDeadline bounds the reader's next wait.
@@ -526,6 +621,9 @@ func (h *h2conn) endRequest(st *h2stream) error {
 	if err := h.waitQueue(); err != nil {
 		return err
 	}
+	if h.sem == nil {
+		h.sem = make(chan struct{}, h.maxStreams) // from the first request: an idle connection holds less
+	}
 	h.sem <- struct{}{}
 	h.answers.Add(1)
 	h.inFlight.Add(1)
@@ -596,7 +694,7 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 		body = nil
 	}
 	h.hbuf.Reset()
-	enc := h.henc
+	enc := h.encoder()
 	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(rep.Status)})
 	_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: rep.ContentType})
 	_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(rep.Body))})
@@ -616,6 +714,15 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 	if len(st.out) == 0 {
 		h.sentLocked(st)
 	}
+}
+
+// encoder is the connection's HPACK encoder, made at its first use.
+// h.mu is held.
+func (h *h2conn) encoder() *hpack.Encoder {
+	if h.henc == nil {
+		h.henc = hpack.NewEncoder(&h.hbuf)
+	}
+	return h.henc
 }
 
 // sendLocked frames as much of a stream's answer as the windows allow;
@@ -692,7 +799,7 @@ func (h *h2conn) onSettings(f *http2.SettingsFrame) error {
 		}
 		switch s.ID {
 		case http2.SettingHeaderTableSize:
-			h.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			h.encoder().SetMaxDynamicTableSizeLimit(s.Val)
 		case http2.SettingInitialWindowSize:
 			// RFC 9113 6.9.2: the change applies to every open stream
 			delta := int64(s.Val) - h.initialSend
@@ -867,20 +974,31 @@ func (h *h2conn) finish(graceful bool) {
 		// what is queued (the GOAWAY) gets a moment, not a write timeout
 		_ = h.c.raw.SetWriteDeadline(time.Now().Add(time.Second))
 	}
+	h.stopWriter()
+}
+
+// startWriter starts the goroutine that sends what is framed; stopWriter
+// stops it once it has sent everything.
+func (h *h2conn) startWriter() {
+	h.kick, h.stop, h.wdone = make(chan struct{}, 1), make(chan struct{}), make(chan struct{})
+	go h.writeLoop(h.kick, h.stop, h.wdone)
+}
+
+func (h *h2conn) stopWriter() {
 	close(h.stop)
 	<-h.wdone
 }
 
 // writeLoop sends what is framed, as much as is ready in one write.
-func (h *h2conn) writeLoop() {
-	defer close(h.wdone)
+func (h *h2conn) writeLoop(kick, stop, wdone chan struct{}) {
+	defer close(wdone)
 	var spare []byte
 	failed := false
 	for {
 		final := false
 		select {
-		case <-h.kick:
-		case <-h.stop:
+		case <-kick:
+		case <-stop:
 			final = true
 		}
 		if !final && h.inFlight.Load() > 0 {

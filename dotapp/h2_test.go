@@ -46,9 +46,8 @@ func h2exchange(t testing.TB, s *Server, input []byte) []byte {
 	c.srv.Store(s)
 	var out syncBuf
 	h := newH2(c, bytes.NewReader(input), &out, s.set.maxInFlight)
-	go h.writeLoop()
-	graceful := h.read()
-	h.finish(graceful)
+	h.startWriter()
+	h.finish(h.start() == h2Graceful)
 	return out.b.Bytes()
 }
 

@@ -102,6 +102,8 @@ func (c *conn) resume() {
 		return // ended meanwhile
 	case hello:
 		c.serve(c.srv.Load())
+	case c.h2 != nil:
+		c.h2.resume()
 	default:
 		c.run()
 	}

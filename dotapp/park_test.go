@@ -23,12 +23,18 @@ import (
 // and handshake timeouts (0: the default).
 func parkServer(t *testing.T, idle, handshake time.Duration) (*Server, string) {
 	t.Helper()
-	s := newTestServer(t)
+	return listenParking(t, newTestServer(t), dotVecs, idle, handshake)
+}
+
+// listenParking puts s (a DoT or a DoH server) on a loopback listener,
+// parking after 50 ms of quiet.
+func listenParking(t *testing.T, s *Server, vecs *connVecs, idle, handshake time.Duration) (*Server, string) {
+	t.Helper()
 	s.IdleTimeout = caddy.Duration(idle)
 	s.HandshakeTimeout = caddy.Duration(handshake)
 	s.quietPark = 50 * time.Millisecond
 	s.applyDefaults()
-	s.metrics = newDotMetrics(s.ctx, dotVecs, t.Name())
+	s.metrics = newDotMetrics(s.ctx, vecs, t.Name())
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
