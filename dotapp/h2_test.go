@@ -2,6 +2,7 @@ package dotapp
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"io"
 	"net/netip"
@@ -10,6 +11,8 @@ import (
 	"sync"
 	"testing"
 
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -231,4 +234,28 @@ func FuzzH2(f *testing.F) {
 			t.Fatalf("%d octets written for %d read", len(out), len(frames))
 		}
 	})
+}
+
+// TestDoHServerConfigErrors: a bad doh block or path is refused with a
+// message that names what is wrong.
+func TestDoHServerConfigErrors(t *testing.T) {
+	for in, want := range map[string]string{
+		"doh {\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.1\"\n\t}\n}": "doh needs a listen address, e.g. doh 127.0.0.1:443",
+		"doh 127.0.0.1:8444 {\n\tpath\n}":                                           "wrong argument count",
+		"doh 127.0.0.1:8444 {\n\tjson maybe\n}":                                     "json takes on or off",
+		"doh 127.0.0.1:8444 {\n\tframe_size 1\n}":                                   "unrecognized subdirective 'frame_size' (not a doh option nor a dns handler)",
+		"doh 127.0.0.1:8444 {\n\twrite_timeout never\n}":                            "never",
+		"doh 127.0.0.1:8444 {\n\tmax_in_flight -1\n}":                               "-1",
+	} {
+		err := new(DoHServer).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+		if err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%q: %v, want an error with %q", in, err, want)
+		}
+	}
+	app := &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}}, Path: "dns-query?x"}}}
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), `server d: path "dns-query?x" is not a request path`) {
+		t.Errorf("a path without /: %v", err)
+	}
 }

@@ -43,7 +43,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	for _, tool := range []string{"git", "kdig", "curl", "openssl"} {
 		need(t, tool)
 	}
-	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443", "127.0.0.1:2019"} {
+	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443", "127.0.0.1:8444", "127.0.0.1:2019"} {
 		if c, err := net.DialTimeout("tcp", addr, time.Second); err == nil {
 			c.Close()
 			t.Fatalf("%s is in use: the quick start needs it (stop the other server)", addr)
@@ -87,7 +87,7 @@ func TestReadmeQuickStart(t *testing.T) {
 		}
 	}()
 	// go run compiles first: wait for the listeners, or for an early exit
-	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443"} {
+	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443", "127.0.0.1:8444"} {
 		if err := eventually(4*time.Minute, func() bool {
 			select {
 			case err := <-done:
@@ -104,7 +104,7 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Fatalf("%s never listened", addr)
 		}
 	}
-	for _, logger := range []string{"dot", "http.handlers.doh"} {
+	for _, logger := range []string{"dot", "doh", "http.handlers.doh"} {
 		if !strings.Contains(log.String(), `"logger":"`+logger+`","msg":"try it"`) {
 			t.Errorf("the log does not say how to try %s", logger)
 		}
@@ -125,7 +125,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README try-it block: %v\n%s", err, out)
 	}
-	for _, want := range []string{"192.0.2.80", "2001:db8::80", `"data":"www.example.test."`, "OCSP Response Status: successful"} {
+	for _, want := range []string{"192.0.2.80", "2001:db8::80", "192.0.2.25", `"data":"www.example.test."`, "OCSP Response Status: successful"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("README try-it block: no %q in\n%s", want, out)
 		}
@@ -134,9 +134,9 @@ func TestReadmeQuickStart(t *testing.T) {
 		t.Errorf("README try-it block: a kdig failed (the strict one requires the staple)\n%s", out)
 	}
 
-	// both handshakes carry a staple openssl verifies against Caddy's CA
+	// every handshake carries a staple openssl verifies against Caddy's CA
 	ca := filepath.Join(home, ".local", "share", "caddy", "pki", "authorities", "local")
-	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443"} {
+	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443", "127.0.0.1:8444"} {
 		staple, chain, err := tryStaple(addr, "dns.example.test", nil)
 		if err != nil || staple == nil {
 			t.Fatalf("%s: no staple: %v", addr, err)
@@ -165,7 +165,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	}); err != nil {
 		t.Fatal("Caddy did not log a clean shutdown (exit_code 0) after Ctrl-C")
 	}
-	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443"} {
+	for _, addr := range []string{"127.0.0.1:8853", "127.0.0.1:8443", "127.0.0.1:8444"} {
 		if err := eventually(10*time.Second, func() bool {
 			c, err := net.DialTimeout("tcp", addr, time.Second)
 			if err == nil {
