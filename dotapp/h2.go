@@ -54,11 +54,13 @@ const (
 // framed under one lock into a buffer that a writer goroutine sends, as
 // much as is ready in one write.
 type h2conn struct {
-	c  *conn
-	rd io.Reader // the TLS connection (tests: any reader)
-	in h2reader  // rd, as the Framer reads it
-	wr io.Writer
-	fr *http2.Framer // reads: the reader only; writes: under mu, into out
+	c    *conn
+	rd   io.Reader // the TLS connection (tests: any reader)
+	in   h2reader  // rd, as the Framer reads it
+	hdec *hpack.Decoder
+	blk  hblock // the header block being decoded
+	wr   io.Writer
+	fr   *http2.Framer // reads: the reader only; writes: under mu, into out
 
 	// the reader's own
 	maxStream   uint32 // highest stream ID the client used
@@ -119,32 +121,16 @@ type h2stream struct {
 	out           []byte // answer octets still to send
 }
 
-// h2reader bounds what one Framer.ReadFrame reads: a frame is at most
-// h2MaxFrame octets, but a header block is HEADERS and any number of
-// CONTINUATION frames, read in one call. The Framer ends a block whose
-// fields grow past the header list limit; this ends one that does not
-// grow at all (empty CONTINUATION frames, without end).
+// h2reader counts what the Framer reads, so that a read that timed out
+// is known to have read nothing of a frame.
 type h2reader struct {
-	r    io.Reader
-	left int
+	r io.Reader
+	n int
 }
 
-// h2MaxBlock is the most a header block may take on the wire: twice the
-// header list limit (the Framer's own bound for the octets it decodes),
-// and a frame header for each frame of it.
-const h2MaxBlock = 2*h2HeaderListSize + (2*h2HeaderListSize/h2MaxFrame+1)*9 + h2MaxFrame
-
-var errBlockTooLong = errors.New("http2: header block longer than the header list limit allows")
-
 func (r *h2reader) Read(p []byte) (int, error) {
-	if r.left <= 0 {
-		return 0, errBlockTooLong
-	}
-	if len(p) > r.left {
-		p = p[:r.left]
-	}
 	n, err := r.r.Read(p)
-	r.left -= n
+	r.n += n
 	return n, err
 }
 
@@ -168,8 +154,7 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	}
 	h.in = h2reader{r: rd}
 	h.fr = http2.NewFramer(&h.out, &h.in)
-	h.fr.ReadMetaHeaders = hpack.NewDecoder(h2HeaderTable, nil)
-	h.fr.MaxHeaderListSize = h2HeaderListSize
+	h.newDecoder()
 	h.fr.SetMaxReadFrameSize(h2MaxFrame)
 	h.fr.SetReuseFrames()
 	h.written = sync.NewCond(&h.mu)
@@ -271,7 +256,7 @@ func (h *h2conn) read() h2end {
 		}
 		c.reading.Store(true)
 		h.setDeadline(wait)
-		h.in.left = h2MaxBlock
+		h.in.n = 0
 		f, err := h.fr.ReadFrame()
 		c.reading.Store(false)
 		if err == nil {
@@ -291,17 +276,13 @@ func (h *h2conn) read() h2end {
 				h.connError(http2.ErrCodeFrameSize)
 				return h2Failed
 			}
-			if errors.Is(err, errBlockTooLong) {
-				h.connError(http2.ErrCodeEnhanceYourCalm)
-				return h2Failed
-			}
 			// quiet, with nothing of a frame read and nothing in flight:
 			// park (a read returns what TLS holds before it waits, so
 			// TLS holds nothing either)
-			if canPark && isTimeout(err) && h.in.left == h2MaxBlock && time.Now().Before(deadline) && h.park() {
+			if canPark && isTimeout(err) && h.in.n == 0 && time.Now().Before(deadline) && h.park() {
 				return h2Parked
 			}
-			if isTimeout(err) && h.in.left == h2MaxBlock && time.Now().Before(deadline) {
+			if isTimeout(err) && h.in.n == 0 && time.Now().Before(deadline) {
 				continue // streams in flight: wait on
 			}
 			// idle (or draining), or the client went: stop reading, and
@@ -332,7 +313,7 @@ func (h *h2conn) read() h2end {
 // or cannot be parked.
 func (h *h2conn) park() bool {
 	h.mu.Lock()
-	quiet := len(h.streams) == 0 && len(h.out.b) == 0 && h.writing == 0 && h.inFlight.Load() == 0
+	quiet := len(h.streams) == 0 && !h.blk.active && len(h.out.b) == 0 && h.writing == 0 && h.inFlight.Load() == 0
 	h.mu.Unlock()
 	if !quiet {
 		return false
@@ -399,8 +380,10 @@ func (h *h2conn) process(f http2.Frame) error {
 		h.gotSettings = true
 	}
 	switch f := f.(type) {
-	case *http2.MetaHeadersFrame:
-		return h.onHeaders(f)
+	case *http2.HeadersFrame:
+		return h.onHeadersFrame(f)
+	case *http2.ContinuationFrame:
+		return h.onContinuation(f)
 	case *http2.DataFrame:
 		return h.onData(f)
 	case *http2.SettingsFrame:
@@ -440,9 +423,10 @@ func (h *h2conn) process(f http2.Frame) error {
 	return nil
 }
 
-// onHeaders starts a request (or ends one: trailers).
-func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
-	id := f.StreamID
+// onRequest takes a decoded header block: a new request, or the
+// trailers that end one.
+func (h *h2conn) onRequest(b *hblock) error {
+	id := b.id
 	if id%2 == 0 {
 		return http2.ConnectionError(http2.ErrCodeProtocol) // client streams are odd
 	}
@@ -454,7 +438,7 @@ func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 		}
 		// trailers: they end the stream, and carry no pseudo-header
-		if !f.StreamEnded() || len(f.PseudoFields()) > 0 {
+		if !b.endStream || b.pseudo != 0 {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 		}
 		return h.endRequest(st)
@@ -469,7 +453,7 @@ func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 		return http2.ConnectionError(http2.ErrCodeProtocol) // RFC 9113 5.1.1: IDs only grow
 	}
 	h.maxStream = id
-	if f.HasPriority() && f.Priority.StreamDep == id {
+	if b.hasPrio && b.prioDep == id {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
 	}
 	h.mu.Lock()
@@ -481,58 +465,26 @@ func (h *h2conn) onHeaders(f *http2.MetaHeadersFrame) error {
 	if open >= h.maxStreams {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
 	}
-	st = &h2stream{id: id, contentLength: -1, recvWindow: h2StreamWindow}
-	var scheme string
-	for _, hf := range f.Fields {
-		switch hf.Name {
-		case ":method":
-			st.req.Method = hf.Value
-		case ":path":
-			st.path = hf.Value
-		case ":scheme":
-			scheme = hf.Value
-		case ":authority", ":protocol":
-		case ":status":
-			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // a response's
-		case "content-type":
-			st.req.ContentType = hf.Value
-		case "accept":
-			st.req.Accept = hf.Value
-		case "content-length":
-			n, err := strconv.ParseUint(hf.Value, 10, 63)
-			if err != nil || (st.contentLength >= 0 && int64(n) != st.contentLength) {
-				return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
-			}
-			st.contentLength = int64(n)
-		case "connection", "keep-alive", "proxy-connection", "transfer-encoding", "upgrade":
-			// RFC 9113 8.2.2: connection-specific fields make a request malformed
-			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
-		case "te":
-			if hf.Value != "trailers" {
-				return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol}
-			}
-		}
-	}
-	if st.req.Method == "" || scheme == "" || st.path == "" {
+	if !b.truncated && b.pseudo&(pseudoMethod|pseudoScheme|pseudoPath) != pseudoMethod|pseudoScheme|pseudoPath || b.path == "" && !b.truncated {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.3.1
 	}
-	st.head = st.req.Method == http.MethodHead
-	st.path, st.req.RawQuery, _ = strings.Cut(st.path, "?")
-	st.req.Client = h.c.client
+	st = &h2stream{id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
+	st.req.Method, st.req.ContentType, st.req.Accept, st.req.Client = b.method, b.contentType, b.accept, h.c.client
+	st.path, st.req.RawQuery, _ = strings.Cut(b.path, "?")
 	st.bp = packPool.Get().(*[]byte)
 	h.mu.Lock()
 	st.sendWindow = h.initialSend
 	h.streams[id] = st
 	h.mu.Unlock()
-	if f.Truncated {
-		st.remoteDone = f.StreamEnded()
+	if b.truncated {
+		st.remoteDone = b.endStream
 		h.refuse(st, http.StatusRequestHeaderFieldsTooLarge, "Request Header Fields Too Large: the header list is over "+strconv.Itoa(h2HeaderListSize)+" octets")
 		return nil
 	}
 	if st.contentLength > caddydns.MaxMessage {
 		h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
 	}
-	if f.StreamEnded() {
+	if b.endStream {
 		return h.endRequest(st)
 	}
 	return nil

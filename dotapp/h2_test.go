@@ -259,3 +259,24 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		t.Errorf("a path without /: %v", err)
 	}
 }
+
+// BenchmarkH2GET: one connection's frame loop answering GETs from a
+// zone, 100 a round (allocations and CPU per request, without TLS).
+func BenchmarkH2GET(b *testing.B) {
+	s := newTestDoHServer(b)
+	paths := make([]string, 100)
+	for i := range paths {
+		paths[i] = dnsGET(b, "www.example.org.")
+	}
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		for i, p := range paths {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), BlockFragment: enc(":method", "GET", ":scheme", "https",
+				":path", p, ":authority", "dns.example.org", "user-agent", "h2load"), EndStream: true, EndHeaders: true})
+		}
+	})
+	b.ReportAllocs()
+	b.ResetTimer()
+	for i := 0; i < b.N; i += 100 {
+		h2exchange(b, s, in)
+	}
+}
