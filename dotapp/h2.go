@@ -117,6 +117,8 @@ type h2stream struct {
 	refused       bool // answered before its body came (413, 431): the rest is dropped
 	reset         bool
 	blocked       bool
+	answering     bool // a goroutine is making its answer (h2conn.mu)
+	closed        bool // out of the stream table (h2conn.mu)
 	head          bool
 	out           []byte // answer octets still to send
 }
@@ -432,9 +434,10 @@ func (h *h2conn) onRequest(b *hblock) error {
 	}
 	h.mu.Lock()
 	st := h.streams[id]
+	done := st != nil && st.remoteDone // (see onData)
 	h.mu.Unlock()
 	if st != nil {
-		if st.remoteDone {
+		if done {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 		}
 		// trailers: they end the stream, and carry no pseudo-header
@@ -468,7 +471,8 @@ func (h *h2conn) onRequest(b *hblock) error {
 	if !b.truncated && b.pseudo&(pseudoMethod|pseudoScheme|pseudoPath) != pseudoMethod|pseudoScheme|pseudoPath || b.path == "" && !b.truncated {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.3.1
 	}
-	st = &h2stream{id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
+	st = streamPool.Get().(*h2stream)
+	*st = h2stream{id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
 	st.req.Method, st.req.ContentType, st.req.Accept, st.req.Client = b.method, b.contentType, b.accept, h.c.client
 	st.path, st.req.RawQuery, _ = strings.Cut(b.path, "?")
 	st.bp = packPool.Get().(*[]byte)
@@ -482,7 +486,9 @@ func (h *h2conn) onRequest(b *hblock) error {
 		return nil
 	}
 	if st.contentLength > caddydns.MaxMessage {
+		st.remoteDone = b.endStream
 		h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
+		return nil // st may be released
 	}
 	if b.endStream {
 		return h.endRequest(st)
@@ -505,8 +511,11 @@ func (h *h2conn) onData(f *http2.DataFrame) error {
 		h.consumed = 0
 		h.wake()
 	}
+	// a stream whose request has ended belongs to its answer (which may
+	// release it): only the lookup, under the lock, may look at it
 	h.mu.Lock()
 	st := h.streams[id]
+	done := st != nil && st.remoteDone
 	h.mu.Unlock()
 	if st == nil {
 		if id > h.maxStream {
@@ -517,7 +526,7 @@ func (h *h2conn) onData(f *http2.DataFrame) error {
 		}
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
-	if st.remoteDone {
+	if done {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeStreamClosed}
 	}
 	if st.recvWindow -= n; st.recvWindow < 0 {
@@ -535,7 +544,9 @@ func (h *h2conn) onData(f *http2.DataFrame) error {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.1.1
 		}
 		if body > caddydns.MaxMessage {
+			st.remoteDone = f.StreamEnded()
 			h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
+			return nil // st may be released
 		} else {
 			st.req.Body = append((*st.bp)[:len(st.req.Body)], data...)
 			*st.bp = st.req.Body[:0]
@@ -579,6 +590,9 @@ func (h *h2conn) endRequest(st *h2stream) error {
 	h.sem <- struct{}{}
 	h.answers.Add(1)
 	h.inFlight.Add(1)
+	h.mu.Lock()
+	st.answering = true
+	h.mu.Unlock()
 	go h.answer(st)
 	return nil
 }
@@ -615,6 +629,10 @@ func (h *h2conn) answer(st *h2stream) {
 	srv.active.Add(-1)
 	h.mu.Lock()
 	h.respondLocked(st, &rep)
+	st.answering = false
+	if st.closed {
+		releaseStream(st) // closed while it was being answered, or just now
+	}
 	h.mu.Unlock()
 	h.wake()
 }
@@ -830,10 +848,8 @@ func (h *h2conn) closeStreamLocked(st *h2stream, byUs bool) {
 	}
 	delete(h.streams, st.id)
 	h.rememberLocked(st.id, byUs)
-	if st.remoteDone && !st.refused && len(st.out) == 0 && !st.blocked && !st.reset {
-		packPool.Put(st.bp) // answered and sent
-	}
 	st.out = nil
+	st.closed = true
 	if st.blocked {
 		for i, b := range h.blocked {
 			if b == st {
@@ -845,6 +861,23 @@ func (h *h2conn) closeStreamLocked(st *h2stream, byUs bool) {
 			h.blockedSince = time.Time{}
 		}
 	}
+	if !st.answering {
+		releaseStream(st)
+	}
+}
+
+// Streams and their buffers are reused: a stream goes back to the pool
+// once it is closed and no goroutine is making its answer (that one
+// releases it when done), with its buffer (which its answer's octets
+// were framed out of).
+var streamPool = sync.Pool{New: func() any { return new(h2stream) }}
+
+func releaseStream(st *h2stream) {
+	if st.bp != nil {
+		packPool.Put(st.bp)
+	}
+	*st = h2stream{}
+	streamPool.Put(st)
 }
 
 func (h *h2conn) rememberLocked(id uint32, byUs bool) {
