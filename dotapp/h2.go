@@ -75,7 +75,7 @@ type h2conn struct {
 	hbuf         bytes.Buffer
 	henc         *hpack.Encoder
 	streams      map[uint32]*h2stream
-	recent       [h2Recent]recentStream
+	recent       *[h2Recent]recentStream // from the first closed stream
 	recentN      int
 	connSend     int64 // the connection's send window
 	initialSend  int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
@@ -155,10 +155,7 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 		maxStreams:   maxStreams,
 	}
 	h.in = h2reader{r: rd}
-	h.fr = http2.NewFramer(&h.out, &h.in)
-	h.newDecoder()
-	h.fr.SetMaxReadFrameSize(h2MaxFrame)
-	h.fr.SetReuseFrames()
+	h.newFramer()
 	h.written = sync.NewCond(&h.mu)
 	return h
 }
@@ -171,6 +168,17 @@ func init() {
 	if serveH2 == nil {
 		serveH2 = runH2
 	}
+}
+
+// newFramer gives the connection a Framer: at the start, and when it
+// resumes from parking (a parked connection keeps none: its read buffer
+// is as large as the largest frame it read). A Framer holds no state
+// between frames that are not in a header block; HPACK's is the
+// connection's own (hdec, henc).
+func (h *h2conn) newFramer() {
+	h.fr = http2.NewFramer(&h.out, &h.in)
+	h.fr.SetMaxReadFrameSize(h2MaxFrame)
+	h.fr.SetReuseFrames()
 }
 
 // runH2 serves an HTTP/2 connection until it ends or parks.
@@ -238,6 +246,7 @@ func (h *h2conn) start() h2end {
 
 // resume goes on with a parked connection whose socket turned readable.
 func (h *h2conn) resume() {
+	h.newFramer()
 	h.startWriter()
 	h.serve(h.read)
 }
@@ -324,6 +333,8 @@ func (h *h2conn) park() bool {
 	h.mu.Lock()
 	h.out.b = nil
 	h.hbuf = bytes.Buffer{}
+	h.fr, h.blk = nil, hblock{}
+	h.kick, h.stop, h.wdone = nil, nil, nil // nothing is in flight to wake the writer
 	h.mu.Unlock()
 	c := h.c
 	c.park.mu.Lock()
@@ -332,6 +343,7 @@ func (h *h2conn) park() bool {
 	if c.parkUntil(c.srv.Load().idleDeadline(h.last), false) {
 		return true
 	}
+	h.newFramer()
 	h.startWriter()
 	return false
 }
@@ -342,6 +354,7 @@ func (h *h2conn) endParked() {
 	c := h.c
 	if !c.aborted.Load() {
 		h.mu.Lock()
+		h.newFramer()
 		h.goaway = true
 		_ = h.fr.WriteGoAway(h.maxStream, http2.ErrCodeNo, nil)
 		out := h.out.b
@@ -881,6 +894,9 @@ func releaseStream(st *h2stream) {
 }
 
 func (h *h2conn) rememberLocked(id uint32, byUs bool) {
+	if h.recent == nil {
+		h.recent = new([h2Recent]recentStream)
+	}
 	h.recent[h.recentN%h2Recent] = recentStream{id: id, byUs: byUs}
 	h.recentN++
 }
@@ -888,6 +904,9 @@ func (h *h2conn) rememberLocked(id uint32, byUs bool) {
 func (h *h2conn) recentStream(id uint32) (recentStream, bool) {
 	h.mu.Lock()
 	defer h.mu.Unlock()
+	if h.recent == nil {
+		return recentStream{}, false
+	}
 	for _, r := range h.recent {
 		if r.id == id {
 			return r, true

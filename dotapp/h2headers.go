@@ -52,6 +52,7 @@ type hblock struct {
 }
 
 // newDecoder makes the connection's HPACK decoder, emitting into h.blk.
+// Its dynamic table is the connection's: it lives as long.
 func (h *h2conn) newDecoder() {
 	h.hdec = hpack.NewDecoder(h2HeaderTable, h.field)
 	h.hdec.SetMaxStringLength(h2HeaderListSize)
@@ -62,6 +63,9 @@ func (h *h2conn) onHeadersFrame(f *http2.HeadersFrame) error {
 	h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1}
 	if f.HasPriority() {
 		h.blk.hasPrio, h.blk.prioDep = true, f.Priority.StreamDep
+	}
+	if h.hdec == nil {
+		h.newDecoder() // from the first header block: a connection that asks nothing holds none
 	}
 	h.hdec.SetEmitEnabled(true)
 	return h.fragment(f.HeaderBlockFragment(), f.HeadersEnded(), true)
