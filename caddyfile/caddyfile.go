@@ -39,35 +39,8 @@ func parseDoH(h httpcaddyfile.Helper) (caddyhttp.MiddlewareHandler, error) {
 // global option (see dotapp.Server.UnmarshalCaddyfile). Servers are named
 // dot0, dot1, ... in the order they appear.
 func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
-	app := new(dotapp.App)
-	if existing != nil {
-		prev, ok := existing.(httpcaddyfile.App)
-		if !ok {
-			return nil, d.Errf("unexpected value for dot option: %T", existing)
-		}
-		if err := json.Unmarshal(prev.Value, app); err != nil {
-			return nil, err
-		}
-	}
-	var seg caddyfile.Segment
-	for d.Next() {
-		seg = append(seg, d.Token())
-	}
-	d.Reset()
 	srv := new(dotapp.Server)
-	if err := srv.UnmarshalCaddyfile(d); err != nil {
-		return nil, err
-	}
-	listen, err := applyDefaultBind(seg, srv.Listen, "dot", 853)
-	if err != nil {
-		return nil, err
-	}
-	srv.Listen = listen
-	if app.Servers == nil {
-		app.Servers = make(map[string]*dotapp.Server)
-	}
-	app.Servers[fmt.Sprintf("dot%d", len(app.Servers))] = srv
-	return httpcaddyfile.App{Name: "dot", Value: caddyconfig.JSON(app, nil)}, nil
+	return addServer(d, existing, "dot", 853, srv, &srv.Listen)
 }
 
 // parseDoHServer adds a dedicated DNS over HTTPS server to the `doh` app
@@ -75,13 +48,26 @@ func parseDoT(d *caddyfile.Dispenser, existing any) (any, error) {
 // the `doh` directive inside a site is the Caddy handler. Servers are
 // named doh0, doh1, ... in the order they appear.
 func parseDoHServer(d *caddyfile.Dispenser, existing any) (any, error) {
-	app := new(dotapp.DoHApp)
+	srv := new(dotapp.DoHServer)
+	return addServer(d, existing, "doh", 443, srv, &srv.Listen)
+}
+
+// serversApp is the JSON of the dot and doh apps: their servers by name.
+type serversApp[S any] struct {
+	Servers map[string]S `json:"servers,omitempty"`
+}
+
+// addServer reads srv (whose listen addresses are *listen) from the
+// option's tokens, gives its host-less addresses the Caddyfile's
+// default_bind, and adds it to the app named kind as kind0, kind1, ...
+func addServer[S caddyfile.Unmarshaler](d *caddyfile.Dispenser, existing any, kind string, port uint, srv S, listen *[]string) (any, error) {
+	var app serversApp[S]
 	if existing != nil {
 		prev, ok := existing.(httpcaddyfile.App)
 		if !ok {
-			return nil, d.Errf("unexpected value for doh option: %T", existing)
+			return nil, d.Errf("unexpected value for %s option: %T", kind, existing)
 		}
-		if err := json.Unmarshal(prev.Value, app); err != nil {
+		if err := json.Unmarshal(prev.Value, &app); err != nil {
 			return nil, err
 		}
 	}
@@ -90,20 +76,19 @@ func parseDoHServer(d *caddyfile.Dispenser, existing any) (any, error) {
 		seg = append(seg, d.Token())
 	}
 	d.Reset()
-	srv := new(dotapp.DoHServer)
 	if err := srv.UnmarshalCaddyfile(d); err != nil {
 		return nil, err
 	}
-	listen, err := applyDefaultBind(seg, srv.Listen, "doh", 443)
+	bound, err := applyDefaultBind(seg, *listen, kind, port)
 	if err != nil {
 		return nil, err
 	}
-	srv.Listen = listen
+	*listen = bound
 	if app.Servers == nil {
-		app.Servers = make(map[string]*dotapp.DoHServer)
+		app.Servers = make(map[string]S)
 	}
-	app.Servers[fmt.Sprintf("doh%d", len(app.Servers))] = srv
-	return httpcaddyfile.App{Name: "doh", Value: caddyconfig.JSON(app, nil)}, nil
+	app.Servers[fmt.Sprintf("%s%d", kind, len(app.Servers))] = srv
+	return httpcaddyfile.App{Name: kind, Value: caddyconfig.JSON(app, nil)}, nil
 }
 
 // parseOCSP sets up the `ocsp` app from the global option (see

@@ -948,13 +948,7 @@ func (h *h2conn) connError(code http2.ErrCode) {
 	if h.c.metrics != nil {
 		h.c.metrics.badFrames.Inc()
 	}
-	h.mu.Lock()
-	if !h.goaway {
-		h.goaway = true
-		_ = h.fr.WriteGoAway(h.maxStream, code, nil)
-	}
-	h.mu.Unlock()
-	h.wake()
+	h.goAway(code)
 }
 
 func (h *h2conn) wake() {
