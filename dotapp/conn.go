@@ -116,7 +116,9 @@ func (c *conn) serve(s *Server) {
 		if c.tc.ConnectionState().NegotiatedProtocol == "h2" {
 			go serveH2(c)
 		} else {
-			s.doh.serveH1(c)
+			// the server that owns it now: one replacing s in a reload
+			// takes it even if s has stopped since the handshake began
+			c.srv.Load().doh.serveH1(c)
 		}
 		return
 	}
