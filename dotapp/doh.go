@@ -103,7 +103,7 @@ type dohSide struct {
 	h1once sync.Once
 }
 
-func (d *dohSide) provision(ctx caddy.Context, s *Server) error {
+func (d *dohSide) provision(ctx caddy.Context, s *Server) {
 	d.endpoint = dohhandler.NewEndpoint(ctx, &s.Chain, s.name, d.disableJSON)
 	d.h1ln = &connListener{conns: make(chan net.Conn), done: make(chan struct{})}
 	d.h1 = &http.Server{
@@ -118,8 +118,6 @@ func (d *dohSide) provision(ctx caddy.Context, s *Server) error {
 			return context.WithValue(ctx, connKey{}, nc.(*h1Conn).c)
 		},
 	}
-	d.h1.SetKeepAlivesEnabled(true)
-	return nil
 }
 
 // serveH1 hands an HTTP/1.1 connection to net/http.

@@ -156,9 +156,7 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 	vecs := dotVecs
 	if s.doh != nil {
 		vecs = dohVecs
-		if err := s.doh.provision(ctx, s); err != nil {
-			return err
-		}
+		s.doh.provision(ctx, s)
 	}
 	s.metrics = newDotMetrics(ctx, vecs, name)
 	return nil
