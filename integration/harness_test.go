@@ -114,6 +114,15 @@ func startCaddy(t testing.TB, dir, tmpl string, vars Vars) *caddyProc {
 // setpriv with its options), nil for none.
 func startCaddyAs(t testing.TB, dir, tmpl string, vars Vars, wrap []string) *caddyProc {
 	t.Helper()
+	p := launchCaddy(t, dir, tmpl, vars, wrap)
+	p.waitAdmin()
+	return p
+}
+
+// launchCaddy is startCaddyAs without waiting for the admin API, so that
+// several instances can start together.
+func launchCaddy(t testing.TB, dir, tmpl string, vars Vars, wrap []string) *caddyProc {
+	t.Helper()
 	p := &caddyProc{t: t, dir: dir, Admin: fmt.Sprintf("127.0.0.1:%d", freePort(t)), log: new(syncBuffer)}
 	p.config = filepath.Join(dir, "Caddyfile")
 	p.write(tmpl, vars)
@@ -128,7 +137,6 @@ func startCaddyAs(t testing.TB, dir, tmpl string, vars Vars, wrap []string) *cad
 	p.done = make(chan error, 1)
 	go func() { p.done <- p.cmd.Wait() }()
 	t.Cleanup(p.stop)
-	p.waitAdmin()
 	return p
 }
 

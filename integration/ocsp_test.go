@@ -431,8 +431,15 @@ func ocspResponder(t *testing.T, pk *pki, port int, extra ...string) *exec.Cmd {
 	line := fmt.Sprintf("V\t%s\t\t%X\tunknown\t/CN=%s\n", pk.leaf.Cert.NotAfter.UTC().Format("060102150405Z"),
 		pk.leaf.Cert.SerialNumber, pk.leaf.Cert.Subject.CommonName)
 	testpki.WriteFile(t, index, []byte(line))
-	args := append([]string{"ocsp", "-index", index, "-port", fmt.Sprint(port), "-rsigner", pk.caFile, "-rkey", pk.caKeyFile, "-CA", pk.caFile}, extra...)
-	cmd := exec.Command(openssl, args...)
+	args := append([]string{"-index", index, "-port", fmt.Sprint(port), "-rsigner", pk.caFile, "-rkey", pk.caKeyFile, "-CA", pk.caFile}, extra...)
+	return startOCSPResponder(t, openssl, args...)
+}
+
+// startOCSPResponder runs `openssl ocsp <args>` as a responder until the
+// test ends.
+func startOCSPResponder(t *testing.T, openssl string, args ...string) *exec.Cmd {
+	t.Helper()
+	cmd := exec.Command(openssl, append([]string{"ocsp"}, args...)...)
 	out := new(syncBuffer)
 	cmd.Stdout, cmd.Stderr = out, out
 	if err := cmd.Start(); err != nil {

@@ -48,6 +48,13 @@ type App struct {
 	// storage module. Usually `pki` for `tls internal` certificates.
 	ManagedRaw json.RawMessage `json:"managed,omitempty" caddy:"namespace=ocsp.sources inline_key=source"`
 
+	// StoragePoll is how often the app looks in Caddy's storage for a
+	// staple that another instance sharing the storage (a fleet) has
+	// made, and serves it when it is newer than its own: the bound on how
+	// long an instance serves an older staple than its fleet's. Default:
+	// 1 minute.
+	StoragePoll caddy.Duration `json:"storage_poll,omitempty"`
+
 	ctx     caddy.Context
 	logger  *zap.Logger
 	events  *caddyevents.App
@@ -118,6 +125,12 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.events = ev.(*caddyevents.App)
 
+	if a.StoragePoll < 0 {
+		return fmt.Errorf("storage_poll %s: want a positive duration", time.Duration(a.StoragePoll))
+	}
+	if a.StoragePoll == 0 {
+		a.StoragePoll = caddy.Duration(DefaultStoragePoll)
+	}
 	if a.ManagedRaw != nil {
 		mod, err := ctx.LoadModule(a, "ManagedRaw")
 		if err != nil {
@@ -151,7 +164,7 @@ func (a *App) Provision(ctx caddy.Context) error {
 	}
 	a.entries.Store(&entries)
 	for _, e := range entries {
-		a.refresh(ctx, e, false)
+		a.refresh(ctx, e, time.Time{})
 	}
 	return nil
 }
@@ -236,10 +249,22 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 	}
 	timer := time.NewTimer(next())
 	defer timer.Stop()
+	// a staple the app makes may be made by another instance of the fleet
+	var poll <-chan time.Time
+	if _, polled := e.source.(Poller); !polled {
+		t := time.NewTicker(time.Duration(a.StoragePoll))
+		defer t.Stop()
+		poll = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
 			return
+		case <-poll:
+			if !a.pickUp(ctx, e) {
+				continue
+			}
+			timer.Stop() // a new staple: a new refresh time
 		case <-e.rescheduled:
 			// refreshed elsewhere: the next refresh time changed
 			timer.Stop()
@@ -252,7 +277,7 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 				a.logger.Error("renewing issued certificate", zap.Strings("names", e.reissue.names), zap.Error(err))
 				e.renewAt = time.Now().Add(time.Minute)
 			}
-			a.refresh(ctx, e, false)
+			a.refresh(ctx, e, time.Time{})
 			<-e.rescheduled // our own refresh's signal
 		}
 		timer.Reset(next())
@@ -262,8 +287,9 @@ func (a *App) maintain(ctx context.Context, e *entry) {
 // Reload obtains every staple again now, whatever its age (POST
 // /ocsp/reload), and returns the state of each.
 func (a *App) Reload(ctx context.Context) []Status {
+	asked := time.Now()
 	for _, e := range a.allEntries() {
-		a.refresh(ctx, e, true)
+		a.refresh(ctx, e, asked)
 	}
 	return a.Statuses()
 }

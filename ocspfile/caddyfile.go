@@ -31,6 +31,7 @@ import (
 //		managed <source> [<args...>] {
 //			...
 //		}
+//		storage_poll <duration>
 //	}
 //
 // Sources and their arguments:
@@ -91,6 +92,13 @@ func (a *App) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			a.Certificates = append(a.Certificates, c)
 		case "managed":
 			if err := unmarshalSourceOnce(d, &a.ManagedRaw); err != nil {
+				return err
+			}
+		case "storage_poll":
+			if a.StoragePoll != 0 {
+				return d.Err("storage_poll already specified")
+			}
+			if err := cfparse.Duration(d, &a.StoragePoll, false); err != nil {
 				return err
 			}
 		default:

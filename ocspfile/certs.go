@@ -96,7 +96,7 @@ func (a *App) renew(ctx context.Context, old *entry) error {
 	if err != nil {
 		return err
 	}
-	a.refresh(ctx, e, true)
+	a.refresh(ctx, e, time.Now())
 	a.entriesMu.Lock()
 	next := slices.Clone(a.certEntries())
 	for i, x := range next {
@@ -205,6 +205,11 @@ func pkiCA(ctx caddy.Context, caID string) (*caddypki.CA, error) {
 	ca, ok := pkiApp.(*caddypki.PKI).CAs[caID]
 	if !ok {
 		return nil, fmt.Errorf("no CA %q in the pki app", caID)
+	}
+	if ca.StorageRaw == nil {
+		if err := checkFleetCA(ctx, ctx.Storage(), ca, caID); err != nil {
+			return nil, err
+		}
 	}
 	return ca, nil
 }

@@ -25,7 +25,7 @@ import (
 func init() {
 	caddycmd.RegisterCommand(caddycmd.Command{
 		Name:  "ocsp",
-		Usage: "generate|inspect|fetch ...",
+		Usage: "generate|inspect|fetch|status ...",
 		Short: "Makes, checks and fetches OCSP responses for stapling",
 		Long: `
 Tools for the OCSP staples that the ocsp app serves.
@@ -36,12 +36,14 @@ Tools for the OCSP staples that the ocsp app serves.
             would before stapling it
   fetch     asks the certificate's OCSP responder, checks the answer, and
             writes it only if it is valid
+  status    prints the staples kept in the config's storage (a fleet's
+            shared storage): who made each, and when it expires
 
 Files are written atomically (temporary file and rename) with mode 0644.
 After replacing a staple file, make the running server use it with
 'caddy reload --force' or 'curl -X POST localhost:2019/ocsp/reload'.`,
 		CobraFunc: func(cmd *cobra.Command) {
-			cmd.AddCommand(generateCommand(), inspectCommand(), fetchCommand())
+			cmd.AddCommand(generateCommand(), inspectCommand(), fetchCommand(), statusCommand())
 		},
 	})
 }

@@ -16,6 +16,11 @@
 //     outlives config reloads (with rollback protection); a refresh and
 //     what becomes of its result (kept in Caddy's storage, written to
 //     write_to, events, logs); the state GET /ocsp/ reports.
+//   - fleet.go: what instances sharing one storage share: the leases
+//     under which a staple or a certificate is made once per fleet, the
+//     staples kept in storage with the record of who made them, picking
+//     up another instance's staple (storage_poll), and the check that the
+//     pki CA is the fleet's; fleetcmd.go is `caddy ocsp status`.
 //   - storage.go: a storage module that wraps Caddy's storage so that
 //     certmagic, stapling a certificate it manages, gets the app's staple.
 //   - tlshook.go: the handshake side, GetCertificate, and the connection
@@ -23,7 +28,7 @@
 //     app takes them through its Stapler interface); manager.go is
 //     `tls.get_certificate.ocsp` for Caddy's HTTP servers.
 //   - admin.go: the admin API, GET /ocsp/ and POST /ocsp/reload.
-//   - command.go: `caddy ocsp generate | inspect | fetch`.
+//   - command.go: `caddy ocsp generate | inspect | fetch | status`.
 //   - caddyfile.go, metrics.go: the `ocsp` global option; the metrics.
 //
 // Validation, generation, fetching and the errors are in the subpackage

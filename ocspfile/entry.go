@@ -34,6 +34,9 @@ const (
 	resultUnchanged = "unchanged"
 	resultFailed    = "failed"
 	resultRevoked   = "revoked"
+	// a response another instance (or a hand) put in storage failed
+	// validation; the staple served stays
+	resultRefusedStored = "refused_stored"
 )
 
 const (

@@ -40,6 +40,11 @@ func (is *issuer) storageKey() string {
 	return path.Join("dnsfront", "issued", certmagic.StorageKeys.Safe(is.caID), certmagic.StorageKeys.Safe(is.names[0])+".pem")
 }
 
+// lockName is the storage lock held while the certificate is issued.
+func (is *issuer) lockName() string {
+	return "dnsfront_issue_" + certmagic.StorageKeys.Safe(is.caID) + "_" + certmagic.StorageKeys.Safe(is.names[0])
+}
+
 // renewAt is when a certificate is issued again.
 func renewAt(leaf *x509.Certificate) time.Time {
 	return leaf.NotBefore.Add(leaf.NotAfter.Sub(leaf.NotBefore) * 2 / 3)
@@ -48,6 +53,15 @@ func renewAt(leaf *x509.Certificate) time.Time {
 // certificate returns the stored certificate while it is fresh and still
 // chains to the CA, or issues and stores a new one.
 func (is *issuer) certificate(ctx context.Context, stor certmagic.Storage, now time.Time) (tls.Certificate, error) {
+	if stor != nil {
+		// issued once per fleet: whoever waited for the lock finds the
+		// holder's certificate in storage
+		unlock, err := lockStorage(ctx, stor, is.lockName())
+		if err != nil {
+			return tls.Certificate{}, err
+		}
+		defer unlock()
+	}
 	if stor != nil {
 		if b, err := stor.Load(ctx, is.storageKey()); err == nil {
 			if c, err := tls.X509KeyPair(b, b); err == nil && is.usable(c.Leaf, now) {

@@ -20,7 +20,7 @@ var (
 		Namespace: "dnsfront",
 		Subsystem: "ocsp",
 		Name:      "staple_refresh_total",
-		Help:      "OCSP staple refreshes by result: updated, unchanged, failed, revoked.",
+		Help:      "OCSP staple refreshes by result: updated, unchanged, failed, revoked, refused_stored (a response in the fleet's storage failed validation).",
 	}, []string{"certificate", "serial", "result"})
 	writes = prometheus.NewCounterVec(prometheus.CounterOpts{
 		Namespace: "dnsfront",

@@ -5,7 +5,6 @@ import (
 	"context"
 	"errors"
 	"os"
-	"path"
 	"time"
 
 	"go.uber.org/zap"
@@ -15,38 +14,57 @@ import (
 )
 
 // refresh asks the source for a new staple, validates it, and swaps it in.
-// When force is false a staple made by the app that has not reached its
-// half-life is kept (after a reload it need not be made again). Failures
-// keep the previous staple while it is valid, and are logged once per
-// change of reason.
-func (a *App) refresh(ctx context.Context, e *entry, force bool) {
+// Unless forced (forced is when a new staple was asked for, zero when
+// none was), a staple made by the app that has not reached its half-life
+// is kept (after a reload it need not be made again). Failures keep the
+// previous staple while it is valid, and are logged once per change of
+// reason. A staple the app makes (not a file's) is made once per fleet:
+// under the certificate's storage lock, and taken from storage when
+// another instance stored a fresh one or, when forced, one made since
+// (fleet.go).
+func (a *App) refresh(ctx context.Context, e *entry, forced time.Time) {
 	s := e.slot
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	defer e.reschedule()
 	// whatever happens, the write_to file ends holding the staple served
 	defer a.writeThrough(e)
-	now := time.Now()
+	force := !forced.IsZero()
+	asked := forced
+	if !force {
+		asked = time.Now()
+	}
 	cur := s.staple.Load()
 	_, polled := e.source.(Poller)
 
 	// a fresh staple is kept, unless the last attempt failed: then the
 	// back-off retries until the source answers again
-	if !force && !polled && s.lastResult != resultFailed {
-		if cur.ValidAt(now) && now.Before(cur.RefreshAt()) {
-			return
+	if !force && !polled && s.lastResult != resultFailed && cur.ValidAt(asked) && asked.Before(cur.RefreshAt()) {
+		return
+	}
+	if !polled {
+		defer a.lockStaple(ctx, e)()
+		if ctx.Err() != nil {
+			return // stopping while waiting for the lock
 		}
-		// a staple another server of the fleet (or this one before a
-		// restart) stored may still be fresh
-		if st := a.loadStored(ctx, e, now); st != nil {
-			s.staple.Store(st)
-			s.accepted(st.ThisUpdate(), false)
-			s.lastRefresh, s.lastResult, s.lastErr, s.backoff = now, resultUpdated, "", 0
-			a.logger.Info("ocsp staple loaded from storage", e.logFields(st)...)
-			return
+		now := time.Now()
+		if in, ok := a.loadStored(ctx, e, now); ok {
+			if force && in.rec != nil && in.rec.MadeAt.After(asked) {
+				a.take(e, in, now, "ocsp staple taken from storage (made by the fleet since it was asked for)")
+				return
+			}
+			if !force && now.Before(in.freshUntil()) {
+				a.take(e, in, now, "ocsp staple loaded from storage")
+				return
+			}
 		}
+		if force && s.maker != nil && s.maker.At.After(asked) {
+			return // the one served was made since (taken by pickUp)
+		}
+		cur = s.staple.Load() // a stored revoked response drops it
 	}
 
+	now := time.Now()
 	raw, err := e.source.Obtain(ctx, Subject{Leaf: e.leaf, Issuer: e.issuer})
 	var st *staple.Staple
 	if err == nil {
@@ -61,6 +79,10 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 			err = rb // an older revoked response: a replay like any other
 		} else {
 			s.accepted(rev.ThisUpdate, true)
+			if !polled {
+				// the fleet learns of the revocation from storage
+				a.store(ctx, e, raw)
+			}
 		}
 	}
 	s.lastRefresh = now
@@ -75,15 +97,26 @@ func (a *App) refresh(ctx context.Context, e *entry, force bool) {
 		refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUnchanged).Inc()
 		return
 	}
-	s.staple.Store(st)
 	s.lastResult, s.lastErr = resultUpdated, ""
-	refreshes.WithLabelValues(e.labels[0], e.labels[1], resultUpdated).Inc()
-	nextUpdate.WithLabelValues(e.labels[0], e.labels[1]).Set(float64(st.NextUpdate().Unix()))
-	a.logger.Info("ocsp staple updated", e.logFields(st)...)
-	a.emit("ocsp_staple_updated", e, st, nil)
+	s.maker = nil
 	if !polled {
-		a.store(ctx, e, st)
+		a.store(ctx, e, st.DER)
 	}
+	a.swapIn(e, st, resultUpdated, "ocsp staple updated")
+}
+
+// swapIn serves st from now on, and says so (metrics, log, event).
+// e.slot.mu is held.
+func (a *App) swapIn(e *entry, st *staple.Staple, result, msg string) {
+	e.slot.staple.Store(st)
+	refreshes.WithLabelValues(e.labels[0], e.labels[1], result).Inc()
+	nextUpdate.WithLabelValues(e.labels[0], e.labels[1]).Set(float64(st.NextUpdate().Unix()))
+	fields := e.logFields(st)
+	if m := e.slot.maker; m != nil {
+		fields = append(fields, zap.String("made_by", m.Host+" "+m.Instance), zap.Time("made_at", m.At))
+	}
+	a.logger.Info(msg, fields...)
+	a.emit("ocsp_staple_updated", e, st, nil)
 }
 
 func (a *App) refreshFailed(ctx context.Context, e *entry, cur *staple.Staple, err error, now time.Time) {
@@ -160,36 +193,6 @@ func (a *App) emit(name string, e *entry, st *staple.Staple, err error) {
 		data["error"] = err.Error()
 	}
 	a.events.Emit(a.ctx, name, data)
-}
-
-// storageKey is where a generated or fetched staple is kept in Caddy's
-// storage, so that a fleet on one storage backend shares it.
-func (e *entry) storageKey() string { return path.Join("dnsfront", "ocsp", e.slot.key+".der") }
-
-func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) *staple.Staple {
-	stor := a.ctx.Storage()
-	if stor == nil {
-		return nil
-	}
-	b, err := stor.Load(ctx, e.storageKey())
-	if err != nil {
-		return nil
-	}
-	st, err := staple.Validate(b, e.leaf, e.issuer, now)
-	if err != nil || !now.Before(st.HalfLife()) || e.slot.admit(st.ThisUpdate(), false) != nil {
-		return nil
-	}
-	return st
-}
-
-// store keeps a made staple in Caddy's storage. A failure is logged; the
-// staple is served all the same.
-func (a *App) store(ctx context.Context, e *entry, st *staple.Staple) {
-	if stor := a.ctx.Storage(); stor != nil {
-		if err := stor.Store(ctx, e.storageKey(), st.DER); err != nil {
-			a.logger.Error("storing ocsp staple", zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
-		}
-	}
 }
 
 // writeThrough makes the source's write_to file, if it names one, hold

@@ -39,6 +39,12 @@ type slot struct {
 	// response is a replay (rollback protection)
 	newest  time.Time
 	revoked bool
+	// maker made the staple served, when the app made it here or another
+	// instance of the fleet did (nil for a file's)
+	maker *Maker
+	// storedSeen is a response in storage that was refused, so that it
+	// is logged once (fleet.go)
+	storedSeen []byte
 }
 
 // admit checks a validated response's thisUpdate against the newest one

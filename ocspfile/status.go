@@ -27,6 +27,10 @@ type Status struct {
 	// WriteError is why the staple could not be written through to its
 	// file (write_to); empty once a write succeeds.
 	WriteError string `json:"write_error,omitempty"`
+	// MadeBy is the instance that made the staple served, this one or
+	// another sharing its storage (a fleet), and when; absent for a
+	// staple read from a file.
+	MadeBy *Maker `json:"made_by,omitempty"`
 }
 
 // Staple states in Status.Status.
@@ -65,6 +69,12 @@ func (e *entry) status(now time.Time) Status {
 	if st := s.staple.Load(); st.ValidAt(now) {
 		tu, nu := st.ThisUpdate().UTC(), st.NextUpdate().UTC()
 		out.Status, out.ThisUpdate, out.NextUpdate = StatusGood, &tu, &nu
+		if m := s.maker; m != nil {
+			mb := *m
+			id, _ := thisInstance()
+			mb.Here = mb.Instance == id
+			out.MadeBy = &mb
+		}
 	} else if s.revoked {
 		out.Status = StatusRevoked // until a newer good response
 	}

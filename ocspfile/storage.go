@@ -148,7 +148,7 @@ func (a *App) stapleForStorageKey(ctx context.Context, backend certmagic.Storage
 	if e == nil {
 		return nil, false
 	}
-	a.refresh(ctx, e, false)
+	a.refresh(ctx, e, time.Time{})
 	return e.serve(time.Now()).OCSPStaple, true
 }
 
