@@ -38,6 +38,15 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 	}
 	s.warnMissingCertificates()
 	s.tlsCfg = s.TLSConnPolicies.TLSConfig(ctx)
+	if tlsApp, err := ctx.AppIfConfigured("tls"); err == nil && len(s.ServerNames) > 0 {
+		// the names Caddy publishes ECH configs for, when it has them
+		// (like the http app's sites)
+		alpn := []string{"dot"}
+		if s.doh != nil {
+			alpn = []string{"h2", "http/1.1"}
+		}
+		tlsApp.(*caddytls.TLS).RegisterServerNames(s.ServerNames, alpn)
+	}
 	if !s.mayHaveCertificate(ctx, st) {
 		return errors.New("no certificate to serve: list one in the ocsp app (certificate, or issue <name>), " +
 			"give the server a server_name (the tls app then manages its certificate), or load one in the tls app")

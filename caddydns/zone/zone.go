@@ -32,6 +32,10 @@ type Zone struct {
 	File string `json:"file,omitempty"`
 	// Records are zone file lines, added to File's records.
 	Records []string `json:"records,omitempty"`
+	// ECH answers the HTTPS and _dns SVCB records of the names Caddy
+	// protects with Encrypted Client Hello, with their current ECH
+	// config list (ech.go).
+	ECH *ECH `json:"ech,omitempty"`
 
 	zone *zoneData
 }
@@ -73,6 +77,11 @@ func (z *Zone) Provision(ctx caddy.Context) error {
 		return fmt.Errorf("zone %s: %w", z.Origin, err)
 	}
 	z.zone = zd
+	if z.ECH != nil {
+		if err := z.ECH.provision(ctx, z.Origin); err != nil {
+			return fmt.Errorf("zone %s: %w", z.Origin, err)
+		}
+	}
 	return nil
 }
 
@@ -196,6 +205,11 @@ func (z *Zone) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.
 	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
 		return next(ctx, r)
 	}
+	if z.ECH != nil {
+		if m := z.ECH.answer(r.Msg, z.zone.origin, name, q.Qtype, z.zone.negativeSOA()); m != nil {
+			return caddydns.Response{Msg: m}, nil
+		}
+	}
 	return caddydns.Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
 }
 
@@ -213,6 +227,11 @@ func inZone(origin, name string) bool {
 //	zone <origin> [<file>] {
 //		file <file>
 //		record "<zone file line>"
+//		ech [<names...>] {
+//			dot <port>|off
+//			doh <port>|off [<dohpath>]
+//			ttl <seconds>
+//		}
 //	}
 func (z *Zone) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
@@ -234,6 +253,14 @@ func (z *Zone) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 			if !d.AllArgs(&z.File) {
 				return d.ArgErr()
+			}
+		case "ech":
+			if z.ECH != nil {
+				return d.Err("ech already specified")
+			}
+			z.ECH = new(ECH)
+			if err := z.ECH.unmarshalCaddyfile(d); err != nil {
+				return err
 			}
 		case "record":
 			args := d.RemainingArgs()
