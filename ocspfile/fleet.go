@@ -296,6 +296,14 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) (stored, 
 		}
 		err = aerr // an older revoked response: a replay
 	}
+	if errors.Is(err, staple.ErrRollback) {
+		// older than the one served: this instance made a newer one (whose
+		// store may have failed), not a bad staple
+		s.storedSeen = raw
+		a.logger.Debug("ocsp staple in storage is older than the one served", zap.String("certificate", e.name),
+			zap.String("key", e.storageKey()), zap.Error(err))
+		return stored{}, false
+	}
 	if err != nil {
 		s.storedSeen = raw
 		refreshes.WithLabelValues(e.labels[0], e.labels[1], resultRefusedStored).Inc()
