@@ -163,6 +163,16 @@ cat > "$T/Caddyfile" <<EOF
 		}
 		forward udp://127.0.0.1:5301
 	}
+	# the dedicated DoH server through the same cache (one store with
+	# 8855's, as dnsdist's DoH and DoT share their pool's packet cache)
+	doh 127.0.0.1:8447 {
+		idle_timeout 30s
+		cache {
+			max_entries 1000000
+			max_bytes 1GiB
+		}
+		forward udp://127.0.0.1:5301
+	}
 }
 https://:8443 {
 	tls {
@@ -477,6 +487,18 @@ idle_measure() {
 	sleep 3 # let the server let go of them
 }
 
+# latency_row NAME PORT FILE: p50, p99 and max of the DoT answers to
+# FILE under -c 10 -q 100 for 5 s (dnsperf -v prints every answer's
+# latency), appended to latency.tsv
+latency_row() {
+	local name=$1 port=$2 file=$3
+	taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "$port" -d "$file" -l 5 -c 10 -q 100 -v \
+		-O suppress=unexpected,timeout,congestion,sendfailed,sockready 2>/dev/null |
+		awk '/^> / {print $NF * 1000}' | sort -n |
+		awk -v n="$name" -v r="$round" '{a[NR] = $1} END {if (NR) printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\n", n, r, NR, a[int(NR * .5) + 1], a[int(NR * .99) + 1], a[NR]}' >> "$T/latency.tsv"
+	tail -1 "$T/latency.tsv" | awk -F'\t' '{printf "   %-28s %-22s %s answers  p50 %s ms  p99 %s ms  max %s ms\n", "DoT latency -c 10 -q 100", $1, $3, $4, $5, $6}'
+}
+
 # cache_counts SERVER: "hits misses" of its cache so far
 cache_counts() {
 	case $1 in
@@ -596,12 +618,7 @@ for round in $(seq "$ROUNDS"); do
 		latency)
 			# p50/p99 under the DoT load: dnsperf -v prints every answer's latency
 			for target in "dnsfront forward":8853 "dnsdist forward":9853 "dnsfront zone (own data)":8854 "unbound (own data)":10853; do
-				name=${target%:*} port=${target##*:}
-				taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "$port" -d "$T/dnsperf.txt" -l 5 -c 10 -q 100 -v \
-					-O suppress=unexpected,timeout,congestion,sendfailed,sockready 2>/dev/null |
-					awk -v n="$name" -v r="$round" '/^> / {print $NF * 1000}' | sort -n |
-					awk -v n="$name" -v r="$round" '{a[NR] = $1} END {if (NR) printf "%s\t%s\t%d\t%.3f\t%.3f\t%.3f\n", n, r, NR, a[int(NR * .5) + 1], a[int(NR * .99) + 1], a[NR]}' >> "$T/latency.tsv"
-				tail -1 "$T/latency.tsv" | awk -F'\t' '{printf "   %-28s %-22s %s answers  p50 %s ms  p99 %s ms  max %s ms\n", "DoT latency -c 10 -q 100", $1, $3, $4, $5, $6}'
+				latency_row "${target%:*}" "${target##*:}" "$T/dnsperf.txt"
 			done
 			;;
 		handshake)
@@ -631,6 +648,10 @@ for round in $(seq "$ROUNDS"); do
 				cache_measure "$sc" "dnsdist packet cache" dnsdist "$DNSDIST" $Z -m dot -s 127.0.0.1 -p 9855 -c 10 -q 100
 				cache_measure "$sc" "unbound cache" unbound "$UNBOUND" $Z -m dot -s 127.0.0.1 -p 10853 -c 10 -q 100
 			done
+			# latency through each cache, Zipf names (warm by now)
+			for target in "dnsfront cache":8855 "dnsdist packet cache":9855 "unbound cache":10853; do
+				latency_row "${target%:*}, zipf" "${target##*:}" "$T/zipf.txt"
+			done
 			# every query a miss (names asked once): the cache's cost on a
 			# miss, against forwarding without it; and what each entry
 			# costs in memory (RSS growth / misses, each a new entry)
@@ -647,7 +668,9 @@ for round in $(seq "$ROUNDS"); do
 			done
 			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:9444/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-9444.txt"
 			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:10443/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-10443.txt"
-			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsfront cache" dnsfront "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls.txt"
+			sed "s#https://127.0.0.1:8443/cache-query#https://127.0.0.1:8447/dns-query#" "$T/zipf-urls.txt" > "$T/zipf-urls-8447.txt"
+			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsfront doh server cache" dnsfront "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls-8447.txt"
+			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsfront cache (Caddy handler)" dnsfront "$DNSFRONT" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls.txt"
 			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "dnsdist packet cache" dnsdist "$DNSDIST" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls-9444.txt"
 			cache_measure "DoH GET cache, zipf h2 -c 10 -m 10" "unbound cache" unbound "$UNBOUND" h2load -c 10 -m 10 -n $H2N -i "$T/zipf-urls-10443.txt"
 			;;
