@@ -163,10 +163,14 @@ func (e *ECH) covers(origin, name string) bool {
 // answer returns the synthesized answer for name and qtype, or nil when
 // the zone's own data answers.
 func (e *ECH) answer(q *dns.Msg, origin, name string, qtype uint16, soa dns.RR) *dns.Msg {
+	// cheap tests first: this runs for every query the zone sees
 	target, svcb := name, false
-	if rest, ok := cutDNSLabel(name); ok && e.covers(origin, rest) {
+	rest, underDNS := cutDNSLabel(name)
+	switch {
+	case underDNS && e.covers(origin, rest):
 		target, svcb = rest, true
-	} else if !e.covers(origin, name) || qtype != dns.TypeHTTPS {
+	case qtype == dns.TypeHTTPS && e.covers(origin, name):
+	default:
 		return nil
 	}
 	list := e.configList()
