@@ -19,6 +19,7 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddypki"
 	"github.com/caddyserver/certmagic"
 	"go.uber.org/zap"
+	"go.uber.org/zap/zapcore"
 
 	"github.com/dnsfront/dnsfront/ocspfile/staple"
 )
@@ -159,7 +160,7 @@ func lockStorage(ctx context.Context, stor certmagic.Storage, name string) (func
 			case <-stop:
 				return
 			case <-t.C:
-				if ok, err := me.claim(context.WithoutCancel(ctx), stor, name, true); !ok {
+				if ok, err := me.claim(context.WithoutCancel(ctx), stor, name, true); !ok || err != nil {
 					caddy.Log().Named("ocsp").Error("storage lock lost while held", zap.String("lock", name), zap.Error(err))
 					return
 				}
@@ -270,11 +271,20 @@ func (a *App) loadStored(ctx context.Context, e *entry, now time.Time) (stored, 
 	raw, err := stor.Load(ctx, e.storageKey())
 	if err != nil {
 		if !errors.Is(err, fs.ErrNotExist) && ctx.Err() == nil {
-			a.logger.Warn("loading ocsp staple from storage", zap.String("certificate", e.name),
-				zap.String("key", e.storageKey()), zap.Error(err))
+			// every storage_poll while storage is unreachable: logged once
+			// per change of reason
+			level := zapcore.DebugLevel
+			if err.Error() != s.loadErr {
+				level = zapcore.WarnLevel
+			}
+			s.loadErr = err.Error()
+			if c := a.logger.Check(level, "loading ocsp staple from storage"); c != nil {
+				c.Write(zap.String("certificate", e.name), zap.String("key", e.storageKey()), zap.Error(err))
+			}
 		}
 		return stored{}, false
 	}
+	s.loadErr = ""
 	if cur := s.staple.Load(); cur != nil && bytes.Equal(cur.DER, raw) {
 		return stored{}, false
 	}

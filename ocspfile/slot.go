@@ -45,6 +45,9 @@ type slot struct {
 	// storedSeen is a response in storage that was refused, so that it
 	// is logged once (fleet.go)
 	storedSeen []byte
+	// loadErr is why storage could not be read at the last look ("" when
+	// it could), so that an unreachable storage is logged once
+	loadErr string
 }
 
 // admit checks a validated response's thisUpdate against the newest one
