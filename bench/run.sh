@@ -333,8 +333,9 @@ restart_servers() {
 echo "== start nsd (upstream, on CPU $UPSTREAM_CPU), dnsfront, dnsdist, unbound (servers on CPU $SERVER_CPU)"
 CPU=$UPSTREAM_CPU start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
 # the dnstap collector of the controls row, next to the upstream: it reads
-# the frames and discards its text
-taskset -c "$UPSTREAM_CPU" "$T/dnstap" -u "$T/tap.sock" -q -w /dev/null > "$T/dnstap.log" 2>&1 &
+# the frames and keeps them as frames, as a collector that archives them
+# does (TAP_TEXT=1: as quiet text, the formatting on the client's core)
+taskset -c "$UPSTREAM_CPU" "$T/dnstap" -u "$T/tap.sock" ${TAP_TEXT:+-q} -w /dev/null > "$T/dnstap.log" 2>&1 &
 pids+=($!)
 start_servers
 

@@ -71,6 +71,9 @@ type Request struct {
 // handlers run, nil for a query made here (DoH's JSON API).
 func (r *Request) Octets() []byte { return r.query }
 
+// Start returns when the chain took the query (dnstap's query time).
+func (r *Request) Start() time.Time { return r.start }
+
 // Tap sees a query's messages as they pass (see Request.Tap). Its
 // methods must neither block nor keep msg.
 type Tap interface {

@@ -13,7 +13,6 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
-	tap "github.com/dnstap/golang-dnstap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/cfparse"
@@ -42,9 +41,9 @@ type Dnstap struct {
 	// Buffer is how many messages may wait for the output. Default 10000.
 	Buffer int `json:"buffer,omitempty"`
 
-	out *output
-	key string
-	id  []byte
+	out  *output
+	key  string
+	head []byte // appendHead's for Identity
 }
 
 // CaddyModule returns the Caddy module information.
@@ -63,7 +62,7 @@ func (d *Dnstap) Provision(ctx caddy.Context) error {
 	if d.Identity == "" {
 		d.Identity, _ = os.Hostname()
 	}
-	d.id = []byte(d.Identity)
+	d.head = appendHead(nil, []byte(d.Identity))
 	network, addr, err := parseOutput(d.Output)
 	if err != nil {
 		return err
@@ -111,36 +110,24 @@ func (d *Dnstap) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 	if q == nil {
 		q, _ = r.Msg.Pack()
 	}
-	d.send(r, tap.Message_CLIENT_QUERY, "", q)
+	d.out.add(d.head, clientQuery, r.Start(), r.Client, r.Transport, "", q)
 	r.Tap = d
 	return next(ctx, r)
 }
 
 // ClientResponse implements caddydns.Tap.
 func (d *Dnstap) ClientResponse(r *caddydns.Request, msg []byte) {
-	d.send(r, tap.Message_CLIENT_RESPONSE, "", msg)
+	d.out.add(d.head, clientResponse, time.Now(), r.Client, r.Transport, "", msg)
 }
 
 // ForwarderQuery implements caddydns.Tap.
 func (d *Dnstap) ForwarderQuery(r *caddydns.Request, upstream string, msg []byte) {
-	d.send(r, tap.Message_FORWARDER_QUERY, upstream, msg)
+	d.out.add(d.head, forwarderQuery, time.Now(), r.Client, r.Transport, upstream, msg)
 }
 
 // ForwarderResponse implements caddydns.Tap.
 func (d *Dnstap) ForwarderResponse(r *caddydns.Request, upstream string, msg []byte) {
-	d.send(r, tap.Message_FORWARDER_RESPONSE, upstream, msg)
-}
-
-// send queues one message; the output's goroutine encodes it. A full
-// queue drops it: answering never waits for the log.
-func (d *Dnstap) send(r *caddydns.Request, kind tap.Message_Type, upstream string, msg []byte) {
-	ev := event{kind: kind, at: time.Now(), client: r.Client, transport: r.Transport, upstream: upstream, id: d.id,
-		msg: append([]byte(nil), msg...)}
-	select {
-	case d.out.queue <- ev:
-	default:
-		d.out.dropped.Add(1)
-	}
+	d.out.add(d.head, forwarderResponse, time.Now(), r.Client, r.Transport, upstream, msg)
 }
 
 // UnmarshalCaddyfile reads:

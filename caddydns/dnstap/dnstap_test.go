@@ -1,8 +1,15 @@
 package dnstap
 
 import (
+	"bytes"
+	"encoding/binary"
+	"net/netip"
 	"strings"
 	"testing"
+	"time"
+
+	tap "github.com/dnstap/golang-dnstap"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 )
@@ -28,5 +35,90 @@ func TestParseOutput(t *testing.T) {
 	}
 	if err := new(Dnstap).UnmarshalCaddyfile(caddyfile.NewTestDispenser("dnstap {\n}")); err == nil || !strings.Contains(err.Error(), "want an output") {
 		t.Errorf("no output: %v", err)
+	}
+}
+
+// TestAppendFrame: golang-dnstap's generated code decodes each kind of
+// frame into the fields dnstap gives them, for IPv4, IPv4-mapped and IPv6
+// clients, and for messages whose length takes 1, 2 and 3 octets.
+func TestAppendFrame(t *testing.T) {
+	at := time.Unix(1_700_000_000, 123_456_789)
+	for _, tc := range []struct {
+		kind      int
+		client    string
+		transport string
+		upstream  string
+		size      int
+	}{
+		{clientQuery, "127.0.0.2:40000", "dot", "", 30},
+		{clientResponse, "[::ffff:127.0.0.3]:53", "doh", "", 300},
+		{forwarderQuery, "[2001:db8::1]:443", "doh", "udp://127.0.0.1:5301", 70_000 - 200},
+		{forwarderResponse, "127.0.0.2:1", "dot", "tcp-tls://[::1]:853", 100},
+		{forwarderResponse, "127.0.0.2:1", "dot", "not an address", 1},
+	} {
+		msg := bytes.Repeat([]byte{0xAB}, tc.size)
+		client := netip.MustParseAddrPort(tc.client)
+		prefix := []byte("before")
+		b := appendFrame(prefix, appendHead(nil, []byte("front-1")), tc.kind, at, client, tc.transport, tc.upstream, msg)
+		if !bytes.HasPrefix(b, []byte("before")) {
+			t.Fatal("the frame overwrote what was before it")
+		}
+		b = b[len(prefix):]
+		if n := binary.BigEndian.Uint32(b); int(n) != len(b)-4 {
+			t.Fatalf("%d: frame length %d, want %d", tc.kind, n, len(b)-4)
+		}
+		var d tap.Dnstap
+		if err := proto.Unmarshal(b[4:], &d); err != nil {
+			t.Fatalf("%d: %v", tc.kind, err)
+		}
+		m := d.GetMessage()
+		if string(d.GetIdentity()) != "front-1" || string(d.GetVersion()) != "dnsfront" || d.GetType() != tap.Dnstap_MESSAGE || m == nil {
+			t.Fatalf("%d: %v", tc.kind, &d)
+		}
+		if int(m.GetType()) != tc.kind {
+			t.Errorf("type %v, want %d", m.GetType(), tc.kind)
+		}
+		wantFamily, wantAddr := tap.SocketFamily_INET, client.Addr().Unmap().AsSlice()
+		if client.Addr().Is6() && !client.Addr().Is4In6() {
+			wantFamily = tap.SocketFamily_INET6
+		}
+		if m.GetSocketFamily() != wantFamily || !bytes.Equal(m.GetQueryAddress(), wantAddr) || m.GetQueryPort() != uint32(client.Port()) {
+			t.Errorf("%d: client %v %v %d, want %v %v %d", tc.kind, m.GetSocketFamily(), m.GetQueryAddress(), m.GetQueryPort(), wantFamily, wantAddr, client.Port())
+		}
+		wantProto := map[string]tap.SocketProtocol{"dot": tap.SocketProtocol_DOT, "doh": tap.SocketProtocol_DOH}[tc.transport]
+		query := tc.kind == clientQuery || tc.kind == forwarderQuery
+		sec, nsec, got := m.GetResponseTimeSec(), m.GetResponseTimeNsec(), m.GetResponseMessage()
+		if query {
+			sec, nsec, got = m.GetQueryTimeSec(), m.GetQueryTimeNsec(), m.GetQueryMessage()
+		}
+		if sec != uint64(at.Unix()) || nsec != uint32(at.Nanosecond()) || !bytes.Equal(got, msg) {
+			t.Errorf("%d: time %d.%d, message of %d octets", tc.kind, sec, nsec, len(got))
+		}
+		if query && m.ResponseMessage != nil || !query && m.QueryMessage != nil {
+			t.Errorf("%d: both messages set", tc.kind)
+		}
+		if tc.upstream == "" {
+			if m.GetSocketProtocol() != wantProto || m.ResponseAddress != nil {
+				t.Errorf("%d: protocol %v, response address %v", tc.kind, m.GetSocketProtocol(), m.ResponseAddress)
+			}
+			continue
+		}
+		if m.GetSocketProtocol() != tap.SocketProtocol_UDP {
+			t.Errorf("%d: protocol %v, want UDP", tc.kind, m.GetSocketProtocol())
+		}
+		_, up, _ := strings.Cut(tc.upstream, "://")
+		if ap, err := netip.ParseAddrPort(up); err == nil {
+			if !bytes.Equal(m.GetResponseAddress(), ap.Addr().AsSlice()) || m.GetResponsePort() != uint32(ap.Port()) {
+				t.Errorf("%d: upstream %v %d, want %v", tc.kind, m.GetResponseAddress(), m.GetResponsePort(), ap)
+			}
+		} else if m.ResponseAddress != nil || m.ResponsePort != nil {
+			t.Errorf("%d: an upstream that is no address gave %v", tc.kind, m.GetResponseAddress())
+		}
+	}
+	buf, head := make([]byte, 0, 512), appendHead(nil, []byte("x"))
+	if n := testing.AllocsPerRun(100, func() {
+		appendFrame(buf[:0], head, clientQuery, at, netip.MustParseAddrPort("127.0.0.1:1"), "dot", "", []byte("query"))
+	}); n > 0 {
+		t.Errorf("%v allocations a frame, want none", n)
 	}
 }

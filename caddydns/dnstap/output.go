@@ -1,10 +1,11 @@
 package dnstap
 
 import (
+	"io"
 	"net"
 	"net/netip"
 	"os"
-	"strings"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,31 +14,31 @@ import (
 	tap "github.com/dnstap/golang-dnstap"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
-// event is one message to encode.
-type event struct {
-	kind      tap.Message_Type
-	at        time.Time
-	client    netip.AddrPort
-	transport string
-	upstream  string
-	id        []byte
-	msg       []byte
-}
-
 // output is one dnstap destination and the goroutine that writes to it;
 // a socket is dialled again, every retry interval, while it is down.
+//
+// Senders encode their messages themselves, as frame-stream data frames
+// appended to one batch under a short lock; the goroutine takes the whole
+// batch and writes it with one write. A batch holds at most limit
+// messages and MaxBatchBytes octets: past either they are dropped (and
+// counted), never waited for, as when the output is slow or down.
 type output struct {
 	network, addr string
-	queue         chan event
+	limit         int
 	stop          chan struct{}
 	done          chan struct{}
+	wake          chan struct{} // a batch is waiting (capacity 1)
 	logger        *zap.Logger
 	dropped, sent atomic.Uint64
+
+	mu      sync.Mutex
+	batch   []byte // frames waiting, each its length and its message
+	pending int    // messages in batch
+	woken   bool   // wake was signalled since the batch was last taken
 }
 
 var (
@@ -48,21 +49,37 @@ var (
 const (
 	retryInterval = time.Second
 	writeTimeout  = 5 * time.Second
+	// keepBatch is the largest batch buffer kept for reuse: a burst that
+	// made a larger one lets it go
+	keepBatch = 4 << 20
+	// MaxBatchBytes bounds the octets waiting for an output, whatever
+	// the buffer's count: messages past it are dropped too
+	MaxBatchBytes = 32 << 20
 )
 
+// stream is an open output: the frame-stream writer (its handshake done),
+// and the connection or file under it, to which batches of data frames
+// are written whole.
+type stream struct {
+	fs    tap.Writer
+	raw   io.Writer
+	close func()
+}
+
 func newOutput(network, addr string, buffer int, logger *zap.Logger) (*output, error) {
-	o := &output{network: network, addr: addr, queue: make(chan event, buffer), stop: make(chan struct{}), done: make(chan struct{}), logger: logger}
-	var w tap.Writer
+	o := &output{network: network, addr: addr, limit: buffer, stop: make(chan struct{}), done: make(chan struct{}), wake: make(chan struct{}, 1), logger: logger}
 	if network == "file" {
 		f, err := os.OpenFile(addr, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o640)
 		if err != nil {
 			return nil, err
 		}
-		if w, err = tap.NewWriter(f, nil); err != nil {
+		w, err := tap.NewWriter(f, nil)
+		if err != nil {
 			f.Close()
 			return nil, err
 		}
-		go o.run(func() (tap.Writer, func(), error) { return w, func() { f.Close() }, nil })
+		s := &stream{fs: w, raw: f, close: func() { f.Close() }}
+		go o.run(func() (*stream, error) { return s, nil })
 	} else {
 		go o.run(o.dial)
 	}
@@ -71,29 +88,69 @@ func newOutput(network, addr string, buffer int, logger *zap.Logger) (*output, e
 }
 
 // dial connects to the socket and opens a bidirectional frame stream.
-func (o *output) dial() (tap.Writer, func(), error) {
+func (o *output) dial() (*stream, error) {
 	c, err := net.DialTimeout(o.network, o.addr, writeTimeout)
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	w, err := tap.NewWriter(c, &tap.WriterOptions{Bidirectional: true, Timeout: writeTimeout})
 	if err != nil {
 		c.Close()
-		return nil, nil, err
+		return nil, err
 	}
-	return w, func() { c.Close() }, nil
+	return &stream{fs: w, raw: deadlineWriter{c}, close: func() { c.Close() }}, nil
 }
 
-// run writes the queued messages; while the output is down, they pile up
-// in the queue, and what does not fit is dropped.
-func (o *output) run(open func() (tap.Writer, func(), error)) {
+// deadlineWriter bounds each write to a socket by writeTimeout.
+type deadlineWriter struct{ c net.Conn }
+
+func (d deadlineWriter) Write(b []byte) (int, error) {
+	_ = d.c.SetWriteDeadline(time.Now().Add(writeTimeout))
+	return d.c.Write(b)
+}
+
+// add encodes one message into the batch, or drops it when the batch is
+// full.
+func (o *output) add(head []byte, kind int, at time.Time, client netip.AddrPort, transport, upstream string, msg []byte) {
+	o.mu.Lock()
+	if o.pending >= o.limit || len(o.batch) >= MaxBatchBytes {
+		o.mu.Unlock()
+		o.dropped.Add(1)
+		return
+	}
+	o.batch = appendFrame(o.batch, head, kind, at, client, transport, upstream, msg)
+	o.pending++
+	wake := !o.woken
+	o.woken = true
+	o.mu.Unlock()
+	if wake {
+		select {
+		case o.wake <- struct{}{}:
+		default:
+		}
+	}
+}
+
+// take returns the batch and how many messages it holds, and leaves an
+// empty one (spare's buffer) in its place.
+func (o *output) take(spare []byte) ([]byte, int) {
+	o.mu.Lock()
+	defer o.mu.Unlock()
+	b, n := o.batch, o.pending
+	o.batch, o.pending, o.woken = spare[:0], 0, false
+	return b, n
+}
+
+// run writes the batches; while the output is down, messages wait in the
+// batch, and what does not fit is dropped.
+func (o *output) run(open func() (*stream, error)) {
 	defer close(o.done)
-	var w tap.Writer
-	closeConn := func() {}
+	var s *stream
+	var spare []byte
 	for {
-		if w == nil {
+		if s == nil {
 			var err error
-			if w, closeConn, err = open(); err != nil {
+			if s, err = open(); err != nil {
 				o.logger.Debug("dnstap output down", zap.String("output", o.network+":"+o.addr), zap.Error(err))
 				select {
 				case <-o.stop:
@@ -104,53 +161,52 @@ func (o *output) run(open func() (tap.Writer, func(), error)) {
 			}
 			o.logger.Info("dnstap output connected", zap.String("output", o.network+":"+o.addr))
 		}
-		var ev event
-		select {
-		case ev = <-o.queue:
-		case <-o.stop:
-			o.drain(w)
-			_ = w.Close()
-			closeConn()
-			return
+		b, n := o.take(spare)
+		if n == 0 {
+			spare = b
+			select {
+			case <-o.wake:
+				// the queries that woke it are answered in bursts: their
+				// other messages, ready to run, join this batch
+				runtime.Gosched()
+				continue
+			case <-o.stop:
+				o.finish(s)
+				return
+			}
 		}
-		b, err := proto.Marshal(frame(&ev))
-		if err != nil {
-			continue
-		}
-		_, err = w.WriteFrame(b)
-		if f, ok := w.(interface{ Flush() error }); ok && err == nil && len(o.queue) == 0 {
-			err = f.Flush() // frames are buffered: out with them while the queue is quiet
-		}
-		if err != nil {
-			o.dropped.Add(1)
+		if _, err := s.raw.Write(b); err != nil {
+			o.dropped.Add(uint64(n))
 			o.logger.Warn("dnstap output lost", zap.String("output", o.network+":"+o.addr), zap.Error(err))
-			closeConn()
-			w = nil
-			continue
+			s.close()
+			s = nil
+		} else {
+			o.sent.Add(uint64(n))
 		}
-		o.sent.Add(1)
+		if cap(b) <= keepBatch {
+			spare = b
+		} else {
+			spare = nil
+		}
 	}
 }
 
-// drain writes what is queued when the output stops.
-func (o *output) drain(w tap.Writer) {
-	for {
-		select {
-		case ev := <-o.queue:
-			if b, err := proto.Marshal(frame(&ev)); err == nil {
-				if _, err := w.WriteFrame(b); err != nil {
-					return
-				}
-				o.sent.Add(1)
-			}
-		default:
-			return
+// finish writes what is waiting when the output stops, and closes the
+// stream.
+func (o *output) finish(s *stream) {
+	if b, n := o.take(nil); n > 0 {
+		if _, err := s.raw.Write(b); err != nil {
+			o.dropped.Add(uint64(n))
+		} else {
+			o.sent.Add(uint64(n))
 		}
 	}
+	_ = s.fs.Close()
+	s.close()
 }
 
 // Destruct implements caddy.Destructor: the last config using the output
-// is gone; what is queued is written, the stream closed.
+// is gone; what is waiting is written, the stream closed.
 func (o *output) Destruct() error {
 	live.Delete(o)
 	close(o.stop)
@@ -161,63 +217,12 @@ func (o *output) Destruct() error {
 	return nil
 }
 
-var (
-	dnsfront   = []byte("dnsfront")
-	socketINET = tap.SocketFamily_INET
-	socketIN6  = tap.SocketFamily_INET6
-)
-
-// frame is the dnstap message of ev.
-func frame(ev *event) *tap.Dnstap {
-	typ := tap.Dnstap_MESSAGE
-	m := &tap.Message{Type: &ev.kind}
-	protocol := tap.SocketProtocol_DOT
-	if ev.transport == "doh" {
-		protocol = tap.SocketProtocol_DOH
-	}
-	m.SocketProtocol = &protocol
-	fam := socketINET
-	if ev.client.Addr().Is6() {
-		fam = socketIN6
-	}
-	m.SocketFamily = &fam
-	if ev.client.IsValid() {
-		port := uint32(ev.client.Port())
-		m.QueryAddress, m.QueryPort = ev.client.Addr().AsSlice(), &port
-	}
-	sec, nsec := uint64(ev.at.Unix()), uint32(ev.at.Nanosecond())
-	switch ev.kind {
-	case tap.Message_CLIENT_QUERY:
-		m.QueryMessage, m.QueryTimeSec, m.QueryTimeNsec = ev.msg, &sec, &nsec
-	case tap.Message_CLIENT_RESPONSE:
-		m.ResponseMessage, m.ResponseTimeSec, m.ResponseTimeNsec = ev.msg, &sec, &nsec
-	case tap.Message_FORWARDER_QUERY, tap.Message_FORWARDER_RESPONSE:
-		// the upstream's side: the response address is the upstream's
-		up := ev.upstream
-		if _, addr, ok := strings.Cut(up, "://"); ok {
-			up = addr
-		}
-		if ap, err := netip.ParseAddrPort(up); err == nil {
-			port := uint32(ap.Port())
-			m.ResponseAddress, m.ResponsePort = ap.Addr().AsSlice(), &port
-		}
-		udp := tap.SocketProtocol_UDP
-		m.SocketProtocol = &udp
-		if ev.kind == tap.Message_FORWARDER_QUERY {
-			m.QueryMessage, m.QueryTimeSec, m.QueryTimeNsec = ev.msg, &sec, &nsec
-		} else {
-			m.ResponseMessage, m.ResponseTimeSec, m.ResponseTimeNsec = ev.msg, &sec, &nsec
-		}
-	}
-	return &tap.Dnstap{Type: &typ, Identity: ev.id, Version: dnsfront, Message: m}
-}
-
 // collector reports every live output.
 type collector struct{}
 
 var (
 	descSent    = prometheus.NewDesc("dnsfront_dnstap_sent_total", "dnstap messages written to an output.", []string{"output"}, nil)
-	descDropped = prometheus.NewDesc("dnsfront_dnstap_dropped_total", "dnstap messages dropped: the output's queue was full (the output slow or down), or a write failed.", []string{"output"}, nil)
+	descDropped = prometheus.NewDesc("dnsfront_dnstap_dropped_total", "dnstap messages dropped: the output's batch was full (the output slow or down), or a write failed.", []string{"output"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {

@@ -1,0 +1,146 @@
+package dnstap
+
+import (
+	"encoding/binary"
+	"net/netip"
+	"strings"
+	"time"
+
+	"google.golang.org/protobuf/encoding/protowire"
+)
+
+// The dnstap protobuf (dnstap.proto, as golang-dnstap generates it):
+// field numbers of Dnstap and Message, and the values dnsfront sends.
+const (
+	fieldIdentity = 1
+	fieldVersion  = 2
+	fieldMessage  = 14
+	fieldType     = 15
+	typeMessage   = 1 // Dnstap.Type MESSAGE
+
+	fieldMsgType          = 1
+	fieldSocketFamily     = 2
+	fieldSocketProtocol   = 3
+	fieldQueryAddress     = 4
+	fieldResponseAddress  = 5
+	fieldQueryPort        = 6
+	fieldResponsePort     = 7
+	fieldQueryTimeSec     = 8
+	fieldQueryTimeNsec    = 9
+	fieldQueryMessage     = 10
+	fieldResponseTimeSec  = 12
+	fieldResponseTimeNsec = 13
+	fieldResponseMessage  = 14
+
+	// Message.Type
+	clientQuery       = 5
+	clientResponse    = 6
+	forwarderQuery    = 7
+	forwarderResponse = 8
+
+	familyINET  = 1
+	familyINET6 = 2
+
+	protocolUDP = 1
+	protocolDOT = 3
+	protocolDOH = 4
+)
+
+var version = []byte("dnsfront")
+
+// appendHead appends what is the same in every message of an identity:
+// its identity, version and type fields (appendFrame's head).
+func appendHead(dst, id []byte) []byte {
+	dst = protowire.AppendTag(dst, fieldIdentity, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, id)
+	dst = protowire.AppendTag(dst, fieldVersion, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, version)
+	dst = protowire.AppendTag(dst, fieldType, protowire.VarintType)
+	return protowire.AppendVarint(dst, typeMessage)
+}
+
+// appendFrame appends one frame-stream data frame to dst: its length
+// (4 octets, big-endian), then the dnstap message of a query's message
+// msg of the given kind, seen at at, for the client and, for the
+// forwarder's kinds, the upstream (as forward names it: udp://host:port);
+// head is appendHead's for the identity. It encodes the protobuf in
+// place, with no allocation; golang-dnstap's generated code decodes it
+// (TestAppendFrame).
+func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort, transport, upstream string, msg []byte) []byte {
+	start := len(dst)
+	dst = append(dst, 0, 0, 0, 0)
+	dst = append(dst, head...)
+
+	// the Message, its length written when it is known: 3 octets are
+	// kept for it (a message is less than 2^21 octets), and what follows
+	// moved back over those not needed
+	dst = protowire.AppendTag(dst, fieldMessage, protowire.BytesType)
+	lenAt := len(dst)
+	dst = append(dst, 0, 0, 0)
+	body := len(dst)
+
+	dst = appendVarintField(dst, fieldMsgType, uint64(kind))
+	family := uint64(familyINET)
+	if client.Addr().Is6() && !client.Addr().Is4In6() {
+		family = familyINET6
+	}
+	dst = appendVarintField(dst, fieldSocketFamily, family)
+	protocol := uint64(protocolDOT)
+	switch {
+	case kind == forwarderQuery || kind == forwarderResponse:
+		protocol = protocolUDP
+	case transport == "doh":
+		protocol = protocolDOH
+	}
+	dst = appendVarintField(dst, fieldSocketProtocol, protocol)
+	if client.IsValid() {
+		dst = appendAddr(dst, fieldQueryAddress, client.Addr())
+		dst = appendVarintField(dst, fieldQueryPort, uint64(client.Port()))
+	}
+	if kind == forwarderQuery || kind == forwarderResponse {
+		// the upstream's side: the response address is the upstream's
+		if _, addr, ok := strings.Cut(upstream, "://"); ok {
+			upstream = addr
+		}
+		if ap, err := netip.ParseAddrPort(upstream); err == nil {
+			dst = appendAddr(dst, fieldResponseAddress, ap.Addr())
+			dst = appendVarintField(dst, fieldResponsePort, uint64(ap.Port()))
+		}
+	}
+	secField, nsecField, msgField := protowire.Number(fieldQueryTimeSec), protowire.Number(fieldQueryTimeNsec), protowire.Number(fieldQueryMessage)
+	if kind == clientResponse || kind == forwarderResponse {
+		secField, nsecField, msgField = fieldResponseTimeSec, fieldResponseTimeNsec, fieldResponseMessage
+	}
+	dst = appendVarintField(dst, secField, uint64(at.Unix()))
+	dst = protowire.AppendTag(dst, nsecField, protowire.Fixed32Type)
+	dst = protowire.AppendFixed32(dst, uint32(at.Nanosecond()))
+	dst = protowire.AppendTag(dst, msgField, protowire.BytesType)
+	dst = protowire.AppendBytes(dst, msg)
+
+	n := len(dst) - body
+	w := protowire.SizeVarint(uint64(n))
+	protowire.AppendVarint(dst[lenAt:lenAt], uint64(n))
+	if w < 3 {
+		copy(dst[lenAt+w:], dst[body:])
+		dst = dst[:len(dst)-(3-w)]
+	}
+	binary.BigEndian.PutUint32(dst[start:], uint32(len(dst)-start-4))
+	return dst
+}
+
+func appendVarintField(dst []byte, num protowire.Number, v uint64) []byte {
+	dst = protowire.AppendTag(dst, num, protowire.VarintType)
+	return protowire.AppendVarint(dst, v)
+}
+
+// appendAddr appends an address field: 4 octets for IPv4 (an IPv4-mapped
+// IPv6 address included), 16 for IPv6.
+func appendAddr(dst []byte, num protowire.Number, a netip.Addr) []byte {
+	dst = protowire.AppendTag(dst, num, protowire.BytesType)
+	if a.Is4() || a.Is4In6() {
+		b := a.Unmap().As4()
+		return protowire.AppendBytes(dst, b[:])
+	}
+	b := a.As16()
+	return protowire.AppendBytes(dst, b[:])
+}
