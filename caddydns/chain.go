@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"sync"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
@@ -65,6 +66,22 @@ type Request struct {
 
 	start time.Time // when Serve took the query (metrics)
 	query []byte    // the query's octets, while the handlers run
+	msg   dns.Msg   // Msg's storage: Serve decodes the query into it
+}
+
+// Requests are reused by the transports: a query then allocates neither
+// its Request nor its decoded message (Serve decodes into the Request).
+var requests = sync.Pool{New: func() any { return new(Request) }}
+
+// AcquireRequest returns an empty Request from the pool.
+func AcquireRequest() *Request { return requests.Get().(*Request) }
+
+// ReleaseRequest empties r and returns it to the pool, once Serve has
+// returned. Nothing may hold r or r.Msg past Serve: a handler that works
+// on in the background copies what it needs (the cache's prefetch does).
+func ReleaseRequest(r *Request) {
+	*r = Request{}
+	requests.Put(r)
 }
 
 // Octets returns the query as the client sent it; valid while the

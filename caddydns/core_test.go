@@ -142,11 +142,11 @@ func TestEDNSAndPadding(t *testing.T) {
 }
 
 func TestDecodeGarbage(t *testing.T) {
-	if q, fe := decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}); q != nil || fe == nil ||
+	if q, fe := decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}, new(dns.Msg)); q != nil || fe == nil ||
 		fe.Id != 0xABCD || fe.Rcode != dns.RcodeFormatError {
 		t.Fatalf("garbage after a header: %v %v", q, fe)
 	}
-	if q, fe := decode([]byte{1, 2, 3}); q != nil || fe != nil {
+	if q, fe := decode([]byte{1, 2, 3}, new(dns.Msg)); q != nil || fe != nil {
 		t.Fatal("a message shorter than a header got an answer")
 	}
 	// through the chain, for every transport: FORMERR, counted
@@ -174,7 +174,7 @@ func FuzzServe(f *testing.F) {
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
-		q, fe := decode(b)
+		q, fe := decode(b, new(dns.Msg))
 		if q == nil {
 			if fe != nil {
 				if _, err := fe.Pack(); err != nil {

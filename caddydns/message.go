@@ -21,11 +21,12 @@ const (
 	AdvertisedUDPSize = 1232
 )
 
-// decode unpacks a query. When it does not parse, the returned response is
-// a FORMERR with the query's ID and opcode (if there is a header at all),
-// to be sent back instead.
-func decode(b []byte) (q *dns.Msg, formErr *dns.Msg) {
-	q = new(dns.Msg)
+// decode unpacks a query into the message into (emptied first). When it
+// does not parse, the returned response is a FORMERR with the query's ID
+// and opcode (if there is a header at all), to be sent back instead.
+func decode(b []byte, into *dns.Msg) (q *dns.Msg, formErr *dns.Msg) {
+	q = into
+	*q = dns.Msg{}
 	if err := q.Unpack(b); err == nil {
 		return q, nil
 	}

@@ -104,9 +104,10 @@ func (e *Endpoint) Serve(ctx context.Context, req *Request, bp *[]byte) Reply {
 		r.Allow = "GET, HEAD, POST"
 		return r
 	}
-	a := e.chain.Serve(ctx, &caddydns.Request{
-		Transport: "doh", Server: e.name, Client: req.Client, Size: caddydns.MaxMessage,
-	}, wire, (*bp)[:0])
+	r := caddydns.AcquireRequest()
+	r.Transport, r.Server, r.Client, r.Size = "doh", e.name, req.Client, caddydns.MaxMessage
+	a := e.chain.Serve(ctx, r, wire, (*bp)[:0])
+	caddydns.ReleaseRequest(r)
 	if a.Wire != nil {
 		*bp = a.Wire[:0]
 	}

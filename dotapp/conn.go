@@ -287,10 +287,10 @@ func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 	defer func() { <-w.sem }()
 	srv := c.enter()
 	defer srv.active.Add(-1)
-	a := srv.Chain.Serve(context.Background(), &caddydns.Request{
-		Transport: "dot", Server: srv.name, Client: c.client, Size: caddydns.MaxMessage,
-		Keepalive: srv.keepalive(last),
-	}, (*bp)[:size], (*bp)[:0])
+	r := caddydns.AcquireRequest()
+	r.Transport, r.Server, r.Client, r.Size, r.Keepalive = "dot", srv.name, c.client, caddydns.MaxMessage, srv.keepalive(last)
+	a := srv.Chain.Serve(context.Background(), r, (*bp)[:size], (*bp)[:0])
+	caddydns.ReleaseRequest(r)
 	if a.Drop { // a handler's policy: the connection ends, unanswered
 		packPool.Put(bp)
 		w.inFlight.Add(-1)
