@@ -122,6 +122,8 @@ func (r *Request) Type() uint16 { return r.Msg.Question[0].Qtype }
 
 // Handler answers DNS queries or passes them on: a module in the
 // namespace `dns.handlers`. A handler that does not answer calls next.
+// The Request and its Msg are reused once the chain returns: a handler
+// that works on past ServeDNS copies what it needs.
 type Handler interface {
 	ServeDNS(ctx context.Context, r *Request, next Next) (Response, error)
 }
