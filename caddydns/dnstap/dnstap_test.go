@@ -4,11 +4,13 @@ import (
 	"bytes"
 	"encoding/binary"
 	"net/netip"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
 	tap "github.com/dnstap/golang-dnstap"
+	"go.uber.org/zap"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -120,5 +122,41 @@ func TestAppendFrame(t *testing.T) {
 		appendFrame(buf[:0], head, clientQuery, at, netip.MustParseAddrPort("127.0.0.1:1"), "dot", "", []byte("query"))
 	}); n > 0 {
 		t.Errorf("%v allocations a frame, want none", n)
+	}
+}
+
+// TestBatchBounds: while the output is down, messages wait up to the
+// buffer's count and MaxBatchBytes, and the rest are dropped and counted,
+// never waited for.
+func TestBatchBounds(t *testing.T) {
+	client := netip.MustParseAddrPort("127.0.0.2:1")
+	head := appendHead(nil, []byte("t"))
+	for _, tc := range []struct {
+		limit, size, sent int
+		wantKept          int
+	}{
+		{limit: 50, size: 40, sent: 60, wantKept: 50},
+		// 60,000-octet messages: the byte bound comes first
+		{limit: 10_000, size: 60_000, sent: 1_000, wantKept: (MaxBatchBytes + 60_000 + 100 - 1) / (60_000 + 100)},
+	} {
+		// a socket nobody listens on: the output stays down
+		o, err := newOutput("unix", filepath.Join(t.TempDir(), "absent.sock"), tc.limit, zap.NewNop())
+		if err != nil {
+			t.Fatal(err)
+		}
+		msg := make([]byte, tc.size)
+		for range tc.sent {
+			o.add(head, clientQuery, time.Now(), client, "dot", "", msg)
+		}
+		o.mu.Lock()
+		kept, octets := o.pending, len(o.batch)
+		o.mu.Unlock()
+		if got := int(o.dropped.Load()); kept+got != tc.sent || kept > tc.limit || octets > MaxBatchBytes+tc.size+100 {
+			t.Errorf("limit %d, %d-octet messages: %d kept (%d octets), %d dropped", tc.limit, tc.size, kept, octets, got)
+		}
+		if tc.size < 1000 && kept != tc.wantKept || tc.size >= 1000 && (kept < tc.wantKept-1 || kept > tc.wantKept+1) {
+			t.Errorf("limit %d, %d-octet messages: %d kept, want %d", tc.limit, tc.size, kept, tc.wantKept)
+		}
+		_ = o.Destruct()
 	}
 }
