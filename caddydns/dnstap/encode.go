@@ -6,17 +6,18 @@ import (
 	"strings"
 	"time"
 
+	tap "github.com/dnstap/golang-dnstap"
 	"google.golang.org/protobuf/encoding/protowire"
 )
 
-// The dnstap protobuf (dnstap.proto, as golang-dnstap generates it):
-// field numbers of Dnstap and Message, and the values dnsfront sends.
+// The dnstap protobuf's field numbers (dnstap.proto, as golang-dnstap
+// generates it), and the values dnsfront sends, from golang-dnstap's
+// generated enums.
 const (
 	fieldIdentity = 1
 	fieldVersion  = 2
 	fieldMessage  = 14
 	fieldType     = 15
-	typeMessage   = 1 // Dnstap.Type MESSAGE
 
 	fieldMsgType          = 1
 	fieldSocketFamily     = 2
@@ -32,18 +33,19 @@ const (
 	fieldResponseTimeNsec = 13
 	fieldResponseMessage  = 14
 
-	// Message.Type
-	clientQuery       = 5
-	clientResponse    = 6
-	forwarderQuery    = 7
-	forwarderResponse = 8
+	typeMessage = uint64(tap.Dnstap_MESSAGE)
 
-	familyINET  = 1
-	familyINET6 = 2
+	clientQuery       = int(tap.Message_CLIENT_QUERY)
+	clientResponse    = int(tap.Message_CLIENT_RESPONSE)
+	forwarderQuery    = int(tap.Message_FORWARDER_QUERY)
+	forwarderResponse = int(tap.Message_FORWARDER_RESPONSE)
 
-	protocolUDP = 1
-	protocolDOT = 3
-	protocolDOH = 4
+	familyINET  = uint64(tap.SocketFamily_INET)
+	familyINET6 = uint64(tap.SocketFamily_INET6)
+
+	protocolUDP = uint64(tap.SocketProtocol_UDP)
+	protocolDOT = uint64(tap.SocketProtocol_DOT)
+	protocolDOH = uint64(tap.SocketProtocol_DOH)
 )
 
 var version = []byte("dnsfront")
@@ -80,12 +82,12 @@ func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort
 	body := len(dst)
 
 	dst = appendVarintField(dst, fieldMsgType, uint64(kind))
-	family := uint64(familyINET)
+	family := familyINET
 	if client.Addr().Is6() && !client.Addr().Is4In6() {
 		family = familyINET6
 	}
 	dst = appendVarintField(dst, fieldSocketFamily, family)
-	protocol := uint64(protocolDOT)
+	protocol := protocolDOT
 	switch {
 	case kind == forwarderQuery || kind == forwarderResponse:
 		protocol = protocolUDP
