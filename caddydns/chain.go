@@ -95,8 +95,21 @@ func (r *Request) Start() time.Time { return r.start }
 // methods must neither block nor keep msg.
 type Tap interface {
 	ClientResponse(r *Request, msg []byte)
-	ForwarderQuery(r *Request, upstream string, msg []byte)
-	ForwarderResponse(r *Request, upstream string, msg []byte)
+	// ForwarderQuery sees each message a forwarder sends upstream, as it
+	// goes on the wire, and ForwarderResponse the answer it takes.
+	ForwarderQuery(r *Request, to Hop, msg []byte)
+	ForwarderResponse(r *Request, from Hop, msg []byte)
+}
+
+// Hop is the far end of one of a forwarder's exchanges with an upstream.
+type Hop struct {
+	// Name is the upstream's name in logs and metrics (udp://host:port).
+	Name string
+	// Addr is its address; invalid for an upstream given by host name.
+	Addr netip.AddrPort
+	// Transport is what the message went over: "udp", "tcp" or "tls"
+	// (a UDP upstream's truncated answer is asked again over "tcp").
+	Transport string
 }
 
 // The cache's verdicts on a query (Request.Cache).

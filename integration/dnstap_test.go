@@ -20,21 +20,22 @@ const dnstapSite = `{
 			identity test-front
 			buffer {{.Buffer}}
 		}
-		forward udp://{{.Up}}
+		forward {{.Scheme}}://{{.Up}}
 	}
 }
 `
 
 // TestDnstapFile: the frame-stream file, read by dnstap-ldns, shows each
 // query and response with the client's address, and the exchange with
-// the upstream.
+// the upstream: its address, and the transport it went over (TCP here;
+// UDP in TestDnstapSocket).
 func TestDnstapFile(t *testing.T) {
 	ldns := need(t, "dnstap-ldns")
 	dir := t.TempDir()
 	up := newTestUpstream(t, 1)
 	port := freePort(t)
 	file := filepath.Join(dir, "tap.fstrm")
-	c := startCaddy(t, dir, dnstapSite, Vars{"Port": port, "Up": up.addr, "Output": "file:" + file, "Buffer": 10000})
+	c := startCaddy(t, dir, dnstapSite, Vars{"Port": port, "Scheme": "tcp", "Up": up.addr, "Output": "file:" + file, "Buffer": 10000})
 	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
 	for _, from := range []string{"127.0.0.2", "127.0.0.3"} {
 		if out := kdig(t, "+tls", "+retry=0", "-b", from, "@127.0.0.1", "-p", fmt.Sprint(port), "tap.example.test", "A"); !strings.Contains(out, "NOERROR") {
@@ -46,7 +47,7 @@ func TestDnstapFile(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"CQ 127.0.0.2", "CR 127.0.0.2", "CQ 127.0.0.3", "CR 127.0.0.3", "FQ", "FR"} {
+	for _, want := range []string{"CQ 127.0.0.2", "CR 127.0.0.2", "CQ 127.0.0.3", "CR 127.0.0.3", "FQ 127.0.0.1 TCP", "FR 127.0.0.1 TCP"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("dnstap-ldns output lacks %q:\n%s", want, out)
 		}
@@ -85,7 +86,7 @@ func TestDnstapSocket(t *testing.T) {
 	up := newTestUpstream(t, 1)
 	port := freePort(t)
 	// a small buffer: while the collector is away, it fills and the rest is dropped
-	c := startCaddy(t, dir, dnstapSite, Vars{"Port": port, "Up": up.addr, "Output": "unix:" + sock, "Buffer": 4})
+	c := startCaddy(t, dir, dnstapSite, Vars{"Port": port, "Scheme": "udp", "Up": up.addr, "Output": "unix:" + sock, "Buffer": 4})
 	c.waitLog(`dnstap output connected`, 10*time.Second)
 	dig := func(name string) {
 		if out := kdig(t, "+tls", "+retry=0", "-b", "127.0.0.5", "@127.0.0.1", "-p", fmt.Sprint(port), name, "A"); !strings.Contains(out, "NOERROR") {
@@ -95,6 +96,10 @@ func TestDnstapSocket(t *testing.T) {
 	dig("one.example.test")
 	if err := eventually(10*time.Second, func() bool { return fileHas(firstOut, "CR 127.0.0.5") }); err != nil {
 		t.Fatalf("the collector got no CLIENT_RESPONSE of 127.0.0.5")
+	}
+	if !fileHas(firstOut, "FQ 127.0.0.1 UDP") || !fileHas(firstOut, "FR 127.0.0.1 UDP") {
+		b, _ := os.ReadFile(firstOut)
+		t.Errorf("the collector got no FORWARDER_QUERY and RESPONSE over UDP to 127.0.0.1:\n%s", b)
 	}
 	// the collector goes away: queries are still answered
 	_ = first.Process.Kill()

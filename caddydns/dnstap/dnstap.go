@@ -110,24 +110,24 @@ func (d *Dnstap) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 	if q == nil {
 		q, _ = r.Msg.Pack()
 	}
-	d.out.add(d.head, clientQuery, r.Start(), r.Client, r.Transport, "", q)
+	d.out.add(d.head, clientQuery, r.Start(), r.Client, r.Transport, caddydns.Hop{}, q)
 	r.Tap = d
 	return next(ctx, r)
 }
 
 // ClientResponse implements caddydns.Tap.
 func (d *Dnstap) ClientResponse(r *caddydns.Request, msg []byte) {
-	d.out.add(d.head, clientResponse, time.Now(), r.Client, r.Transport, "", msg)
+	d.out.add(d.head, clientResponse, time.Now(), r.Client, r.Transport, caddydns.Hop{}, msg)
 }
 
 // ForwarderQuery implements caddydns.Tap.
-func (d *Dnstap) ForwarderQuery(r *caddydns.Request, upstream string, msg []byte) {
-	d.out.add(d.head, forwarderQuery, time.Now(), r.Client, r.Transport, upstream, msg)
+func (d *Dnstap) ForwarderQuery(r *caddydns.Request, to caddydns.Hop, msg []byte) {
+	d.out.add(d.head, forwarderQuery, time.Now(), r.Client, r.Transport, to, msg)
 }
 
 // ForwarderResponse implements caddydns.Tap.
-func (d *Dnstap) ForwarderResponse(r *caddydns.Request, upstream string, msg []byte) {
-	d.out.add(d.head, forwarderResponse, time.Now(), r.Client, r.Transport, upstream, msg)
+func (d *Dnstap) ForwarderResponse(r *caddydns.Request, from caddydns.Hop, msg []byte) {
+	d.out.add(d.head, forwarderResponse, time.Now(), r.Client, r.Transport, from, msg)
 }
 
 // UnmarshalCaddyfile reads:

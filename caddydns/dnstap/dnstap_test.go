@@ -14,6 +14,8 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 func TestParseOutput(t *testing.T) {
@@ -42,26 +44,41 @@ func TestParseOutput(t *testing.T) {
 
 // TestAppendFrame: golang-dnstap's generated code decodes each kind of
 // frame into the fields dnstap gives them, for IPv4, IPv4-mapped and IPv6
-// clients, and for messages whose length takes 1, 2 and 3 octets.
+// clients, for messages whose length takes 1, 2 and 3 octets, and, for a
+// forwarder's messages, with the upstream's family, protocol (UDP, TCP,
+// DOT) and address, and the client's address in the upstream's family.
 func TestAppendFrame(t *testing.T) {
 	at := time.Unix(1_700_000_000, 123_456_789)
+	hop := func(transport, addr string) caddydns.Hop {
+		ap, _ := netip.ParseAddrPort(addr)
+		return caddydns.Hop{Name: transport + "://" + addr, Addr: ap, Transport: transport}
+	}
 	for _, tc := range []struct {
 		kind      int
 		client    string
 		transport string
-		upstream  string
+		up        caddydns.Hop
 		size      int
+
+		family    tap.SocketFamily
+		protocol  tap.SocketProtocol
+		queryAddr string // the query address's octets, as an address
 	}{
-		{clientQuery, "127.0.0.2:40000", "dot", "", 30},
-		{clientResponse, "[::ffff:127.0.0.3]:53", "doh", "", 300},
-		{forwarderQuery, "[2001:db8::1]:443", "doh", "udp://127.0.0.1:5301", 70_000 - 200},
-		{forwarderResponse, "127.0.0.2:1", "dot", "tcp-tls://[::1]:853", 100},
-		{forwarderResponse, "127.0.0.2:1", "dot", "not an address", 1},
+		{clientQuery, "127.0.0.2:40000", "dot", caddydns.Hop{}, 30, tap.SocketFamily_INET, tap.SocketProtocol_DOT, "127.0.0.2"},
+		{clientResponse, "[::ffff:127.0.0.3]:53", "doh", caddydns.Hop{}, 300, tap.SocketFamily_INET, tap.SocketProtocol_DOH, "127.0.0.3"},
+		{clientQuery, "[2001:db8::1]:443", "doh", caddydns.Hop{}, 10, tap.SocketFamily_INET6, tap.SocketProtocol_DOH, "2001:db8::1"},
+		// an IPv6 client of an IPv4 upstream: 16 octets, the family the upstream's
+		{forwarderQuery, "[2001:db8::1]:443", "doh", hop("udp", "127.0.0.1:5301"), 70_000 - 200, tap.SocketFamily_INET, tap.SocketProtocol_UDP, "2001:db8::1"},
+		// an IPv4 client of an IPv6 upstream: IPv4-mapped
+		{forwarderResponse, "127.0.0.2:1", "dot", hop("tls", "[::1]:853"), 100, tap.SocketFamily_INET6, tap.SocketProtocol_DOT, "::ffff:127.0.0.2"},
+		{forwarderResponse, "[::ffff:127.0.0.2]:1", "dot", hop("tcp", "127.0.0.1:53"), 100, tap.SocketFamily_INET, tap.SocketProtocol_TCP, "127.0.0.2"},
+		// an upstream given by name: no response address, the client's family
+		{forwarderQuery, "[2001:db8::2]:1", "dot", hop("tls", "dns.example.net:853"), 1, tap.SocketFamily_INET6, tap.SocketProtocol_DOT, "2001:db8::2"},
 	} {
 		msg := bytes.Repeat([]byte{0xAB}, tc.size)
 		client := netip.MustParseAddrPort(tc.client)
 		prefix := []byte("before")
-		b := appendFrame(prefix, appendHead(nil, []byte("front-1")), tc.kind, at, client, tc.transport, tc.upstream, msg)
+		b := appendFrame(prefix, appendHead(nil, []byte("front-1")), tc.kind, at, client, tc.transport, tc.up, msg)
 		if !bytes.HasPrefix(b, []byte("before")) {
 			t.Fatal("the frame overwrote what was before it")
 		}
@@ -80,14 +97,11 @@ func TestAppendFrame(t *testing.T) {
 		if int(m.GetType()) != tc.kind {
 			t.Errorf("type %v, want %d", m.GetType(), tc.kind)
 		}
-		wantFamily, wantAddr := tap.SocketFamily_INET, client.Addr().Unmap().AsSlice()
-		if client.Addr().Is6() && !client.Addr().Is4In6() {
-			wantFamily = tap.SocketFamily_INET6
+		wantAddr := netip.MustParseAddr(tc.queryAddr).AsSlice()
+		if m.GetSocketFamily() != tc.family || m.GetSocketProtocol() != tc.protocol || !bytes.Equal(m.GetQueryAddress(), wantAddr) || m.GetQueryPort() != uint32(client.Port()) {
+			t.Errorf("%d %s: %v %v, client %v %d; want %v %v, %v %d", tc.kind, tc.client, m.GetSocketFamily(), m.GetSocketProtocol(),
+				m.GetQueryAddress(), m.GetQueryPort(), tc.family, tc.protocol, wantAddr, client.Port())
 		}
-		if m.GetSocketFamily() != wantFamily || !bytes.Equal(m.GetQueryAddress(), wantAddr) || m.GetQueryPort() != uint32(client.Port()) {
-			t.Errorf("%d: client %v %v %d, want %v %v %d", tc.kind, m.GetSocketFamily(), m.GetQueryAddress(), m.GetQueryPort(), wantFamily, wantAddr, client.Port())
-		}
-		wantProto := map[string]tap.SocketProtocol{"dot": tap.SocketProtocol_DOT, "doh": tap.SocketProtocol_DOH}[tc.transport]
 		query := tc.kind == clientQuery || tc.kind == forwarderQuery
 		sec, nsec, got := m.GetResponseTimeSec(), m.GetResponseTimeNsec(), m.GetResponseMessage()
 		if query {
@@ -99,27 +113,17 @@ func TestAppendFrame(t *testing.T) {
 		if query && m.ResponseMessage != nil || !query && m.QueryMessage != nil {
 			t.Errorf("%d: both messages set", tc.kind)
 		}
-		if tc.upstream == "" {
-			if m.GetSocketProtocol() != wantProto || m.ResponseAddress != nil {
-				t.Errorf("%d: protocol %v, response address %v", tc.kind, m.GetSocketProtocol(), m.ResponseAddress)
-			}
-			continue
-		}
-		if m.GetSocketProtocol() != tap.SocketProtocol_UDP {
-			t.Errorf("%d: protocol %v, want UDP", tc.kind, m.GetSocketProtocol())
-		}
-		_, up, _ := strings.Cut(tc.upstream, "://")
-		if ap, err := netip.ParseAddrPort(up); err == nil {
+		if ap := tc.up.Addr; ap.IsValid() {
 			if !bytes.Equal(m.GetResponseAddress(), ap.Addr().AsSlice()) || m.GetResponsePort() != uint32(ap.Port()) {
 				t.Errorf("%d: upstream %v %d, want %v", tc.kind, m.GetResponseAddress(), m.GetResponsePort(), ap)
 			}
 		} else if m.ResponseAddress != nil || m.ResponsePort != nil {
-			t.Errorf("%d: an upstream that is no address gave %v", tc.kind, m.GetResponseAddress())
+			t.Errorf("%d: no upstream address, yet %v", tc.kind, m.GetResponseAddress())
 		}
 	}
 	buf, head := make([]byte, 0, 512), appendHead(nil, []byte("x"))
 	if n := testing.AllocsPerRun(100, func() {
-		appendFrame(buf[:0], head, clientQuery, at, netip.MustParseAddrPort("127.0.0.1:1"), "dot", "", []byte("query"))
+		appendFrame(buf[:0], head, forwarderQuery, at, netip.MustParseAddrPort("127.0.0.1:1"), "dot", hop("udp", "127.0.0.1:53"), []byte("query"))
 	}); n > 0 {
 		t.Errorf("%v allocations a frame, want none", n)
 	}
@@ -146,7 +150,7 @@ func TestBatchBounds(t *testing.T) {
 		}
 		msg := make([]byte, tc.size)
 		for range tc.sent {
-			o.add(head, clientQuery, time.Now(), client, "dot", "", msg)
+			o.add(head, clientQuery, time.Now(), client, "dot", caddydns.Hop{}, msg)
 		}
 		o.mu.Lock()
 		kept, octets := o.pending, len(o.batch)

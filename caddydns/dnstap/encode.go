@@ -3,11 +3,12 @@ package dnstap
 import (
 	"encoding/binary"
 	"net/netip"
-	"strings"
 	"time"
 
 	tap "github.com/dnstap/golang-dnstap"
 	"google.golang.org/protobuf/encoding/protowire"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // The dnstap protobuf's field numbers (dnstap.proto, as golang-dnstap
@@ -44,6 +45,7 @@ const (
 	familyINET6 = uint64(tap.SocketFamily_INET6)
 
 	protocolUDP = uint64(tap.SocketProtocol_UDP)
+	protocolTCP = uint64(tap.SocketProtocol_TCP)
 	protocolDOT = uint64(tap.SocketProtocol_DOT)
 	protocolDOH = uint64(tap.SocketProtocol_DOH)
 )
@@ -63,12 +65,17 @@ func appendHead(dst, id []byte) []byte {
 
 // appendFrame appends one frame-stream data frame to dst: its length
 // (4 octets, big-endian), then the dnstap message of a query's message
-// msg of the given kind, seen at at, for the client and, for the
-// forwarder's kinds, the upstream (as forward names it: udp://host:port);
-// head is appendHead's for the identity. It encodes the protobuf in
-// place, with no allocation; golang-dnstap's generated code decodes it
-// (TestAppendFrame).
-func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort, transport, upstream string, msg []byte) []byte {
+// msg of the given kind, seen at at, for the client (over transport) and,
+// for the forwarder's kinds, the upstream's hop; head is appendHead's for
+// the identity. It encodes the protobuf in place, with no allocation;
+// golang-dnstap's generated code decodes it (TestAppendFrame).
+//
+// A forwarder's message has the upstream's socket family and protocol,
+// and its address as the response address. Its query address is the
+// client's (as CoreDNS gives it), which ties the exchange to the query:
+// IPv4-mapped when the upstream is IPv6, and 16 octets for an IPv6 client
+// of an IPv4 upstream (readers go by the length).
+func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort, transport string, up caddydns.Hop, msg []byte) []byte {
 	start := len(dst)
 	dst = append(dst, 0, 0, 0, 0)
 	dst = append(dst, head...)
@@ -82,32 +89,31 @@ func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort
 	body := len(dst)
 
 	dst = appendVarintField(dst, fieldMsgType, uint64(kind))
+	forwarder := kind == forwarderQuery || kind == forwarderResponse
+	side := client.Addr()
+	if forwarder && up.Addr.IsValid() {
+		side = up.Addr.Addr()
+	}
 	family := familyINET
-	if client.Addr().Is6() && !client.Addr().Is4In6() {
+	if side.Is6() && !side.Is4In6() {
 		family = familyINET6
 	}
 	dst = appendVarintField(dst, fieldSocketFamily, family)
 	protocol := protocolDOT
 	switch {
-	case kind == forwarderQuery || kind == forwarderResponse:
-		protocol = protocolUDP
+	case forwarder:
+		protocol = hopProtocol(up.Transport)
 	case transport == "doh":
 		protocol = protocolDOH
 	}
 	dst = appendVarintField(dst, fieldSocketProtocol, protocol)
 	if client.IsValid() {
-		dst = appendAddr(dst, fieldQueryAddress, client.Addr())
+		dst = appendAddr(dst, fieldQueryAddress, client.Addr(), family == familyINET6)
 		dst = appendVarintField(dst, fieldQueryPort, uint64(client.Port()))
 	}
-	if kind == forwarderQuery || kind == forwarderResponse {
-		// the upstream's side: the response address is the upstream's
-		if _, addr, ok := strings.Cut(upstream, "://"); ok {
-			upstream = addr
-		}
-		if ap, err := netip.ParseAddrPort(upstream); err == nil {
-			dst = appendAddr(dst, fieldResponseAddress, ap.Addr())
-			dst = appendVarintField(dst, fieldResponsePort, uint64(ap.Port()))
-		}
+	if forwarder && up.Addr.IsValid() {
+		dst = appendAddr(dst, fieldResponseAddress, up.Addr.Addr(), false)
+		dst = appendVarintField(dst, fieldResponsePort, uint64(up.Addr.Port()))
 	}
 	secField, nsecField, msgField := protowire.Number(fieldQueryTimeSec), protowire.Number(fieldQueryTimeNsec), protowire.Number(fieldQueryMessage)
 	if kind == clientResponse || kind == forwarderResponse {
@@ -136,13 +142,24 @@ func appendVarintField(dst []byte, num protowire.Number, v uint64) []byte {
 }
 
 // appendAddr appends an address field: 4 octets for IPv4 (an IPv4-mapped
-// IPv6 address included), 16 for IPv6.
-func appendAddr(dst []byte, num protowire.Number, a netip.Addr) []byte {
+// IPv6 address included) unless as16, 16 for IPv6.
+func appendAddr(dst []byte, num protowire.Number, a netip.Addr, as16 bool) []byte {
 	dst = protowire.AppendTag(dst, num, protowire.BytesType)
-	if a.Is4() || a.Is4In6() {
+	if (a.Is4() || a.Is4In6()) && !as16 {
 		b := a.Unmap().As4()
 		return protowire.AppendBytes(dst, b[:])
 	}
 	b := a.As16()
 	return protowire.AppendBytes(dst, b[:])
+}
+
+// hopProtocol is the dnstap protocol of a forwarder's transport.
+func hopProtocol(transport string) uint64 {
+	switch transport {
+	case "tcp":
+		return protocolTCP
+	case "tls":
+		return protocolDOT
+	}
+	return protocolUDP
 }

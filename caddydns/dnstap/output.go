@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"go.uber.org/zap"
 
+	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
@@ -111,14 +112,14 @@ func (d deadlineWriter) Write(b []byte) (int, error) {
 
 // add encodes one message into the batch, or drops it when the batch is
 // full.
-func (o *output) add(head []byte, kind int, at time.Time, client netip.AddrPort, transport, upstream string, msg []byte) {
+func (o *output) add(head []byte, kind int, at time.Time, client netip.AddrPort, transport string, up caddydns.Hop, msg []byte) {
 	o.mu.Lock()
 	if o.pending >= o.limit || len(o.batch) >= MaxBatchBytes {
 		o.mu.Unlock()
 		o.dropped.Add(1)
 		return
 	}
-	o.batch = appendFrame(o.batch, head, kind, at, client, transport, upstream, msg)
+	o.batch = appendFrame(o.batch, head, kind, at, client, transport, up, msg)
 	o.pending++
 	wake := !o.woken
 	o.woken = true

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"runtime"
 	"slices"
 	"strconv"
@@ -18,9 +19,8 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/ipv4"
 
-	"github.com/dnsfront/dnsfront/caddydns/dnswire"
-
 	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // TestCallWait: a pooled call's timer and channel carry nothing from one
@@ -80,7 +80,7 @@ func TestUDPRefused(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; i < 5; i++ {
-		_, err := c.exchange(context.Background(), deadline, dnswire.Question(packed), packed, false)
+		_, err := c.exchange(context.Background(), nil, deadline, dnswire.Question(packed), packed, false)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("query %d to a closed port: %v, want connection refused", i, err)
 		}
@@ -105,7 +105,7 @@ func TestUDPRefusedConcurrent(t *testing.T) {
 	for i := range queries {
 		go func() {
 			packed, _ := query(fmt.Sprintf("q%d.example.org.", i), dns.TypeA).Pack()
-			_, err := c.exchange(context.Background(), time.Now().Add(3*time.Second), dnswire.Question(packed), packed, false)
+			_, err := c.exchange(context.Background(), nil, time.Now().Add(3*time.Second), dnswire.Question(packed), packed, false)
 			errs <- err
 		}()
 	}
@@ -129,7 +129,7 @@ func TestUDPTimeout(t *testing.T) {
 	defer c.close()
 	q := query("www.example.org.", dns.TypeA)
 	packed, _ := q.Pack()
-	_, err = c.exchange(context.Background(), time.Now().Add(20*time.Millisecond), dnswire.Question(packed), packed, false)
+	_, err = c.exchange(context.Background(), nil, time.Now().Add(20*time.Millisecond), dnswire.Question(packed), packed, false)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), pc.LocalAddr().String()) {
 		t.Fatalf("query to a silent upstream: %v, want a deadline error naming %s", err, pc.LocalAddr())
 	}
@@ -183,7 +183,7 @@ func TestUDPBatch(t *testing.T) {
 				return
 			}
 			<-start
-			a, err := c.exchange(context.Background(), time.Now().Add(10*time.Second), dnswire.Question(packed), packed, false)
+			a, err := c.exchange(context.Background(), nil, time.Now().Add(10*time.Second), dnswire.Question(packed), packed, false)
 			if err != nil {
 				errs <- err
 				return
@@ -251,7 +251,7 @@ func TestUDPBatchSendFails(t *testing.T) {
 	defer c.close()
 	c.wrap = func(batchWriter) batchWriter { return &failingWriter{} }
 	packed, _ := query("www.example.org.", dns.TypeA).Pack()
-	_, err = c.exchange(context.Background(), time.Now().Add(5*time.Second), dnswire.Question(packed), packed, false)
+	_, err = c.exchange(context.Background(), nil, time.Now().Add(5*time.Second), dnswire.Question(packed), packed, false)
 	if !errors.Is(err, errSend) {
 		t.Fatalf("query whose send failed: %v, want %v", err, errSend)
 	}
@@ -363,5 +363,101 @@ func TestForwardHopOptions(t *testing.T) {
 	l, _ := dnswire.Walk(b)
 	if data, n := dnswire.Option(b, &l, dns.EDNS0TCPKEEPALIVE); n != 1 || string(data) != "\x01\x2c" || len(b)%dnswire.PaddingBlock != 0 {
 		t.Errorf("%d keepalive options, TIMEOUT % x (dnsfront's is 300), %d octets (padded to %d)", n, data, len(b), dnswire.PaddingBlock)
+	}
+}
+
+// tapRecorder is a caddydns.Tap that keeps what forward tells it.
+type tapRecorder struct {
+	mu   sync.Mutex
+	seen []tapped
+}
+
+type tapped struct {
+	query bool
+	hop   caddydns.Hop
+	id    uint16
+	name  string // the question as it went, 0x20 case and all
+	tc    bool
+}
+
+func (t *tapRecorder) ClientResponse(*caddydns.Request, []byte) {}
+func (t *tapRecorder) ForwarderQuery(_ *caddydns.Request, to caddydns.Hop, msg []byte) {
+	t.add(true, to, msg)
+}
+func (t *tapRecorder) ForwarderResponse(_ *caddydns.Request, from caddydns.Hop, msg []byte) {
+	t.add(false, from, msg)
+}
+
+func (t *tapRecorder) add(query bool, hop caddydns.Hop, msg []byte) {
+	m := new(dns.Msg)
+	if err := m.Unpack(msg); err != nil || len(m.Question) != 1 {
+		panic(fmt.Sprintf("tapped a message that does not decode: %v", err))
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.seen = append(t.seen, tapped{query, hop, m.Id, m.Question[0].Name, m.Truncated})
+}
+
+// TestForwardTap: a Tap sees each message forward exchanges with an
+// upstream as it went on the wire (the ID and the 0x20 case the upstream
+// got), with the hop it took: a UDP upstream's query and answer as
+// "udp", and, when the answer is truncated, the query asked again and
+// its answer as "tcp"; a TCP upstream's as "tcp". Every hop carries the
+// upstream's name and address.
+func TestForwardTap(t *testing.T) {
+	pc, ln := listenUDPTCP(t)
+	type got struct {
+		transport string
+		id        uint16
+		name      string
+	}
+	gotc := make(chan got, 8)
+	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		transport := w.RemoteAddr().Network()
+		gotc <- got{transport, q.Id, q.Question[0].Name}
+		m := new(dns.Msg)
+		m.SetReply(q)
+		if transport == "udp" && strings.EqualFold(q.Question[0].Name, "tc.example.net.") {
+			m.Truncated = true
+		} else {
+			m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+		}
+		_ = w.WriteMsg(m)
+	})
+	serveUDPTCP(t, pc, ln, h, 0)
+	addr := netip.MustParseAddrPort(pc.LocalAddr().String())
+	for _, tc := range []struct {
+		scheme, name string
+		hops         []string // the transports of the tapped messages, in order
+	}{
+		{"udp", "www.example.net.", []string{"udp", "udp"}},
+		{"udp", "tc.example.net.", []string{"udp", "udp", "tcp", "tcp"}},
+		{"tcp", "www.example.net.", []string{"tcp", "tcp"}},
+	} {
+		c, _ := forwardChain(t, tc.scheme+"://"+addr.String())
+		rec := new(tapRecorder)
+		m := serveMsg(context.Background(), c, &caddydns.Request{Msg: query(tc.name, dns.TypeA), Transport: "test", Size: caddydns.MaxMessage, Tap: rec})
+		if m == nil || len(m.Answer) != 1 {
+			t.Fatalf("%s %s: %v", tc.scheme, tc.name, m)
+		}
+		if len(rec.seen) != len(tc.hops) {
+			t.Fatalf("%s %s: tapped %+v, want transports %v", tc.scheme, tc.name, rec.seen, tc.hops)
+		}
+		for i, s := range rec.seen {
+			want := caddydns.Hop{Name: tc.scheme + "://" + addr.String(), Addr: addr, Transport: tc.hops[i]}
+			if s.query != (i%2 == 0) || s.hop != want {
+				t.Errorf("%s %s: message %d: %+v, want query=%v over %+v", tc.scheme, tc.name, i, s, i%2 == 0, want)
+			}
+			if !s.query {
+				if s.tc != (i == 1 && len(tc.hops) == 4) {
+					t.Errorf("%s %s: answer %d: TC=%v", tc.scheme, tc.name, i, s.tc)
+				}
+				continue
+			}
+			g := <-gotc
+			if g.transport != s.hop.Transport || g.id != s.id || g.name != s.name || !strings.EqualFold(g.name, tc.name) {
+				t.Errorf("%s %s: tapped query %d: %+v, the upstream got %+v", tc.scheme, tc.name, i, s, g)
+			}
+		}
 	}
 }

@@ -225,11 +225,8 @@ func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) 
 			lastErr = u.busy()
 			continue
 		}
-		if r.Tap != nil {
-			r.Tap.ForwarderQuery(r, u.name, packed)
-		}
 		start := time.Now()
-		resp, err := u.query(ctx, start.Add(f.timeout), packed)
+		resp, err := u.query(ctx, r, start.Add(f.timeout), packed)
 		u.outstanding.Add(-1)
 		if err != nil && ctx.Err() != nil {
 			// the client gave up first (a closed connection, a reset
@@ -241,9 +238,6 @@ func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) 
 		u.record(err, time.Since(start), f.health.passive)
 		if err == nil {
 			r.Upstream = u.name
-			if r.Tap != nil {
-				r.Tap.ForwarderResponse(r, u.name, resp.Bytes())
-			}
 			return resp, nil
 		}
 		lastErr = err

@@ -161,7 +161,7 @@ func (u *upstream) check(cfg *healthConfig) bool {
 	if err != nil {
 		return false
 	}
-	a, err := u.query(context.Background(), time.Now().Add(cfg.timeout), packed)
+	a, err := u.query(context.Background(), nil, time.Now().Add(cfg.timeout), packed)
 	if err != nil {
 		return false
 	}

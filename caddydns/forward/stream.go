@@ -33,7 +33,8 @@ const (
 // any order and are matched by ID and question.
 type streamClient struct {
 	addr   string
-	tlsCfg *tls.Config // nil for plain TCP
+	tlsCfg *tls.Config  // nil for plain TCP
+	hop    caddydns.Hop // what a Tap is told
 
 	mu      sync.Mutex
 	conns   []*streamConn
@@ -70,9 +71,9 @@ func newStreamClient(addr string, tlsCfg *tls.Config) *streamClient {
 // idle timeout or per-connection query limit, a reset) is sent again on
 // another connection, as RFC 7766 6.2.1 asks of clients, up to
 // streamResends times or until deadline; only then does it fail.
-func (c *streamClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte) (*caddydns.Wire, error) {
+func (c *streamClient) exchange(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed []byte) (*caddydns.Wire, error) {
 	for resend := 0; ; {
-		resp, err := c.exchangeOnce(ctx, deadline, question, packed, resend > 0)
+		resp, err := c.exchangeOnce(ctx, r, deadline, question, packed, resend > 0)
 		switch {
 		case errors.Is(err, errConnUnusable): // not sent: choose again
 		case errors.Is(err, errConnClosed):
@@ -95,7 +96,7 @@ var (
 	errConnUnusable = errors.New("connection closed or full before the query")
 )
 
-func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, question, packed []byte, resend bool) (*caddydns.Wire, error) {
+func (c *streamClient) exchangeOnce(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed []byte, resend bool) (*caddydns.Wire, error) {
 	sc, err := c.conn(ctx, deadline, resend)
 	if err != nil {
 		return nil, err
@@ -125,6 +126,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 	}()
 
 	dnswire.SetID(packed, id)
+	tapQuery(r, c.hop, packed)
 	if err := sc.write(deadline, packed); err != nil {
 		c.drop(sc, err)
 		if errors.Is(err, os.ErrDeadlineExceeded) {
@@ -139,6 +141,7 @@ func (c *streamClient) exchangeOnce(ctx context.Context, deadline time.Time, que
 	case resp == nil:
 		return nil, errConnClosed
 	}
+	tapResponse(r, c.hop, resp)
 	return resp, nil
 }
 

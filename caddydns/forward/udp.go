@@ -38,6 +38,7 @@ const (
 // and counted; the query goes on waiting for the real one.
 type udpClient struct {
 	addr   string
+	hop    caddydns.Hop    // what a Tap is told
 	raddr  *net.UDPAddr    // resolved at the first dial
 	forged *forgedCounters // nil: not counted (tests)
 	// wrap, when set (tests), wraps each socket's batch writer
@@ -88,7 +89,7 @@ func newUDPClient(addr string, forged *forgedCounters) *udpClient {
 // busy one saves a system call and, above all, a wake-up of the upstream
 // per query (waking a sleeping upstream was half the cost of a send on
 // loopback).
-func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, packed []byte, exact bool) (*caddydns.Wire, error) {
+func (c *udpClient) exchange(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed []byte, exact bool) (*caddydns.Wire, error) {
 	cl := newCall(question)
 	cl.exact = exact
 	s, id, lead, err := c.register(cl, packed)
@@ -96,6 +97,7 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 		cl.release()
 		return nil, err
 	}
+	tapQuery(r, c.hop, packed) // under the ID it goes with
 	if lead != nil {
 		runtime.Gosched()
 		s.send(lead)
@@ -119,6 +121,7 @@ func (c *udpClient) exchange(ctx context.Context, deadline time.Time, question, 
 	if err != nil || resp == nil {
 		return nil, c.failed(err)
 	}
+	tapResponse(r, c.hop, resp)
 	return resp, nil
 }
 

@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"errors"
 	"fmt"
+	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -103,6 +104,12 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 	case "tls":
 		u.stream = newStreamClient(spec.addr, tlsCfg)
 	}
+	// what a Tap is told of the far end: its address, and the transport
+	addr, _ := netip.ParseAddrPort(spec.addr) // invalid for a host name
+	u.stream.hop = caddydns.Hop{Name: name, Addr: addr, Transport: spec.proto}
+	if u.udp != nil {
+		u.udp.hop, u.stream.hop.Transport = u.stream.hop, "tcp"
+	}
 	return u
 }
 
@@ -138,17 +145,18 @@ func (u *upstream) isHealthy(now time.Time) bool {
 // is overwritten), and returns the answer, or an error once deadline
 // passes. Over UDP the question goes in random letter case (0x20) when
 // that is on, and a truncated answer, or one that does not keep the
-// case, is asked again over TCP.
-func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte) (*caddydns.Wire, error) {
+// case, is asked again over TCP. r (nil for a health check) is the
+// client's query, whose Tap sees each message.
+func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time.Time, packed []byte) (*caddydns.Wire, error) {
 	q := dnswire.Question(packed)
 	if q == nil {
 		return nil, errBadQuery
 	}
 	if u.udp == nil {
-		return u.stream.exchange(ctx, deadline, q, packed)
+		return u.stream.exchange(ctx, r, deadline, q, packed)
 	}
 	exact := u.randomizeCase(q)
-	a, err := u.udp.exchange(ctx, deadline, q, packed, exact)
+	a, err := u.udp.exchange(ctx, r, deadline, q, packed, exact)
 	switch {
 	case err == nil:
 		if exact && u.caseMisses.Load() != 0 {
@@ -156,15 +164,29 @@ func (u *upstream) query(ctx context.Context, deadline time.Time, packed []byte)
 		}
 		if a.Truncated() {
 			a.Release()
-			a, err = u.stream.exchange(ctx, deadline, q, packed)
+			a, err = u.stream.exchange(ctx, r, deadline, q, packed)
 		}
 	case errors.Is(err, errCaseMismatch):
 		// forged, or an upstream that does not keep case: ask over TCP,
 		// where no off-path answer gets in (unbound's caps fallback)
 		u.caseMissed()
-		a, err = u.stream.exchange(ctx, deadline, q, packed)
+		a, err = u.stream.exchange(ctx, r, deadline, q, packed)
 	}
 	return a, err
+}
+
+// tapQuery and tapResponse tell r's Tap, if any, of a message to or from
+// an upstream, as it went on the wire; r is nil for a health check.
+func tapQuery(r *caddydns.Request, to caddydns.Hop, packed []byte) {
+	if r != nil && r.Tap != nil {
+		r.Tap.ForwarderQuery(r, to, packed)
+	}
+}
+
+func tapResponse(r *caddydns.Request, from caddydns.Hop, a *caddydns.Wire) {
+	if r != nil && r.Tap != nil {
+		r.Tap.ForwarderResponse(r, from, a.Bytes())
+	}
 }
 
 // abandoned notes a query whose client gave up before the upstream
