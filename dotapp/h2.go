@@ -55,10 +55,9 @@ const (
 // much as is ready in one write.
 type h2conn struct {
 	c    *conn
-	rd   io.Reader // the TLS connection (tests: any reader)
-	in   h2reader  // rd, as the Framer reads it
+	in   h2reader // the TLS connection (tests: any reader), counted
 	hdec *hpack.Decoder
-	blk  hblock // the header block being decoded
+	blk  *hblock // the header block being decoded
 	wr   io.Writer
 	fr   *http2.Framer // reads: the reader only; writes: under mu, into out
 
@@ -74,7 +73,7 @@ type h2conn struct {
 	out          h2buf // frames to send
 	hbuf         bytes.Buffer
 	henc         *hpack.Encoder
-	streams      map[uint32]*h2stream
+	streams      map[uint32]*h2stream    // from the first stream; let go when parked
 	recent       *[h2Recent]recentStream // from the first closed stream
 	recentN      int
 	connSend     int64 // the connection's send window
@@ -83,7 +82,7 @@ type h2conn struct {
 	blocked      []*h2stream // answers waiting for window
 	blockedSince time.Time
 	writing      int        // octets the writer is sending
-	written      *sync.Cond // the writer sent a batch (or gave up)
+	written      *sync.Cond // the writer sent a batch (or gave up); made by the first wait
 	goaway       bool       // GOAWAY sent: no new streams
 	closed       bool       // the connection is done: answers are dropped
 
@@ -146,8 +145,7 @@ func (b *h2buf) Write(p []byte) (int, error) {
 
 func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	h := &h2conn{
-		c: c, rd: rd, wr: wr,
-		streams:      make(map[uint32]*h2stream),
+		c: c, wr: wr,
 		connSend:     65535,
 		initialSend:  65535,
 		peerMaxFrame: 16384,
@@ -156,7 +154,6 @@ func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	}
 	h.in = h2reader{r: rd}
 	h.newFramer()
-	h.written = sync.NewCond(&h.mu)
 	return h
 }
 
@@ -225,7 +222,7 @@ const (
 func (h *h2conn) start() h2end {
 	h.setDeadline(time.Now().Add(h.c.srv.Load().set.read))
 	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(h.rd, preface[:]); err != nil {
+	if _, err := io.ReadFull(&h.in, preface[:]); err != nil {
 		return h2Graceful
 	}
 	if string(preface[:]) != http2.ClientPreface {
@@ -324,7 +321,7 @@ func (h *h2conn) read() h2end {
 // or cannot be parked.
 func (h *h2conn) park() bool {
 	h.mu.Lock()
-	quiet := len(h.streams) == 0 && !h.blk.active && len(h.out.b) == 0 && h.writing == 0 && h.inFlight.Load() == 0
+	quiet := len(h.streams) == 0 && (h.blk == nil || !h.blk.active) && len(h.out.b) == 0 && h.writing == 0 && h.inFlight.Load() == 0
 	h.mu.Unlock()
 	if !quiet {
 		return false
@@ -333,7 +330,8 @@ func (h *h2conn) park() bool {
 	h.mu.Lock()
 	h.out.b = nil
 	h.hbuf = bytes.Buffer{}
-	h.fr, h.blk = nil, hblock{}
+	h.streams = nil // empty, but as large as it ever was
+	h.fr, h.blk = nil, nil
 	h.kick, h.stop, h.wdone = nil, nil, nil // nothing is in flight to wake the writer
 	h.mu.Unlock()
 	c := h.c
@@ -491,6 +489,9 @@ func (h *h2conn) onRequest(b *hblock) error {
 	st.bp = packPool.Get().(*[]byte)
 	h.mu.Lock()
 	st.sendWindow = h.initialSend
+	if h.streams == nil {
+		h.streams = make(map[uint32]*h2stream)
+	}
 	h.streams[id] = st
 	h.mu.Unlock()
 	if b.truncated {
@@ -610,6 +611,14 @@ func (h *h2conn) endRequest(st *h2stream) error {
 	return nil
 }
 
+// wakeWaiters wakes the reader waiting in waitQueue, if any; h.mu is
+// held.
+func (h *h2conn) wakeWaiters() {
+	if h.written != nil {
+		h.written.Broadcast()
+	}
+}
+
 // waitQueue waits while more than h2MaxQueued octets wait to be sent to
 // the client (it does not read them): a reader that takes no new request
 // meanwhile keeps the connection's memory bounded; the write timeout
@@ -620,6 +629,9 @@ func (h *h2conn) waitQueue() error {
 	for len(h.out.b)+h.writing > h2MaxQueued {
 		if h.closed || h.c.aborted.Load() {
 			return http2.ConnectionError(http2.ErrCodeNo)
+		}
+		if h.written == nil {
+			h.written = sync.NewCond(&h.mu)
 		}
 		h.written.Wait()
 	}
@@ -966,7 +978,7 @@ func (h *h2conn) finish(graceful bool) {
 	}
 	h.mu.Lock()
 	h.closed = true
-	h.written.Broadcast()
+	h.wakeWaiters()
 	h.mu.Unlock()
 	if !graceful && h.c.raw != nil {
 		// what is queued (the GOAWAY) gets a moment, not a write timeout
@@ -1025,7 +1037,7 @@ func (h *h2conn) writeLoop(kick, stop, wdone chan struct{}) {
 		}
 		h.mu.Lock()
 		h.writing = 0
-		h.written.Broadcast()
+		h.wakeWaiters()
 		h.mu.Unlock()
 		if final {
 			return

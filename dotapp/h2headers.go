@@ -60,7 +60,10 @@ func (h *h2conn) newDecoder() {
 
 // onHeadersFrame starts a header block.
 func (h *h2conn) onHeadersFrame(f *http2.HeadersFrame) error {
-	h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1}
+	if h.blk == nil {
+		h.blk = new(hblock) // from the first header block; let go when parked
+	}
+	*h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1}
 	if f.HasPriority() {
 		h.blk.hasPrio, h.blk.prioDep = true, f.Priority.StreamDep
 	}
@@ -85,7 +88,10 @@ func (h *h2conn) onContinuation(f *http2.ContinuationFrame) error {
 // fragment decodes a piece of the block; at its end the block becomes a
 // request (or a request's trailers).
 func (h *h2conn) fragment(frag []byte, end, first bool) error {
-	b := &h.blk
+	b := h.blk
+	if b == nil || !b.active {
+		return http2.ConnectionError(http2.ErrCodeProtocol) // a CONTINUATION with no block open (the Framer lets none through)
+	}
 	if b.wire += len(frag) + 9; b.wire > h2MaxBlock {
 		return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 	}
@@ -113,7 +119,7 @@ func (h *h2conn) fragment(frag []byte, end, first bool) error {
 
 // field takes one decoded field into the block.
 func (h *h2conn) field(hf hpack.HeaderField) {
-	b := &h.blk
+	b := h.blk
 	if b.invalid {
 		return
 	}
