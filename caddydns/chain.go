@@ -103,8 +103,6 @@ type Tap interface {
 
 // Hop is the far end of one of a forwarder's exchanges with an upstream.
 type Hop struct {
-	// Name is the upstream's name in logs and metrics (udp://host:port).
-	Name string
 	// Addr is its address; invalid for an upstream given by host name.
 	Addr netip.AddrPort
 	// Transport is what the message went over: "udp", "tcp" or "tls"

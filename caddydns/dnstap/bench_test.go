@@ -31,7 +31,7 @@ func BenchmarkTapQuery(b *testing.B) {
 	b.ReportAllocs()
 	b.RunParallel(func(pb *testing.PB) {
 		r := &caddydns.Request{Transport: "dot", Client: netip.MustParseAddrPort("127.0.0.2:40000")}
-		up := caddydns.Hop{Name: "udp://127.0.0.1:5301", Addr: netip.MustParseAddrPort("127.0.0.1:5301"), Transport: "udp"}
+		up := caddydns.Hop{Addr: netip.MustParseAddrPort("127.0.0.1:5301"), Transport: "udp"}
 		for pb.Next() {
 			d.out.add(d.head, clientQuery, time.Now(), r.Client, r.Transport, caddydns.Hop{}, qb)
 			d.ForwarderQuery(r, up, qb)

@@ -51,7 +51,7 @@ func TestAppendFrame(t *testing.T) {
 	at := time.Unix(1_700_000_000, 123_456_789)
 	hop := func(transport, addr string) caddydns.Hop {
 		ap, _ := netip.ParseAddrPort(addr)
-		return caddydns.Hop{Name: transport + "://" + addr, Addr: ap, Transport: transport}
+		return caddydns.Hop{Addr: ap, Transport: transport}
 	}
 	for _, tc := range []struct {
 		kind      int

@@ -106,7 +106,7 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 	}
 	// what a Tap is told of the far end: its address, and the transport
 	addr, _ := netip.ParseAddrPort(spec.addr) // invalid for a host name
-	u.stream.hop = caddydns.Hop{Name: name, Addr: addr, Transport: spec.proto}
+	u.stream.hop = caddydns.Hop{Addr: addr, Transport: spec.proto}
 	if u.udp != nil {
 		u.udp.hop, u.stream.hop.Transport = u.stream.hop, "tcp"
 	}
