@@ -84,6 +84,18 @@ func ReleaseRequest(r *Request) {
 	requests.Put(r)
 }
 
+// Clone returns a copy of r for work that goes on after Serve returns
+// (a cache's prefetch, a flight it lets finish): its own Msg and its own
+// copy of the query's octets, which r has in the transport's buffer,
+// reused once Serve returns. Not pooled: it is the garbage collector's.
+func (r *Request) Clone() *Request {
+	c := *r
+	c.msg = dns.Msg{}
+	c.Msg = r.Msg.Copy()
+	c.query = append([]byte(nil), r.query...)
+	return &c
+}
+
 // Octets returns the query as the client sent it; valid while the
 // handlers run, nil for a query made here (DoH's JSON API).
 func (r *Request) Octets() []byte { return r.query }

@@ -1,6 +1,7 @@
 package caddydns
 
 import (
+	"bytes"
 	"context"
 	"encoding/binary"
 	"net"
@@ -334,5 +335,29 @@ func TestECS(t *testing.T) {
 		if m == nil || len(m.IsEdns0().Option) != 1 || m.IsEdns0().Option[0].Option() != dns.EDNS0SUBNET {
 			t.Errorf("wire %v: a client that sent ECS got %v", wire, m)
 		}
+	}
+}
+
+// TestRequestClone: a clone for background work keeps the query as it
+// came and its message after the transport reuses its buffer and the
+// Request goes back to the pool.
+func TestRequestClone(t *testing.T) {
+	q := new(dns.Msg)
+	q.SetQuestion("clone.example.", dns.TypeA)
+	buf, err := q.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := append([]byte(nil), buf...)
+	r := AcquireRequest()
+	r.Msg, _ = decode(buf, &r.msg) // as Serve does
+	r.query = buf
+	c := r.Clone()
+	for i := range buf {
+		buf[i] = 0xEE // the transport's next query
+	}
+	ReleaseRequest(r)
+	if !bytes.Equal(c.Octets(), want) || c.Msg == nil || c.Msg.Question[0].Name != "clone.example." {
+		t.Fatalf("clone: octets % x, message %v", c.Octets(), c.Msg)
 	}
 }

@@ -50,11 +50,10 @@ func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Nex
 // answered stale: the flight goes on in the background, and the client
 // gets whichever comes first, its answer or the stale one.
 func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry, f *flight) (caddydns.Response, error) {
-	rr := *r // the client's request may end before the flight
-	rr.Msg = r.Msg.Copy()
+	rr := r.Clone()                      // the client's request may end before the flight
 	owned := append([]byte(nil), key...) // key is the caller's, on its stack
 	go func() {
-		res, err := c.fetch(context.WithoutCancel(ctx), &rr, next, hash, owned, old)
+		res, err := c.fetch(context.WithoutCancel(ctx), rr, next, hash, owned, old)
 		c.store.flights.land(hash, f, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()
@@ -216,11 +215,10 @@ func (c *Cache) maybePrefetch(e *entry, hash uint64, now int64, r *caddydns.Requ
 		return // already being asked
 	}
 	c.store.prefetches.Add(1)
-	rr := *r
-	rr.Msg = r.Msg.Copy()
+	rr := r.Clone()
 	key := append([]byte(nil), e.key()...)
 	go func() {
-		res, err := c.fetch(context.Background(), &rr, next, hash, key, e)
+		res, err := c.fetch(context.Background(), rr, next, hash, key, e)
 		c.store.flights.land(hash, f, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()
