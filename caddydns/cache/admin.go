@@ -66,7 +66,7 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 	}
 	stats := []Stats{}
 	for _, s := range liveStores() {
-		stats = append(stats, Stats{Name: s.name, Entries: s.c.EstimatedSize(), Bytes: s.bytes.Load(), Hits: s.hits.Load(),
+		stats = append(stats, Stats{Name: s.name, Entries: s.entries(), Bytes: s.bytes.Load(), Hits: s.hits.Load(),
 			Misses: s.misses.Load(), StaleServed: s.staleServed.Load(), Prefetches: s.prefetches.Load(),
 			Coalesced: s.coalesced.Load(), Evictions: s.evictions.Load()})
 	}

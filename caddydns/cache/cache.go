@@ -119,7 +119,7 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	}
 	c.key = string(cfg)
 	v, _, err := stores.LoadOrNew(c.key, func() (caddy.Destructor, error) {
-		return newStore(c.Name, c.MaxEntries, c.MaxBytes, c.stale)
+		return newStore(c.Name, c.MaxEntries, c.MaxBytes, c.MaxEntrySize, c.stale)
 	})
 	if err != nil {
 		return fmt.Errorf("cache: %w", err)
@@ -147,21 +147,23 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 	}
 	hash := hashKey(key)
 	now := time.Now().UnixNano()
-	e := c.store.get(hash, key)
-	if e != nil && now < e.expires {
+	f := c.store.lookup(hash, key, now, c.Prefetch)
+	switch {
+	case f.wire != nil && !f.stale:
 		c.store.hits.Add(1)
 		r.Cache = caddydns.CacheHit
-		c.maybePrefetch(e, hash, now, r, next)
-		return caddydns.Response{Wire: e.answer(now, -1)}, nil
-	}
-	if e != nil && !e.failure && now < c.store.staleUntil(e) && now < e.failedUntil.Load() {
+		if f.prefetch {
+			c.prefetch(f.old, hash, r, next)
+		}
+		return caddydns.Response{Wire: f.wire}, nil
+	case f.wire != nil:
 		c.store.staleServed.Add(1) // the upstream failed a moment ago: not asked again yet
 		r.Cache = caddydns.CacheStale
-		return caddydns.Response{Wire: e.answer(now, StaleTTL)}, nil
+		return caddydns.Response{Wire: f.wire}, nil
 	}
 	c.store.misses.Add(1)
 	r.Cache = caddydns.CacheMiss
-	return c.miss(ctx, r, next, hash, key, e)
+	return c.miss(ctx, r, next, hash, key, f.old)
 }
 
 // Interface guards

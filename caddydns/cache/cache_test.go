@@ -1,6 +1,7 @@
 package cache
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -110,16 +111,49 @@ func query(name string, qtype uint16) *dns.Msg {
 	return q
 }
 
-// entryOf is the stored entry for q.
-func entryOf(c *Cache, q *dns.Msg) *entry {
-	key := appendKey(nil, q, true)
-	return c.store.get(hashKey(key), key)
+// edit calls fn with q's stored record, under its shard's lock; a test
+// without the record fails.
+func edit(t testing.TB, c *Cache, q *dns.Msg, fn func(h *header)) {
+	t.Helper()
+	if !c.store.edit(q, fn) {
+		t.Fatalf("no entry for %s", q.Question[0].Name)
+	}
 }
 
-// age moves an entry's clock back by d, as if it had been stored d ago.
-func age(e *entry, d time.Duration) {
-	e.stored -= int64(d)
-	e.expires -= int64(d)
+func (s *store) edit(q *dns.Msg, fn func(h *header)) bool {
+	key := appendKey(nil, q, true)
+	hash := hashKey(key)
+	sh := s.shard(hash)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	off, ok := sh.idx[hash]
+	if !ok {
+		return false
+	}
+	h := sh.hdr(int(off))
+	if !bytes.Equal(sh.body(int(off), h)[:h.klen], key) {
+		return false
+	}
+	fn(h)
+	return true
+}
+
+// entryOf is a copy of q's stored record's header, or nil.
+func entryOf(c *Cache, q *dns.Msg) *header {
+	var out *header
+	c.store.edit(q, func(h *header) {
+		cp := *h
+		out = &cp
+	})
+	return out
+}
+
+// age moves q's entry's clock back by d, as if it had been stored d ago.
+func age(t testing.TB, c *Cache, q *dns.Msg, d time.Duration) {
+	edit(t, c, q, func(h *header) {
+		h.stored -= int64(d)
+		h.expires -= int64(d)
+	})
 }
 
 // TestHit: a second query is answered from the cache, with the client's
@@ -131,7 +165,7 @@ func TestHit(t *testing.T) {
 	if len(m.Answer) != 2 || u.asked.Load() != 1 {
 		t.Fatalf("miss: %v, asked %d", m, u.asked.Load())
 	}
-	age(entryOf(c, query("www.example.org.", dns.TypeA)), 100*time.Second)
+	age(t, c, query("www.example.org.", dns.TypeA), 100*time.Second)
 	q := query("WWW.Example.ORG.", dns.TypeA)
 	q.Id = 4242
 	m, a := ask(t, ch, q)
@@ -145,11 +179,11 @@ func TestHit(t *testing.T) {
 		t.Fatalf("TTLs %d %d, Answer TTL %d: want 200 500 200 after 100 s", m.Answer[0].Header().Ttl, m.Answer[1].Header().Ttl, a.TTL)
 	}
 	// fresh until the smallest TTL runs out
-	age(entryOf(c, q), 199*time.Second)
+	age(t, c, q, 199*time.Second)
 	if m, _ := ask(t, ch, q); u.asked.Load() != 1 || m.Answer[0].Header().Ttl != 1 || m.Answer[1].Header().Ttl != 301 {
 		t.Fatalf("at 299 s: %v", m)
 	}
-	age(entryOf(c, q), time.Second)
+	age(t, c, q, time.Second)
 	if m, _ := ask(t, ch, q); u.asked.Load() != 2 || m.Answer[0].Header().Ttl != 300 {
 		t.Fatalf("at 300 s: %v, want a fresh answer from the upstream", m)
 	}
@@ -261,7 +295,7 @@ func TestServeStale(t *testing.T) {
 	ch, c, u := newCache(t, `{"name":"stale","failure_ttl":"5s"}`)
 	q := query("www.example.org.", dns.TypeA)
 	ask(t, ch, q)
-	age(entryOf(c, q), time.Hour)
+	age(t, c, q, time.Hour)
 	u.fail.Store(true)
 	m, a := ask(t, ch, q)
 	if m.Rcode != dns.RcodeSuccess || len(m.Answer) != 2 || m.Answer[0].Header().Ttl != StaleTTL || a.TTL != StaleTTL {
@@ -275,12 +309,12 @@ func TestServeStale(t *testing.T) {
 		t.Fatalf("stale served %d, want 2", c.store.staleServed.Load())
 	}
 	u.fail.Store(false)
-	entryOf(c, q).failedUntil.Store(0) // failure_ttl over
+	edit(t, c, q, func(h *header) { h.failedUntil = 0 }) // failure_ttl over
 	if m, _ := ask(t, ch, q); m.Answer[0].Header().Ttl != 300 || u.asked.Load() != asked+1 {
 		t.Fatalf("upstream back: %v", m)
 	}
 	// past the stale window: SERVFAIL
-	age(entryOf(c, q), 48*time.Hour)
+	age(t, c, q, 48*time.Hour)
 	u.fail.Store(true)
 	if m, _ := ask(t, ch, q); m.Rcode != dns.RcodeServerFailure {
 		t.Fatalf("past stale: %s", dns.RcodeToString[m.Rcode])
@@ -293,7 +327,7 @@ func TestStaleAnswerTimeout(t *testing.T) {
 	ch, c, u := newCache(t, `{"name":"timer","stale_answer_timeout":"50ms"}`)
 	q := query("www.example.org.", dns.TypeA)
 	ask(t, ch, q)
-	age(entryOf(c, q), time.Hour)
+	age(t, c, q, time.Hour)
 	u.hold = make(chan struct{})
 	m, _ := ask(t, ch, q)
 	if m.Answer[0].Header().Ttl != StaleTTL {
@@ -321,7 +355,7 @@ func TestPrefetch(t *testing.T) {
 	q := query("www.example.org.", dns.TypeA)
 	ask(t, ch, q)
 	ask(t, ch, q) // hit 1
-	age(entryOf(c, q), 280*time.Second)
+	age(t, c, q, 280*time.Second)
 	u.hold = make(chan struct{})
 	done := make(chan struct{})
 	go func() {
@@ -383,8 +417,7 @@ func TestBounded(t *testing.T) {
 	for i := 0; i < 20000; i++ {
 		ask(t, ch, query(fmt.Sprintf("n%d.example.org.", i), dns.TypeA))
 	}
-	c.store.c.CleanUp()
-	if n := c.store.c.EstimatedSize(); n > 1000 {
+	if n := c.store.entries(); n > 1000 {
 		t.Fatalf("%d entries, max_entries 1000", n)
 	}
 	if b := c.store.bytes.Load(); b > 1000000 {
@@ -395,13 +428,12 @@ func TestBounded(t *testing.T) {
 	}
 }
 
-// TestFlood: 1,000,000 unique names keep the Go heap the cache holds
-// within max_bytes (the weight an entry is counted at is what it takes:
-// max_bytes binds here, max_entries in TestBounded; 10% more is allowed
-// for the index), and its entries
-// within max_entries; a name asked all along stays cached.
+// TestFlood: 1,000,000 unique names keep the cache within max_bytes
+// (its rings, outside the Go heap) and its entries within max_entries,
+// the index on the heap at most indexBudget a key; a name asked all along
+// stays cached.
 func TestFlood(t *testing.T) {
-	const maxBytes, maxEntries = 2 << 20, 100_000
+	const maxBytes, maxEntries, indexBudget = 2 << 20, 100_000, 64
 	_, c, _ := newCache(t, fmt.Sprintf(`{"name":"flood","max_entries":%d,"max_bytes":%d}`, maxEntries, maxBytes))
 	hot := query("hot.example.org.", dns.TypeA)
 	hr := &caddydns.Request{Msg: hot, Size: caddydns.MaxMessage}
@@ -422,19 +454,29 @@ func TestFlood(t *testing.T) {
 			res.Wire.Release()
 		}
 	}
-	c.store.c.CleanUp()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	if n := c.store.c.EstimatedSize(); n > maxEntries || n < 1000 {
+	n := c.store.entries()
+	if n > maxEntries || n < 1000 {
 		t.Fatalf("%d entries, max_entries %d", n, maxEntries)
 	}
-	// the index's tables grow by doubling: 10% is allowed for them
-	if grew := int64(after.HeapAlloc) - int64(before.HeapAlloc); grew > maxBytes*11/10 {
-		t.Fatalf("the heap grew by %d bytes, max_bytes %d", grew, maxBytes)
+	if rings := c.store.rings(); rings > maxBytes {
+		t.Fatalf("the rings take %d octets, max_bytes %d", rings, maxBytes)
+	}
+	if b := c.store.bytes.Load(); b > maxBytes {
+		t.Fatalf("%d octets of entries, max_bytes %d", b, maxBytes)
+	}
+	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
+	if ringsOnHeap {
+		grew -= int64(len(c.store.mem))
+	}
+	if grew > int64(n)*indexBudget {
+		t.Fatalf("the heap grew by %d octets for %d entries: over %d an entry", grew, n, indexBudget)
 	}
 	if misses := c.store.misses.Load(); misses > 1_000_000+1_000 {
 		t.Fatalf("%d misses: the name asked all along was evicted", misses)
 	}
+	t.Logf("%d entries; rings %d octets, entries %d; heap +%d", n, c.store.rings(), c.store.bytes.Load(), grew)
 	runtime.KeepAlive(c)
 }
 
@@ -491,7 +533,11 @@ func FuzzAnswer(f *testing.F) {
 		key := appendKey(nil, q, true)
 		h := hashKey(key)
 		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
-		e := c.store.get(h, key)
+		var e *entry
+		c.store.edit(q, func(h *header) {
+			off := c.store.shard(h.hash).idx[h.hash]
+			e = snapshot(h, c.store.shard(h.hash).body(int(off), h))
+		})
 		if e == nil {
 			return
 		}
@@ -648,8 +694,10 @@ func BenchmarkMissHandler(b *testing.B) {
 	}
 }
 
-// BenchmarkEntryMemory is the Go heap an entry takes (live bytes after a
-// collection, per entry), with the names of the bench's Zipf file.
+// BenchmarkEntryMemory is what an entry takes, with the names of the
+// bench's Zipf file: on the Go heap (live bytes after a collection, per
+// entry: the index), and in the rings (the octets of its record, and the
+// rings' size per entry: what they have touched).
 func BenchmarkEntryMemory(b *testing.B) {
 	const n = 200_000
 	for b.Loop() {
@@ -664,14 +712,18 @@ func BenchmarkEntryMemory(b *testing.B) {
 			res, _ := c.ServeDNS(context.Background(), r, wireUpstream)
 			res.Wire.Release()
 		}
-		c.store.c.CleanUp()
 		runtime.GC()
 		runtime.ReadMemStats(&after)
-		if got := c.store.c.EstimatedSize(); got != n {
+		if got := c.store.entries(); got != n {
 			b.Fatalf("%d entries, want %d", got, n)
 		}
-		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/entry")
-		b.ReportMetric(float64(c.store.bytes.Load())/n, "counted-B/entry")
+		heap := int64(after.HeapAlloc - before.HeapAlloc)
+		if ringsOnHeap {
+			heap -= int64(len(c.store.mem))
+		}
+		b.ReportMetric(float64(heap)/n, "heap-B/entry")
+		b.ReportMetric(float64(c.store.bytes.Load())/n, "record-B/entry")
+		b.ReportMetric(float64(c.store.rings())/n, "ring-B/entry")
 		runtime.KeepAlive(c)
 		_ = c.Cleanup()
 	}

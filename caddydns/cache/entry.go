@@ -1,68 +1,41 @@
 package cache
 
 import (
-	"bytes"
 	"encoding/binary"
-	"sync/atomic"
 	"time"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
-// entryOverhead is what an entry costs beyond its octets: the entry, the
-// store's node and index (BenchmarkEntryMemory, rounded up).
-const entryOverhead = 208
-
-// entry is one cached answer, as the upstream (or a handler) gave it, its
-// TTLs clamped to min_ttl and max_ttl. It is read-only once stored, but
-// for its counters. Its octets are one allocation, and the entry holds no
-// other pointer, so that a million entries are few objects for the
-// collector.
+// entry is a copy of a stored entry, taken under its shard's lock, for
+// work past the look-up: an expired entry that may be answered stale when
+// its refresh fails, or a fresh one being prefetched.
 type entry struct {
-	data []byte // the key, the answer, then the offsets of its TTL fields (2 octets each)
-	// stored is when it was stored, expires when it stops being fresh
-	// (unix nanos)
-	stored, expires int64
-	// failedUntil: the upstream failed to refresh this expired entry;
-	// until then it is served stale without asking (RFC 8767 5)
-	failedUntil atomic.Int64
-	hits        atomic.Uint32
-	klen, mlen  uint16
-	lay         packedLayout
-	failure     bool // a SERVFAIL or an answer with nothing to cache, kept for failure_ttl
-	prefetching atomic.Bool
-}
-
-func newEntry(key, msg []byte, ttls int) *entry {
-	data := make([]byte, len(key)+len(msg), len(key)+len(msg)+2*ttls)
-	copy(data, key)
-	copy(data[len(key):], msg)
-	return &entry{data: data, klen: uint16(len(key)), mlen: uint16(len(msg))}
+	data            []byte // the key, the answer, then the offsets of its TTL fields (2 octets each)
+	stored, expires int64  // unix nanos: stored, and no longer fresh
+	klen, mlen      uint16
+	lay             packedLayout
+	failure         bool // a SERVFAIL or an answer with nothing to cache, kept for failure_ttl
 }
 
 func (e *entry) key() []byte { return e.data[:e.klen] }
-func (e *entry) msg() []byte { return e.data[e.klen : int(e.klen)+int(e.mlen)] }
 
-// ttl returns the offset of the i-th TTL field to lower.
-func (e *entry) ttl(i int) int {
-	return int(binary.BigEndian.Uint16(e.data[int(e.klen)+int(e.mlen)+2*i:]))
+// answer is the entry's answer for now, as the store's answer is.
+func (e *entry) answer(now int64, ttl int64) *caddydns.Wire {
+	end := int(e.klen) + int(e.mlen)
+	return answer(e.data[e.klen:end], e.data[end:], &e.lay, e.stored, now, ttl)
 }
 
-func (e *entry) ttlCount() int { return (len(e.data) - int(e.klen) - int(e.mlen)) / 2 }
-
-func (e *entry) is(key []byte) bool { return bytes.Equal(e.key(), key) }
-
-func (e *entry) size() uint32 { return uint32(cap(e.data) + entryOverhead) }
-
-// answer returns the entry as a caddydns.Wire with every TTL lowered by
-// its age (never below 0), or set to ttl when ttl >= 0 (a stale answer).
-// The Wire is a pooled copy: the chain releases it.
-func (e *entry) answer(now int64, ttl int64) *caddydns.Wire {
-	l := e.lay.layout()
-	w := caddydns.NewWire(e.msg(), &l)
-	msg := w.Bytes()
-	age := uint32(max(now-e.stored, 0) / int64(time.Second))
+// answer returns msg, laid out in lay and stored at stored, as a
+// caddydns.Wire with every TTL (at the offsets in ttls, 2 octets each)
+// lowered by its age (never below 0), or set to ttl when ttl >= 0 (a
+// stale answer). The Wire is a pooled copy: the chain releases it.
+func answer(msg, ttls []byte, lay *packedLayout, stored, now, ttl int64) *caddydns.Wire {
+	l := lay.layout()
+	w := caddydns.NewWire(msg, &l)
+	out := w.Bytes()
+	age := uint32(max(now-stored, 0) / int64(time.Second))
 	lower := func(t uint32) uint32 {
 		switch {
 		case ttl >= 0:
@@ -72,12 +45,12 @@ func (e *entry) answer(now int64, ttl int64) *caddydns.Wire {
 		}
 		return 0
 	}
-	for i := range e.ttlCount() {
-		off := e.ttl(i)
-		binary.BigEndian.PutUint32(msg[off:], lower(binary.BigEndian.Uint32(msg[off:])))
+	for i := 0; i+1 < len(ttls); i += 2 {
+		off := int(binary.BigEndian.Uint16(ttls[i:]))
+		binary.BigEndian.PutUint32(out[off:], lower(binary.BigEndian.Uint32(out[off:])))
 	}
-	lay := w.Layout()
-	lay.TTL = lower(lay.TTL)
+	wl := w.Layout()
+	wl.TTL = lower(wl.TTL)
 	return w
 }
 

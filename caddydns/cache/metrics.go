@@ -45,7 +45,7 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load()} {
 			t.counters[i] += v
 		}
-		t.entries += int64(s.c.EstimatedSize())
+		t.entries += int64(s.entries())
 		t.bytes += s.bytes.Load()
 		return true
 	})

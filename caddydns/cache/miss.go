@@ -1,7 +1,9 @@
 package cache
 
 import (
+	"bytes"
 	"context"
+	"encoding/binary"
 	"errors"
 	"time"
 
@@ -13,7 +15,7 @@ import (
 
 // staleOK reports whether e may be answered stale at now (RFC 8767).
 func (c *Cache) staleOK(e *entry, now int64) bool {
-	return e != nil && !e.failure && c.stale > 0 && now < c.store.staleUntil(e)
+	return e != nil && !e.failure && c.stale > 0 && now < c.store.staleUntil(e.expires, false)
 }
 
 // miss asks the rest of the chain, once for all the identical misses of
@@ -125,7 +127,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 		err = errNoAnswer
 	}
 	if c.staleOK(old, now) {
-		old.failedUntil.Store(now + int64(c.FailureTTL))
+		c.store.failed(hash, key, old.stored, now+int64(c.FailureTTL))
 		return caddydns.Response{}, err
 	}
 	sf := new(dns.Msg)
@@ -160,31 +162,25 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 	if !ok {
 		return
 	}
-	e := newEntry(key, msg, len(ttls))
-	e.stored, e.failure = now, failure
-	em := e.msg()
 	lifetime := time.Duration(c.FailureTTL)
 	lay := *l // the entry's own: l stays the caller's answer's
 	if !failure {
 		lo, hi := uint32(time.Duration(c.MinTTL)/time.Second), uint32(time.Duration(c.MaxTTL)/time.Second)
 		for _, off := range ttls {
-			t := uint32(em[off])<<24 | uint32(em[off+1])<<16 | uint32(em[off+2])<<8 | uint32(em[off+3])
-			t = min(max(t, lo), hi)
-			em[off], em[off+1], em[off+2], em[off+3] = byte(t>>24), byte(t>>16), byte(t>>8), byte(t)
+			if t := binary.BigEndian.Uint32(msg[off:]); t < lo || t > hi {
+				msg = clampTTLs(msg, ttls, lo, hi)
+				lay, _ = dnswire.Walk(msg)
+				break
+			}
 		}
-		lay, _ = dnswire.Walk(em)
 		lay.TTL = min(max(lay.TTL, lo), hi) // a negative answer's SOA minimum too
 		lifetime = time.Duration(lay.TTL) * time.Second
 	}
-	for _, off := range ttls {
-		e.data = append(e.data, byte(off>>8), byte(off))
-	}
-	e.lay = packLayout(&lay)
-	e.expires = now + int64(lifetime)
-	if c.store.staleUntil(e) <= now {
+	expires := now + int64(lifetime)
+	if c.store.staleUntil(expires, failure) <= now {
 		return // TTL 0 and no serve-stale: nothing to keep
 	}
-	c.store.put(hash, e)
+	c.store.put(hash, key, msg, ttls, packLayout(&lay), now, expires, failure)
 }
 
 // sameQuestion reports whether the answer msg, laid out in l, is to q's
@@ -200,25 +196,28 @@ func sameQuestion(msg []byte, l *dnswire.Layout, q *dns.Msg) bool {
 	return dnswire.Answers(msg, l, b[:n+4]) != dnswire.OtherQuestion
 }
 
-// maybePrefetch refreshes e in the background, once, when it has been hit
-// prefetch times and reaches the last tenth of its lifetime; the client
-// is answered from e meanwhile.
-func (c *Cache) maybePrefetch(e *entry, hash uint64, now int64, r *caddydns.Request, next caddydns.Next) {
-	if c.Prefetch == 0 || e.failure {
-		return
+// clampTTLs returns a copy of msg with the TTLs at the offsets ttls
+// within lo and hi: the caller's answer keeps its own.
+func clampTTLs(msg []byte, ttls []uint16, lo, hi uint32) []byte {
+	msg = bytes.Clone(msg)
+	for _, off := range ttls {
+		binary.BigEndian.PutUint32(msg[off:], min(max(binary.BigEndian.Uint32(msg[off:]), lo), hi))
 	}
-	if int(e.hits.Add(1)) < c.Prefetch || now < e.expires-(e.expires-e.stored)/10 || !e.prefetching.CompareAndSwap(false, true) {
-		return
-	}
+	return msg
+}
+
+// prefetch refreshes e (a copy of an entry hit prefetch times in the
+// last tenth of its lifetime) in the background, unless its key is being
+// asked already; the client is answered from the entry meanwhile.
+func (c *Cache) prefetch(e *entry, hash uint64, r *caddydns.Request, next caddydns.Next) {
 	f := c.store.flights.start(hash)
 	if f == nil {
 		return // already being asked
 	}
 	c.store.prefetches.Add(1)
 	rr := r.Clone()
-	key := append([]byte(nil), e.key()...)
 	go func() {
-		res, err := c.fetch(context.Background(), rr, next, hash, key, e)
+		res, err := c.fetch(context.Background(), rr, next, hash, e.key(), e)
 		c.store.flights.land(hash, f, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()

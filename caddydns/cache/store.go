@@ -1,24 +1,42 @@
 package cache
 
 import (
+	"bytes"
+	"math/bits"
 	"sync"
 	"sync/atomic"
 	"time"
+	"unsafe"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/maypok86/otter/v2"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // store is the cache of one config, shared by every handler that has the
 // same config, across reloads (a usage pool, as upstreams are).
+//
+// Its entries are records in rings of octets outside the Go heap (one
+// ring a shard, a shard a lock), indexed by key hash in maps that hold no
+// pointers: a million entries are no work for the collector and cost
+// only what they take. A record is written once; a newer one for its key
+// leaves it dead where it is. The oldest record of a ring is reclaimed
+// when room is needed: dead, it is dropped; live, it goes round to the
+// front (when it was hit since it last went round, or when the ring is
+// mostly dead records), or is evicted. A ring grows, up to its share of
+// max_bytes, only while most of it is live, so what a cache touches
+// follows what it keeps.
 type store struct {
-	name  string
-	c     *otter.Cache[uint64, *entry]
-	bytes atomic.Int64
-
+	name string
 	// stale is how long past its expiry an entry may be answered stale
 	// (the same for every config sharing the store: it is in the key)
 	stale time.Duration
+
+	shards []shard
+	shift  uint   // a hash's shard is its top bits
+	mem    []byte // the rings, each shard's part of it
+	maxRec int    // the largest record a shard keeps
+	bytes  atomic.Int64
 
 	hits, misses, staleServed, prefetches, coalesced, evictions atomic.Uint64
 
@@ -32,86 +50,425 @@ var (
 	live   sync.Map // *store -> struct{}
 )
 
-func newStore(name string, maxEntries int, maxBytes int64, stale time.Duration) (*store, error) {
+// A record, 8-octet aligned: its header, the key, the answer, the offsets
+// of the answer's TTL fields (2 octets each), padding.
+type header struct {
+	prefix
+	hash        uint64
+	stored      int64 // unix nanos
+	expires     int64 // when it stops being fresh
+	failedUntil int64 // the upstream failed to refresh it: served stale without asking until then (RFC 8767 5)
+	hits        uint32
+	mlen        uint16
+	nttl        uint16
+	lay         packedLayout
+}
+
+// prefix is what every record starts with, padding at the ring's end
+// (which may be as short as it) included.
+type prefix struct {
+	size  uint32 // the whole record's, padding included
+	klen  uint16
+	flags uint8
+	_     uint8
+}
+
+const hdrSize = int(unsafe.Sizeof(header{}))
+
+// header.flags
+const (
+	flagPad         = 1 << iota // no entry: the ring's end, skipped
+	flagFailure                 // a SERVFAIL or an answer with nothing to cache, kept for failure_ttl
+	flagPrefetching             // a prefetch was started for it
+	flagHit                     // hit since it was stored or last went round
+)
+
+const (
+	// maxRounds bounds the records that go round for one that is
+	// stored: past it, the oldest is evicted, hit or not
+	maxRounds = 16
+	// minRing is a shard's first ring, and a shard's least share
+	minRing   = 64 << 10
+	maxShards = 256
+)
+
+// shard is one ring and its index. Between tail and head (round the
+// ring) lie the records, oldest first; between head and tail the free
+// octets. Nothing of it is touched but under mu.
+type shard struct {
+	mu         sync.Mutex
+	buf        []byte // its share of the store's memory: the ring may grow to it
+	n          int    // the ring: buf[:n]
+	head, tail int
+	used       int // octets of records, dead and padding included
+	live       int // octets of live records
+	count      int
+	limit      int               // its share of max_entries
+	idx        map[uint64]uint32 // hash -> the offset of the live record
+	closed     bool
+	_          [40]byte // a cache line of its own, near enough
+}
+
+func newStore(name string, maxEntries int, maxBytes int64, maxEntrySize int, stale time.Duration) (*store, error) {
 	s := &store{name: name, stale: stale}
 	s.flights.init()
-	// each entry weighs at least maxBytes/maxEntries: the weight bound
-	// then keeps both the byte budget and the entry count
-	floor := uint32(max((maxBytes+int64(maxEntries)-1)/int64(maxEntries), 1)) // rounded up: maxEntries at most
-	c, err := otter.New(&otter.Options[uint64, *entry]{
-		MaximumWeight: uint64(maxBytes),
-		Weigher:       func(_ uint64, e *entry) uint32 { return max(e.size(), floor) },
-		ExpiryCalculator: otter.ExpiryWritingFunc(func(en otter.Entry[uint64, *entry]) time.Duration {
-			return time.Duration(s.staleUntil(en.Value) - time.Now().UnixNano())
-		}),
-		OnAtomicDeletion: func(ev otter.DeletionEvent[uint64, *entry]) {
-			s.bytes.Add(-int64(ev.Value.size()))
-			if ev.WasEvicted() && ev.Cause == otter.CauseOverflow {
-				s.evictions.Add(1)
-			}
-		},
-	})
+	// shards: as many as give each at least minRing octets and an entry,
+	// at most maxShards, a power of 2
+	n := 1
+	for n < maxShards && maxBytes/int64(2*n) >= minRing && 2*n <= maxEntries {
+		n *= 2
+	}
+	per := int(min(maxBytes/int64(n), 4<<30-8)) &^ 7
+	mem, err := allocRing(n * per)
 	if err != nil {
 		return nil, err
 	}
-	s.c = c
+	s.mem, s.shift = mem, uint(64-bits.TrailingZeros(uint(n)))
+	s.shards = make([]shard, n)
+	// a record at most a quarter of its ring, so that reclaiming the
+	// oldest always finds room; an answer of max_entry_size fits it but
+	// for a tiny max_bytes
+	s.maxRec = min(per/4, align8(hdrSize+maxKey+maxEntrySize+2*(maxEntrySize/11+1)))
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.buf = mem[i*per : (i+1)*per : (i+1)*per]
+		sh.n = min(per, max(minRing, 4*s.maxRec))
+		sh.limit = maxEntries / n
+		if i < maxEntries%n {
+			sh.limit++
+		}
+		sh.idx = make(map[uint64]uint32)
+	}
 	live.Store(s, struct{}{})
 	return s, nil
 }
+
+func align8(n int) int { return (n + 7) &^ 7 }
 
 // Destruct implements caddy.Destructor: the last config using the store
 // is gone.
 func (s *store) Destruct() error {
 	live.Delete(s)
-	s.c.InvalidateAll()
-	s.c.StopAllGoroutines()
-	return nil
-}
-
-// get returns the entry of key, if there is one.
-func (s *store) get(hash uint64, key []byte) *entry {
-	e, ok := s.c.GetIfPresent(hash)
-	if !ok || !e.is(key) {
-		return nil
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		sh.closed, sh.buf, sh.idx = true, nil, nil
+		sh.n, sh.head, sh.tail, sh.used, sh.live, sh.count = 0, 0, 0, 0, 0, 0
+		sh.mu.Unlock()
 	}
-	return e
+	s.bytes.Store(0)
+	return freeRing(s.mem)
 }
 
-// staleUntil is when e may no longer be answered stale (RFC 8767), and
-// leaves the store.
-func (s *store) staleUntil(e *entry) int64 {
-	if e.failure {
-		return e.expires
+func (s *store) shard(hash uint64) *shard {
+	if s.shift == 64 {
+		return &s.shards[0]
 	}
-	return e.expires + int64(s.stale)
+	return &s.shards[hash>>s.shift]
 }
 
-func (s *store) put(hash uint64, e *entry) {
-	s.bytes.Add(int64(e.size()))
-	s.c.Set(hash, e)
+func (sh *shard) hdr(off int) *header { return (*header)(unsafe.Pointer(&sh.buf[off])) }
+
+func (sh *shard) prefix(off int) *prefix { return (*prefix)(unsafe.Pointer(&sh.buf[off])) }
+
+// body is the record's key, answer and TTL offsets.
+func (sh *shard) body(off int, h *header) []byte {
+	start := off + hdrSize
+	return sh.buf[start : start+int(h.klen)+int(h.mlen)+2*int(h.nttl)]
+}
+
+// staleUntil is when an entry may no longer be answered stale (RFC 8767),
+// and is no longer worth keeping.
+func (s *store) staleUntil(expires int64, failure bool) int64 {
+	if failure {
+		return expires
+	}
+	return expires + int64(s.stale)
+}
+
+// found is what a look-up found.
+type found struct {
+	// wire is the answer to send (fresh, or stale while the upstream is
+	// known to fail); nil for a miss
+	wire  *caddydns.Wire
+	stale bool
+	// old is a copy of the entry, for work past the look-up: an expired
+	// entry that may be answered stale, or a fresh one to prefetch
+	old      *entry
+	prefetch bool
+}
+
+// lookup answers from the entry of key, if there is one: a fresh entry
+// is answered with its TTLs lowered by its age (and counted as hit, and
+// handed for prefetch when it has been hit prefetch times and reached
+// the last tenth of its lifetime); an expired one the upstream failed to
+// refresh a moment ago is answered stale; another expired one that may
+// still be answered stale is copied into found.old.
+func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int) (f found) {
+	sh := s.shard(hash)
+	sh.mu.Lock()
+	off, ok := sh.idx[hash]
+	if !ok {
+		sh.mu.Unlock()
+		return f
+	}
+	h := sh.hdr(int(off))
+	body := sh.body(int(off), h)
+	if !bytes.Equal(body[:h.klen], key) {
+		sh.mu.Unlock()
+		return f
+	}
+	failure := h.flags&flagFailure != 0
+	switch {
+	case now < h.expires:
+		h.flags |= flagHit
+		if h.hits < ^uint32(0) {
+			h.hits++
+		}
+		f.wire = h.answer(body, now, -1)
+		if prefetch > 0 && !failure && int(h.hits) >= prefetch && h.flags&flagPrefetching == 0 && now >= h.expires-(h.expires-h.stored)/10 {
+			h.flags |= flagPrefetching
+			f.old, f.prefetch = snapshot(h, body), true
+		}
+	case now >= s.staleUntil(h.expires, failure):
+		sh.remove(s, h) // no use any more
+	case !failure && now < h.failedUntil:
+		f.wire, f.stale = h.answer(body, now, StaleTTL), true
+	default:
+		f.old = snapshot(h, body)
+	}
+	sh.mu.Unlock()
+	return f
+}
+
+// answer is the record's answer (body is its body) for now.
+func (h *header) answer(body []byte, now, ttl int64) *caddydns.Wire {
+	msgEnd := int(h.klen) + int(h.mlen)
+	return answer(body[h.klen:msgEnd], body[msgEnd:], &h.lay, h.stored, now, ttl)
+}
+
+func snapshot(h *header, body []byte) *entry {
+	return &entry{data: bytes.Clone(body), stored: h.stored, expires: h.expires, klen: h.klen, mlen: h.mlen,
+		lay: h.lay, failure: h.flags&flagFailure != 0}
+}
+
+// put stores an entry for key: the answer msg, the offsets of its TTL
+// fields, its layout. It replaces the entry of the same hash. An entry
+// too big for a ring is not kept.
+func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayout, stored, expires int64, failure bool) {
+	size := align8(hdrSize + len(key) + len(msg) + 2*len(ttls))
+	if size > s.maxRec || len(ttls) > 0xFFFF {
+		return
+	}
+	sh := s.shard(hash)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	if sh.closed {
+		return
+	}
+	if off, ok := sh.idx[hash]; ok {
+		sh.remove(s, sh.hdr(int(off)))
+	}
+	off := sh.reserve(s, size, stored)
+	h := sh.hdr(off)
+	*h = header{prefix: prefix{size: uint32(size), klen: uint16(len(key))}, hash: hash, stored: stored, expires: expires,
+		mlen: uint16(len(msg)), nttl: uint16(len(ttls)), lay: lay}
+	if failure {
+		h.flags = flagFailure
+	}
+	body := sh.buf[off+hdrSize : off+size]
+	n := copy(body, key)
+	n += copy(body[n:], msg)
+	for _, t := range ttls {
+		body[n], body[n+1] = byte(t>>8), byte(t)
+		n += 2
+	}
+	sh.idx[hash] = uint32(off)
+	sh.count++
+	sh.live += size
+	s.bytes.Add(int64(size))
+}
+
+// failed records that the upstream failed to refresh the entry of key
+// stored at stored: it is answered stale without asking until until.
+func (s *store) failed(hash uint64, key []byte, stored, until int64) {
+	sh := s.shard(hash)
+	sh.mu.Lock()
+	if off, ok := sh.idx[hash]; ok {
+		h := sh.hdr(int(off))
+		if h.stored == stored && bytes.Equal(sh.body(int(off), h)[:h.klen], key) {
+			h.failedUntil = until
+		}
+	}
+	sh.mu.Unlock()
+}
+
+// remove makes the live record h dead: it stays in the ring until the
+// ring's tail reaches it.
+func (sh *shard) remove(s *store, h *header) {
+	delete(sh.idx, h.hash)
+	sh.count--
+	sh.live -= int(h.size)
+	s.bytes.Add(-int64(h.size))
+}
+
+// reserve makes room at the head for a record of size octets, and
+// returns its offset: the oldest records are reclaimed (dropped, sent
+// round or evicted) or the ring grows; a record is never split at the
+// ring's end (the rest of the ring is padding instead).
+func (sh *shard) reserve(s *store, size int, now int64) int {
+	rounds := 0
+	for {
+		if sh.used == 0 {
+			sh.head, sh.tail = 0, 0
+		}
+		full := sh.count >= sh.limit
+		linear := sh.used == 0 || sh.tail < sh.head // the free octets run from head to the end, then from 0 to tail
+		if !full {
+			room := sh.tail - sh.head
+			if linear {
+				room = sh.n - sh.head
+			}
+			if room >= size {
+				break
+			}
+			if linear {
+				if sh.n < len(sh.buf) && (4*sh.live >= 3*sh.n || sh.used == 0) {
+					sh.n = min(len(sh.buf), align8(max(sh.n+sh.n/8, sh.head+size)))
+					continue
+				}
+				sh.pad()
+				continue
+			}
+		}
+		// the oldest record goes: dropped when dead, round when it was hit
+		// (or most of the ring is dead, and the entry count is not what
+		// needs room), else evicted
+		sh.reclaim(s, now, full || 4*sh.live >= 3*sh.n, &rounds)
+	}
+	off := sh.head
+	sh.head += size
+	sh.used += size
+	return off
+}
+
+// pad ends the ring at head: the octets to its end become a padding
+// record, and head goes to 0.
+func (sh *shard) pad() {
+	if rest := sh.n - sh.head; rest > 0 {
+		p := sh.prefix(sh.head)
+		p.size, p.flags = uint32(rest), flagPad
+		sh.used += rest
+	}
+	sh.head = 0
+}
+
+// reclaim takes the oldest record out of the way. With evicting, a live
+// one goes round only when it was hit, maxRounds at most; without, it
+// goes round (compacting the ring) until maxRounds, then is evicted.
+func (sh *shard) reclaim(s *store, now int64, evicting bool, rounds *int) {
+	size := int(sh.prefix(sh.tail).size)
+	if sh.prefix(sh.tail).flags&flagPad == 0 {
+		h := sh.hdr(sh.tail)
+		if off, ok := sh.idx[h.hash]; ok && int(off) == sh.tail {
+			usable := now < s.staleUntil(h.expires, h.flags&flagFailure != 0)
+			// going round copies it to head: room there, or it is the ring's
+			// whole free run (head at or before tail)
+			canMove := sh.head <= sh.tail || sh.head+size <= sh.n
+			if usable && canMove && *rounds < maxRounds && (!evicting || h.flags&flagHit != 0) {
+				*rounds++
+				h.flags &^= flagHit
+				sh.idx[h.hash] = uint32(sh.head) // before the copy, which may overwrite h
+				copy(sh.buf[sh.head:sh.head+size], sh.buf[sh.tail:sh.tail+size])
+				sh.head += size
+				if sh.tail += size; sh.tail == sh.n {
+					sh.tail = 0
+				}
+				return
+			}
+			sh.remove(s, h)
+			if usable {
+				s.evictions.Add(1)
+			}
+		}
+	}
+	sh.advanceTail(size)
+}
+
+func (sh *shard) advanceTail(size int) {
+	sh.tail += size
+	sh.used -= size
+	if sh.tail == sh.n {
+		sh.tail = 0
+	}
+	if sh.used == 0 {
+		sh.head, sh.tail = 0, 0
+	}
+}
+
+// records calls fn for each live record of the shard, oldest first,
+// under its lock; fn may remove the record.
+func (sh *shard) records(fn func(h *header, body []byte)) {
+	off, left := sh.tail, sh.used
+	for left > 0 {
+		p := sh.prefix(off)
+		size := int(p.size)
+		if p.flags&flagPad == 0 {
+			h := sh.hdr(off)
+			if o, ok := sh.idx[h.hash]; ok && int(o) == off {
+				fn(h, sh.body(off, h))
+			}
+		}
+		off += size
+		left -= size
+		if off == sh.n {
+			off = 0
+		}
+	}
+}
+
+// entries is how many entries the store holds.
+func (s *store) entries() int { return s.sum(func(sh *shard) int { return sh.count }) }
+
+// rings is the octets the store's rings span: what they may have touched.
+func (s *store) rings() int { return s.sum(func(sh *shard) int { return sh.n }) }
+
+// sum adds up f of every shard, each under its lock.
+func (s *store) sum(f func(sh *shard) int) int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += f(sh)
+		sh.mu.Unlock()
+	}
+	return n
 }
 
 // purge removes the entries of name (a question name, any case) and,
 // with subtree, of every name under it; with name "" every entry. It
 // returns how many it removed.
 func (s *store) purge(name string, subtree bool) int {
-	if name == "" {
-		n := s.c.EstimatedSize()
-		s.c.InvalidateAll()
-		return n
-	}
+	all := name == ""
 	name = lowerFQDN(name)
 	n := 0
-	for h, e := range s.c.All() {
-		if e.klen < 5 {
-			continue
-		}
-		owner := keyName(e.key())
-		if owner == name || (subtree && (name == "." || len(owner) > len(name) && owner[len(owner)-len(name)-1] == '.' && owner[len(owner)-len(name):] == name)) {
-			if _, ok := s.c.Invalidate(h); ok {
-				n++
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		sh.records(func(h *header, body []byte) {
+			if !all {
+				if h.klen < 5 {
+					return
+				}
+				owner := keyName(body[:h.klen])
+				if owner != name && (!subtree || (name != "." && !(len(owner) > len(name) && owner[len(owner)-len(name)-1] == '.' && owner[len(owner)-len(name):] == name))) {
+					return
+				}
 			}
-		}
+			sh.remove(s, h)
+			n++
+		})
+		sh.mu.Unlock()
 	}
 	return n
 }

@@ -1,0 +1,142 @@
+package cache
+
+import (
+	"encoding/binary"
+	"math/rand/v2"
+	"strconv"
+	"testing"
+	"time"
+)
+
+// checkRings fails t when a ring of s does not hold what its counters
+// say: records walk from tail to head exactly, round the ring's end; the
+// index points at live records only, and they add up to count and live.
+func checkRings(t testing.TB, s *store) {
+	t.Helper()
+	total := int64(0)
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		if sh.n > len(sh.buf) || sh.count > sh.limit || sh.used > sh.n || sh.head > sh.n || sh.tail >= max(sh.n, 1) {
+			t.Fatalf("shard %d: n %d of %d, count %d of %d, used %d, head %d, tail %d", i, sh.n, len(sh.buf), sh.count, sh.limit, sh.used, sh.head, sh.tail)
+		}
+		seen := map[uint64]bool{}
+		off, left, count, liveBytes := sh.tail, sh.used, 0, 0
+		for left > 0 {
+			p := sh.prefix(off)
+			size := int(p.size)
+			if size <= 0 || size%8 != 0 || off+size > sh.n || size > left {
+				t.Fatalf("shard %d: a record of %d octets at %d (ring %d, %d octets left)", i, size, off, sh.n, left)
+			}
+			if p.flags&flagPad == 0 {
+				h := sh.hdr(off)
+				if o, ok := sh.idx[h.hash]; ok && int(o) == off {
+					if seen[h.hash] {
+						t.Fatalf("shard %d: hash %x twice", i, h.hash)
+					}
+					seen[h.hash] = true
+					count++
+					liveBytes += size
+					if align8(hdrSize+int(h.klen)+int(h.mlen)+2*int(h.nttl)) != size {
+						t.Fatalf("shard %d: record at %d: size %d for its body", i, off, size)
+					}
+				}
+			} else if off+size != sh.n {
+				t.Fatalf("shard %d: padding at %d does not end the ring (%d)", i, off, sh.n)
+			}
+			off += size
+			left -= size
+			if off == sh.n {
+				off = 0
+			}
+		}
+		if sh.used > 0 && off != sh.head && !(off == 0 && sh.head == sh.n) {
+			t.Fatalf("shard %d: records end at %d, head %d", i, off, sh.head)
+		}
+		if count != sh.count || liveBytes != sh.live || len(sh.idx) != count {
+			t.Fatalf("shard %d: %d live records of %d octets, counted %d of %d, index %d", i, count, liveBytes, sh.count, sh.live, len(sh.idx))
+		}
+		total += int64(liveBytes)
+		sh.mu.Unlock()
+	}
+	if s.bytes.Load() != total {
+		t.Fatalf("bytes %d, records %d", s.bytes.Load(), total)
+	}
+}
+
+// ringOps plays ops on s, a byte an operation (with the next as its
+// argument): store entries of any size, look them up (hits send them
+// round), let time pass, purge, all of it checked.
+func ringOps(t testing.TB, s *store, ops []byte) {
+	now := time.Now().UnixNano()
+	msg := make([]byte, 6000)
+	for i := 0; i+1 < len(ops); i += 2 {
+		op, arg := ops[i], int(ops[i+1])
+		name := "n" + strconv.Itoa(arg%97) + ".test."
+		key := append([]byte{0, 1, 0, 1, 0}, name...)
+		hash := hashKey(key)
+		switch op % 8 {
+		case 0, 1, 2, 3:
+			size := 12 + arg*int(op)%4000
+			ttls := []uint16{12, 30}[:arg%3%2+1]
+			binary.BigEndian.PutUint32(msg[12:], 300)
+			binary.BigEndian.PutUint32(msg[30:], 300)
+			s.put(hash, key, msg[:max(size, 40)], ttls, packedLayout{qEnd: 12, end: uint16(max(size, 40)), opt: noOffset, maxPtr: noOffset},
+				now, now+int64(arg%5)*int64(time.Second), op%16 == 3)
+		case 4, 5:
+			if f := s.lookup(hash, key, now, 2); f.wire != nil {
+				f.wire.Release()
+			}
+		case 6:
+			now += int64(arg) * int64(time.Second) / 8
+		case 7:
+			if arg%16 == 0 {
+				s.purge("", false)
+			} else {
+				s.purge(name, arg%2 == 0)
+			}
+		}
+		checkRings(t, s)
+	}
+}
+
+// TestRing: long random runs on small rings, one shard and several,
+// bounded by bytes or by entries.
+func TestRing(t *testing.T) {
+	for _, tc := range []struct {
+		entries int
+		bytes   int64
+		stale   time.Duration
+	}{{1000, 96 << 10, time.Hour}, {40, 1 << 20, 0}, {5000, 600 << 10, time.Minute}, {3, 200 << 10, time.Hour}} {
+		s, err := newStore("ring", tc.entries, tc.bytes, 4096, tc.stale)
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := rand.New(rand.NewPCG(uint64(tc.entries), 1))
+		ops := make([]byte, 40_000)
+		for i := range ops {
+			ops[i] = byte(r.UintN(256))
+		}
+		ringOps(t, s, ops)
+		if s.entries() > tc.entries {
+			t.Fatalf("%d entries, max %d", s.entries(), tc.entries)
+		}
+		if err := s.Destruct(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+// FuzzRing: any sequence of operations keeps the rings whole.
+func FuzzRing(f *testing.F) {
+	f.Add([]byte{0, 200, 1, 200, 2, 250, 4, 1, 6, 80, 3, 5})
+	f.Add([]byte{1, 255, 1, 254, 1, 253, 1, 252, 1, 251, 7, 0, 2, 100})
+	f.Fuzz(func(t *testing.T, ops []byte) {
+		s, err := newStore("fuzz", 20, 128<<10, 4096, time.Hour)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Destruct()
+		ringOps(t, s, ops)
+	})
+}
