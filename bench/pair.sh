@@ -12,7 +12,9 @@
 #
 # kind: getf (GET, forwarding; the default), postf (POST, forwarding),
 # getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
-# -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused).
+# -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused),
+# dotmiss (the same through the cache on 8855, every name new: a cache
+# miss's cost; the names are unique to each run).
 # A and B swap ports every other time.
 # KIND_B=getr gives B another kind than A: with A and B the same binary,
 #
@@ -39,9 +41,10 @@ start() {
 	local name=$1 bin=$2 port=$3 admin=$4
 	mkdir -p "$P/$name"
 	cp "$bin" "$P/$name/caddy"
-	sed -e "s/localhost:2999/localhost:$admin/" -e "s/127.0.0.1:8853/127.0.0.1:$((port + 1))/" \
-		-e "s/127.0.0.1:8854/127.0.0.1:$((port + 2))/" -e "s/https:\/\/:8443/https:\/\/:$port/" \
-		"$T/Caddyfile" > "$P/$name/Caddyfile"
+	# every port 8xxx of the config becomes 1 or 2 (port's first digit)
+	# and 8xxx: 8853 is 18853 for A, 28853 for B
+	sed -e "s/localhost:2999/localhost:$admin/" -e "s/127.0.0.1:\(8[0-9][0-9][0-9]\)\b/127.0.0.1:${port:0:1}\1/" \
+		-e "s/https:\/\/:8443/https:\/\/:$port/" "$T/Caddyfile" > "$P/$name/Caddyfile"
 	HOME=$T taskset -c "$SERVER_CPU" "$P/$name/caddy" run --config "$P/$name/Caddyfile" --adapter caddyfile \
 		>"$P/$name/log" 2>&1 </dev/null &
 	pids+=($!)
@@ -83,13 +86,20 @@ for i in $(seq "$TIMES"); do
 	# other); every other time B's first
 	ports="18443 28443"
 	[ $((i % 2)) = 1 ] || ports="28443 18443"
+	for port in 18443 28443; do
+		# names no run has asked (made before either load starts)
+		[ "$KIND" != dotmiss ] || awk -v p="$port" -v i="$i" \
+			'BEGIN {for (n = 0; n < 1500000; n++) printf "m%d-%d-%d.zipf.test A\n", p, i, n}' > "$P/miss-$port.txt"
+	done
 	a0=$(ticks "$pa") b0=$(ticks "$pb")
 	loads=()
 	for port in $ports; do
 		kind=$KIND
 		[ "$port" = 18443 ] || kind=$KIND_B
 		if [ "$kind" = dotf ]; then
-			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p $((port + 1)) -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
+			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8853" -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
+		elif [ "$kind" = dotmiss ]; then
+			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8855" -d "$P/miss-$port.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
 		else
 			# shellcheck disable=SC2046
 			taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &

@@ -17,8 +17,8 @@ import (
 // same config, across reloads (a usage pool, as upstreams are).
 //
 // Its entries are records in rings of octets outside the Go heap (one
-// ring a shard, a shard a lock), indexed by key hash in maps that hold no
-// pointers: a million entries are no work for the collector and cost
+// ring a shard, a shard a lock), indexed by key hash in tables there too
+// (index.go): a million entries are no work for the collector and cost
 // only what they take. A record is written once; a newer one for its key
 // leaves it dead where it is. The oldest record of a ring is reclaimed
 // when room is needed: dead, it is dropped; live, it goes round to the
@@ -103,8 +103,8 @@ type shard struct {
 	used       int // octets of records, dead and padding included
 	live       int // octets of live records
 	count      int
-	limit      int               // its share of max_entries
-	idx        map[uint64]uint32 // hash -> the offset of the live record
+	limit      int   // its share of max_entries
+	idx        index // hash -> the offset of the live record
 	closed     bool
 	_          [40]byte // a cache line of its own, near enough
 }
@@ -137,7 +137,6 @@ func newStore(name string, maxEntries int, maxBytes int64, maxEntrySize int, sta
 		if i < maxEntries%n {
 			sh.limit++
 		}
-		sh.idx = make(map[uint64]uint32)
 	}
 	live.Store(s, struct{}{})
 	return s, nil
@@ -152,7 +151,8 @@ func (s *store) Destruct() error {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		sh.closed, sh.buf, sh.idx = true, nil, nil
+		_ = sh.idx.free()
+		sh.closed, sh.buf = true, nil
 		sh.n, sh.head, sh.tail, sh.used, sh.live, sh.count = 0, 0, 0, 0, 0, 0
 		sh.mu.Unlock()
 	}
@@ -207,13 +207,13 @@ type found struct {
 func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int) (f found) {
 	sh := s.shard(hash)
 	sh.mu.Lock()
-	off, ok := sh.idx[hash]
+	slot, off, ok := sh.idx.find(hash, sh.buf)
 	if !ok {
 		sh.mu.Unlock()
 		return f
 	}
-	h := sh.hdr(int(off))
-	body := sh.body(int(off), h)
+	h := sh.hdr(off)
+	body := sh.body(off, h)
 	if !bytes.Equal(body[:h.klen], key) {
 		sh.mu.Unlock()
 		return f
@@ -231,7 +231,7 @@ func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int) (f foun
 			f.old, f.prefetch = snapshot(h, body), true
 		}
 	case now >= s.staleUntil(h.expires, failure):
-		sh.remove(s, h) // no use any more
+		sh.remove(s, slot, h) // no use any more
 	case !failure && now < h.failedUntil:
 		f.wire, f.stale = h.answer(body, now, StaleTTL), true
 	default:
@@ -266,8 +266,8 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 	if sh.closed {
 		return
 	}
-	if off, ok := sh.idx[hash]; ok {
-		sh.remove(s, sh.hdr(int(off)))
+	if slot, off, ok := sh.idx.find(hash, sh.buf); ok {
+		sh.remove(s, slot, sh.hdr(off))
 	}
 	off := sh.reserve(s, size, stored)
 	h := sh.hdr(off)
@@ -283,7 +283,9 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 		body[n], body[n+1] = byte(t>>8), byte(t)
 		n += 2
 	}
-	sh.idx[hash] = uint32(off)
+	if sh.idx.insert(hash, off) != nil {
+		return // no memory for the index: the record stays dead
+	}
 	sh.count++
 	sh.live += size
 	s.bytes.Add(int64(size))
@@ -294,19 +296,19 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 func (s *store) failed(hash uint64, key []byte, stored, until int64) {
 	sh := s.shard(hash)
 	sh.mu.Lock()
-	if off, ok := sh.idx[hash]; ok {
-		h := sh.hdr(int(off))
-		if h.stored == stored && bytes.Equal(sh.body(int(off), h)[:h.klen], key) {
+	if _, off, ok := sh.idx.find(hash, sh.buf); ok {
+		h := sh.hdr(off)
+		if h.stored == stored && bytes.Equal(sh.body(off, h)[:h.klen], key) {
 			h.failedUntil = until
 		}
 	}
 	sh.mu.Unlock()
 }
 
-// remove makes the live record h dead: it stays in the ring until the
-// ring's tail reaches it.
-func (sh *shard) remove(s *store, h *header) {
-	delete(sh.idx, h.hash)
+// remove makes the live record h, indexed at slot, dead: it stays in the
+// ring until the ring's tail reaches it.
+func (sh *shard) remove(s *store, slot int, h *header) {
+	sh.idx.remove(slot)
 	sh.count--
 	sh.live -= int(h.size)
 	s.bytes.Add(-int64(h.size))
@@ -370,7 +372,7 @@ func (sh *shard) reclaim(s *store, now int64, evicting bool, rounds *int) {
 	size := int(sh.prefix(sh.tail).size)
 	if sh.prefix(sh.tail).flags&flagPad == 0 {
 		h := sh.hdr(sh.tail)
-		if off, ok := sh.idx[h.hash]; ok && int(off) == sh.tail {
+		if slot, ok := sh.idx.at(h.hash, sh.tail); ok {
 			usable := now < s.staleUntil(h.expires, h.flags&flagFailure != 0)
 			// going round copies it to head: room there, or it is the ring's
 			// whole free run (head at or before tail)
@@ -378,7 +380,7 @@ func (sh *shard) reclaim(s *store, now int64, evicting bool, rounds *int) {
 			if usable && canMove && *rounds < maxRounds && (!evicting || h.flags&flagHit != 0) {
 				*rounds++
 				h.flags &^= flagHit
-				sh.idx[h.hash] = uint32(sh.head) // before the copy, which may overwrite h
+				sh.idx.move(slot, sh.head) // before the copy, which may overwrite h
 				copy(sh.buf[sh.head:sh.head+size], sh.buf[sh.tail:sh.tail+size])
 				sh.head += size
 				if sh.tail += size; sh.tail == sh.n {
@@ -386,7 +388,7 @@ func (sh *shard) reclaim(s *store, now int64, evicting bool, rounds *int) {
 				}
 				return
 			}
-			sh.remove(s, h)
+			sh.remove(s, slot, h)
 			if usable {
 				s.evictions.Add(1)
 			}
@@ -406,17 +408,17 @@ func (sh *shard) advanceTail(size int) {
 	}
 }
 
-// records calls fn for each live record of the shard, oldest first,
-// under its lock; fn may remove the record.
-func (sh *shard) records(fn func(h *header, body []byte)) {
+// records calls fn for each live record of the shard (and its slot in
+// the index), oldest first, under its lock; fn may remove the record.
+func (sh *shard) records(fn func(slot int, h *header, body []byte)) {
 	off, left := sh.tail, sh.used
 	for left > 0 {
 		p := sh.prefix(off)
 		size := int(p.size)
 		if p.flags&flagPad == 0 {
 			h := sh.hdr(off)
-			if o, ok := sh.idx[h.hash]; ok && int(o) == off {
-				fn(h, sh.body(off, h))
+			if slot, ok := sh.idx.at(h.hash, off); ok {
+				fn(slot, h, sh.body(off, h))
 			}
 		}
 		off += size
@@ -432,6 +434,9 @@ func (s *store) entries() int { return s.sum(func(sh *shard) int { return sh.cou
 
 // rings is the octets the store's rings span: what they may have touched.
 func (s *store) rings() int { return s.sum(func(sh *shard) int { return sh.n }) }
+
+// indexBytes is the octets of the store's index tables.
+func (s *store) indexBytes() int { return s.sum(func(sh *shard) int { return 8 * len(sh.idx.slots) }) }
 
 // sum adds up f of every shard, each under its lock.
 func (s *store) sum(f func(sh *shard) int) int {
@@ -455,7 +460,7 @@ func (s *store) purge(name string, subtree bool) int {
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.mu.Lock()
-		sh.records(func(h *header, body []byte) {
+		sh.records(func(slot int, h *header, body []byte) {
 			if !all {
 				if h.klen < 5 {
 					return
@@ -465,7 +470,7 @@ func (s *store) purge(name string, subtree bool) int {
 					return
 				}
 			}
-			sh.remove(s, h)
+			sh.remove(s, slot, h)
 			n++
 		})
 		sh.mu.Unlock()

@@ -6,6 +6,7 @@ import (
 	"strconv"
 	"testing"
 	"time"
+	"unsafe"
 )
 
 // checkRings fails t when a ring of s does not hold what its counters
@@ -30,7 +31,7 @@ func checkRings(t testing.TB, s *store) {
 			}
 			if p.flags&flagPad == 0 {
 				h := sh.hdr(off)
-				if o, ok := sh.idx[h.hash]; ok && int(o) == off {
+				if _, ok := sh.idx.at(h.hash, off); ok {
 					if seen[h.hash] {
 						t.Fatalf("shard %d: hash %x twice", i, h.hash)
 					}
@@ -53,8 +54,23 @@ func checkRings(t testing.TB, s *store) {
 		if sh.used > 0 && off != sh.head && !(off == 0 && sh.head == sh.n) {
 			t.Fatalf("shard %d: records end at %d, head %d", i, off, sh.head)
 		}
-		if count != sh.count || liveBytes != sh.live || len(sh.idx) != count {
-			t.Fatalf("shard %d: %d live records of %d octets, counted %d of %d, index %d", i, count, liveBytes, sh.count, sh.live, len(sh.idx))
+		if count != sh.count || liveBytes != sh.live || sh.idx.n != count {
+			t.Fatalf("shard %d: %d live records of %d octets, counted %d of %d, index %d", i, count, liveBytes, sh.count, sh.live, sh.idx.n)
+		}
+		inUse := 0
+		for _, v := range sh.idx.slots {
+			if v != 0 {
+				inUse++
+				if off := slotOff(v); !seen[sh.hdr(off).hash] {
+					t.Fatalf("shard %d: slot for %d, no live record there", i, off)
+				}
+				if _, _, ok := sh.idx.find(sh.hdr(slotOff(v)).hash, sh.buf); !ok {
+					t.Fatalf("shard %d: a slot probing does not reach", i)
+				}
+			}
+		}
+		if inUse != count {
+			t.Fatalf("shard %d: %d slots in use, %d live records", i, inUse, count)
 		}
 		total += int64(liveBytes)
 		sh.mu.Unlock()
@@ -139,4 +155,47 @@ func FuzzRing(f *testing.F) {
 		defer s.Destruct()
 		ringOps(t, s, ops)
 	})
+}
+
+// TestIndex: hashes sharing a tag, and tags sharing a home, are each
+// found until removed, through growth and back-shifting removals.
+func TestIndex(t *testing.T) {
+	const n = 3000
+	ring := make([]byte, n*hdrSize)
+	var x index
+	hashes := make([]uint64, n)
+	for i := range n {
+		// a few tags, many high halves: long runs of one tag, and tags
+		// whose homes meet
+		hashes[i] = uint64(i)<<32 | uint64(i%7)*64
+		(*header)(unsafe.Pointer(&ring[i*hdrSize])).hash = hashes[i]
+		if err := x.insert(hashes[i], i*hdrSize); err != nil {
+			t.Fatal(err)
+		}
+	}
+	r := rand.New(rand.NewPCG(7, 7))
+	gone := map[int]bool{}
+	for _, i := range r.Perm(n)[:n/2] {
+		slot, off, ok := x.find(hashes[i], ring)
+		if !ok || off != i*hdrSize {
+			t.Fatalf("hash %d: found %v at %d", i, ok, off)
+		}
+		if s2, ok := x.at(hashes[i], off); !ok || s2 != slot {
+			t.Fatalf("hash %d: at %d %v, find %d", i, s2, ok, slot)
+		}
+		x.remove(slot)
+		gone[i] = true
+	}
+	for i := range n {
+		_, off, ok := x.find(hashes[i], ring)
+		if ok == gone[i] || ok && off != i*hdrSize {
+			t.Fatalf("hash %d: found %v at %d, removed %v", i, ok, off, gone[i])
+		}
+	}
+	if x.n != n/2 {
+		t.Fatalf("%d in use, want %d", x.n, n/2)
+	}
+	if err := x.free(); err != nil {
+		t.Fatal(err)
+	}
 }
