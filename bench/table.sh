@@ -18,10 +18,13 @@ awk -F'\t' 'NR > 1 {k = $1 "\t" $2; if (!(k in seen)) {order[++n] = k; seen[k] =
 	END {
 		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); q[k] = median(vals[k]);
 			c[k] = median(cpu[k])
-			if (p[2] ~ /^dnsdist/) {dd[p[1]] = q[k]; ddc[p[1]] = c[k]}; if (p[2] ~ /^unbound/) ub[p[1]] = q[k]; if (p[2] ~ /respond/) resp[kind(p[1])] = q[k]}
+			if (p[2] ~ /^dnsdist/) {dd[p[1]] = q[k]; ddc[p[1]] = c[k]}; if (p[2] ~ /^unbound/) ub[p[1]] = q[k]; if (p[2] ~ /respond/) resp[kind(p[1])] = q[k]
+			if (p[2] == "dnsfront zone (own data)") zone[p[1]] = q[k]}
 		for (i = 1; i <= n; i++) {k = order[i]; split(k, p, "\t"); r = "";
 			if (p[2] ~ /own data/ && p[2] !~ /^unbound/ && ub[p[1]] > 0) r = sprintf("%.2f x unbound", q[k] / ub[p[1]]);
 			else if (p[2] ~ /^dnsfront/ && dd[p[1]] > 0) r = sprintf("%.2f x dnsdist", q[k] / dd[p[1]]);
+			# a cache against dnsfront zone in the same scenario
+			if (p[2] == "dnsfront cache" && zone[p[1]] > 0) r = r sprintf(", %.2f x dnsfront zone", q[k] / zone[p[1]])
 			if (p[1] ~ /new conn/ && p[2] ~ /^dnsfront/ && ddc[p[1]] > 0) r = r sprintf(", CPU per connection %.2f x dnsdist", c[k] / ddc[p[1]]);
 			rk = kind(p[1])
 			if (p[1] ~ /^DoH/ && p[2] ~ /^dnsfront/ && resp[rk] > 0) {
