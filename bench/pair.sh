@@ -14,7 +14,9 @@
 # getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
 # -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused),
 # dotmiss (the same through the cache on 8855, every name new: a cache
-# miss's cost; the names are unique to each run).
+# miss's cost; the names are unique to each run), dotrefresh (the cache
+# again, the same 500,000 names in every run: the first run stores them,
+# the later ones find them expired, TTL 5 s, and refresh them).
 # A and B swap ports every other time.
 # KIND_B=getr gives B another kind than A: with A and B the same binary,
 #
@@ -90,6 +92,8 @@ for i in $(seq "$TIMES"); do
 		# names no run has asked (made before either load starts)
 		[ "$KIND" != dotmiss ] || awk -v p="$port" -v i="$i" \
 			'BEGIN {for (n = 0; n < 1500000; n++) printf "m%d-%d-%d.zipf.test A\n", p, i, n}' > "$P/miss-$port.txt"
+		[ "$KIND" != dotrefresh ] || [ -f "$P/refresh-$port.txt" ] || awk -v p="$port" \
+			'BEGIN {for (n = 0; n < 500000; n++) printf "f%d-%d.zipf.test A\n", p, n}' > "$P/refresh-$port.txt"
 	done
 	a0=$(ticks "$pa") b0=$(ticks "$pb")
 	loads=()
@@ -98,8 +102,10 @@ for i in $(seq "$TIMES"); do
 		[ "$port" = 18443 ] || kind=$KIND_B
 		if [ "$kind" = dotf ]; then
 			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8853" -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
-		elif [ "$kind" = dotmiss ]; then
-			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8855" -d "$P/miss-$port.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
+		elif [ "$kind" = dotmiss ] || [ "$kind" = dotrefresh ]; then
+			f=$P/miss-$port.txt
+			[ "$kind" = dotmiss ] || f=$P/refresh-$port.txt
+			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8855" -d "$f" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
 		else
 			# shellcheck disable=SC2046
 			taskset -c "$CLIENT_CPU" h2load -c 10 -m 10 -n "$N" $(load "$port" "$kind") > "$P/h$port" 2>&1 &

@@ -267,9 +267,28 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 		return
 	}
 	if slot, off, ok := sh.idx.find(hash, sh.buf); ok {
+		if h := sh.hdr(off); size <= int(h.size) {
+			// a refresh that fits where the entry is (the usual: the same
+			// name, an answer of the same size) is written over it: no
+			// dead record, no index change. It was asked for: it is hit.
+			sh.write(off, int(h.size), hash, key, msg, ttls, lay, stored, expires, failure)
+			sh.hdr(off).flags |= flagHit
+			return
+		}
 		sh.remove(s, slot, sh.hdr(off))
 	}
 	off := sh.reserve(s, size, stored)
+	sh.write(off, size, hash, key, msg, ttls, lay, stored, expires, failure)
+	if sh.idx.insert(hash, off) != nil {
+		return // no memory for the index: the record stays dead
+	}
+	sh.count++
+	sh.live += size
+	s.bytes.Add(int64(size))
+}
+
+// write writes a record of size octets at off.
+func (sh *shard) write(off, size int, hash uint64, key, msg []byte, ttls []uint16, lay packedLayout, stored, expires int64, failure bool) {
 	h := sh.hdr(off)
 	*h = header{prefix: prefix{size: uint32(size), klen: uint16(len(key))}, hash: hash, stored: stored, expires: expires,
 		mlen: uint16(len(msg)), nttl: uint16(len(ttls)), lay: lay}
@@ -283,12 +302,6 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 		body[n], body[n+1] = byte(t>>8), byte(t)
 		n += 2
 	}
-	if sh.idx.insert(hash, off) != nil {
-		return // no memory for the index: the record stays dead
-	}
-	sh.count++
-	sh.live += size
-	s.bytes.Add(int64(size))
 }
 
 // failed records that the upstream failed to refresh the entry of key

@@ -38,7 +38,7 @@ func checkRings(t testing.TB, s *store) {
 					seen[h.hash] = true
 					count++
 					liveBytes += size
-					if align8(hdrSize+int(h.klen)+int(h.mlen)+2*int(h.nttl)) != size {
+					if align8(hdrSize+int(h.klen)+int(h.mlen)+2*int(h.nttl)) > size { // written over a larger one: the rest unused
 						t.Fatalf("shard %d: record at %d: size %d for its body", i, off, size)
 					}
 				}
@@ -197,5 +197,46 @@ func TestIndex(t *testing.T) {
 	}
 	if err := x.free(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestRefreshInPlace: a refreshed entry whose answer fits its record is
+// written over it, with no dead record left; a larger one moves.
+func TestRefreshInPlace(t *testing.T) {
+	s, err := newStore("refresh", 100, 1<<20, 4096, time.Hour)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destruct()
+	key := []byte("\x00\x01\x00\x01\x00www.example.org.")
+	hash := hashKey(key)
+	now := time.Now().UnixNano()
+	lay := packedLayout{opt: noOffset, maxPtr: noOffset}
+	where := func() (int, int) {
+		sh := s.shard(hash)
+		_, off, ok := sh.idx.find(hash, sh.buf)
+		if !ok {
+			t.Fatal("no entry")
+		}
+		return off, sh.used
+	}
+	s.put(hash, key, make([]byte, 100), nil, lay, now, now+int64(time.Second), false)
+	off0, used0 := where()
+	s.put(hash, key, make([]byte, 90), nil, lay, now+1, now+int64(time.Minute), false)
+	if off, used := where(); off != off0 || used != used0 {
+		t.Fatalf("a refresh that fits moved from %d to %d (used %d, then %d)", off0, off, used0, used)
+	}
+	if f := s.lookup(hash, key, now+2, 0); f.wire == nil || len(f.wire.Bytes()) != 90 {
+		t.Fatal("the refreshed entry does not answer with its new answer")
+	} else {
+		f.wire.Release()
+	}
+	s.put(hash, key, make([]byte, 400), nil, lay, now+3, now+int64(time.Minute), false)
+	if off, used := where(); off == off0 || used <= used0 {
+		t.Fatalf("a refresh too big for its record stayed at %d (used %d, then %d)", off, used0, used)
+	}
+	checkRings(t, s)
+	if s.entries() != 1 {
+		t.Fatalf("%d entries, want 1", s.entries())
 	}
 }
