@@ -1,7 +1,6 @@
 package cache
 
 import (
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -126,15 +125,11 @@ func (s *store) edit(q *dns.Msg, fn func(h *header)) bool {
 	sh := s.shard(hash)
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	_, off, ok := sh.idx.find(hash, sh.buf)
+	_, off, ok := sh.idx.find(hash, key, sh.buf)
 	if !ok {
 		return false
 	}
-	h := sh.hdr(off)
-	if !bytes.Equal(sh.body(off, h)[:h.klen], key) {
-		return false
-	}
-	fn(h)
+	fn(sh.hdr(off))
 	return true
 }
 
@@ -537,11 +532,10 @@ func FuzzAnswer(f *testing.F) {
 		h := hashKey(key)
 		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
 		var e *entry
-		c.store.edit(q, func(h *header) {
-			sh := c.store.shard(h.hash)
-			_, off, _ := sh.idx.find(h.hash, sh.buf)
-			e = snapshot(h, sh.body(off, h))
-		})
+		sh := c.store.shard(h)
+		if _, off, ok := sh.idx.find(h, key, sh.buf); ok {
+			e = snapshot(sh.hdr(off), sh.body(off, sh.hdr(off)))
+		}
 		if e == nil {
 			return
 		}

@@ -1,13 +1,16 @@
 package cache
 
-import "unsafe"
+import (
+	"bytes"
+	"unsafe"
+)
 
 // index maps the key hashes of a shard's live records to their offsets in
 // its ring: open addressing with linear probing, in memory outside the Go
 // heap (allocRing), so that it costs neither the collector's work nor its
 // headroom. A slot is the hash's low 32 bits (its tag, which also places
-// it) above the record's offset/8 + 1; 0 is empty. Two hashes may share
-// a tag: the record's header holds the whole hash, which decides.
+// it) above the record's offset/8 + 1; 0 is empty. Two keys may share a
+// tag: the record's key decides.
 type index struct {
 	slots []uint64
 	mem   []byte // what slots is made of, to free
@@ -20,9 +23,9 @@ func tagOf(hash uint64) uint64 { return hash & 0xFFFF_FFFF }
 
 func slotOff(v uint64) int { return int(v&0xFFFF_FFFF-1) << 3 }
 
-// find returns the slot of hash's live record and its offset in ring;
-// ok false when there is none.
-func (x *index) find(hash uint64, ring []byte) (slot, off int, ok bool) {
+// find returns the slot of the live record of key (whose hash is hash)
+// and its offset in ring; ok false when there is none.
+func (x *index) find(hash uint64, key, ring []byte) (slot, off int, ok bool) {
 	if x.n == 0 {
 		return 0, 0, false
 	}
@@ -33,8 +36,12 @@ func (x *index) find(hash uint64, ring []byte) (slot, off int, ok bool) {
 		if v == 0 {
 			return 0, 0, false
 		}
-		if v>>32 == tag && (*header)(unsafe.Pointer(&ring[slotOff(v)])).hash == hash {
-			return i, slotOff(v), true
+		if v>>32 == tag {
+			off := slotOff(v)
+			klen := int((*prefix)(unsafe.Pointer(&ring[off])).klen)
+			if bytes.Equal(ring[off+hdrSize:off+hdrSize+klen], key) {
+				return i, off, true
+			}
 		}
 	}
 }

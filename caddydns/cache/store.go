@@ -54,7 +54,6 @@ var (
 // of the answer's TTL fields (2 octets each), padding.
 type header struct {
 	prefix
-	hash        uint64
 	stored      int64 // unix nanos
 	expires     int64 // when it stops being fresh
 	failedUntil int64 // the upstream failed to refresh it: served stale without asking until then (RFC 8767 5)
@@ -171,6 +170,11 @@ func (sh *shard) hdr(off int) *header { return (*header)(unsafe.Pointer(&sh.buf[
 
 func (sh *shard) prefix(off int) *prefix { return (*prefix)(unsafe.Pointer(&sh.buf[off])) }
 
+// key is the key of the record h at off.
+func (sh *shard) key(off int, h *header) []byte {
+	return sh.buf[off+hdrSize : off+hdrSize+int(h.klen)]
+}
+
 // body is the record's key, answer and TTL offsets.
 func (sh *shard) body(off int, h *header) []byte {
 	start := off + hdrSize
@@ -207,17 +211,13 @@ type found struct {
 func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int) (f found) {
 	sh := s.shard(hash)
 	sh.mu.Lock()
-	slot, off, ok := sh.idx.find(hash, sh.buf)
+	slot, off, ok := sh.idx.find(hash, key, sh.buf)
 	if !ok {
 		sh.mu.Unlock()
 		return f
 	}
 	h := sh.hdr(off)
 	body := sh.body(off, h)
-	if !bytes.Equal(body[:h.klen], key) {
-		sh.mu.Unlock()
-		return f
-	}
 	failure := h.flags&flagFailure != 0
 	switch {
 	case now < h.expires:
@@ -266,19 +266,19 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 	if sh.closed {
 		return
 	}
-	if slot, off, ok := sh.idx.find(hash, sh.buf); ok {
+	if slot, off, ok := sh.idx.find(hash, key, sh.buf); ok {
 		if h := sh.hdr(off); size <= int(h.size) {
 			// a refresh that fits where the entry is (the usual: the same
 			// name, an answer of the same size) is written over it: no
 			// dead record, no index change. It was asked for: it is hit.
-			sh.write(off, int(h.size), hash, key, msg, ttls, lay, stored, expires, failure)
+			sh.write(off, int(h.size), key, msg, ttls, lay, stored, expires, failure)
 			sh.hdr(off).flags |= flagHit
 			return
 		}
 		sh.remove(s, slot, sh.hdr(off))
 	}
 	off := sh.reserve(s, size, stored)
-	sh.write(off, size, hash, key, msg, ttls, lay, stored, expires, failure)
+	sh.write(off, size, key, msg, ttls, lay, stored, expires, failure)
 	if sh.idx.insert(hash, off) != nil {
 		return // no memory for the index: the record stays dead
 	}
@@ -288,9 +288,9 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 }
 
 // write writes a record of size octets at off.
-func (sh *shard) write(off, size int, hash uint64, key, msg []byte, ttls []uint16, lay packedLayout, stored, expires int64, failure bool) {
+func (sh *shard) write(off, size int, key, msg []byte, ttls []uint16, lay packedLayout, stored, expires int64, failure bool) {
 	h := sh.hdr(off)
-	*h = header{prefix: prefix{size: uint32(size), klen: uint16(len(key))}, hash: hash, stored: stored, expires: expires,
+	*h = header{prefix: prefix{size: uint32(size), klen: uint16(len(key))}, stored: stored, expires: expires,
 		mlen: uint16(len(msg)), nttl: uint16(len(ttls)), lay: lay}
 	if failure {
 		h.flags = flagFailure
@@ -309,9 +309,9 @@ func (sh *shard) write(off, size int, hash uint64, key, msg []byte, ttls []uint1
 func (s *store) failed(hash uint64, key []byte, stored, until int64) {
 	sh := s.shard(hash)
 	sh.mu.Lock()
-	if _, off, ok := sh.idx.find(hash, sh.buf); ok {
+	if _, off, ok := sh.idx.find(hash, key, sh.buf); ok {
 		h := sh.hdr(off)
-		if h.stored == stored && bytes.Equal(sh.body(off, h)[:h.klen], key) {
+		if h.stored == stored {
 			h.failedUntil = until
 		}
 	}
@@ -385,7 +385,7 @@ func (sh *shard) reclaim(s *store, now int64, evicting bool, rounds *int) {
 	size := int(sh.prefix(sh.tail).size)
 	if sh.prefix(sh.tail).flags&flagPad == 0 {
 		h := sh.hdr(sh.tail)
-		if slot, ok := sh.idx.at(h.hash, sh.tail); ok {
+		if slot, ok := sh.idx.at(hashKey(sh.key(sh.tail, h)), sh.tail); ok {
 			usable := now < s.staleUntil(h.expires, h.flags&flagFailure != 0)
 			// going round copies it to head: room there, or it is the ring's
 			// whole free run (head at or before tail)
@@ -430,7 +430,7 @@ func (sh *shard) records(fn func(slot int, h *header, body []byte)) {
 		size := int(p.size)
 		if p.flags&flagPad == 0 {
 			h := sh.hdr(off)
-			if slot, ok := sh.idx.at(h.hash, off); ok {
+			if slot, ok := sh.idx.at(hashKey(sh.key(off, h)), off); ok {
 				fn(slot, h, sh.body(off, h))
 			}
 		}

@@ -31,11 +31,12 @@ func checkRings(t testing.TB, s *store) {
 			}
 			if p.flags&flagPad == 0 {
 				h := sh.hdr(off)
-				if _, ok := sh.idx.at(h.hash, off); ok {
-					if seen[h.hash] {
-						t.Fatalf("shard %d: hash %x twice", i, h.hash)
+				hash := hashKey(sh.key(off, h))
+				if _, ok := sh.idx.at(hash, off); ok {
+					if seen[hash] {
+						t.Fatalf("shard %d: hash %x twice", i, hash)
 					}
-					seen[h.hash] = true
+					seen[hash] = true
 					count++
 					liveBytes += size
 					if align8(hdrSize+int(h.klen)+int(h.mlen)+2*int(h.nttl)) > size { // written over a larger one: the rest unused
@@ -61,10 +62,12 @@ func checkRings(t testing.TB, s *store) {
 		for _, v := range sh.idx.slots {
 			if v != 0 {
 				inUse++
-				if off := slotOff(v); !seen[sh.hdr(off).hash] {
+				off := slotOff(v)
+				key := sh.key(off, sh.hdr(off))
+				if !seen[hashKey(key)] {
 					t.Fatalf("shard %d: slot for %d, no live record there", i, off)
 				}
-				if _, _, ok := sh.idx.find(sh.hdr(slotOff(v)).hash, sh.buf); !ok {
+				if _, _, ok := sh.idx.find(hashKey(key), key, sh.buf); !ok {
 					t.Fatalf("shard %d: a slot probing does not reach", i)
 				}
 			}
@@ -160,36 +163,42 @@ func FuzzRing(f *testing.F) {
 // TestIndex: hashes sharing a tag, and tags sharing a home, are each
 // found until removed, through growth and back-shifting removals.
 func TestIndex(t *testing.T) {
-	const n = 3000
-	ring := make([]byte, n*hdrSize)
+	const n, rec = 3000, hdrSize + 8
+	ring := make([]byte, n*rec)
 	var x index
 	hashes := make([]uint64, n)
+	key := func(i int) []byte { return binary.BigEndian.AppendUint64(nil, uint64(i)) }
 	for i := range n {
 		// a few tags, many high halves: long runs of one tag, and tags
 		// whose homes meet
 		hashes[i] = uint64(i)<<32 | uint64(i%7)*64
-		(*header)(unsafe.Pointer(&ring[i*hdrSize])).hash = hashes[i]
-		if err := x.insert(hashes[i], i*hdrSize); err != nil {
+		(*prefix)(unsafe.Pointer(&ring[i*rec])).klen = 8
+		copy(ring[i*rec+hdrSize:], key(i))
+		if err := x.insert(hashes[i], i*rec); err != nil {
 			t.Fatal(err)
 		}
 	}
 	r := rand.New(rand.NewPCG(7, 7))
 	gone := map[int]bool{}
 	for _, i := range r.Perm(n)[:n/2] {
-		slot, off, ok := x.find(hashes[i], ring)
-		if !ok || off != i*hdrSize {
-			t.Fatalf("hash %d: found %v at %d", i, ok, off)
+		slot, off, ok := x.find(hashes[i], key(i), ring)
+		if !ok || off != i*rec {
+			t.Fatalf("key %d: found %v at %d", i, ok, off)
 		}
 		if s2, ok := x.at(hashes[i], off); !ok || s2 != slot {
-			t.Fatalf("hash %d: at %d %v, find %d", i, s2, ok, slot)
+			t.Fatalf("key %d: at %d %v, find %d", i, s2, ok, slot)
 		}
 		x.remove(slot)
 		gone[i] = true
 	}
 	for i := range n {
-		_, off, ok := x.find(hashes[i], ring)
-		if ok == gone[i] || ok && off != i*hdrSize {
-			t.Fatalf("hash %d: found %v at %d, removed %v", i, ok, off, gone[i])
+		_, off, ok := x.find(hashes[i], key(i), ring)
+		if ok == gone[i] || ok && off != i*rec {
+			t.Fatalf("key %d: found %v at %d, removed %v", i, ok, off, gone[i])
+		}
+		// a key of the same hash that is not stored is not found
+		if _, _, ok := x.find(hashes[i], key(n+i), ring); ok {
+			t.Fatalf("key %d: another key of its hash found", i)
 		}
 	}
 	if x.n != n/2 {
@@ -214,7 +223,7 @@ func TestRefreshInPlace(t *testing.T) {
 	lay := packedLayout{opt: noOffset, maxPtr: noOffset}
 	where := func() (int, int) {
 		sh := s.shard(hash)
-		_, off, ok := sh.idx.find(hash, sh.buf)
+		_, off, ok := sh.idx.find(hash, key, sh.buf)
 		if !ok {
 			t.Fatal("no entry")
 		}
