@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"fmt"
 	"math/bits"
 	"sync"
 	"sync/atomic"
@@ -89,6 +90,9 @@ const (
 	// minRing is a shard's first ring, and a shard's least share
 	minRing   = 64 << 10
 	maxShards = 256
+	// maxShardBytes is the most a shard's ring spans: offsets in the
+	// index are 32 bits (index.go)
+	maxShardBytes = 4<<30 - 8
 )
 
 // shard is one ring and its index. Between tail and head (round the
@@ -109,25 +113,33 @@ type shard struct {
 }
 
 func newStore(name string, maxEntries int, maxBytes int64, maxEntrySize int, stale time.Duration) (*store, error) {
-	s := &store{name: name, stale: stale}
+	// the largest record: an answer of max_entry_size, the longest key,
+	// a TTL offset for every record the answer can hold (11 octets at
+	// least). A ring holds records of at most a quarter of its size, so
+	// that reclaiming the oldest always finds room.
+	rec := align8(hdrSize + maxKey + maxEntrySize + 2*(maxEntrySize/11+1))
+	switch {
+	case maxBytes < int64(4*rec):
+		return nil, fmt.Errorf("max_bytes %d is too small for max_entry_size %d: it takes at least %d", maxBytes, maxEntrySize, 4*rec)
+	case maxBytes > maxShards*maxShardBytes:
+		return nil, fmt.Errorf("max_bytes %d is over %d (1 TiB)", maxBytes, int64(maxShards*maxShardBytes))
+	}
+	s := &store{name: name, stale: stale, maxRec: rec}
 	s.flights.init()
-	// shards: as many as give each at least minRing octets and an entry,
-	// at most maxShards, a power of 2
+	// shards: as many as give each at least minRing octets, room for
+	// four of the largest record, and an entry; at most maxShards, a
+	// power of 2
 	n := 1
-	for n < maxShards && maxBytes/int64(2*n) >= minRing && 2*n <= maxEntries {
+	for n < maxShards && maxBytes/int64(2*n) >= int64(max(minRing, 4*rec)) && 2*n <= maxEntries {
 		n *= 2
 	}
-	per := int(min(maxBytes/int64(n), 4<<30-8)) &^ 7
+	per := int(min(maxBytes/int64(n), maxShardBytes)) &^ 7
 	mem, err := allocRing(n * per)
 	if err != nil {
 		return nil, err
 	}
 	s.mem, s.shift = mem, uint(64-bits.TrailingZeros(uint(n)))
 	s.shards = make([]shard, n)
-	// a record at most a quarter of its ring, so that reclaiming the
-	// oldest always finds room; an answer of max_entry_size fits it but
-	// for a tiny max_bytes
-	s.maxRec = min(per/4, align8(hdrSize+maxKey+maxEntrySize+2*(maxEntrySize/11+1)))
 	for i := range s.shards {
 		sh := &s.shards[i]
 		sh.buf = mem[i*per : (i+1)*per : (i+1)*per]

@@ -4,6 +4,7 @@ import (
 	"encoding/binary"
 	"math/rand/v2"
 	"strconv"
+	"strings"
 	"testing"
 	"time"
 	"unsafe"
@@ -247,5 +248,37 @@ func TestRefreshInPlace(t *testing.T) {
 	checkRings(t, s)
 	if s.entries() != 1 {
 		t.Fatalf("%d entries, want 1", s.entries())
+	}
+}
+
+// TestStoreSizes: a max_bytes too small for an answer of max_entry_size,
+// or past what the index can address, is refused with both figures; the
+// least that is taken keeps such an answer.
+func TestStoreSizes(t *testing.T) {
+	for _, tc := range []struct {
+		bytes int64
+		size  int
+		want  string
+	}{
+		{1000, 4096, "max_bytes 1000 is too small for max_entry_size 4096"},
+		{64 << 10, 65535, "max_bytes 65536 is too small for max_entry_size 65535"},
+		{2 << 40, 4096, "max_bytes 2199023255552 is over"},
+	} {
+		if _, err := newStore("sizes", 1000, tc.bytes, tc.size, 0); err == nil || !strings.Contains(err.Error(), tc.want) {
+			t.Errorf("max_bytes %d, max_entry_size %d: %v, want %q", tc.bytes, tc.size, err, tc.want)
+		}
+	}
+	rec := align8(hdrSize + maxKey + 4096 + 2*(4096/11+1))
+	s, err := newStore("sizes", 1000, int64(4*rec), 4096, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destruct()
+	key := []byte("\x00\x01\x00\x01\x00big.example.")
+	hash := hashKey(key)
+	now := time.Now().UnixNano()
+	s.put(hash, key, make([]byte, 4096), nil, packedLayout{opt: noOffset, maxPtr: noOffset}, now, now+int64(time.Minute), false)
+	if s.entries() != 1 {
+		t.Fatal("an answer of max_entry_size was not kept at the least max_bytes")
 	}
 }
