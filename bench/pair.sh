@@ -13,6 +13,8 @@
 # kind: getf (GET, forwarding; the default), postf (POST, forwarding),
 # getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
 # -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused),
+# dotctl (the same on 8856, forwarding behind the controls row's ACL,
+# rate limit, dnstap to the bench's collector and ECS strip),
 # dotmiss (the same through the cache on 8855, every name new: a cache
 # miss's cost; the names are unique to each run), dotrefresh (the cache
 # again, the same 500,000 names in every run: the first run stores them,
@@ -100,8 +102,10 @@ for i in $(seq "$TIMES"); do
 	for port in $ports; do
 		kind=$KIND
 		[ "$port" = 18443 ] || kind=$KIND_B
-		if [ "$kind" = dotf ]; then
-			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8853" -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
+		if [ "$kind" = dotf ] || [ "$kind" = dotctl ]; then
+			dport=8853
+			[ "$kind" = dotf ] || dport=8856
+			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}$dport" -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
 		elif [ "$kind" = dotmiss ] || [ "$kind" = dotrefresh ]; then
 			f=$P/miss-$port.txt
 			[ "$kind" = dotmiss ] || f=$P/refresh-$port.txt

@@ -64,7 +64,7 @@ type Request struct {
 	// queries to upstreams and their answers (forward calls it).
 	Tap Tap
 
-	start time.Time // when Serve took the query (metrics)
+	start time.Time // when Serve (or ServeMsg) took the query
 	query []byte    // the query's octets, while the handlers run
 	msg   dns.Msg   // Msg's storage: Serve decodes the query into it
 }
@@ -100,13 +100,17 @@ func (r *Request) Clone() *Request {
 // handlers run, nil for a query made here (DoH's JSON API).
 func (r *Request) Octets() []byte { return r.query }
 
-// Start returns when the chain took the query (dnstap's query time).
+// Start returns when the chain took the query: dnstap's query time, and
+// the clock reading of handlers that need one for the query (ratelimit),
+// which saves them reading the clock again. Zero for a Request that did
+// not come through Serve or ServeMsg.
 func (r *Request) Start() time.Time { return r.start }
 
 // Tap sees a query's messages as they pass (see Request.Tap). Its
 // methods must neither block nor keep msg.
 type Tap interface {
-	ClientResponse(r *Request, msg []byte)
+	// ClientResponse sees the answer the client gets, finished at at.
+	ClientResponse(r *Request, at time.Time, msg []byte)
 	// ForwarderQuery sees each message a forwarder sends upstream, as it
 	// goes on the wire, and ForwarderResponse the answer it takes.
 	ForwarderQuery(r *Request, to Hop, msg []byte)

@@ -361,3 +361,41 @@ func TestRequestClone(t *testing.T) {
 		t.Fatalf("clone: octets % x, message %v", c.Octets(), c.Msg)
 	}
 }
+
+// clockTap records the times the chain shows a Tap.
+type clockTap struct{ at []time.Time }
+
+func (t *clockTap) ClientResponse(_ *Request, at time.Time, _ []byte) { t.at = append(t.at, at) }
+func (*clockTap) ForwarderQuery(*Request, Hop, []byte)                {}
+func (*clockTap) ForwarderResponse(*Request, Hop, []byte)             {}
+
+// TestStartAndAnswerTimes: a query's Start, which dnstap's CLIENT_QUERY
+// and the rate limit take as the query's time, is set by Serve and by
+// ServeMsg (DoH's JSON API) alike, and the answer's time shown to the Tap
+// is no earlier.
+func TestStartAndAnswerTimes(t *testing.T) {
+	var started time.Time
+	c := testChain(t)
+	c.next = func(ctx context.Context, r *Request) (Response, error) {
+		started = r.Start()
+		return testHandler{}.ServeDNS(ctx, r, nil)
+	}
+	for _, how := range []string{"Serve", "ServeMsg"} {
+		tap := new(clockTap)
+		started = time.Time{}
+		before := time.Now()
+		r := &Request{Msg: query("www.example.org.", dns.TypeA), Transport: "test", Size: MaxMessage, Tap: tap}
+		if how == "Serve" {
+			serve(context.Background(), c, r, nil)
+		} else {
+			c.ServeMsg(context.Background(), r)
+		}
+		after := time.Now()
+		if started.Before(before) || started.After(after) {
+			t.Errorf("%s: the handler saw Start %v, not between %v and %v", how, started, before, after)
+		}
+		if len(tap.at) != 1 || tap.at[0].Before(started) || tap.at[0].After(after) {
+			t.Errorf("%s: the Tap saw answers at %v, want one between %v and %v", how, tap.at, started, after)
+		}
+	}
+}

@@ -71,19 +71,27 @@ func (c *Chain) answer(r *Request, res Response, err error, buf []byte) Answer {
 			l := res.Wire.Layout()
 			a := Answer{Wire: out, Rcode: rcode, TTL: l.TTL, Cacheable: l.Cacheable && dnswire.CacheableRcode(rcode)}
 			res.Wire.Release()
-			c.metrics.observe(rcode, time.Since(r.start))
-			if r.Tap != nil {
-				r.Tap.ClientResponse(r, out)
-			}
+			c.done(r, rcode, out)
 			return a
 		}
 	}
 	a := c.pack(r, c.message(r, res, err), buf)
-	c.metrics.observe(a.Rcode, time.Since(r.start))
-	if r.Tap != nil && a.Wire != nil {
-		r.Tap.ClientResponse(r, a.Wire)
-	}
+	c.done(r, a.Rcode, a.Wire)
 	return a
+}
+
+// done counts an answered query in the metrics, and shows its answer
+// out, if any, to r's Tap: the two from one reading of the clock.
+func (c *Chain) done(r *Request, rcode int, out []byte) {
+	if r.Tap == nil {
+		c.metrics.observe(rcode, time.Since(r.start))
+		return
+	}
+	now := time.Now()
+	c.metrics.observe(rcode, now.Sub(r.start))
+	if out != nil {
+		r.Tap.ClientResponse(r, now, out)
+	}
 }
 
 // malformed is the Answer to a query that does not decode.
@@ -103,7 +111,7 @@ func (c *Chain) malformed(r *Request, formErr *dns.Msg, buf []byte) Answer {
 // unpack between the chain and the JSON). Answer.Wire is nil; so is the
 // message when the query was dropped (Answer.Drop).
 func (c *Chain) ServeMsg(ctx context.Context, r *Request) (*dns.Msg, Answer) {
-	start := time.Now()
+	r.start = time.Now()
 	resp := checkQuery(r, nil)
 	if resp == nil {
 		res, err := c.next(ctx, r)
@@ -113,13 +121,12 @@ func (c *Chain) ServeMsg(ctx context.Context, r *Request) (*dns.Msg, Answer) {
 		resp = c.message(r, res, err)
 	}
 	finish(r, resp)
+	var packed []byte
 	if r.Tap != nil {
-		if b, err := resp.Pack(); err == nil {
-			r.Tap.ClientResponse(r, b)
-		}
+		packed, _ = resp.Pack()
 	}
+	c.done(r, resp.Rcode, packed)
 	ttl, cacheable := msgTTL(resp)
-	c.metrics.observe(resp.Rcode, time.Since(start))
 	return resp, Answer{Rcode: resp.Rcode, TTL: ttl, Cacheable: cacheable}
 }
 

@@ -36,7 +36,7 @@ func BenchmarkTapQuery(b *testing.B) {
 			d.out.add(d.head, clientQuery, time.Now(), r.Client, r.Transport, caddydns.Hop{}, qb)
 			d.ForwarderQuery(r, up, qb)
 			d.ForwarderResponse(r, up, ab)
-			d.ClientResponse(r, ab)
+			d.ClientResponse(r, time.Now(), ab)
 		}
 	})
 	b.StopTimer()

@@ -116,8 +116,8 @@ func (d *Dnstap) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 }
 
 // ClientResponse implements caddydns.Tap.
-func (d *Dnstap) ClientResponse(r *caddydns.Request, msg []byte) {
-	d.out.add(d.head, clientResponse, time.Now(), r.Client, r.Transport, caddydns.Hop{}, msg)
+func (d *Dnstap) ClientResponse(r *caddydns.Request, at time.Time, msg []byte) {
+	d.out.add(d.head, clientResponse, at, r.Client, r.Transport, caddydns.Hop{}, msg)
 }
 
 // ForwarderQuery implements caddydns.Tap.

@@ -380,7 +380,7 @@ type tapped struct {
 	tc    bool
 }
 
-func (t *tapRecorder) ClientResponse(*caddydns.Request, []byte) {}
+func (t *tapRecorder) ClientResponse(*caddydns.Request, time.Time, []byte) {}
 func (t *tapRecorder) ForwarderQuery(_ *caddydns.Request, to caddydns.Hop, msg []byte) {
 	t.add(true, to, msg)
 }
