@@ -43,7 +43,7 @@ CLIENT_CPU=${CLIENT_CPU:-1}
 UPSTREAM_CPU=${UPSTREAM_CPU:-$CLIENT_CPU}
 
 need_pkgs=()
-for p in dnsdist:dnsdist nsd:nsd unbound:unbound h2load:nghttp2-client dnsperf:dnsperf openssl:openssl; do
+for p in dnsdist:dnsdist nsd:nsd unbound:unbound h2load:nghttp2-client dnsperf:dnsperf openssl:openssl fstrm_capture:fstrm-bin; do
 	command -v "${p%%:*}" >/dev/null || need_pkgs+=("${p#*:}")
 done
 if [ ${#need_pkgs[@]} -gt 0 ]; then
@@ -72,7 +72,8 @@ for port in 8443 8444 8445 8446 9443 10443; do
 done
 sed "s#/dns-query#/zone-query#" "$T/get-urls.txt" > "$T/urls-zone.txt"
 go build -o "$T/idleconns" ./bench/idleconns
-# a dnstap collector for the controls row (golang-dnstap's own command)
+# golang-dnstap's own command: the controls row's collector with
+# TAP_COLLECTOR=golang or TAP_TEXT=1
 go build -o "$T/dnstap" github.com/dnstap/golang-dnstap/dnstap
 ulimit -n 65536 2>/dev/null || ulimit -n 16384 2>/dev/null || true
 cp examples/example.test.zone "$T/example.test.zone"
@@ -334,8 +335,17 @@ echo "== start nsd (upstream, on CPU $UPSTREAM_CPU), dnsfront, dnsdist, unbound 
 CPU=$UPSTREAM_CPU start NSD nsd 127.0.0.1:5301 nsd -d -c "$T/nsd.conf"
 # the dnstap collector of the controls row, next to the upstream: it reads
 # the frames and keeps them as frames, as a collector that archives them
-# does (TAP_TEXT=1: as quiet text, the formatting on the client's core)
-taskset -c "$UPSTREAM_CPU" "$T/dnstap" -u "$T/tap.sock" ${TAP_TEXT:+-q} -w /dev/null > "$T/dnstap.log" 2>&1 &
+# does. fstrm_capture (the Frame Streams library's own capture tool, what
+# BIND's, Knot's and unbound's docs use) by default; TAP_COLLECTOR=golang
+# is golang-dnstap's command, which costs the client's core about twice
+# as much a frame (docs/performance.md); TAP_TEXT=1 is that command
+# formatting each message as quiet text, on the client's core.
+if [ -n "${TAP_TEXT:-}" ] || [ "${TAP_COLLECTOR:-fstrm}" = golang ]; then
+	taskset -c "$UPSTREAM_CPU" "$T/dnstap" -u "$T/tap.sock" ${TAP_TEXT:+-q} -w /dev/null > "$T/dnstap.log" 2>&1 &
+else
+	taskset -c "$UPSTREAM_CPU" fstrm_capture -t protobuf:dnstap.Dnstap -u "$T/tap.sock" -w /dev/null > "$T/dnstap.log" 2>&1 &
+fi
+TAP=$!
 pids+=($!)
 start_servers
 
@@ -546,7 +556,14 @@ for round in $(seq "$ROUNDS"); do
 			# the cost of acl + ratelimit (not reached) + dnstap to a
 			# socket + ecs strip, against plain forwarding, alternating
 			measure "DoT forward -c 10 -q 100" "dnsfront forward" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8853 -c 10 -q 100
-			measure "DoT forward -c 10 -q 100" "dnsfront forward + controls + dnstap" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8856 -c 10 -q 100
+			# and what the collector took of the client's core a query
+			key="DoT forward -c 10 -q 100|dnsfront forward + controls + dnstap"
+			tap0=$(cpu_ticks "$TAP")
+			sample "$key" "$DNSFRONT" $DP -m dot -s 127.0.0.1 -p 8856 -c 10 -q 100 || true
+			tap1=$(cpu_ticks "$TAP")
+			awk -v a="$((tap1 - tap0))" -v t="$TICK" -v n="${S_N[$key]:-0}" \
+				'BEGIN {if (n > 0) printf "   (the dnstap collector on the client'"'"'s core: cpu %.2f s/100k queries)\n", a / t / n * 100000}'
+			record "${key%%|*}" "${key#*|}" "$DNSFRONT"
 			;;
 		doh)
 			# dnsfront's rows and Caddy's respond for the same kind of

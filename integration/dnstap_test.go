@@ -7,6 +7,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -128,6 +129,55 @@ func TestDnstapSocket(t *testing.T) {
 	}
 	if !strings.Contains(string(c.api("GET", "/metrics")), `dnsfront_dnstap_sent_total{output="unix:`+sock+`"}`) {
 		t.Error("metrics lack dnsfront_dnstap_sent_total")
+	}
+}
+
+// TestDnstapFstrmCapture: fstrm_capture (the Frame Streams library's own
+// capture tool, as BIND's, Knot's and unbound's docs use it, and the
+// bench's collector) takes the bidirectional stream from a unix socket
+// into a file that dnstap-ldns reads: each query and response with the
+// client's address.
+func TestDnstapFstrmCapture(t *testing.T) {
+	capture := need(t, "fstrm_capture")
+	ldns := need(t, "dnstap-ldns")
+	dir := t.TempDir()
+	sock, file := filepath.Join(dir, "tap.sock"), filepath.Join(dir, "tap.fstrm")
+	cmd := exec.Command(capture, "-t", "protobuf:dnstap.Dnstap", "-u", sock, "-w", file)
+	var log strings.Builder
+	cmd.Stdout, cmd.Stderr = &log, &log
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = cmd.Process.Kill(); _ = cmd.Wait() })
+	if err := eventually(5*time.Second, func() bool { _, err := os.Stat(sock); return err == nil }); err != nil {
+		t.Fatal("fstrm_capture did not open its socket")
+	}
+	up := newTestUpstream(t, 1)
+	port := freePort(t)
+	c := startCaddy(t, dir, dnstapSite, Vars{"Port": port, "Scheme": "udp", "Up": up.addr, "Output": "unix:" + sock, "Buffer": 10000})
+	c.waitLog(`dnstap output connected`, 10*time.Second)
+	for _, from := range []string{"127.0.0.6", "127.0.0.7"} {
+		if out := kdig(t, "+tls", "+retry=0", "-b", from, "@127.0.0.1", "-p", fmt.Sprint(port), "fstrm.example.test", "A"); !strings.Contains(out, "NOERROR") {
+			t.Fatalf("kdig from %s:\n%s", from, out)
+		}
+	}
+	c.stop() // the stream is flushed and finished
+	// fstrm_capture closes its file on SIGTERM
+	_ = cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Logf("fstrm_capture: %v\n%s", err, log.String())
+	}
+	out, err := run(t, false, ldns, "-q", "-r", file)
+	if err != nil {
+		t.Fatalf("%v\nfstrm_capture:\n%s", err, log.String())
+	}
+	for _, want := range []string{"CQ 127.0.0.6", "CR 127.0.0.6", "CQ 127.0.0.7", "CR 127.0.0.7", "FQ 127.0.0.1 UDP", "FR 127.0.0.1 UDP"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("dnstap-ldns output of fstrm_capture's file lacks %q:\n%s", want, out)
+		}
+	}
+	if n := strings.Count(strings.ToLower(out), "fstrm.example.test"); n != 8 {
+		t.Errorf("%d messages for fstrm.example.test, want 8 (CQ, FQ, FR, CR for each of 2 queries):\n%s", n, out)
 	}
 }
 
