@@ -142,6 +142,64 @@ func TestEDNSAndPadding(t *testing.T) {
 	}
 }
 
+// countingHandler counts the queries that reach it, and answers them.
+type countingHandler struct{ n *int }
+
+func (h countingHandler) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
+	*h.n++
+	return testHandler{}.ServeDNS(ctx, r, next)
+}
+
+// TestQueryCutShort: a query whose question or records end before the
+// message does, which miekg/dns decodes leniently, is answered FORMERR
+// with the client's ID and never reaches a handler.
+func TestQueryCutShort(t *testing.T) {
+	var n int
+	c := NewChain("cutshort", "test", countingHandler{&n})
+	whole, err := query("www.example.org.", dns.TypeA).Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	opt := []byte{0, 0, 41, 0x04, 0xD0, 0, 0, 0, 0, 0, 0} // root, OPT, 1232, TTL 0, RDLEN 0
+	withCounts := func(b []byte, an, ar byte) []byte {
+		b = append([]byte(nil), b...)
+		b[7], b[11] = an, ar
+		return b
+	}
+	for _, tc := range []struct {
+		name string
+		raw  []byte
+	}{
+		{"question without its class", whole[:len(whole)-2]},
+		{"question without its type and class", whole[:len(whole)-4]},
+		{"ARCOUNT 1, no record", withCounts(whole, 0, 1)},
+		{"ANCOUNT 1, no record, then an OPT", withCounts(append(append([]byte(nil), whole...), opt...), 1, 1)},
+		{"OPT cut short", withCounts(append(append([]byte(nil), whole...), opt[:8]...), 0, 1)},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			tc.raw[0], tc.raw[1] = 0x12, 0x34
+			n = 0
+			a := c.Serve(context.Background(), &Request{Size: MaxMessage}, tc.raw, nil)
+			m := new(dns.Msg)
+			if err := m.Unpack(a.Wire); err != nil || m.Rcode != dns.RcodeFormatError || m.Id != 0x1234 || !m.Response {
+				t.Fatalf("answer %v (%v), want FORMERR with ID 0x1234", m, err)
+			}
+			if n != 0 {
+				t.Fatalf("the query reached the handler %d times", n)
+			}
+		})
+	}
+	// the whole query, and one with octets after its last record, are
+	// answered by the handler
+	for _, raw := range [][]byte{whole, append(append([]byte(nil), whole...), 0, 0, 0xFF)} {
+		n = 0
+		a := c.Serve(context.Background(), &Request{Size: MaxMessage}, raw, nil)
+		if a.Rcode != dns.RcodeSuccess || n != 1 {
+			t.Fatalf("a well-formed query: rcode %d, handler called %d times", a.Rcode, n)
+		}
+	}
+}
+
 func TestDecodeGarbage(t *testing.T) {
 	if q, fe := decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}, new(dns.Msg)); q != nil || fe == nil ||
 		fe.Id != 0xABCD || fe.Rcode != dns.RcodeFormatError {
@@ -169,12 +227,28 @@ func TestDecodeGarbage(t *testing.T) {
 
 func FuzzServe(f *testing.F) {
 	c := testChain(f)
+	var reached int
+	raw := NewChain("fuzz", "test", countingHandler{&reached})
 	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query("alias.example.org.", dns.TypeANY)} {
 		q.SetEdns0(1232, true)
 		b, _ := q.Pack()
 		f.Add(b)
 	}
 	f.Fuzz(func(t *testing.T, b []byte) {
+		// the octets as a client sent them: an answer with their ID
+		// whenever there is a header, and a handler reached only by a
+		// well-formed query
+		reached = 0
+		a := raw.Serve(context.Background(), &Request{Size: MaxMessage}, b, nil)
+		if len(b) >= MinMessage {
+			m := new(dns.Msg)
+			if err := m.Unpack(a.Wire); err != nil || m.Id != binary.BigEndian.Uint16(b) || !m.Response {
+				t.Fatalf("answer to the octets: %v (%v)", m, err)
+			}
+		}
+		if _, ok := dnswire.Walk(b); reached > 0 && !ok {
+			t.Fatal("a query that is not well-formed reached the handler")
+		}
 		q, fe := decode(b, new(dns.Msg))
 		if q == nil {
 			if fe != nil {

@@ -59,6 +59,8 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 		return reply(dns.RcodeNotImplemented)
 	case len(q.Question) != 1:
 		return reply(dns.RcodeFormatError)
+	case raw != nil && !wellFormed(raw):
+		return reply(dns.RcodeFormatError)
 	case q.Question[0].Qtype == dns.TypeAXFR || q.Question[0].Qtype == dns.TypeIXFR:
 		return reply(dns.RcodeNotImplemented)
 	}
@@ -83,6 +85,17 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 		return reply(dns.RcodeFormatError)
 	}
 	return nil
+}
+
+// wellFormed says whether every count, name and length in the query
+// raw is within it. miekg/dns decodes a question cut short of its type or
+// class as if they were 0, and stops quietly at the end of the message
+// whatever the header's counts say, so such a query would otherwise reach
+// the handlers, and forward would send an upstream octets that no honest
+// client sends (and wait for an answer that never matches).
+func wellFormed(raw []byte) bool {
+	_, ok := dnswire.Walk(raw)
+	return ok
 }
 
 // finish makes resp an answer to r as the client sent it: the client's ID,
