@@ -43,6 +43,11 @@ const (
 	// frame for a closed stream from one for a stream never opened.
 	h2Recent    = 32
 	h2MaxWindow = 1<<31 - 1
+	// h2Drain is how much more of its body a request answered before its
+	// end (413, 431) may send, read and dropped, so that a client that
+	// reads its answer only once it has sent its request (curl) sees it;
+	// past it the stream is reset with NO_ERROR (RFC 9113 8.1).
+	h2Drain = 256 << 10
 )
 
 // h2conn is one HTTP/2 connection of a DoH server, shaped like a DoT
@@ -114,6 +119,7 @@ type h2stream struct {
 	sendWindow    int64
 	remoteDone    bool // END_STREAM received
 	refused       bool // answered before its body came (413, 431): the rest is dropped
+	drained       int  // octets of body dropped since
 	reset         bool
 	blocked       bool
 	answering     bool // a goroutine is making its answer (h2conn.mu)
@@ -552,7 +558,17 @@ func (h *h2conn) onData(f *http2.DataFrame) error {
 			return http2.ConnectionError(http2.ErrCodeEnhanceYourCalm)
 		}
 	}
-	if !st.refused {
+	if st.refused {
+		// answered: the rest of the body is dropped, up to h2Drain
+		if st.drained += len(data); st.drained > h2Drain && !f.StreamEnded() {
+			h.mu.Lock()
+			if !st.reset {
+				h.rstLocked(st, http2.ErrCodeNo)
+			}
+			h.mu.Unlock()
+			return nil
+		}
+	} else {
 		body := len(st.req.Body) + len(data)
 		if st.contentLength >= 0 && int64(body) > st.contentLength {
 			return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.1.1
@@ -560,7 +576,9 @@ func (h *h2conn) onData(f *http2.DataFrame) error {
 		if body > caddydns.MaxMessage {
 			st.remoteDone = f.StreamEnded()
 			h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
-			return nil // st may be released
+			if st.remoteDone {
+				return nil // st may be released
+			}
 		} else {
 			st.req.Body = append((*st.bp)[:len(st.req.Body)], data...)
 			*st.bp = st.req.Body[:0]
@@ -744,14 +762,17 @@ func (h *h2conn) sendLocked(st *h2stream) {
 }
 
 // sentLocked ends a stream whose answer is all framed: closed when the
-// request had ended, else (an early refusal) reset with NO_ERROR so that
-// the client stops sending its body (RFC 9113 8.1).
+// request had ended. An early refusal (413, 431) stays open while the
+// client sends the rest of its body, which onData drops: closed at its
+// end, or reset with NO_ERROR past h2Drain (RFC 9113 8.1).
 func (h *h2conn) sentLocked(st *h2stream) {
 	if st.remoteDone {
 		h.closeStreamLocked(st, false)
 		return
 	}
-	h.rstLocked(st, http2.ErrCodeNo)
+	if !st.refused {
+		h.rstLocked(st, http2.ErrCodeNo)
+	}
 }
 
 // flushBlockedLocked sends what waited for window, after the client gave

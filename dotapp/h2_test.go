@@ -16,6 +16,8 @@ import (
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // newTestDoHServer is newTestServer as a DoH server at /dns-query.
@@ -181,6 +183,44 @@ func TestH2Requests(t *testing.T) {
 	}
 	if goaway == nil || goaway.ErrCode != http2.ErrCodeNo || goaway.LastStreamID != 13 {
 		t.Fatalf("GOAWAY at EOF: %+v, want NO_ERROR with last stream 13", goaway)
+	}
+}
+
+// TestH2BodyTooLarge: a POST whose body passes 65535 octets is answered
+// 413 at once; the rest of its body is read and dropped, so that the
+// stream ends as the client ends it (curl shows the answer only then),
+// and a body that goes on past h2Drain more is reset with NO_ERROR. The
+// connection serves the next request either way.
+func TestH2BodyTooLarge(t *testing.T) {
+	s := newTestDoHServer(t)
+	post := []string{":method", "POST", ":scheme", "https", ":path", "/dns-query", ":authority", "dns.example.org",
+		"content-type", "application/dns-message"}
+	chunk := make([]byte, 16384)
+	// a client within its windows: the server gives a stream's window
+	// back when half of it is used, so frames of 16384 never overrun it
+	send := func(fr *http2.Framer, id uint32, n int, end bool) {
+		for ; n > len(chunk); n -= len(chunk) {
+			_ = fr.WriteData(id, false, chunk)
+		}
+		_ = fr.WriteData(id, end, chunk[:n])
+	}
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 1, BlockFragment: enc(post...), EndHeaders: true})
+		send(fr, 1, 70000, true)
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 3, BlockFragment: enc(post...), EndHeaders: true})
+		send(fr, 3, caddydns.MaxMessage+h2Drain+3*16384, true)
+		_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: 5, BlockFragment: enc(":method", "GET", ":scheme", "https",
+			":path", dnsGET(t, "www.example.org."), ":authority", "dns.example.org"), EndStream: true, EndHeaders: true})
+	})
+	replies, _ := readReplies(t, h2exchange(t, s, in))
+	if r := replies[1]; r == nil || r.status != 413 || r.reset {
+		t.Fatalf("70,000 octets: %+v, want 413 and the stream ended by the client, not reset", r)
+	}
+	if r := replies[3]; r == nil || r.status != 413 || !r.reset || r.rst != http2.ErrCodeNo {
+		t.Fatalf("a body past the drain limit: %+v, want 413, then RST_STREAM NO_ERROR", r)
+	}
+	if r := replies[5]; r == nil || r.status != 200 {
+		t.Fatalf("the next request: %+v, want 200", r)
 	}
 }
 

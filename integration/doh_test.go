@@ -264,6 +264,22 @@ func testDoHClients(t *testing.T, env *dohEnv) {
 		})
 	}
 
+	// a body over 65535 octets: 413, which curl shows only once it has
+	// sent the whole body (the server drops the rest rather than reset
+	// the stream at once)
+	huge := filepath.Join(dir, "huge.bin")
+	if err := os.WriteFile(huge, make([]byte, 70000), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, proto := range []string{"--http2", "--http1.1"} {
+		t.Run("curl POST over 65535 "+proto, func(t *testing.T) {
+			headers, err := run(t, true, curl, append(common, proto, "-H", "Content-Type: application/dns-message", "--data-binary", "@"+huge, env.url)...)
+			if err != nil || !regexp.MustCompile(`^HTTP/[12.]+ 413`).MatchString(headers) {
+				t.Fatalf("curl %s, 70,000 octets: %v\n%s", proto, err, headers)
+			}
+		})
+	}
+
 	// an answer larger than the HTTP/2 server's 4 KB response buffer is
 	// written through it, not buffered whole: it still comes whole, with
 	// its length
