@@ -148,6 +148,35 @@ func (l *Layout) skipName(msg []byte, off int) (int, bool) {
 	return 0, false
 }
 
+// RestoreCase writes orig, a question in its own letter case, over the
+// question of msg (laid out in l), which is sent: the same question in
+// the case it went upstream in (0x20), as the answer echoed it. Names
+// compressed into the question then decode in orig's case; so do owner
+// names that repeat the question's name in full, uncompressed (an
+// upstream that does not compress), which are written over too. orig and
+// sent have the same length.
+func RestoreCase(msg []byte, l *Layout, sent, orig []byte) {
+	if HeaderLen+len(orig) > l.QEnd || len(sent) != len(orig) {
+		return
+	}
+	name := sent[:len(sent)-4]
+	copy(msg[HeaderLen:], orig)
+	off := l.QEnd
+	total := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+	var scratch Layout
+	for i := 0; i < total; i++ {
+		start := off
+		end, ok := scratch.skipName(msg, off)
+		if !ok || end+10 > len(msg) {
+			return
+		}
+		if end-start == len(name) && string(msg[start:end]) == string(name) {
+			copy(msg[start:], orig[:len(name)])
+		}
+		off = end + 10 + int(binary.BigEndian.Uint16(msg[end+8:]))
+	}
+}
+
 // CacheTTL is how long an answer may be cached (RFC 8484 5.1): the
 // smallest TTL of its records, or for an answer with no records in its
 // answer section the smallest of its SOA's TTL and negative TTL (RFC

@@ -191,3 +191,71 @@ func FuzzBadECS(f *testing.F) {
 		}
 	})
 }
+
+// TestRestoreCase: an answer to a question sent in random case, echoed
+// compressed (pointers into the question) or in full, decodes in the
+// question's own case after RestoreCase, and names that are not the
+// question are left as they are.
+func TestRestoreCase(t *testing.T) {
+	for _, compress := range []bool{true, false} {
+		q := new(dns.Msg)
+		q.SetQuestion("wWw.ExaMPLe.oRG.", dns.TypeA)
+		sentQ, _ := q.Pack()
+		m := new(dns.Msg)
+		m.SetReply(q)
+		for _, s := range []string{"wWw.ExaMPLe.oRG. 60 IN CNAME web.Example.org.", "web.Example.org. 60 IN A 192.0.2.2",
+			"wWw.ExaMPLe.oRG. 60 IN TXT \"x\""} {
+			rr, _ := dns.NewRR(s)
+			m.Answer = append(m.Answer, rr)
+		}
+		m.Compress = compress
+		msg, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		l, ok := Walk(msg)
+		if !ok {
+			t.Fatal("the answer does not walk")
+		}
+		q.Question[0].Name = "www.example.ORG."
+		origQ, _ := q.Pack()
+		RestoreCase(msg, &l, Question(sentQ), Question(origQ))
+		got := new(dns.Msg)
+		if err := got.Unpack(msg); err != nil {
+			t.Fatal(err)
+		}
+		if got.Question[0].Name != "www.example.ORG." || got.Answer[0].Header().Name != "www.example.ORG." ||
+			got.Answer[2].Header().Name != "www.example.ORG." || got.Answer[1].Header().Name != "web.Example.org." ||
+			got.Answer[0].(*dns.CNAME).Target != "web.Example.org." {
+			t.Fatalf("compressed %v: %v", compress, got)
+		}
+	}
+}
+
+// FuzzRestoreCase: any answer an upstream sends, walked, is rewritten
+// within its bounds and keeps its layout.
+func FuzzRestoreCase(f *testing.F) {
+	for _, b := range answers(&testing.T{}) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		l, ok := Walk(msg)
+		if !ok {
+			return
+		}
+		sent := bytes.Clone(msg[HeaderLen:l.QEnd])
+		orig := bytes.Clone(sent) // in upper case, ASCII letters only
+		for i, c := range orig {
+			if c >= 'a' && c <= 'z' {
+				orig[i] = c - 0x20
+			}
+		}
+		RestoreCase(msg, &l, sent, orig)
+		if l2, ok := Walk(msg); !ok || l2.QEnd != l.QEnd || l2.End != l.End {
+			t.Fatalf("the layout changed: %+v against %+v", l2, l)
+		}
+		if !bytes.Equal(msg[HeaderLen:l.QEnd], orig) {
+			t.Fatal("the question was not written")
+		}
+	})
+}

@@ -236,6 +236,7 @@ func Test0x20(t *testing.T) {
 	pc, ln := listenUDPTCP(t)
 	var udpQueries, tcpQueries atomic.Int64
 	var lower atomic.Bool
+	var n atomic.Int64
 	seen := make(chan string, 64)
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		if w.RemoteAddr().Network() == "tcp" {
@@ -251,6 +252,8 @@ func Test0x20(t *testing.T) {
 		}
 		rr, _ := dns.NewRR(m.Question[0].Name + " 60 IN A 192.0.2.7")
 		m.Answer = append(m.Answer, rr)
+		// the owner compressed into the question, or in full
+		m.Compress = n.Add(1)%2 == 0
 		_ = w.WriteMsg(m)
 	})
 	serveUDPTCP(t, pc, ln, h, 0)
@@ -279,6 +282,16 @@ func Test0x20(t *testing.T) {
 	}
 	if differs == 0 || metricValue(t, u.randomized) != 1 {
 		t.Fatalf("20 queries went upstream in the client's own case (0x20 gauge %v)", metricValue(t, u.randomized))
+	}
+	// a decoded answer (the JSON API's) has its record's owner in the
+	// client's case too, whether the upstream compressed it into the
+	// question or wrote it in full
+	for i := 0; i < 4; i++ {
+		got, _ := c.ServeMsg(context.Background(), &caddydns.Request{Msg: query(name, dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
+		<-seen
+		if got == nil || len(got.Answer) != 1 || got.Answer[0].Header().Name != name {
+			t.Fatalf("decoded answer %d: %v, want the record's owner in the client's case %s", i, got, name)
+		}
 	}
 
 	// an upstream that lower-cases: each answer asked again over TCP,

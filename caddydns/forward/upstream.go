@@ -155,8 +155,20 @@ func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time
 	if u.udp == nil {
 		return u.stream.exchange(ctx, r, deadline, q, packed)
 	}
+	var orig [255 + 4]byte // the question in its own case (a name is at most 255 octets)
+	copy(orig[:], q)
 	exact := u.randomizeCase(q)
 	a, err := u.udp.exchange(ctx, r, deadline, q, packed, exact)
+	if exact {
+		// the question's own case again: in the answer, which echoed
+		// the random case octet for octet (so that its names decode in
+		// the client's case: the JSON API and handlers that decode it
+		// show them), and for a query asked again over TCP
+		if err == nil {
+			dnswire.RestoreCase(a.Bytes(), a.Layout(), q, orig[:len(q)])
+		}
+		copy(q, orig[:len(q)])
+	}
 	switch {
 	case err == nil:
 		if exact && u.caseMisses.Load() != 0 {
