@@ -332,7 +332,7 @@ func (c *conn) wake() {
 	defer p.mu.Unlock()
 	if p.parked && !p.hello { // a handshake keeps its own deadline
 		p.deadline = c.srv.Load().idleDeadline(p.since)
-		p.timer.Reset(time.Until(p.deadline))
+		parkTimer.set(c, p.deadline)
 	}
 }
 

@@ -59,48 +59,102 @@ const (
 // framed under one lock into a buffer that a writer goroutine sends, as
 // much as is ready in one write.
 type h2conn struct {
+	*h2live // while the connection runs: from livePool, given back when it parks
+
 	c    *conn
-	in   h2reader // the TLS connection (tests: any reader), counted
-	hdec *hpack.Decoder
-	blk  *hblock // the header block being decoded
+	rd   io.Reader // the TLS connection (tests: any reader)
 	wr   io.Writer
-	fr   *http2.Framer // reads: the reader only; writes: under mu, into out
+	hdec *hpack.Decoder // from the first request: its dynamic table is the connection's
+	henc *hpack.Encoder // from the first answer, writing into the live hbuf
 
 	// the reader's own
 	maxStream   uint32 // highest stream ID the client used
-	gotSettings bool
-	empty       int
+	empty       int32
 	consumed    int32 // DATA octets received and not yet given back (connection window)
 	connRecv    int32
-	maxStreams  int
+	maxStreams  int32
+	gotSettings bool
 
 	mu           sync.Mutex
+	goaway       bool                    // GOAWAY sent: no new streams
+	closed       bool                    // the connection is done: answers are dropped
+	peerMaxFrame int32                   // the client's SETTINGS_MAX_FRAME_SIZE
+	recentN      int32                   // streams remembered in recent
+	recent       *[h2Recent]recentStream // from the first closed stream
+	connSend     int64                   // the connection's send window
+	initialSend  int64                   // the client's SETTINGS_INITIAL_WINDOW_SIZE
+
+	last time.Time // when the last frame came
+
+	sem      chan struct{} // from the first request
+	answers  sync.WaitGroup
+	inFlight atomic.Int32
+}
+
+// h2live is what a connection holds only while it runs (a parked one
+// holds none of it): the Framer and its buffers, the stream table, the
+// header block being decoded, the writer's state. It comes from
+// livePool, so that a connection that resumes reuses another's rather
+// than making its own.
+type h2live struct {
+	in  h2reader      // rd, counted
+	fr  *http2.Framer // reads: the reader only; writes: under mu, into out
+	blk *hblock       // the header block being decoded, from the first
+
+	// under mu
 	out          h2buf // frames to send
 	hbuf         bytes.Buffer
-	henc         *hpack.Encoder
-	streams      map[uint32]*h2stream    // from the first stream; let go when parked
-	recent       *[h2Recent]recentStream // from the first closed stream
-	recentN      int
-	connSend     int64 // the connection's send window
-	initialSend  int64 // the client's SETTINGS_INITIAL_WINDOW_SIZE
-	peerMaxFrame int
+	streams      map[uint32]*h2stream
 	blocked      []*h2stream // answers waiting for window
 	blockedSince time.Time
 	writing      int        // octets the writer is sending
 	written      *sync.Cond // the writer sent a batch (or gave up); made by the first wait
-	goaway       bool       // GOAWAY sent: no new streams
-	closed       bool       // the connection is done: answers are dropped
-
-	last time.Time // when the last frame came
 
 	// the writer's, from startWriter to stopWriter
 	kick  chan struct{}
 	stop  chan struct{}
 	wdone chan struct{}
+}
 
-	sem      chan struct{}
-	answers  sync.WaitGroup
-	inFlight atomic.Int32
+var livePool = sync.Pool{New: func() any { return new(h2live) }}
+
+// takeLive gives the connection its live state, with a new Framer.
+func (h *h2conn) takeLive() {
+	l := livePool.Get().(*h2live)
+	l.in = h2reader{r: h.rd}
+	h.h2live = l
+	h.newFramer()
+}
+
+// dropLive gives the live state of a quiet connection back to livePool:
+// its buffers are kept there unless they grew large, its Framer goes.
+// No other goroutine uses it: the writer has stopped and no answer is in
+// flight.
+func (h *h2conn) dropLive() {
+	h.mu.Lock()
+	l := h.h2live
+	h.h2live = nil
+	h.mu.Unlock()
+	l.in, l.fr = h2reader{}, nil
+	if l.blk != nil {
+		*l.blk = hblock{}
+	}
+	if cap(l.out.b) > 64<<10 {
+		l.out.b = nil
+	}
+	l.out.b = l.out.b[:0]
+	if l.hbuf.Cap() > 4<<10 {
+		l.hbuf = bytes.Buffer{}
+	}
+	l.hbuf.Reset()
+	clear(l.streams) // empty already
+	if cap(l.blocked) > 256 {
+		l.blocked = nil
+	}
+	l.blocked = l.blocked[:0]
+	l.blockedSince, l.writing, l.written = time.Time{}, 0, nil
+	l.kick, l.stop, l.wdone = nil, nil, nil
+	livePool.Put(l)
 }
 
 type recentStream struct {
@@ -151,15 +205,14 @@ func (b *h2buf) Write(p []byte) (int, error) {
 
 func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
 	h := &h2conn{
-		c: c, wr: wr,
+		c: c, rd: rd, wr: wr,
 		connSend:     65535,
 		initialSend:  65535,
 		peerMaxFrame: 16384,
 		connRecv:     h2ConnWindow,
-		maxStreams:   maxStreams,
+		maxStreams:   int32(maxStreams),
 	}
-	h.in = h2reader{r: rd}
-	h.newFramer()
+	h.takeLive()
 	return h
 }
 
@@ -175,7 +228,7 @@ func init() {
 
 // newFramer gives the connection a Framer: at the start, and when it
 // resumes from parking (a parked connection keeps none: its read buffer
-// is as large as the largest frame it read). A Framer holds no state
+// is as large as the largest frame it read; nor does livePool). A Framer holds no state
 // between frames that are not in a header block; HPACK's is the
 // connection's own (hdec, henc).
 func (h *h2conn) newFramer() {
@@ -249,7 +302,7 @@ func (h *h2conn) start() h2end {
 
 // resume goes on with a parked connection whose socket turned readable.
 func (h *h2conn) resume() {
-	h.newFramer()
+	h.takeLive()
 	h.startWriter()
 	h.serve(h.read)
 }
@@ -333,13 +386,7 @@ func (h *h2conn) park() bool {
 		return false
 	}
 	h.stopWriter()
-	h.mu.Lock()
-	h.out.b = nil
-	h.hbuf = bytes.Buffer{}
-	h.streams = nil // empty, but as large as it ever was
-	h.fr, h.blk = nil, nil
-	h.kick, h.stop, h.wdone = nil, nil, nil // nothing is in flight to wake the writer
-	h.mu.Unlock()
+	h.dropLive()
 	c := h.c
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
@@ -347,7 +394,7 @@ func (h *h2conn) park() bool {
 	if c.parkUntil(c.srv.Load().idleDeadline(h.last), false) {
 		return true
 	}
-	h.newFramer()
+	h.takeLive()
 	h.startWriter()
 	return false
 }
@@ -357,16 +404,15 @@ func (h *h2conn) park() bool {
 func (h *h2conn) endParked() {
 	c := h.c
 	if !c.aborted.Load() {
+		h.takeLive()
 		h.mu.Lock()
-		h.newFramer()
 		h.goaway = true
 		_ = h.fr.WriteGoAway(h.maxStream, http2.ErrCodeNo, nil)
-		out := h.out.b
-		h.out.b = nil
 		h.closed = true
 		h.mu.Unlock()
 		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = h.wr.Write(out)
+		_, _ = h.wr.Write(h.out.b)
+		h.dropLive()
 	}
 	c.closeOut()
 }
@@ -482,7 +528,7 @@ func (h *h2conn) onRequest(b *hblock) error {
 	if goaway {
 		return nil // past our GOAWAY's last stream: ignored, the client retries elsewhere
 	}
-	if open >= h.maxStreams {
+	if open >= int(h.maxStreams) {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeRefusedStream}
 	}
 	if !b.truncated && b.pseudo&(pseudoMethod|pseudoScheme|pseudoPath) != pseudoMethod|pseudoScheme|pseudoPath || b.path == "" && !b.truncated {
@@ -733,16 +779,22 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 // h.mu is held.
 func (h *h2conn) encoder() *hpack.Encoder {
 	if h.henc == nil {
-		h.henc = hpack.NewEncoder(&h.hbuf)
+		h.henc = hpack.NewEncoder((*h2hpackOut)(h))
 	}
 	return h.henc
 }
+
+// h2hpackOut is where the connection's HPACK encoder writes: the hbuf of
+// its live state at the time.
+type h2hpackOut h2conn
+
+func (o *h2hpackOut) Write(p []byte) (int, error) { return o.hbuf.Write(p) }
 
 // sendLocked frames as much of a stream's answer as the windows allow;
 // the rest waits for WINDOW_UPDATE.
 func (h *h2conn) sendLocked(st *h2stream) {
 	for len(st.out) > 0 {
-		n := int64(min(len(st.out), h.peerMaxFrame))
+		n := int64(min(len(st.out), int(h.peerMaxFrame)))
 		n = min(n, st.sendWindow, h.connSend)
 		if n <= 0 {
 			if !st.blocked {
@@ -826,7 +878,7 @@ func (h *h2conn) onSettings(f *http2.SettingsFrame) error {
 				}
 			}
 		case http2.SettingMaxFrameSize:
-			h.peerMaxFrame = int(s.Val)
+			h.peerMaxFrame = int32(s.Val)
 		}
 		return nil
 	})

@@ -7,24 +7,24 @@ import (
 
 // A connection with nothing to read is parked: its goroutine ends, and
 // the idle poller (poller_linux.go) resumes it when its socket turns
-// readable, or its timer ends it at its deadline.
+// readable, or parkTimer (parktimer.go) ends it at its deadline.
 
 // parking is the state of a parked connection, shared by the reader that
-// parks it, the idle poller that resumes it, its idle timer and the
+// parks it, the idle poller that resumes it, parkTimer and the
 // server's drain.
 type parking struct {
 	mu       sync.Mutex
 	parked   bool
 	hello    bool      // parked before the handshake, waiting for the ClientHello
 	since    time.Time // when the wait for the next query began
-	deadline time.Time // when the wait ends the connection
-	timer    *time.Timer
-	id       uint64 // registration with the idle poller; 0 before the first park
+	deadline time.Time // when the wait ends the connection (parkTimer)
+	slot     int32     // in parkTimer's heap, while a deadline is armed
+	id       uint64    // registration with the idle poller; 0 before the first park
 }
 
 // parkNow parks the connection, waiting since the given time for its next
 // query: the idle poller resumes it when its socket turns readable, and
-// its timer ends it at the idle deadline. The writer goes too when no
+// parkTimer ends it at the idle deadline. The writer goes too when no
 // answer is in flight. It reports false when the connection cannot be
 // parked and should end.
 func (c *conn) parkNow(since time.Time) bool {
@@ -49,7 +49,7 @@ func (c *conn) parkHello() bool {
 	return c.parkUntil(c.helloBy, true)
 }
 
-// parkUntil arms the idle poller and a timer for deadline; hello says the
+// parkUntil arms the idle poller and the deadline; hello says the
 // handshake has not begun. It reports false when the connection cannot be
 // parked. The caller holds c.park.mu.
 func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
@@ -58,14 +58,10 @@ func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
 		return false // abort came first and found nothing parked
 	}
 	p.parked, p.hello, p.deadline = true, hello, deadline
-	if p.timer == nil {
-		p.timer = time.AfterFunc(time.Until(deadline), c.expire)
-	} else {
-		p.timer.Reset(time.Until(deadline))
-	}
+	parkTimer.set(c, deadline)
 	if err := idlePoller.arm(c); err != nil {
 		p.parked, p.hello = false, false
-		p.timer.Stop()
+		parkTimer.stop(c)
 		return false
 	}
 	if !hello {
@@ -84,7 +80,7 @@ func (c *conn) unpark() (parked, hello bool) {
 		return false, false
 	}
 	p.parked, p.hello = false, false
-	p.timer.Stop()
+	parkTimer.stop(c)
 	if !hello {
 		c.metrics.parked.Dec()
 	}
@@ -114,8 +110,14 @@ func (c *conn) resume() {
 func (c *conn) expire() {
 	c.park.mu.Lock()
 	if time.Now().Before(c.park.deadline) {
+		// early for the deadline it has now (it moved, or the wall
+		// clock of a deadline without a monotonic reading stepped):
+		// armed again, if it is still parked
+		if c.park.parked {
+			parkTimer.set(c, c.park.deadline)
+		}
 		c.park.mu.Unlock()
-		return // a stale firing: the deadline moved
+		return
 	}
 	parked, hello := c.unpark()
 	c.park.mu.Unlock()

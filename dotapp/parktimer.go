@@ -1,0 +1,166 @@
+package dotapp
+
+import (
+	"sync"
+	"time"
+)
+
+// parkTimers ends parked connections at their deadlines with one runtime
+// timer for all of them, armed for the earliest. A time.Timer of its own
+// would hold 112 octets of every idle connection (twice that in RSS at
+// the default GOGC); an entry here is 16.
+type parkTimers struct {
+	mu      sync.Mutex
+	q       []parkDeadline // a binary min-heap by at; c.park.slot is an entry's index + 1
+	timer   *time.Timer    // made at the first deadline
+	armed   bool
+	armedAt int64 // when timer fires, while armed
+}
+
+type parkDeadline struct {
+	at int64 // since parkEpoch
+	c  *conn
+}
+
+var (
+	parkTimer parkTimers
+	parkEpoch = time.Now() // deadlines are kept as offsets from it, on the monotonic clock
+)
+
+func parkOffset(t time.Time) int64 { return int64(t.Sub(parkEpoch)) }
+
+// set arms (or moves) c's deadline. c.park.mu is held.
+func (t *parkTimers) set(c *conn, deadline time.Time) {
+	at := parkOffset(deadline)
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if i := int(c.park.slot) - 1; i >= 0 {
+		t.q[i].at = at
+		t.fix(i)
+	} else {
+		t.q = append(t.q, parkDeadline{at: at, c: c})
+		c.park.slot = int32(len(t.q))
+		t.up(len(t.q) - 1)
+	}
+	t.arm()
+}
+
+// stop drops c's deadline, if it has one. c.park.mu is held.
+func (t *parkTimers) stop(c *conn) {
+	t.mu.Lock()
+	if i := int(c.park.slot) - 1; i >= 0 {
+		t.remove(i)
+	}
+	t.mu.Unlock()
+}
+
+// arm sets the timer for the earliest deadline, unless it fires by then
+// already (a firing that finds nothing due arms it again). t.mu is held.
+func (t *parkTimers) arm() {
+	if len(t.q) == 0 {
+		return
+	}
+	at := t.q[0].at
+	if t.armed && t.armedAt <= at {
+		return
+	}
+	t.armed, t.armedAt = true, at
+	d := time.Duration(at - parkOffset(time.Now()))
+	if t.timer == nil {
+		t.timer = time.AfterFunc(d, t.fire)
+	} else {
+		t.timer.Reset(d)
+	}
+}
+
+// fire takes the connections whose deadline has come out of the heap
+// and ends each (expire) in a goroutine of its own, as a timer of its
+// own would.
+func (t *parkTimers) fire() {
+	for _, c := range t.due(parkOffset(time.Now())) {
+		go c.expire()
+	}
+}
+
+// due takes the connections whose deadline is at or before now out of
+// the heap, and arms the timer for the next.
+func (t *parkTimers) due(now int64) []*conn {
+	var due []*conn
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	t.armed = false
+	for len(t.q) > 0 && t.q[0].at <= now {
+		due = append(due, t.q[0].c)
+		t.remove(0)
+	}
+	t.arm()
+	return due
+}
+
+// len is the number of deadlines armed (tests).
+func (t *parkTimers) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.q)
+}
+
+func (t *parkTimers) remove(i int) {
+	t.q[i].c.park.slot = 0
+	last := len(t.q) - 1
+	if i != last {
+		t.q[i] = t.q[last]
+		t.q[i].c.park.slot = int32(i + 1)
+	}
+	t.q[last] = parkDeadline{}
+	t.q = t.q[:last]
+	if i != last {
+		t.fix(i)
+	}
+	if cap(t.q) > 1024 && len(t.q) < cap(t.q)/4 {
+		t.q = append([]parkDeadline(nil), t.q...) // let a burst's room go
+	}
+}
+
+func (t *parkTimers) fix(i int) {
+	if !t.down(i) {
+		t.up(i)
+	}
+}
+
+func (t *parkTimers) up(i int) {
+	for i > 0 {
+		p := (i - 1) / 2
+		if t.q[p].at <= t.q[i].at {
+			return
+		}
+		t.swap(i, p)
+		i = p
+	}
+}
+
+// down reports whether the entry moved.
+func (t *parkTimers) down(i int) bool {
+	start := i
+	for {
+		l := 2*i + 1
+		if l >= len(t.q) {
+			break
+		}
+		m := l
+		if r := l + 1; r < len(t.q) && t.q[r].at < t.q[l].at {
+			m = r
+		}
+		if t.q[i].at <= t.q[m].at {
+			break
+		}
+		t.swap(i, m)
+		i = m
+	}
+	return i > start
+}
+
+func (t *parkTimers) swap(i, j int) {
+	t.q[i], t.q[j] = t.q[j], t.q[i]
+	t.q[i].c.park.slot = int32(i + 1)
+	t.q[j].c.park.slot = int32(j + 1)
+}
