@@ -623,10 +623,13 @@ for round in $(seq "$ROUNDS"); do
 			# fresh processes only: a C allocator reuses what it already holds
 			[ "$round" = 1 ] || continue
 			for kind in "nothing sent" "after one query" "silent, no ClientHello"; do
+				# each kind from fresh processes (another scenario, or the
+				# kind before, may have run first in this round)
+				restart_servers
 				case $kind in
 				"nothing sent") opt= ;;
-				"after one query") opt="-query www.example.test"; restart_servers ;;
-				*) opt=-silent; restart_servers ;;
+				"after one query") opt="-query www.example.test" ;;
+				*) opt=-silent ;;
 				esac
 				idle_measure "$kind" "dnsfront" "$DNSFRONT" 127.0.0.1:8853 $opt
 				idle_measure "$kind" "dnsdist" "$DNSDIST" 127.0.0.1:9853 $opt

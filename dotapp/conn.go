@@ -49,7 +49,7 @@ type conn struct {
 	client  netip.AddrPort
 	srv     atomic.Pointer[Server] // the server whose config applies now
 	metrics *dotMetrics            // of the server that accepted it
-	helloBy time.Time              // the handshake's deadline, from accept
+	helloBy monoTime               // the handshake's deadline, from accept
 
 	// owned by whoever runs the connection: the reader, or what ends it
 	w       *writer // from the first query on; stopped while parked
@@ -90,14 +90,14 @@ func (c *conn) serve(s *Server) {
 		}
 	}()
 	c.metrics = s.metrics
-	if c.helloBy.IsZero() {
-		c.helloBy = time.Now().Add(s.set.handshake)
+	if c.helloBy == 0 {
+		c.helloBy = monoOf(time.Now().Add(s.set.handshake))
 		if c.rc != nil && idlePoller.ok() && !c.peekHello(s.set.parkAfter) && c.parkHello() {
 			return
 		}
 	}
 	c.tc = tls.Server(c.raw, s.tlsCfg)
-	_ = c.raw.SetDeadline(c.helloBy)
+	_ = c.raw.SetDeadline(c.helloBy.Time())
 	if err := c.tc.Handshake(); err != nil {
 		c.metrics.handshakeFailures.Inc()
 		if ce := s.logger.Check(zapcore.DebugLevel, "tls handshake failed"); ce != nil {
@@ -331,7 +331,7 @@ func (c *conn) wake() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.parked && !p.hello { // a handshake keeps its own deadline
-		p.deadline = c.srv.Load().idleDeadline(p.since)
+		p.deadline = monoOf(c.srv.Load().idleDeadline(p.since.Time()))
 		parkTimer.set(c, p.deadline)
 	}
 }

@@ -390,8 +390,8 @@ func (h *h2conn) park() bool {
 	c := h.c
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
-	c.park.since = h.last
-	if c.parkUntil(c.srv.Load().idleDeadline(h.last), false) {
+	c.park.since = monoOf(h.last)
+	if c.parkUntil(monoOf(c.srv.Load().idleDeadline(h.last)), false) {
 		return true
 	}
 	h.takeLive()

@@ -15,11 +15,11 @@ import (
 type parking struct {
 	mu       sync.Mutex
 	parked   bool
-	hello    bool      // parked before the handshake, waiting for the ClientHello
-	since    time.Time // when the wait for the next query began
-	deadline time.Time // when the wait ends the connection (parkTimer)
-	slot     int32     // in parkTimer's heap, while a deadline is armed
-	id       uint64    // registration with the idle poller; 0 before the first park
+	hello    bool     // parked before the handshake, waiting for the ClientHello
+	slot     int32    // in parkTimer's heap, while a deadline is armed
+	since    monoTime // when the wait for the next query began
+	deadline monoTime // when the wait ends the connection (parkTimer)
+	id       uint64   // registration with the idle poller; 0 before the first park
 }
 
 // parkNow parks the connection, waiting since the given time for its next
@@ -37,8 +37,8 @@ func (c *conn) parkNow(since time.Time) bool {
 	}
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
-	c.park.since = since
-	return c.parkUntil(c.srv.Load().idleDeadline(since), false)
+	c.park.since = monoOf(since)
+	return c.parkUntil(monoOf(c.srv.Load().idleDeadline(since)), false)
 }
 
 // parkHello parks a connection whose client has sent nothing yet, until
@@ -52,7 +52,7 @@ func (c *conn) parkHello() bool {
 // parkUntil arms the idle poller and the deadline; hello says the
 // handshake has not begun. It reports false when the connection cannot be
 // parked. The caller holds c.park.mu.
-func (c *conn) parkUntil(deadline time.Time, hello bool) bool {
+func (c *conn) parkUntil(deadline monoTime, hello bool) bool {
 	p := &c.park
 	if c.aborted.Load() {
 		return false // abort came first and found nothing parked
@@ -109,10 +109,9 @@ func (c *conn) resume() {
 // the handshake's.
 func (c *conn) expire() {
 	c.park.mu.Lock()
-	if time.Now().Before(c.park.deadline) {
-		// early for the deadline it has now (it moved, or the wall
-		// clock of a deadline without a monotonic reading stepped):
-		// armed again, if it is still parked
+	if monoNow() < c.park.deadline {
+		// early for the deadline it has now (it was moved, or armed
+		// again after it parked anew): armed again, if still parked
 		if c.park.parked {
 			parkTimer.set(c, c.park.deadline)
 		}

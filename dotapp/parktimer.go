@@ -14,24 +14,32 @@ type parkTimers struct {
 	q       []parkDeadline // a binary min-heap by at; c.park.slot is an entry's index + 1
 	timer   *time.Timer    // made at the first deadline
 	armed   bool
-	armedAt int64 // when timer fires, while armed
+	armedAt monoTime // when timer fires, while armed
 }
 
 type parkDeadline struct {
-	at int64 // since parkEpoch
+	at monoTime
 	c  *conn
 }
 
-var (
-	parkTimer parkTimers
-	parkEpoch = time.Now() // deadlines are kept as offsets from it, on the monotonic clock
-)
+var parkTimer parkTimers
 
-func parkOffset(t time.Time) int64 { return int64(t.Sub(parkEpoch)) }
+// monoTime is a time kept as its offset from parkEpoch, on the monotonic
+// clock: 8 octets where a time.Time takes 24, in every connection. Zero
+// is no time.
+type monoTime int64
+
+var parkEpoch = time.Now()
+
+func monoOf(t time.Time) monoTime { return monoTime(t.Sub(parkEpoch)) }
+
+func monoNow() monoTime { return monoOf(time.Now()) }
+
+// Time is m as a time.Time, with its monotonic reading.
+func (m monoTime) Time() time.Time { return parkEpoch.Add(time.Duration(m)) }
 
 // set arms (or moves) c's deadline. c.park.mu is held.
-func (t *parkTimers) set(c *conn, deadline time.Time) {
-	at := parkOffset(deadline)
+func (t *parkTimers) set(c *conn, at monoTime) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if i := int(c.park.slot) - 1; i >= 0 {
@@ -65,7 +73,7 @@ func (t *parkTimers) arm() {
 		return
 	}
 	t.armed, t.armedAt = true, at
-	d := time.Duration(at - parkOffset(time.Now()))
+	d := time.Duration(at - monoNow())
 	if t.timer == nil {
 		t.timer = time.AfterFunc(d, t.fire)
 	} else {
@@ -77,14 +85,14 @@ func (t *parkTimers) arm() {
 // and ends each (expire) in a goroutine of its own, as a timer of its
 // own would.
 func (t *parkTimers) fire() {
-	for _, c := range t.due(parkOffset(time.Now())) {
+	for _, c := range t.due(monoNow()) {
 		go c.expire()
 	}
 }
 
 // due takes the connections whose deadline is at or before now out of
 // the heap, and arms the timer for the next.
-func (t *parkTimers) due(now int64) []*conn {
+func (t *parkTimers) due(now monoTime) []*conn {
 	var due []*conn
 	t.mu.Lock()
 	defer t.mu.Unlock()

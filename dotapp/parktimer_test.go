@@ -23,7 +23,7 @@ func TestParkTimersHeap(t *testing.T) {
 	for i := range conns {
 		conns[i] = new(conn)
 	}
-	want := map[*conn]int64{}
+	want := map[*conn]monoTime{}
 	base := time.Now().Add(time.Hour)
 	check := func(step int) {
 		t.Helper()
@@ -57,13 +57,13 @@ func TestParkTimersHeap(t *testing.T) {
 			delete(want, c)
 		} else {
 			d := base.Add(time.Duration(r.IntN(1000)) * time.Millisecond)
-			pt.set(c, d)
-			want[c] = parkOffset(d)
+			pt.set(c, monoOf(d))
+			want[c] = monoOf(d)
 		}
 		check(step)
 	}
 	// taken out earliest first, they come in order
-	var got []int64
+	var got []monoTime
 	for len(pt.q) > 0 {
 		got = append(got, pt.q[0].at)
 		pt.remove(0)
@@ -85,18 +85,18 @@ func TestParkTimersDue(t *testing.T) {
 	}()
 	now := time.Now().Add(time.Hour)
 	kept, dropped, later := new(conn), new(conn), new(conn)
-	pt.set(kept, now.Add(-time.Second))
-	pt.set(dropped, now.Add(-2*time.Second))
-	pt.set(later, now.Add(time.Second))
+	pt.set(kept, monoOf(now.Add(-time.Second)))
+	pt.set(dropped, monoOf(now.Add(-2*time.Second)))
+	pt.set(later, monoOf(now.Add(time.Second)))
 	pt.stop(dropped)
-	got := pt.due(parkOffset(now))
+	got := pt.due(monoOf(now))
 	if len(got) != 1 || got[0] != kept {
 		t.Fatalf("due: %d connections, want the one whose deadline came", len(got))
 	}
 	if kept.park.slot != 0 || dropped.park.slot != 0 || later.park.slot != 1 {
 		t.Fatalf("slots %d %d %d, want 0 0 1", kept.park.slot, dropped.park.slot, later.park.slot)
 	}
-	if !pt.armed || pt.armedAt != parkOffset(now.Add(time.Second)) {
+	if !pt.armed || pt.armedAt != monoOf(now.Add(time.Second)) {
 		t.Fatal("the timer is not armed for the deadline left")
 	}
 }

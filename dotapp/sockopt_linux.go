@@ -28,7 +28,7 @@ func quickAck(rc syscall.RawConn) {
 // the client's first bytes, without reading them: true when they came, or
 // the connection ended or failed (the handshake then says so).
 func (c *conn) peekHello(d time.Duration) bool {
-	_ = c.raw.SetReadDeadline(minTime(c.helloBy, time.Now().Add(d)))
+	_ = c.raw.SetReadDeadline(minTime(c.helloBy.Time(), time.Now().Add(d)))
 	defer c.raw.SetReadDeadline(time.Time{})
 	var b [1]byte
 	err := c.rc.Read(func(fd uintptr) bool {
