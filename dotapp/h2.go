@@ -62,8 +62,7 @@ type h2conn struct {
 	*h2live // while the connection runs: from livePool, given back when it parks
 
 	c    *conn
-	rd   io.Reader // the TLS connection (tests: any reader)
-	wr   io.Writer
+	rw   io.ReadWriter // the TLS connection (tests: any)
 	hdec *hpack.Decoder // from the first request: its dynamic table is the connection's
 	henc *hpack.Encoder // from the first answer, writing into the live hbuf
 
@@ -84,7 +83,7 @@ type h2conn struct {
 	connSend     int64                   // the connection's send window
 	initialSend  int64                   // the client's SETTINGS_INITIAL_WINDOW_SIZE
 
-	last time.Time // when the last frame came
+	last monoTime // when the last frame came
 
 	sem      chan struct{} // from the first request
 	answers  sync.WaitGroup
@@ -121,7 +120,7 @@ var livePool = sync.Pool{New: func() any { return new(h2live) }}
 // takeLive gives the connection its live state, with a new Framer.
 func (h *h2conn) takeLive() {
 	l := livePool.Get().(*h2live)
-	l.in = h2reader{r: h.rd}
+	l.in = h2reader{r: h.rw}
 	h.h2live = l
 	h.newFramer()
 }
@@ -203,9 +202,9 @@ func (b *h2buf) Write(p []byte) (int, error) {
 	return len(p), nil
 }
 
-func newH2(c *conn, rd io.Reader, wr io.Writer, maxStreams int) *h2conn {
+func newH2(c *conn, rw io.ReadWriter, maxStreams int) *h2conn {
 	h := &h2conn{
-		c: c, rd: rd, wr: wr,
+		c: c, rw: rw,
 		connSend:     65535,
 		initialSend:  65535,
 		peerMaxFrame: 16384,
@@ -240,7 +239,7 @@ func (h *h2conn) newFramer() {
 // runH2 serves an HTTP/2 connection until it ends or parks.
 func runH2(c *conn) {
 	srv := c.srv.Load()
-	h := newH2(c, c.tc, c.tc, srv.set.maxInFlight)
+	h := newH2(c, c.tc, srv.set.maxInFlight)
 	c.h2 = h
 	h.startWriter()
 	h.serve(h.start)
@@ -296,7 +295,7 @@ func (h *h2conn) start() h2end {
 	_ = h.fr.WriteWindowUpdate(0, h2ConnWindow-65535)
 	h.mu.Unlock()
 	h.wake()
-	h.last = time.Now()
+	h.last = monoNow()
 	return h.read()
 }
 
@@ -315,7 +314,7 @@ func (h *h2conn) read() h2end {
 			return h2Failed // a write failed, or the grace period ended
 		}
 		srv := c.srv.Load()
-		deadline := srv.idleDeadline(h.last)
+		deadline := srv.idleDeadline(h.last.Time())
 		wait := deadline
 		canPark := c.rc != nil && idlePoller.ok()
 		if canPark {
@@ -327,7 +326,7 @@ func (h *h2conn) read() h2end {
 		f, err := h.fr.ReadFrame()
 		c.reading.Store(false)
 		if err == nil {
-			h.last = time.Now()
+			h.last = monoNow()
 			err = h.process(f)
 		}
 		if err != nil {
@@ -360,7 +359,7 @@ func (h *h2conn) read() h2end {
 			h.goAway(http2.ErrCodeNo)
 			return h2Graceful
 		}
-		if h.stalled(h.last) {
+		if h.stalled(h.last.Time()) {
 			h.goAway(http2.ErrCodeNo)
 			return h2Graceful
 		}
@@ -390,8 +389,8 @@ func (h *h2conn) park() bool {
 	c := h.c
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
-	c.park.since = monoOf(h.last)
-	if c.parkUntil(monoOf(c.srv.Load().idleDeadline(h.last)), false) {
+	c.park.since = h.last
+	if c.parkUntil(monoOf(c.srv.Load().idleDeadline(h.last.Time())), false) {
 		return true
 	}
 	h.takeLive()
@@ -411,7 +410,7 @@ func (h *h2conn) endParked() {
 		h.closed = true
 		h.mu.Unlock()
 		_ = c.raw.SetWriteDeadline(time.Now().Add(time.Second))
-		_, _ = h.wr.Write(h.out.b)
+		_, _ = h.rw.Write(h.out.b)
 		h.dropLive()
 	}
 	c.closeOut()
@@ -1098,7 +1097,7 @@ func (h *h2conn) writeLoop(kick, stop, wdone chan struct{}) {
 			if h.c.raw != nil {
 				_ = h.c.raw.SetWriteDeadline(time.Now().Add(h.c.srv.Load().set.write))
 			}
-			if _, err := h.wr.Write(buf); err != nil {
+			if _, err := h.rw.Write(buf); err != nil {
 				failed = true
 				h.c.abort()
 			}

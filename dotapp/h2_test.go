@@ -48,7 +48,10 @@ func h2exchange(t testing.TB, s *Server, input []byte) []byte {
 	c := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
 	c.srv.Store(s)
 	var out syncBuf
-	h := newH2(c, bytes.NewReader(input), &out, s.set.maxInFlight)
+	h := newH2(c, struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(input), &out}, s.set.maxInFlight)
 	h.startWriter()
 	h.finish(h.start() == h2Graceful)
 	return out.b.Bytes()
