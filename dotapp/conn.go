@@ -70,6 +70,7 @@ var (
 
 func newConn(raw net.Conn, key string) *conn {
 	c := &conn{raw: raw, key: key}
+	c.park.shard = uint8(nextParkShard.Add(1) % parkShards)
 	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {
 		c.client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
@@ -332,7 +333,7 @@ func (c *conn) wake() {
 	defer p.mu.Unlock()
 	if p.parked && !p.hello { // a handshake keeps its own deadline
 		p.deadline = monoOf(c.srv.Load().idleDeadline(p.since.Time()))
-		parkTimer.set(c, p.deadline)
+		c.timers().set(c, p.deadline)
 	}
 }
 

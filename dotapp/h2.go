@@ -62,7 +62,7 @@ type h2conn struct {
 	*h2live // while the connection runs: from livePool, given back when it parks
 
 	c    *conn
-	rw   io.ReadWriter // the TLS connection (tests: any)
+	rw   io.ReadWriter  // the TLS connection (tests: any)
 	hdec *hpack.Decoder // from the first request: its dynamic table is the connection's
 	henc *hpack.Encoder // from the first answer, writing into the live hbuf
 

@@ -16,7 +16,8 @@ type parking struct {
 	mu       sync.Mutex
 	parked   bool
 	hello    bool     // parked before the handshake, waiting for the ClientHello
-	slot     int32    // in parkTimer's heap, while a deadline is armed
+	shard    uint8    // which of parkTimer is the connection's, from accept
+	slot     int32    // in its parkTimer's heap, while a deadline is armed
 	since    monoTime // when the wait for the next query began
 	deadline monoTime // when the wait ends the connection (parkTimer)
 	id       uint64   // registration with the idle poller; 0 before the first park
@@ -58,10 +59,10 @@ func (c *conn) parkUntil(deadline monoTime, hello bool) bool {
 		return false // abort came first and found nothing parked
 	}
 	p.parked, p.hello, p.deadline = true, hello, deadline
-	parkTimer.set(c, deadline)
+	c.timers().set(c, deadline)
 	if err := idlePoller.arm(c); err != nil {
 		p.parked, p.hello = false, false
-		parkTimer.stop(c)
+		c.timers().stop(c)
 		return false
 	}
 	if !hello {
@@ -80,7 +81,7 @@ func (c *conn) unpark() (parked, hello bool) {
 		return false, false
 	}
 	p.parked, p.hello = false, false
-	parkTimer.stop(c)
+	c.timers().stop(c)
 	if !hello {
 		c.metrics.parked.Dec()
 	}
@@ -113,7 +114,7 @@ func (c *conn) expire() {
 		// early for the deadline it has now (it was moved, or armed
 		// again after it parked anew): armed again, if still parked
 		if c.park.parked {
-			parkTimer.set(c, c.park.deadline)
+			c.timers().set(c, c.park.deadline)
 		}
 		c.park.mu.Unlock()
 		return

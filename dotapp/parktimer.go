@@ -2,13 +2,17 @@ package dotapp
 
 import (
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
 // parkTimers ends parked connections at their deadlines with one runtime
 // timer for all of them, armed for the earliest. A time.Timer of its own
 // would hold 112 octets of every idle connection (twice that in RSS at
-// the default GOGC); an entry here is 16.
+// the default GOGC); an entry here is 16. There are parkShards of them,
+// a connection keeping to the one it was given at accept, so that many
+// cores parking and resuming connections at once do not all wait on one
+// lock.
 type parkTimers struct {
 	mu      sync.Mutex
 	q       []parkDeadline // a binary min-heap by at; c.park.slot is an entry's index + 1
@@ -22,7 +26,15 @@ type parkDeadline struct {
 	c  *conn
 }
 
-var parkTimer parkTimers
+const parkShards = 16
+
+var (
+	parkTimer     [parkShards]parkTimers
+	nextParkShard atomic.Uint32
+)
+
+// timers is the connection's own parkTimers.
+func (c *conn) timers() *parkTimers { return &parkTimer[c.park.shard%parkShards] }
 
 // monoTime is a time kept as its offset from parkEpoch, on the monotonic
 // clock: 8 octets where a time.Time takes 24, in every connection. Zero
