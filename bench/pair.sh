@@ -11,14 +11,17 @@
 #   bash bench/pair.sh OLD NEW [kind] [requests] [times]
 #
 # kind: getf (GET, forwarding; the default), postf (POST, forwarding),
-# getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
+# both through the Caddy handler, gets / posts (the same through the
+# dedicated DoH server on 8444), getr / postr (Caddy's respond), dotf (DoT, forwarding: dnsperf -m dot
 # -c 10 -q 100 for 8 s, then CPU per query answered; requests is unused),
 # dotctl (the same on 8856, forwarding behind the controls row's ACL,
 # rate limit, dnstap to the bench's collector and ECS strip),
 # dotmiss (the same through the cache on 8855, every name new: a cache
 # miss's cost; the names are unique to each run), dotrefresh (the cache
 # again, the same 500,000 names in every run: the first run stores them,
-# the later ones find them expired, TTL 5 s, and refresh them).
+# the later ones find them expired, TTL 5 s, and refresh them), dothit
+# (the cache on 8855 with the bench's 100%-hit file: after the first
+# second every query is a hit).
 # A and B swap ports every other time.
 # KIND_B=getr gives B another kind than A: with A and B the same binary,
 #
@@ -68,6 +71,10 @@ load() {
 		sed "s#:8443/#:$port/#" "$T/get-urls.txt" > "$P/urls-$port.txt"
 		echo "-i $P/urls-$port.txt" ;;
 	postf) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/dns-query" ;;
+	gets)
+		sed "s#:8443/#:${port:0:1}8444/#" "$T/get-urls.txt" > "$P/urls-$port.txt"
+		echo "-i $P/urls-$port.txt" ;;
+	posts) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:${port:0:1}8444/dns-query" ;;
 	getr) echo "https://127.0.0.1:$port/respond" ;;
 	postr) echo "-d $T/post.bin -H content-type:application/dns-message https://127.0.0.1:$port/respond" ;;
 	*) echo "unknown kind $2" >&2; exit 1 ;;
@@ -106,9 +113,10 @@ for i in $(seq "$TIMES"); do
 			dport=8853
 			[ "$kind" = dotf ] || dport=8856
 			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}$dport" -d "$T/dnsperf.txt" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
-		elif [ "$kind" = dotmiss ] || [ "$kind" = dotrefresh ]; then
+		elif [ "$kind" = dotmiss ] || [ "$kind" = dotrefresh ] || [ "$kind" = dothit ]; then
 			f=$P/miss-$port.txt
-			[ "$kind" = dotmiss ] || f=$P/refresh-$port.txt
+			[ "$kind" != dotrefresh ] || f=$P/refresh-$port.txt
+			[ "$kind" != dothit ] || f=$T/hits.txt
 			taskset -c "$CLIENT_CPU" dnsperf -m dot -s 127.0.0.1 -p "${port:0:1}8855" -d "$f" -l 8 -c 10 -q 100 > "$P/h$port" 2>&1 &
 		else
 			# shellcheck disable=SC2046

@@ -272,7 +272,9 @@ func (c *conn) read() (parked bool) {
 		c.w.pending.Add(1)
 		c.queries++
 		last := srv.MaxQueries > 0 && c.queries >= srv.MaxQueries
-		go c.answer(c.w, bp, size, last)
+		t := dotTaskPool.Get().(*dotTask)
+		*t = dotTask{c: c, w: c.w, bp: bp, size: size, last: last}
+		dispatch(t)
 		if last {
 			return false
 		}
@@ -284,7 +286,6 @@ func (c *conn) read() (parked bool) {
 // the writer. last is the connection's last query (max_queries): its
 // answer announces keepalive 0.
 func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
-	growStack()
 	defer w.pending.Done()
 	defer func() { <-w.sem }()
 	srv := c.enter()
@@ -366,8 +367,8 @@ func minTime(a, b time.Time) time.Time {
 	return a
 }
 
-// growStack grows the stack of a query's answerer to 8 KB, while it is
-// one frame deep. A new goroutine's first stack is the runtime's running
+// growStack grows the stack of an answering worker (workers.go) to 8 KB,
+// while it is one frame deep. A new goroutine's first stack is the runtime's running
 // average (2 or 4 KB here), and a cache miss forwarded over UDP takes
 // ~3.6 KB of frames (cache, flight, forward, the UDP exchange; miekg/dns
 // keeps a kilobyte alone to decode a name). A stack that grows deep in

@@ -52,7 +52,7 @@ const (
 
 // h2conn is one HTTP/2 connection of a DoH server, shaped like a DoT
 // connection: one reader decodes frames and requests; each complete
-// request is answered in a goroutine of its own (a slot among
+// request is answered on a worker (workers.go; a slot among
 // max_in_flight, which is also SETTINGS_MAX_CONCURRENT_STREAMS: a reset
 // stream keeps its slot until its answer is made, so resets cannot make
 // more work than that, CVE-2023-44487); answers and control frames are
@@ -163,6 +163,7 @@ type recentStream struct {
 
 // h2stream is a request and its answer.
 type h2stream struct {
+	h             *h2conn
 	id            uint32
 	req           dohhandler.Request
 	path          string
@@ -534,7 +535,7 @@ func (h *h2conn) onRequest(b *hblock) error {
 		return http2.StreamError{StreamID: id, Code: http2.ErrCodeProtocol} // RFC 9113 8.3.1
 	}
 	st = streamPool.Get().(*h2stream)
-	*st = h2stream{id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
+	*st = h2stream{h: h, id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
 	st.req.Method, st.req.ContentType, st.req.Accept, st.req.Client = b.method, b.contentType, b.accept, h.c.client
 	st.path, st.req.RawQuery, _ = strings.Cut(b.path, "?")
 	st.bp = packPool.Get().(*[]byte)
@@ -670,7 +671,7 @@ func (h *h2conn) endRequest(st *h2stream) error {
 	h.mu.Lock()
 	st.answering = true
 	h.mu.Unlock()
-	go h.answer(st)
+	dispatch(st)
 	return nil
 }
 
