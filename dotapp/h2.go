@@ -96,7 +96,7 @@ type h2conn struct {
 // livePool, so that a connection that resumes reuses another's rather
 // than making its own.
 type h2live struct {
-	in  h2reader      // rd, counted
+	in  h2reader      // rw, counted
 	fr  *http2.Framer // reads: the reader only; writes: under mu, into out
 	blk *hblock       // the header block being decoded, from the first
 
