@@ -203,8 +203,11 @@ func TestClientControls(t *testing.T) {
 		out, _ := run(t, true, curl, append(args, fmt.Sprintf("https://127.0.0.1:%d/dns-query?name=a.example.test&type=A", https))...)
 		return out
 	}
-	if out := doh(""); !strings.Contains(out, `"Status":0`) {
-		t.Fatalf("DoH from 127.0.0.1: %s", out)
+	// the site's certificate is issued in the background after start:
+	// asked until it serves
+	var out string
+	if err := eventually(15*time.Second, func() bool { out = doh(""); return out != "" }); err != nil || !strings.Contains(out, `"Status":0`) {
+		t.Fatalf("DoH from 127.0.0.1: %q", out)
 	}
 	if out := doh("203.0.113.9"); !strings.Contains(out, `"Status":5`) {
 		t.Fatalf("DoH for a denied client behind the trusted proxy: %s, want REFUSED (5)", out)
