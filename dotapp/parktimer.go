@@ -117,13 +117,6 @@ func (t *parkTimers) due(now monoTime) []*conn {
 	return due
 }
 
-// len is the number of deadlines armed (tests).
-func (t *parkTimers) len() int {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	return len(t.q)
-}
-
 func (t *parkTimers) remove(i int) {
 	t.q[i].c.park.slot = 0
 	last := len(t.q) - 1
