@@ -106,6 +106,16 @@ func (r *Request) Octets() []byte { return r.query }
 // not come through Serve or ServeMsg.
 func (r *Request) Start() time.Time { return r.start }
 
+// Now is the clock reading a handler takes for the query, in Unix
+// nanoseconds: Start's (a reading the query has already paid for), or
+// the clock's for a Request that did not come through the chain.
+func (r *Request) Now() int64 {
+	if !r.start.IsZero() {
+		return r.start.UnixNano()
+	}
+	return time.Now().UnixNano()
+}
+
 // Tap sees a query's messages as they pass (see Request.Tap). Its
 // methods must neither block nor keep msg.
 type Tap interface {

@@ -207,6 +207,7 @@ func (c *conn) read() (parked bool) {
 		r.Reset(nil)
 		readerPool.Put(r)
 	}()
+	var set monoTime // the read deadline of a wait, as set here; 0: another one, or none
 	for {
 		if c.aborted.Load() {
 			return false // a write failed: the deadlines set below must not undo that
@@ -215,13 +216,16 @@ func (c *conn) read() (parked bool) {
 		if r.Buffered() == 0 {
 			since := time.Now()
 			deadline := srv.idleDeadline(since)
-			wait := deadline
 			canPark := c.rc != nil && idlePoller.ok()
-			if canPark {
-				wait = minTime(deadline, since.Add(srv.set.parkAfter))
-			}
 			c.reading.Store(true)
-			_ = c.raw.SetReadDeadline(wait)
+			if canPark {
+				// a wait that ends a little early parks the connection a
+				// little sooner, which is all it does (below)
+				set = lazyReadDeadline(c.raw, set, since, minTime(deadline, since.Add(srv.set.parkAfter)), srv.set.parkAfter/8)
+			} else {
+				_ = c.raw.SetReadDeadline(deadline) // it ends the connection: exactly
+				set = 0
+			}
 			_, err := r.Peek(1)
 			c.reading.Store(false)
 			if err != nil {
@@ -238,6 +242,7 @@ func (c *conn) read() (parked bool) {
 		if r.Buffered() < 2 {
 			quickAck(c.rc)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.set.read))
+			set = 0
 		}
 		hdr, err := r.Peek(2)
 		if err != nil {
@@ -251,6 +256,7 @@ func (c *conn) read() (parked bool) {
 		if r.Buffered() < 2+size {
 			quickAck(c.rc)
 			_ = c.raw.SetReadDeadline(time.Now().Add(srv.set.read))
+			set = 0
 		}
 		_, _ = r.Discard(2)
 		// the query goes to its answerer in a pooled buffer of its own,
@@ -358,6 +364,21 @@ func (c *conn) abort() {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// lazyReadDeadline sets raw's read deadline to t, unless the one set
+// (cur, from the last call; 0 for none known) is still ahead of now and
+// short of t by at most slack. It returns the deadline set. For a reader
+// whose timeout only parks its connection, or sends it round its loop
+// again, a deadline a little early costs nothing; setting one for every
+// read costs a runtime timer update every read.
+func lazyReadDeadline(raw net.Conn, cur monoTime, now, t time.Time, slack time.Duration) monoTime {
+	m := monoOf(t)
+	if cur != 0 && monoOf(now) < cur && cur <= m && m-cur <= monoTime(slack) {
+		return cur
+	}
+	_ = raw.SetReadDeadline(t)
+	return m
 }
 
 func minTime(a, b time.Time) time.Time {

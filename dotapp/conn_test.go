@@ -327,3 +327,50 @@ func TestMaxQueries(t *testing.T) {
 		}
 	}
 }
+
+// deadlineConn counts the read deadlines set on it.
+type deadlineConn struct {
+	net.Conn
+	set []time.Time
+}
+
+func (d *deadlineConn) SetReadDeadline(t time.Time) error {
+	d.set = append(d.set, t)
+	return nil
+}
+
+// TestLazyReadDeadline: a wait's deadline is set again only when the one
+// set has passed, is later than the one wanted, or falls short of it by
+// more than the slack; otherwise it stays (it ends at most slack early).
+func TestLazyReadDeadline(t *testing.T) {
+	d := new(deadlineConn)
+	now := time.Now()
+	const slack = 10 * time.Millisecond
+	cur := lazyReadDeadline(d, 0, now, now.Add(time.Second), slack) // none known: set
+	steps := []struct {
+		name    string
+		now, at time.Time
+		set     bool
+	}{
+		{"a little later", now.Add(time.Millisecond), now.Add(time.Second + time.Millisecond), false},
+		{"later still, within the slack", now.Add(9 * time.Millisecond), now.Add(time.Second + 9*time.Millisecond), false},
+		{"past the slack", now.Add(11 * time.Millisecond), now.Add(time.Second + 11*time.Millisecond), true},
+		{"earlier (a draining server's)", now.Add(12 * time.Millisecond), now.Add(500 * time.Millisecond), true},
+		{"the same again", now.Add(13 * time.Millisecond), now.Add(500 * time.Millisecond), false},
+		{"the one set has passed", now.Add(501 * time.Millisecond), now.Add(505 * time.Millisecond), true},
+	}
+	for _, s := range steps {
+		n := len(d.set)
+		next := lazyReadDeadline(d, cur, s.now, s.at, slack)
+		if got := len(d.set) > n; got != s.set {
+			t.Fatalf("%s: set %v, want %v", s.name, got, s.set)
+		}
+		if s.set && (next != monoOf(s.at) || !d.set[len(d.set)-1].Equal(s.at)) {
+			t.Fatalf("%s: set %v (returned %v), want %v", s.name, d.set[len(d.set)-1], next, s.at)
+		}
+		if !s.set && next != cur {
+			t.Fatalf("%s: returned %v, want the one set, %v", s.name, next, cur)
+		}
+		cur = next
+	}
+}

@@ -310,6 +310,7 @@ func (h *h2conn) resume() {
 // read reads frames until the connection ends or parks.
 func (h *h2conn) read() h2end {
 	c := h.c
+	var set monoTime // the read deadline, as set here (lazyReadDeadline)
 	for {
 		if c.aborted.Load() {
 			return h2Failed // a write failed, or the grace period ended
@@ -318,11 +319,16 @@ func (h *h2conn) read() h2end {
 		deadline := srv.idleDeadline(h.last.Time())
 		wait := deadline
 		canPark := c.rc != nil && idlePoller.ok()
+		now := time.Now()
 		if canPark {
-			wait = minTime(deadline, time.Now().Add(srv.set.parkAfter))
+			wait = minTime(deadline, now.Add(srv.set.parkAfter))
 		}
 		c.reading.Store(true)
-		h.setDeadline(wait)
+		if c.raw != nil {
+			// a wait that ends early parks the connection a little sooner,
+			// or goes round this loop again (below)
+			set = lazyReadDeadline(c.raw, set, now, wait, srv.set.parkAfter/8)
+		}
 		h.in.n = 0
 		f, err := h.fr.ReadFrame()
 		c.reading.Store(false)

@@ -146,7 +146,7 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 		return next(ctx, r) // no key this long is kept
 	}
 	hash := hashKey(key)
-	now := time.Now().UnixNano()
+	now := r.Now()
 	f := c.store.lookup(hash, key, now, c.Prefetch)
 	switch {
 	case f.wire != nil && !f.stale:

@@ -216,7 +216,8 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 // send tries the upstreams in the policy's order until one answers, and
 // notes the one that did in r (the query log).
 func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) (*caddydns.Wire, error) {
-	order := ordered(f.ups, time.Now(), f.policy)
+	now := time.Now() // the first try's start, too: one clock reading fewer a query
+	order := ordered(f.ups, now, f.policy)
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]
@@ -225,7 +226,10 @@ func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) 
 			lastErr = u.busy()
 			continue
 		}
-		start := time.Now()
+		start := now
+		if try > 0 {
+			start = time.Now()
+		}
 		resp, err := u.query(ctx, r, start.Add(f.timeout), packed)
 		u.outstanding.Add(-1)
 		if err != nil && ctx.Err() != nil {
@@ -235,7 +239,8 @@ func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) 
 			lastErr = err
 			break
 		}
-		u.record(err, time.Since(start), f.health.passive)
+		now = time.Now()
+		u.record(err, now.Sub(start), now, f.health.passive)
 		if err == nil {
 			r.Upstream = u.name
 			return resp, nil

@@ -99,7 +99,7 @@ func (u *upstream) useChecks(cfg *healthConfig, logger *zap.Logger) {
 	u.checks.Store(cfg)
 	if cfg == nil {
 		u.activeDown.Store(false)
-		u.updateGauge()
+		u.updateGauge(time.Now())
 	}
 	u.checkerMu.Lock()
 	if cfg != nil && !u.checkerRunning {
@@ -150,7 +150,7 @@ func (u *upstream) runChecks() {
 		case ok && u.downUntil.Load() != 0:
 			u.downUntil.Store(0) // a passing check ends a passive mark-down
 		}
-		u.updateGauge()
+		u.updateGauge(time.Now())
 		timer.Reset(cfg.interval)
 	}
 }

@@ -92,7 +92,7 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 		u.forged[i] = upstreamForged.WithLabelValues(name, forgedReasonNames[i])
 	}
 	u.healthy.Set(1)
-	u.upAgain = time.AfterFunc(time.Hour, u.updateGauge)
+	u.upAgain = time.AfterFunc(time.Hour, func() { u.updateGauge(time.Now()) })
 	u.upAgain.Stop()
 	switch spec.proto {
 	case "udp":
@@ -208,12 +208,13 @@ func (u *upstream) abandoned() { u.queries.Inc() }
 // record notes the outcome of a real query for passive health checking:
 // only the upstream's own failures count (its timeout against the
 // forward's deadline, a refused or broken connection, no usable answer).
-func (u *upstream) record(err error, d time.Duration, ph passiveHealth) {
+// It took d, and ended at now.
+func (u *upstream) record(err error, d time.Duration, now time.Time, ph passiveHealth) {
 	u.queries.Inc()
 	if err == nil {
 		u.duration.Observe(d.Seconds())
 		u.fails.Store(0)
-		u.updateGauge()
+		u.updateGauge(now)
 		return
 	}
 	u.errors.Inc()
@@ -251,8 +252,8 @@ func (u *upstream) failureSeen(err error) {
 	}
 }
 
-func (u *upstream) updateGauge() {
-	if u.isHealthy(time.Now()) {
+func (u *upstream) updateGauge(now time.Time) {
+	if u.isHealthy(now) {
 		u.healthy.Set(1)
 	} else {
 		u.healthy.Set(0)

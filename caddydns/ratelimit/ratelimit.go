@@ -10,7 +10,6 @@ import (
 	"net/netip"
 	"sync"
 	"sync/atomic"
-	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/maypok86/otter/v2"
@@ -144,7 +143,7 @@ var errLimited = fmt.Errorf("ratelimit: %w", caddydns.ErrDrop)
 // rate, and refuses or drops it past it.
 func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	client := r.Client.Addr().Unmap()
-	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.allow(client, now(r)) {
+	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.allow(client, r.Now()) {
 		return next(ctx, r)
 	}
 	rl.lim.limited.Add(1)
@@ -154,16 +153,6 @@ func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next cad
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
 	return caddydns.Response{Msg: m}, nil
-}
-
-// now is the time a query takes its token at: when the chain took it (a
-// clock reading the query has already paid for), or the clock's for a
-// Request that did not come through the chain.
-func now(r *caddydns.Request) int64 {
-	if t := r.Start(); !t.IsZero() {
-		return t.UnixNano()
-	}
-	return time.Now().UnixNano()
 }
 
 // limiter holds the buckets of one config.
