@@ -48,6 +48,7 @@ type Stats struct {
 	Prefetches  uint64 `json:"prefetches"`
 	Coalesced   uint64 `json:"coalesced"`
 	Evictions   uint64 `json:"evictions"`
+	NotAdmitted uint64 `json:"not_admitted"`
 }
 
 func liveStores() []*store {
@@ -68,7 +69,7 @@ func handleStats(w http.ResponseWriter, r *http.Request) error {
 	for _, s := range liveStores() {
 		stats = append(stats, Stats{Name: s.name, Entries: s.entries(), Bytes: s.bytes.Load(), Hits: s.hits.Load(),
 			Misses: s.misses.Load(), StaleServed: s.staleServed.Load(), Prefetches: s.prefetches.Load(),
-			Coalesced: s.coalesced.Load(), Evictions: s.evictions.Load()})
+			Coalesced: s.coalesced.Load(), Evictions: s.evictions.Load(), NotAdmitted: s.notAdmitted.Load()})
 	}
 	return adminapi.WriteJSON(w, stats)
 }

@@ -468,6 +468,10 @@ func TestFlood(t *testing.T) {
 	if ringsOnHeap {
 		grew -= int64(c.store.indexBytes()) // the rings were there before
 	}
+	grew -= int64(c.store.doorkeeperBytes()) // made once, when the shards fill: 1-2 octets an entry of max_entries
+	if dk := c.store.doorkeeperBytes(); dk == 0 || dk > 2*maxEntries {
+		t.Fatalf("the doorkeeper takes %d octets for max_entries %d", dk, maxEntries)
+	}
 	if grew > 64<<10 {
 		t.Fatalf("the heap grew by %d octets", grew)
 	}

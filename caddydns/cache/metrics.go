@@ -11,18 +11,19 @@ import (
 type collector struct{}
 
 var (
-	descHits       = prometheus.NewDesc("dnsfront_cache_hits_total", "Queries answered from a cache while fresh.", []string{"cache"}, nil)
-	descMisses     = prometheus.NewDesc("dnsfront_cache_misses_total", "Queries a cache did not answer fresh (asked on, coalesced or answered stale).", []string{"cache"}, nil)
-	descStale      = prometheus.NewDesc("dnsfront_cache_stale_served_total", "Expired answers served because the upstreams failed or were slow (RFC 8767).", []string{"cache"}, nil)
-	descPrefetches = prometheus.NewDesc("dnsfront_cache_prefetches_total", "Popular entries refreshed before they expired.", []string{"cache"}, nil)
-	descCoalesced  = prometheus.NewDesc("dnsfront_cache_coalesced_total", "Misses that waited for an identical miss's query instead of asking again.", []string{"cache"}, nil)
-	descEvictions  = prometheus.NewDesc("dnsfront_cache_evictions_total", "Entries evicted to stay within max_entries and max_bytes.", []string{"cache"}, nil)
-	descEntries    = prometheus.NewDesc("dnsfront_cache_entries", "Entries in a cache.", []string{"cache"}, nil)
-	descBytes      = prometheus.NewDesc("dnsfront_cache_bytes", "Memory of a cache's entries, as counted against max_bytes.", []string{"cache"}, nil)
+	descHits        = prometheus.NewDesc("dnsfront_cache_hits_total", "Queries answered from a cache while fresh.", []string{"cache"}, nil)
+	descMisses      = prometheus.NewDesc("dnsfront_cache_misses_total", "Queries a cache did not answer fresh (asked on, coalesced or answered stale).", []string{"cache"}, nil)
+	descStale       = prometheus.NewDesc("dnsfront_cache_stale_served_total", "Expired answers served because the upstreams failed or were slow (RFC 8767).", []string{"cache"}, nil)
+	descPrefetches  = prometheus.NewDesc("dnsfront_cache_prefetches_total", "Popular entries refreshed before they expired.", []string{"cache"}, nil)
+	descCoalesced   = prometheus.NewDesc("dnsfront_cache_coalesced_total", "Misses that waited for an identical miss's query instead of asking again.", []string{"cache"}, nil)
+	descEvictions   = prometheus.NewDesc("dnsfront_cache_evictions_total", "Entries evicted to stay within max_entries and max_bytes.", []string{"cache"}, nil)
+	descNotAdmitted = prometheus.NewDesc("dnsfront_cache_not_admitted_total", "Answers a full cache did not keep: their name was not asked before lately (the doorkeeper).", []string{"cache"}, nil)
+	descEntries     = prometheus.NewDesc("dnsfront_cache_entries", "Entries in a cache.", []string{"cache"}, nil)
+	descBytes       = prometheus.NewDesc("dnsfront_cache_bytes", "Memory of a cache's entries, as counted against max_bytes.", []string{"cache"}, nil)
 )
 
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descEntries, descBytes} {
+	for _, d := range []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descNotAdmitted, descEntries, descBytes} {
 		ch <- d
 	}
 }
@@ -31,7 +32,7 @@ func (collector) Describe(ch chan<- *prometheus.Desc) {
 // caches alike).
 func (collector) Collect(ch chan<- prometheus.Metric) {
 	type sums struct {
-		counters       [6]uint64
+		counters       [7]uint64
 		entries, bytes int64
 	}
 	byName := map[string]*sums{}
@@ -42,14 +43,14 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			t = new(sums)
 			byName[s.name] = t
 		}
-		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load()} {
+		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load(), s.notAdmitted.Load()} {
 			t.counters[i] += v
 		}
 		t.entries += int64(s.entries())
 		t.bytes += s.bytes.Load()
 		return true
 	})
-	counters := []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions}
+	counters := []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descNotAdmitted}
 	for name, t := range byName {
 		for i, d := range counters {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(t.counters[i]), name)

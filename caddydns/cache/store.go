@@ -39,7 +39,7 @@ type store struct {
 	maxRec int    // the largest record a shard keeps
 	bytes  atomic.Int64
 
-	hits, misses, staleServed, prefetches, coalesced, evictions atomic.Uint64
+	hits, misses, staleServed, prefetches, coalesced, evictions, notAdmitted atomic.Uint64
 
 	flights flights
 }
@@ -109,7 +109,11 @@ type shard struct {
 	limit      int   // its share of max_entries
 	idx        index // hash -> the offset of the live record
 	closed     bool
-	_          [40]byte // a cache line of its own, near enough
+	// the doorkeeper (admit): keys asked lately, two bits each in a
+	// bitset made when the shard first fills; cleared after limit keys
+	seen  []uint64
+	seenN int
+	_     [8]byte // a cache line of its own, near enough
 }
 
 func newStore(name string, maxEntries int, maxBytes int64, maxEntrySize int, stale time.Duration) (*store, error) {
@@ -163,7 +167,7 @@ func (s *store) Destruct() error {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		_ = sh.idx.free()
-		sh.closed, sh.buf = true, nil
+		sh.closed, sh.buf, sh.seen = true, nil, nil
 		sh.n, sh.head, sh.tail, sh.used, sh.live, sh.count = 0, 0, 0, 0, 0, 0
 		sh.mu.Unlock()
 	}
@@ -288,6 +292,9 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 			return
 		}
 		sh.remove(s, slot, sh.hdr(off))
+	} else if sh.crowded() && !sh.admit(hash) {
+		s.notAdmitted.Add(1)
+		return
 	}
 	off := sh.reserve(s, size, stored)
 	sh.write(off, size, key, msg, ttls, lay, stored, expires, failure)
@@ -297,6 +304,57 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 	sh.count++
 	sh.live += size
 	s.bytes.Add(int64(size))
+}
+
+// doorkeeperBytes is what the doorkeepers' bitsets take.
+func (s *store) doorkeeperBytes() int {
+	n := 0
+	for i := range s.shards {
+		sh := &s.shards[i]
+		sh.mu.Lock()
+		n += 8 * len(sh.seen)
+		sh.mu.Unlock()
+	}
+	return n
+}
+
+// crowded reports whether a new record would take the place of a live
+// one: the shard holds its share of max_entries, or its ring has grown
+// to its share of max_bytes and is mostly live.
+func (sh *shard) crowded() bool {
+	return sh.count >= sh.limit || (sh.n == len(sh.buf) && 4*sh.live >= 3*sh.n)
+}
+
+// admit is the doorkeeper of a crowded shard (TinyLFU's, as in the
+// caches otter and ristretto): a key not in the cache is let in on its
+// second miss within the last limit keys it was asked for, so that a
+// flood of names asked once (a scan, or random subdomains) neither
+// evicts the entries that are asked again and again nor costs a store
+// each. The keys are two bits each of a bitset of 8 bits per entry of
+// the shard (a false "seen" about 1 time in 20), cleared when it has
+// taken limit keys.
+func (sh *shard) admit(hash uint64) bool {
+	if sh.seen == nil {
+		words := 1
+		for words*64 < 8*sh.limit {
+			words *= 2
+		}
+		sh.seen = make([]uint64, words)
+	}
+	mask := uint64(len(sh.seen)*64 - 1)
+	a, b := hash&mask, (hash>>24)&mask // the top bits chose the shard
+	wa, wb := &sh.seen[a>>6], &sh.seen[b>>6]
+	ba, bb := uint64(1)<<(a&63), uint64(1)<<(b&63)
+	if *wa&ba != 0 && *wb&bb != 0 {
+		return true
+	}
+	*wa |= ba
+	*wb |= bb
+	if sh.seenN++; sh.seenN >= max(sh.limit, 1) {
+		clear(sh.seen)
+		sh.seenN = 0
+	}
+	return false
 }
 
 // write writes a record of size octets at off.

@@ -282,3 +282,82 @@ func TestStoreSizes(t *testing.T) {
 		t.Fatal("an answer of max_entry_size was not kept at the least max_bytes")
 	}
 }
+
+// TestDoorkeeper: while the store has room, an answer is kept at once;
+// once it is full, a new name is kept on its second miss and not its
+// first, an entry it has is refreshed as before, and a flood of names
+// asked once leaves most of the entries it had in place.
+func TestDoorkeeper(t *testing.T) {
+	const limit = 32
+	s, err := newStore("door", limit, 96<<10, 4096, time.Hour) // one shard
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Destruct()
+	if len(s.shards) != 1 {
+		t.Fatalf("%d shards, want 1", len(s.shards))
+	}
+	now := time.Now().UnixNano()
+	msg := make([]byte, 60)
+	binary.BigEndian.PutUint32(msg[12:], 300)
+	keyOf := func(name string) []byte { return append([]byte{0, 1, 0, 1, 0}, name...) }
+	put := func(name string) {
+		key := keyOf(name)
+		s.put(hashKey(key), key, msg, []uint16{12}, packedLayout{qEnd: 12, end: uint16(len(msg)), opt: noOffset, maxPtr: noOffset},
+			now, now+int64(300*time.Second), false)
+	}
+	has := func(name string) bool {
+		key := keyOf(name)
+		f := s.lookup(hashKey(key), key, now, 0)
+		if f.wire != nil {
+			f.wire.Release()
+			return true
+		}
+		return false
+	}
+	cold := func(i int) string { return "c" + strconv.Itoa(i) + ".test." }
+	for i := range limit {
+		put(cold(i))
+		if !has(cold(i)) {
+			t.Fatalf("entry %d not kept with room for it", i)
+		}
+	}
+	if s.notAdmitted.Load() != 0 || s.doorkeeperBytes() != 0 {
+		t.Fatalf("with room: %d not admitted, a doorkeeper of %d octets", s.notAdmitted.Load(), s.doorkeeperBytes())
+	}
+	// full: the next name is kept on its second miss
+	put("new.test.")
+	if has("new.test.") || s.notAdmitted.Load() != 1 {
+		t.Fatalf("full: a new name kept on its first miss (not admitted: %d)", s.notAdmitted.Load())
+	}
+	put("new.test.")
+	if !has("new.test.") {
+		t.Fatal("full: a new name not kept on its second miss")
+	}
+	// an entry the store has is refreshed, whatever the doorkeeper says
+	put("new.test.")
+	if !has("new.test.") || s.notAdmitted.Load() != 1 {
+		t.Fatalf("a refresh went through the doorkeeper (not admitted: %d)", s.notAdmitted.Load())
+	}
+	// a flood of names asked once (a bitset of 256 bits, 2 a name: a
+	// few get in as "seen", each evicting one entry)
+	for i := range 100 {
+		put("flood" + strconv.Itoa(i) + ".test.")
+	}
+	if n := s.notAdmitted.Load(); n < 1+80 {
+		t.Fatalf("a flood of 100 names: %d not admitted", n-1)
+	}
+	kept := 0
+	for i := range limit {
+		if has(cold(i)) {
+			kept++
+		}
+	}
+	if kept < limit/2 {
+		t.Fatalf("a flood of names asked once evicted %d of %d entries", limit-kept, limit)
+	}
+	if dk := s.doorkeeperBytes(); dk != 32 {
+		t.Fatalf("a doorkeeper of %d octets for %d entries, want 32 (8 bits an entry)", dk, limit)
+	}
+	checkRings(t, s)
+}
