@@ -696,6 +696,35 @@ func BenchmarkMissHandler(b *testing.B) {
 	}
 }
 
+// BenchmarkMissFull is a miss of a new name on a full cache, names asked
+// once (a flood): the doorkeeper keeps them out.
+func BenchmarkMissFull(b *testing.B) {
+	_, c, _ := newCache(b, `{"name":"missfull","max_entries":10000}`)
+	q := query("www.example.org.", dns.TypeA)
+	q.SetEdns0(1232, false)
+	r := &caddydns.Request{Msg: q, Size: caddydns.MaxMessage}
+	ask := func(i int) {
+		q.Question[0].Name = "n" + strconv.Itoa(i) + ".flood.test."
+		res, err := c.ServeDNS(context.Background(), r, wireUpstream)
+		if err != nil || res.Wire == nil {
+			b.Fatal("no answer")
+		}
+		res.Wire.Release()
+	}
+	for i := range 20_000 { // full, and past the doorkeeper's first window
+		ask(i)
+	}
+	if c.store.entries() < 9_000 {
+		b.Fatalf("%d entries: not full", c.store.entries())
+	}
+	b.ReportAllocs()
+	i := 20_000
+	for b.Loop() {
+		i++
+		ask(i)
+	}
+}
+
 // BenchmarkEntryMemory is what an entry takes, with the names of the
 // bench's Zipf file: on the Go heap (live bytes after a collection, per
 // entry), in the rings (the octets of its record, and the rings' size
