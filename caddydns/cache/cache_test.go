@@ -641,6 +641,49 @@ func TestKeyNameWithOddECS(t *testing.T) {
 // TestFirstAnswerTTL: the client whose query filled the cache gets the
 // upstream's answer, its Cache-Control TTL that answer's own (max_ttl
 // clamps what is kept, not what this client sees).
+// TestOtherQuestion: an answer to another question than the query's is
+// not kept, the query coming through the chain (its question compared as
+// the client sent it) or not (packed again); one that differs only in
+// letter case is.
+func TestOtherQuestion(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"otherq"}`)
+	u.edit = func(m *dns.Msg) {
+		switch m.Question[0].Name {
+		case "www.example.org.":
+			m.Question[0].Name = "other.example.org."
+		case "case.example.org.":
+			m.Question[0].Name = "CaSe.ExAmple.org."
+		}
+	}
+	direct := func(name string) {
+		r := &caddydns.Request{Msg: query(name, dns.TypeA), Size: caddydns.MaxMessage}
+		next := func(ctx context.Context, r *caddydns.Request) (caddydns.Response, error) {
+			return u.ServeDNS(ctx, r, nil)
+		}
+		if res, err := c.ServeDNS(context.Background(), r, next); err == nil && res.Wire != nil {
+			res.Wire.Release()
+		}
+	}
+	for _, tc := range []struct {
+		name  string
+		serve func(name string)
+		asked int32
+	}{
+		{"www.example.org.", func(n string) { ask(t, ch, query(n, dns.TypeA)) }, 2},
+		{"case.example.org.", func(n string) { ask(t, ch, query(n, dns.TypeA)) }, 1},
+		{"www.example.org.", direct, 2},
+		{"case.example.org.", direct, 1},
+	} {
+		c.store.purge("", false)
+		u.asked.Store(0)
+		tc.serve(tc.name)
+		tc.serve(tc.name)
+		if got := u.asked.Load(); got != tc.asked {
+			t.Errorf("%s: upstream asked %d times for 2 queries, want %d", tc.name, got, tc.asked)
+		}
+	}
+}
+
 func TestFirstAnswerTTL(t *testing.T) {
 	ch, _, _ := newCache(t, `{"name":"first","max_ttl":"10s"}`)
 	m, a := ask(t, ch, query("www.example.org.", dns.TypeA))

@@ -147,7 +147,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 // go by (for failure_ttl). REFUSED, FORMERR and other rcodes are not
 // kept.
 func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64) {
-	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 || !sameQuestion(msg, l, r.Msg) {
+	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 || !sameQuestion(msg, l, r) {
 		return
 	}
 	failure := false
@@ -183,10 +183,14 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 	c.store.put(hash, key, msg, ttls, packLayout(&lay), now, expires, failure)
 }
 
-// sameQuestion reports whether the answer msg, laid out in l, is to q's
-// question (name in any case, type and class).
-func sameQuestion(msg []byte, l *dnswire.Layout, q *dns.Msg) bool {
-	qn := q.Question[0]
+// sameQuestion reports whether the answer msg, laid out in l, is to r's
+// question (name in any case, type and class): as the client sent it
+// (its octets, when it came through the chain), else packed here.
+func sameQuestion(msg []byte, l *dnswire.Layout, r *caddydns.Request) bool {
+	if question := dnswire.Question(r.Octets()); question != nil {
+		return dnswire.Answers(msg, l, question) != dnswire.OtherQuestion
+	}
+	qn := r.Msg.Question[0]
 	var b [255 + 4]byte // a name is at most 255 octets (RFC 1035 3.1)
 	n, err := dns.PackDomainName(qn.Name, b[:], 0, nil, false)
 	if err != nil || n+4 > len(b) {
