@@ -682,8 +682,11 @@ for round in $(seq "$ROUNDS"); do
 			done
 			# every query a miss (names asked once): the cache's cost on a
 			# miss, against forwarding without it; and what each entry
-			# costs in memory (RSS growth / misses, each a new entry)
-			U="dnsperf -d $T/unique.txt -l $DURATION"
+			# costs in memory (RSS growth / misses, each a new entry). Each
+			# round asks names of its own: from round 2 on, the same names
+			# would be round 1's, expired, and refreshed in place
+			sed "s/^u/r${round}u/" "$T/unique.txt" > "$T/unique-$round.txt"
+			U="dnsperf -d $T/unique-$round.txt -l $DURATION"
 			for srv in "dnsfront cache:dnsfront:$DNSFRONT:8855" "dnsfront forward, no cache:-:$DNSFRONT:8853" "dnsdist packet cache:dnsdist:$DNSDIST:9855"; do
 				IFS=: read -r name server pid port <<<"$srv"
 				rss0=$(rss_kb "$pid")
@@ -741,7 +744,7 @@ mkdir -p bench/results
 	fi
 	if [ -s "$T/entries.tsv" ]; then
 		echo
-		echo "Memory per cache entry (the 0%-hit row: RSS growth over the run / misses, each a new entry; per round):"
+		echo "Memory per cache entry (the 0%-hit row: RSS growth over the run / misses, each a new entry while the cache has room; per round: round 1 is the figure, later rounds find the cache full, where a miss need not make an entry):"
 		echo
 		echo "| server | round | new entries | bytes per entry |"
 		echo "|---|---:|---:|---:|"
