@@ -306,18 +306,6 @@ func (s *store) put(hash uint64, key, msg []byte, ttls []uint16, lay packedLayou
 	s.bytes.Add(int64(size))
 }
 
-// doorkeeperBytes is what the doorkeepers' bitsets take.
-func (s *store) doorkeeperBytes() int {
-	n := 0
-	for i := range s.shards {
-		sh := &s.shards[i]
-		sh.mu.Lock()
-		n += 8 * len(sh.seen)
-		sh.mu.Unlock()
-	}
-	return n
-}
-
 // crowded reports whether a new record would take the place of a live
 // one: the shard holds its share of max_entries, or its ring has grown
 // to its share of max_bytes and is mostly live.
@@ -520,6 +508,9 @@ func (s *store) rings() int { return s.sum(func(sh *shard) int { return sh.n }) 
 
 // indexBytes is the octets of the store's index tables.
 func (s *store) indexBytes() int { return s.sum(func(sh *shard) int { return 8 * len(sh.idx.slots) }) }
+
+// doorkeeperBytes is what the doorkeepers' bitsets take.
+func (s *store) doorkeeperBytes() int { return s.sum(func(sh *shard) int { return 8 * len(sh.seen) }) }
 
 // sum adds up f of every shard, each under its lock.
 func (s *store) sum(f func(sh *shard) int) int {
