@@ -473,3 +473,114 @@ func TestStartAndAnswerTimes(t *testing.T) {
 		}
 	}
 }
+
+// quickFilter passes every query on at once, counting each (as a rate
+// limit takes a token), and refuses one name.
+type quickFilter struct{ passed, served *int }
+
+func (f quickFilter) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
+	*f.served++
+	if q, res, err := f.ServeQuick(r, next); q == QuickAnswered {
+		return res, err
+	}
+	return next(ctx, r)
+}
+
+func (f quickFilter) ServeQuick(r *Request, _ Next) (Quick, Response, error) {
+	if r.Name() == "refused.example.org." {
+		return QuickAnswered, Response{Msg: new(dns.Msg).SetRcode(r.Msg, dns.RcodeRefused)}, nil
+	}
+	*f.passed++
+	return QuickPassed, Response{}, nil
+}
+
+// quickMemory answers www at once and cannot tell for other names (a
+// cache with one entry); its ServeDNS passes them on.
+type quickMemory struct{ served *int }
+
+func (m quickMemory) ServeDNS(ctx context.Context, r *Request, next Next) (Response, error) {
+	*m.served++
+	if q, res, err := m.ServeQuick(r, next); q == QuickAnswered {
+		return res, err
+	}
+	return next(ctx, r)
+}
+
+func (quickMemory) ServeQuick(r *Request, _ Next) (Quick, Response, error) {
+	if r.Name() != "www.example.org." {
+		return QuickNot, Response{}, nil
+	}
+	m := new(dns.Msg).SetReply(r.Msg)
+	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Msg.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+	return QuickAnswered, Response{Msg: m}, nil
+}
+
+// TestServeQuick: the chain answers at once what its first handlers, all
+// QuickHandlers, answer at once, and nothing else; Resume then goes on
+// from the handler that could not, so that the handlers before it do
+// not take the query twice; with a handler that is no QuickHandler
+// first, nothing is answered at once.
+func TestServeQuick(t *testing.T) {
+	var passed, filterServed, memServed, slowServed int
+	slow := countingHandler{&slowServed}
+	c := NewChain("quick", "test", quickFilter{&passed, &filterServed}, quickMemory{&memServed}, slow, testHandler{})
+	quick := func(name string) (*dns.Msg, *Request, bool) {
+		t.Helper()
+		r := &Request{Transport: "test", Size: MaxMessage}
+		b, err := query(name, dns.TypeA).Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, ok := c.ServeQuick(r, b, nil)
+		if !ok {
+			return nil, r, false
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(a.Wire); err != nil {
+			t.Fatalf("%s: the quick answer does not decode: %v", name, err)
+		}
+		return m, r, true
+	}
+
+	m, _, ok := quick("www.example.org.")
+	if !ok || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != "192.0.2.1" {
+		t.Fatalf("www: answered at once %v, %v; want quickMemory's answer", ok, m)
+	}
+	m, _, ok = quick("refused.example.org.")
+	if !ok || m.Rcode != dns.RcodeRefused {
+		t.Fatalf("refused: answered at once %v, %v; want the filter's REFUSED", ok, m)
+	}
+	// a query the first handlers cannot answer at once: not answered; the
+	// filter passed it once, and Resume goes on from quickMemory
+	before := passed
+	_, r, ok := quick("mail.example.org.")
+	if ok || passed != before+1 {
+		t.Fatalf("mail: answered at once %v, filter passed it %d times; want false, once", ok, passed-before)
+	}
+	a := c.Resume(context.Background(), r, nil)
+	m = new(dns.Msg)
+	if err := m.Unpack(a.Wire); err != nil || m.Rcode != dns.RcodeSuccess || len(m.Answer) != 1 || m.Answer[0].Header().Name != "mail.example.org." {
+		t.Fatalf("mail resumed: %v, %v; want testHandler's answer", err, m)
+	}
+	if filterServed != 0 || memServed != 1 || slowServed != 1 || passed != before+1 {
+		t.Fatalf("after Resume: filter ServeDNS %d, memory ServeDNS %d, slow %d, filter passed %d; want 0, 1, 1, %d",
+			filterServed, memServed, slowServed, passed, before+1)
+	}
+	var got dto.Metric
+	if err := queriesTotal.WithLabelValues("quick", "test", "NOERROR").(prometheus.Metric).Write(&got); err != nil || got.GetCounter().GetValue() != 2 {
+		t.Fatalf("%v NOERROR answers counted (%v), want 2: the quick one and the resumed one", got.GetCounter().GetValue(), err)
+	}
+
+	// a chain whose first handler is no QuickHandler answers only what
+	// never reaches the handlers
+	served := 0
+	c2 := NewChain("test2", "test", countingHandler{&served}, quickMemory{&memServed})
+	b, _ := query("www.example.org.", dns.TypeA).Pack()
+	if _, ok := c2.ServeQuick(&Request{Size: MaxMessage}, b, nil); ok || served != 0 {
+		t.Fatalf("behind a handler that may wait: answered at once %v, that handler ran %d times; want false, 0", ok, served)
+	}
+	b[2] |= 0x80 // a response, not a query: FORMERR before the handlers
+	if a, ok := c2.ServeQuick(&Request{Size: MaxMessage}, b, nil); !ok || a.Rcode != dns.RcodeFormatError {
+		t.Fatalf("a response as a query: answered at once %v, rcode %d; want FORMERR", ok, a.Rcode)
+	}
+}

@@ -4,6 +4,8 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // Queries (DoT) and requests (DoH) are answered by a pool of goroutines
@@ -79,20 +81,20 @@ func work(t task) {
 
 // dotTask is a DoT query for a worker (conn.answer's arguments).
 type dotTask struct {
-	c    *conn
-	w    *writer
-	bp   *[]byte
-	size int
-	last bool
+	c   *conn
+	w   *writer
+	bp  *[]byte
+	srv *Server
+	r   *caddydns.Request
 }
 
 var dotTaskPool = sync.Pool{New: func() any { return new(dotTask) }}
 
 func (t *dotTask) run() {
-	c, w, bp, size, last := t.c, t.w, t.bp, t.size, t.last
+	c, w, bp, srv, r := t.c, t.w, t.bp, t.srv, t.r
 	*t = dotTask{}
 	dotTaskPool.Put(t)
-	c.answer(w, bp, size, last)
+	c.answer(w, bp, srv, r)
 }
 
 // run answers an HTTP/2 stream's request (on a worker).

@@ -113,6 +113,15 @@ var errDenied = fmt.Errorf("acl: %w", caddydns.ErrDrop)
 
 // ServeDNS passes an allowed query on, and refuses or drops a denied one.
 func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
+	if q, res, err := a.ServeQuick(r, next); q == caddydns.QuickAnswered {
+		return res, err
+	}
+	return next(ctx, r)
+}
+
+// ServeQuick refuses (or drops) a query the rules deny, and passes on
+// the others: the ACL never waits.
+func (a *ACL) ServeQuick(r *caddydns.Request, _ caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
 	deny, label := a.deny, "default"
 	client := r.Client.Addr()
 	for i := range a.rules {
@@ -122,19 +131,19 @@ func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.N
 		}
 	}
 	if !deny {
-		return next(ctx, r)
+		return caddydns.QuickPassed, caddydns.Response{}, nil
 	}
 	a.denied.WithLabelValues(r.Server, label).Inc()
 	if a.Action == ActionDrop {
-		return caddydns.Response{}, errDenied
+		return caddydns.QuickAnswered, caddydns.Response{}, errDenied
 	}
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
-	return caddydns.Response{Msg: m}, nil
+	return caddydns.QuickAnswered, caddydns.Response{Msg: m}, nil
 }
 
 // Interface guards
 var (
-	_ caddydns.Handler  = (*ACL)(nil)
-	_ caddy.Provisioner = (*ACL)(nil)
+	_ caddydns.QuickHandler = (*ACL)(nil)
+	_ caddy.Provisioner     = (*ACL)(nil)
 )
