@@ -803,3 +803,104 @@ func BenchmarkEntryMemory(b *testing.B) {
 		_ = c.Cleanup()
 	}
 }
+
+// wireHandler is wireUpstream as a handler (no QuickHandler).
+type wireHandler struct{}
+
+func (wireHandler) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
+	return wireUpstream(ctx, r)
+}
+
+// BenchmarkMissChain is a miss of a new name through the chain as DoT
+// takes it, on a full cache: Chain.ServeQuick (the cache cannot answer
+// at once), then Chain.Resume; "serve" is Chain.Serve alone, for the
+// difference.
+func BenchmarkMissChain(b *testing.B) {
+	for _, quick := range []bool{false, true} {
+		name := "serve"
+		if quick {
+			name = "quick+resume"
+		}
+		b.Run(name, func(b *testing.B) {
+			c := new(Cache)
+			handlertest.Provision(b, c, `{"name":"misschain-`+name+`","max_entries":10000}`)
+			ch := caddydns.NewChain("test", "test", c, wireHandler{})
+			buf := make([]byte, 0, 512)
+			ask := func(i int) {
+				q := query("n"+strconv.Itoa(i)+".flood.test.", dns.TypeA)
+				q.SetEdns0(1232, false)
+				octets, _ := q.Pack()
+				r := caddydns.AcquireRequest()
+				r.Size = caddydns.MaxMessage
+				var a caddydns.Answer
+				if quick {
+					var ok bool
+					if a, ok = ch.ServeQuick(r, octets, buf[:0]); ok {
+						b.Fatal("a miss was answered at once")
+					}
+					a = ch.Resume(context.Background(), r, buf[:0])
+				} else {
+					a = ch.Serve(context.Background(), r, octets, buf[:0])
+				}
+				caddydns.ReleaseRequest(r)
+				if a.Wire == nil {
+					b.Fatal("no answer")
+				}
+			}
+			for i := range 20_000 {
+				ask(i)
+			}
+			b.ReportAllocs()
+			i := 20_000
+			for b.Loop() {
+				i++
+				ask(i)
+			}
+		})
+	}
+}
+
+// TestQuick: the cache through Chain.ServeQuick and Resume, as DoT asks
+// it: a miss is not answered at once and counts one miss, and the query
+// goes upstream once; a hit is answered at once and counted; an expired
+// entry is not answered at once, and the resumed path still finds it, so
+// it is served stale when the upstream fails, and then at once within
+// failure_ttl.
+func TestQuick(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"quick","failure_ttl":"5s"}`)
+	q := query("www.example.org.", dns.TypeA)
+	quick := func() (*dns.Msg, bool) {
+		t.Helper()
+		b, err := q.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		r := &caddydns.Request{Client: netipClient, Size: caddydns.MaxMessage}
+		a, ok := ch.ServeQuick(r, b, nil)
+		if !ok {
+			a = ch.Resume(context.Background(), r, nil)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(a.Wire); err != nil {
+			t.Fatalf("answer does not decode: %v", err)
+		}
+		return m, ok
+	}
+	counts := func() string {
+		return fmt.Sprintf("hits %d, misses %d, stale %d, asked upstream %d", c.store.hits.Load(), c.store.misses.Load(), c.store.staleServed.Load(), u.asked.Load())
+	}
+	if m, ok := quick(); ok || len(m.Answer) != 2 || counts() != "hits 0, misses 1, stale 0, asked upstream 1" {
+		t.Fatalf("a miss: at once %v, %v; %s", ok, m, counts())
+	}
+	if m, ok := quick(); !ok || len(m.Answer) != 2 || counts() != "hits 1, misses 1, stale 0, asked upstream 1" {
+		t.Fatalf("a hit: at once %v, %v; %s", ok, m, counts())
+	}
+	age(t, c, q, time.Hour)
+	u.fail.Store(true)
+	if m, ok := quick(); ok || len(m.Answer) != 2 || m.Answer[0].Header().Ttl != StaleTTL || counts() != "hits 1, misses 2, stale 1, asked upstream 2" {
+		t.Fatalf("expired, the upstream failing: at once %v, %v; %s", ok, m, counts())
+	}
+	if m, ok := quick(); !ok || m.Answer[0].Header().Ttl != StaleTTL || counts() != "hits 1, misses 2, stale 2, asked upstream 2" {
+		t.Fatalf("within failure_ttl: at once %v, %v; %s", ok, m, counts())
+	}
+}
