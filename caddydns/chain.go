@@ -59,12 +59,6 @@ type Request struct {
 	Upstream string
 	Cache    string
 
-	// QuickMemo is what the QuickHandler that could not take the query
-	// at once (QuickNot) noted for its own ServeDNS, which Chain.Resume
-	// calls next with the same Request (the cache: that its store held
-	// nothing for the query's key, so as not to look twice). 0 otherwise.
-	QuickMemo uint64
-
 	// Tap, set by a handler (dnstap), sees the messages of the query as
 	// they pass: the answer the client gets (the chain calls it), and the
 	// queries to upstreams and their answers (forward calls it).

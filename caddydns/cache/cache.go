@@ -146,17 +146,9 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 		return next(ctx, r) // no key this long is kept
 	}
 	hash := hashKey(key)
-	var old *entry
-	if r.QuickMemo == hash|1 {
-		// ServeQuick looked a moment ago and found nothing (an answer
-		// stored meanwhile only costs this query its own flight)
-		r.QuickMemo = 0
-	} else {
-		res, o, ok := c.stored(r, next, hash, key)
-		if ok {
-			return res, nil
-		}
-		old = o
+	res, old, ok := c.stored(r, next, hash, key)
+	if ok {
+		return res, nil
 	}
 	c.store.misses.Add(1)
 	r.Cache = caddydns.CacheMiss
@@ -165,21 +157,15 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 
 // ServeQuick answers from the store, as ServeDNS does, when it holds an
 // answer it may give now (fresh, or stale after a failure a moment ago);
-// a miss is ServeDNS's (nothing is counted here), which looks again
-// only for an expired entry (Request.QuickMemo says there was none).
+// a miss is ServeDNS's, which looks again (nothing is counted here).
 func (c *Cache) ServeQuick(r *caddydns.Request, next caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
 	var kb [320]byte
 	key := appendKey(kb[:0], r.Msg, r.ECS)
 	if len(key) > maxKey {
 		return caddydns.QuickNot, caddydns.Response{}, nil
 	}
-	hash := hashKey(key)
-	res, old, ok := c.stored(r, next, hash, key)
-	if ok {
+	if res, _, ok := c.stored(r, next, hashKey(key), key); ok {
 		return caddydns.QuickAnswered, res, nil
-	}
-	if old == nil {
-		r.QuickMemo = hash | 1 // nothing held: ServeDNS need not look again
 	}
 	return caddydns.QuickNot, caddydns.Response{}, nil
 }
