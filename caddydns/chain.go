@@ -64,10 +64,9 @@ type Request struct {
 	// queries to upstreams and their answers (forward calls it).
 	Tap Tap
 
-	start  time.Time // when Serve (or ServeMsg) took the query
-	query  []byte    // the query's octets, while the handlers run
-	msg    dns.Msg   // Msg's storage: Serve decodes the query into it
-	resume int       // the handler Resume starts at, after ServeQuick
+	start time.Time // when Serve (or ServeMsg) took the query
+	query []byte    // the query's octets, while the handlers run
+	msg   dns.Msg   // Msg's storage: Serve decodes the query into it
 }
 
 // Requests are reused by the transports: a query then allocates neither
@@ -169,32 +168,6 @@ type Handler interface {
 // Next is the rest of the chain.
 type Next func(ctx context.Context, r *Request) (Response, error)
 
-// A QuickHandler can also take a query at once, in the transport's own
-// reader, with no hand-over to a goroutine of its own (Chain.ServeQuick):
-// when it answers from memory, or decides without waiting that the query
-// goes on.
-type QuickHandler interface {
-	Handler
-	// ServeQuick is ServeDNS without waiting for anything. It answers r
-	// (QuickAnswered, with ServeDNS's answer or error); or it passes r on
-	// (QuickPassed), having done all that ServeDNS does before it calls
-	// next (ServeDNS then does nothing with next's answer); or it cannot
-	// do either at once (QuickNot), having changed nothing ServeDNS would
-	// see or count. next is the rest of the chain, for work it starts in
-	// the background (a cache's prefetch); it must not call it otherwise.
-	ServeQuick(r *Request, next Next) (Quick, Response, error)
-}
-
-// Quick is what a QuickHandler did with a query.
-type Quick uint8
-
-// What a QuickHandler did with a query.
-const (
-	QuickNot      Quick = iota // nothing: ServeDNS must take it
-	QuickAnswered              // answered it
-	QuickPassed                // passed it on to the rest of the chain
-)
-
 // Response is a handler's answer: a message it made (Msg), or an
 // upstream's answer as the upstream sent it (Wire, see NewWire), which
 // goes to the client with only its header, question and OPT record
@@ -226,8 +199,6 @@ type Chain struct {
 
 	handlers []Handler
 	next     Next
-	nexts    []Next         // the chain from each handler on: nexts[i] runs handlers[i:]
-	quick    []QuickHandler // handlers[i] as a QuickHandler, or nil
 	logger   *zap.Logger
 	metrics  *serverMetrics
 }
@@ -260,17 +231,13 @@ func NewChain(server, transport string, handlers ...Handler) *Chain {
 
 // compile links the handlers, each one's next the rest of the chain.
 func (c *Chain) compile() {
-	c.nexts = make([]Next, len(c.handlers)+1)
-	c.quick = make([]QuickHandler, len(c.handlers))
-	c.nexts[len(c.handlers)] = refused
+	c.next = refused
 	for i := len(c.handlers) - 1; i >= 0; i-- {
-		h, next := c.handlers[i], c.nexts[i+1]
-		c.nexts[i] = func(ctx context.Context, r *Request) (Response, error) {
+		h, next := c.handlers[i], c.next
+		c.next = func(ctx context.Context, r *Request) (Response, error) {
 			return h.ServeDNS(ctx, r, next)
 		}
-		c.quick[i], _ = h.(QuickHandler)
 	}
-	c.next = c.nexts[0]
 }
 
 // Exampler is a handler that can name a query it answers itself (a

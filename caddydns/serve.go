@@ -40,66 +40,22 @@ type Answer struct {
 // in the metrics, by rcode. r.Msg is set to the decoded query. query and
 // buf may share memory: the query is decoded before anything is written.
 func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte) Answer {
-	if a, ok := c.begin(r, query, buf); ok {
-		return a
-	}
-	// the deepest call of a forwarded query runs on top of this frame,
-	// kept small (the rest in functions of their own): see dohhandler's
-	// ServeHTTP
-	res, err := c.next(ctx, r)
-	return c.answer(r, res, err, buf)
-}
-
-// begin decodes the query and checks it, as Serve does before the
-// handlers: ok with the answer when the query must not reach them.
-//
-//go:noinline
-func (c *Chain) begin(r *Request, query []byte, buf []byte) (Answer, bool) {
 	r.start = time.Now()
 	q, formErr := decode(query, &r.msg)
 	if q == nil {
-		return c.malformed(r, formErr, buf), true
+		return c.malformed(r, formErr, buf)
 	}
 	r.Msg, r.query = q, query
+	var res Response
+	var err error
 	if resp := checkQuery(r, query); resp != nil {
-		return c.answer(r, Response{Msg: resp}, nil, buf), true
+		res.Msg = resp
+	} else {
+		// the deepest call of a forwarded query runs on top of this
+		// frame, kept small (the rest in functions of their own): see
+		// dohhandler's ServeHTTP
+		res, err = c.next(ctx, r)
 	}
-	return Answer{}, false
-}
-
-// ServeQuick answers the query as Serve does when that takes no waiting:
-// the query does not decode or is refused before the handlers, or the
-// chain's first handlers, each a QuickHandler, pass it on or answer it at
-// once (a cache hit, a zone's answer, an ACL's refusal). Otherwise ok is
-// false: r holds the query decoded and what the handlers did, and Resume
-// answers it (on a goroutine that may wait), from the handler that could
-// not take it at once. A transport whose reader must not wait for an
-// upstream answers there what ServeQuick answers, and hands the rest on.
-func (c *Chain) ServeQuick(r *Request, query []byte, buf []byte) (Answer, bool) {
-	if a, ok := c.begin(r, query, buf); ok {
-		return a, true
-	}
-	for i, h := range c.quick {
-		if h == nil {
-			r.resume = i
-			return Answer{}, false
-		}
-		switch q, res, err := h.ServeQuick(r, c.nexts[i+1]); q {
-		case QuickAnswered:
-			return c.answer(r, res, err, buf), true
-		case QuickNot:
-			r.resume = i
-			return Answer{}, false
-		}
-	}
-	res, err := refused(context.Background(), r) // passed on by every handler
-	return c.answer(r, res, err, buf), true
-}
-
-// Resume answers the query r that ServeQuick did not, from where it
-// stopped. query's octets (r's) and buf may share memory, as for Serve.
-func (c *Chain) Resume(ctx context.Context, r *Request, buf []byte) Answer {
-	res, err := c.nexts[r.resume](ctx, r)
 	return c.answer(r, res, err, buf)
 }
 

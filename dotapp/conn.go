@@ -278,73 +278,42 @@ func (c *conn) read() (parked bool) {
 		c.w.pending.Add(1)
 		c.queries++
 		last := srv.MaxQueries > 0 && c.queries >= srv.MaxQueries
-		if !c.answerQuick(c.w, bp, size, last) {
-			return false // dropped by a policy: the connection is ending
-		}
+		t := dotTaskPool.Get().(*dotTask)
+		*t = dotTask{c: c, w: c.w, bp: bp, size: size, last: last}
+		dispatch(t)
 		if last {
 			return false
 		}
 	}
 }
 
-// answerQuick runs the query in (*bp)[:size] through the chain of the
-// server that owns the connection now, in the reader, as far as it goes
-// without waiting (Chain.ServeQuick): an answer from memory (a cache hit,
-// a zone's) or a refusal goes to the writer from here, with no hand-over
-// to a worker and back. Any other query goes to a worker, decoded, with
-// that server, where the chain resumes. last is the connection's last
-// query (max_queries): its answer announces keepalive 0. It returns false
-// when a handler's policy ended the connection.
-func (c *conn) answerQuick(w *writer, bp *[]byte, size int, last bool) bool {
-	srv := c.enter()
-	r := caddydns.AcquireRequest()
-	r.Transport, r.Server, r.Client, r.Size, r.Keepalive = "dot", srv.name, c.client, caddydns.MaxMessage, srv.keepalive(last)
-	a, ok := srv.Chain.ServeQuick(r, (*bp)[:size], (*bp)[:0])
-	if !ok {
-		t := dotTaskPool.Get().(*dotTask)
-		*t = dotTask{c: c, w: w, bp: bp, srv: srv, r: r}
-		dispatch(t)
-		return true
-	}
-	caddydns.ReleaseRequest(r)
-	srv.active.Add(-1)
-	kept := c.deliver(w, bp, a)
-	<-w.sem
-	w.pending.Done()
-	return kept
-}
-
-// answer resumes the chain of srv (entered for it) for the query r that
-// the reader could not answer at once, and hands the answer, packed into
-// bp (which holds the query's octets until then), to the writer.
-func (c *conn) answer(w *writer, bp *[]byte, srv *Server, r *caddydns.Request) {
+// answer runs the query in (*bp)[:size] through the chain of the server
+// that owns the connection now, and hands the answer, packed into bp, to
+// the writer. last is the connection's last query (max_queries): its
+// answer announces keepalive 0.
+func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 	defer w.pending.Done()
 	defer func() { <-w.sem }()
+	srv := c.enter()
 	defer srv.active.Add(-1)
-	a := srv.Chain.Resume(context.Background(), r, (*bp)[:0])
+	r := caddydns.AcquireRequest()
+	r.Transport, r.Server, r.Client, r.Size, r.Keepalive = "dot", srv.name, c.client, caddydns.MaxMessage, srv.keepalive(last)
+	a := srv.Chain.Serve(context.Background(), r, (*bp)[:size], (*bp)[:0])
 	caddydns.ReleaseRequest(r)
-	c.deliver(w, bp, a)
-}
-
-// deliver hands the answer a, packed into bp, to the writer. It returns
-// false when a handler's policy dropped the query: the connection ends,
-// unanswered.
-func (c *conn) deliver(w *writer, bp *[]byte, a caddydns.Answer) bool {
-	if a.Drop {
+	if a.Drop { // a handler's policy: the connection ends, unanswered
 		packPool.Put(bp)
 		w.inFlight.Add(-1)
 		c.abort()
-		return false
+		return
 	}
 	if a.Wire == nil { // no header to answer: the reader lets no such frame in
 		packPool.Put(bp)
 		w.inFlight.Add(-1)
-		return true
+		return
 	}
 	*bp = a.Wire // a FORMERR when the query did not decode
 	w.out <- bp
 	w.inFlight.Add(-1) // after the send: a parking reader that sees 0 may close out
-	return true
 }
 
 // enter returns the server whose chain answers a query, counted as

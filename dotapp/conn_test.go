@@ -6,7 +6,6 @@ import (
 	"crypto/x509"
 	"encoding/binary"
 	"encoding/json"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -20,7 +19,6 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
-	_ "github.com/dnsfront/dnsfront/caddydns/acl"  // an ACL in the reader (TestQuickAndResumed)
 	_ "github.com/dnsfront/dnsfront/caddydns/zone" // the zone handler the tests answer from
 	"github.com/dnsfront/dnsfront/internal/testpki"
 )
@@ -374,98 +372,5 @@ func TestLazyReadDeadline(t *testing.T) {
 			t.Fatalf("%s: returned %v, want the one set, %v", s.name, next, cur)
 		}
 		cur = next
-	}
-}
-
-// slowHandler answers every query with 192.0.2.99, and is no
-// QuickHandler: a query that reaches it goes to a worker. served counts
-// its queries.
-type slowHandler struct{}
-
-var slowServed atomic.Int64
-
-func (slowHandler) CaddyModule() caddy.ModuleInfo {
-	return caddy.ModuleInfo{ID: "dns.handlers.test_slow", New: func() caddy.Module { return new(slowHandler) }}
-}
-
-func (slowHandler) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
-	slowServed.Add(1)
-	m := new(dns.Msg)
-	m.SetReply(r.Msg)
-	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Msg.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 99)})
-	return caddydns.Response{Msg: m}, nil
-}
-
-func init() { caddy.RegisterModule(slowHandler{}) }
-
-// TestQuickAndResumed: pipelined queries that the zone answers in the
-// reader and queries it passes on to a handler that is no QuickHandler
-// (answered on a worker, the chain resumed there) are all answered, each
-// with its own ID and answer, the second kind reaching that handler once
-// each; and a query an ACL drops in the reader ends the connection
-// unanswered.
-func TestQuickAndResumed(t *testing.T) {
-	s := newTestServer(t)
-	s.Chain = caddydns.Chain{HandlersRaw: []json.RawMessage{
-		json.RawMessage(`{"handler":"zone","origin":"example.org.","records":["@ 3600 IN SOA ns1 host 1 7200 3600 1209600 300","www 60 IN A 192.0.2.80"]}`),
-		json.RawMessage(`{"handler":"test_slow"}`),
-	}}
-	if err := s.Chain.Provision(s.ctx, "test", "dot"); err != nil {
-		t.Fatal(err)
-	}
-	const queries = 40
-	var in []byte
-	for i := range queries {
-		q := new(dns.Msg)
-		q.SetQuestion("www.example.org.", dns.TypeA)
-		if i%2 == 1 {
-			q.SetQuestion(fmt.Sprintf("n%d.other.test.", i), dns.TypeA)
-		}
-		q.Id = uint16(i + 1)
-		in = append(in, frame(q)...)
-	}
-	before := slowServed.Load()
-	frames := exchange(t, s, in)
-	if len(frames) != queries {
-		t.Fatalf("%d answers to %d queries", len(frames), queries)
-	}
-	seen := map[uint16]bool{}
-	for _, f := range frames {
-		m := new(dns.Msg)
-		if err := m.Unpack(f); err != nil || len(m.Answer) != 1 {
-			t.Fatalf("answer %v: %v", m, err)
-		}
-		i := int(m.Id) - 1
-		want, name := "192.0.2.80", "www.example.org."
-		if i%2 == 1 {
-			want, name = "192.0.2.99", fmt.Sprintf("n%d.other.test.", i)
-		}
-		if a, ok := m.Answer[0].(*dns.A); !ok || a.A.String() != want || m.Question[0].Name != name {
-			t.Fatalf("ID %d: %v; want %s for %s", m.Id, m.Answer[0], want, name)
-		}
-		seen[m.Id] = true
-	}
-	if len(seen) != queries {
-		t.Fatalf("%d distinct IDs answered, want %d", len(seen), queries)
-	}
-	if got := slowServed.Load() - before; got != queries/2 {
-		t.Fatalf("the slow handler served %d queries, want %d (the zone's own never reach it)", got, queries/2)
-	}
-
-	// an ACL that drops every client, in the reader: no answer, and the
-	// connection ends (exchange fails the test when it stays open)
-	s.Chain = caddydns.Chain{HandlersRaw: []json.RawMessage{
-		json.RawMessage(`{"handler":"acl","rules":[{"deny":["127.0.0.0/8"]}],"action":"drop"}`),
-		json.RawMessage(`{"handler":"test_slow"}`),
-	}}
-	if err := s.Chain.Provision(s.ctx, "test", "dot"); err != nil {
-		t.Fatal(err)
-	}
-	before = slowServed.Load()
-	if frames := exchange(t, s, in[:2*len(frame(new(dns.Msg).SetQuestion("www.example.org.", dns.TypeA)))]); len(frames) != 0 {
-		t.Fatalf("%d answers through an ACL that drops the client", len(frames))
-	}
-	if got := slowServed.Load() - before; got != 0 {
-		t.Fatalf("a dropped query reached the next handler %d times", got)
 	}
 }

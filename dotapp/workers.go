@@ -4,8 +4,6 @@ import (
 	"sync"
 	"sync/atomic"
 	"time"
-
-	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 // Queries (DoT) and requests (DoH) are answered by a pool of goroutines
@@ -81,20 +79,20 @@ func work(t task) {
 
 // dotTask is a DoT query for a worker (conn.answer's arguments).
 type dotTask struct {
-	c   *conn
-	w   *writer
-	bp  *[]byte
-	srv *Server
-	r   *caddydns.Request
+	c    *conn
+	w    *writer
+	bp   *[]byte
+	size int
+	last bool
 }
 
 var dotTaskPool = sync.Pool{New: func() any { return new(dotTask) }}
 
 func (t *dotTask) run() {
-	c, w, bp, srv, r := t.c, t.w, t.bp, t.srv, t.r
+	c, w, bp, size, last := t.c, t.w, t.bp, t.size, t.last
 	*t = dotTask{}
 	dotTaskPool.Put(t)
-	c.answer(w, bp, srv, r)
+	c.answer(w, bp, size, last)
 }
 
 // run answers an HTTP/2 stream's request (on a worker).

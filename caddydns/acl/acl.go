@@ -113,15 +113,6 @@ var errDenied = fmt.Errorf("acl: %w", caddydns.ErrDrop)
 
 // ServeDNS passes an allowed query on, and refuses or drops a denied one.
 func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	if q, res, err := a.ServeQuick(r, next); q == caddydns.QuickAnswered {
-		return res, err
-	}
-	return next(ctx, r)
-}
-
-// ServeQuick refuses (or drops) a query the rules deny, and passes on
-// the others: the ACL never waits.
-func (a *ACL) ServeQuick(r *caddydns.Request, _ caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
 	deny, label := a.deny, "default"
 	client := r.Client.Addr()
 	for i := range a.rules {
@@ -131,19 +122,19 @@ func (a *ACL) ServeQuick(r *caddydns.Request, _ caddydns.Next) (caddydns.Quick, 
 		}
 	}
 	if !deny {
-		return caddydns.QuickPassed, caddydns.Response{}, nil
+		return next(ctx, r)
 	}
 	a.denied.WithLabelValues(r.Server, label).Inc()
 	if a.Action == ActionDrop {
-		return caddydns.QuickAnswered, caddydns.Response{}, errDenied
+		return caddydns.Response{}, errDenied
 	}
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
-	return caddydns.QuickAnswered, caddydns.Response{Msg: m}, nil
+	return caddydns.Response{Msg: m}, nil
 }
 
 // Interface guards
 var (
-	_ caddydns.QuickHandler = (*ACL)(nil)
-	_ caddy.Provisioner     = (*ACL)(nil)
+	_ caddydns.Handler  = (*ACL)(nil)
+	_ caddy.Provisioner = (*ACL)(nil)
 )

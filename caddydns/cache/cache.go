@@ -146,36 +146,8 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 		return next(ctx, r) // no key this long is kept
 	}
 	hash := hashKey(key)
-	res, old, ok := c.stored(r, next, hash, key)
-	if ok {
-		return res, nil
-	}
-	c.store.misses.Add(1)
-	r.Cache = caddydns.CacheMiss
-	return c.miss(ctx, r, next, hash, key, old)
-}
-
-// ServeQuick answers from the store, as ServeDNS does, when it holds an
-// answer it may give now (fresh, or stale after a failure a moment ago);
-// a miss is ServeDNS's, which looks again (nothing is counted here).
-func (c *Cache) ServeQuick(r *caddydns.Request, next caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
-	var kb [320]byte
-	key := appendKey(kb[:0], r.Msg, r.ECS)
-	if len(key) > maxKey {
-		return caddydns.QuickNot, caddydns.Response{}, nil
-	}
-	if res, _, ok := c.stored(r, next, hashKey(key), key); ok {
-		return caddydns.QuickAnswered, res, nil
-	}
-	return caddydns.QuickNot, caddydns.Response{}, nil
-}
-
-// stored is the answer the store holds for key and may give now, with
-// ok; or, with ok false, the expired entry that may be served stale if
-// the upstream fails (nil if none), and nothing counted. A hit due for
-// prefetch starts it (next is the rest of the chain).
-func (c *Cache) stored(r *caddydns.Request, next caddydns.Next, hash uint64, key []byte) (res caddydns.Response, old *entry, ok bool) {
-	f := c.store.lookup(hash, key, r.Now(), c.Prefetch)
+	now := r.Now()
+	f := c.store.lookup(hash, key, now, c.Prefetch)
 	switch {
 	case f.wire != nil && !f.stale:
 		c.store.hits.Add(1)
@@ -183,18 +155,20 @@ func (c *Cache) stored(r *caddydns.Request, next caddydns.Next, hash uint64, key
 		if f.prefetch {
 			c.prefetch(f.old, hash, r, next)
 		}
-		return caddydns.Response{Wire: f.wire}, nil, true
+		return caddydns.Response{Wire: f.wire}, nil
 	case f.wire != nil:
 		c.store.staleServed.Add(1) // the upstream failed a moment ago: not asked again yet
 		r.Cache = caddydns.CacheStale
-		return caddydns.Response{Wire: f.wire}, nil, true
+		return caddydns.Response{Wire: f.wire}, nil
 	}
-	return caddydns.Response{}, f.old, false
+	c.store.misses.Add(1)
+	r.Cache = caddydns.CacheMiss
+	return c.miss(ctx, r, next, hash, key, f.old)
 }
 
 // Interface guards
 var (
-	_ caddydns.QuickHandler = (*Cache)(nil)
-	_ caddy.Provisioner     = (*Cache)(nil)
-	_ caddy.CleanerUpper    = (*Cache)(nil)
+	_ caddydns.Handler   = (*Cache)(nil)
+	_ caddy.Provisioner  = (*Cache)(nil)
+	_ caddy.CleanerUpper = (*Cache)(nil)
 )

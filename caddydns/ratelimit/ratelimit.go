@@ -142,26 +142,17 @@ var errLimited = fmt.Errorf("ratelimit: %w", caddydns.ErrDrop)
 // ServeDNS passes a query on while its client's prefix is within its
 // rate, and refuses or drops it past it.
 func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	if q, res, err := rl.ServeQuick(r, next); q == caddydns.QuickAnswered {
-		return res, err
-	}
-	return next(ctx, r)
-}
-
-// ServeQuick takes the query's token, or refuses (or drops) it when its
-// client has none left: the limit never waits.
-func (rl *RateLimit) ServeQuick(r *caddydns.Request, _ caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
 	client := r.Client.Addr().Unmap()
 	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.allow(client, r.Now()) {
-		return caddydns.QuickPassed, caddydns.Response{}, nil
+		return next(ctx, r)
 	}
 	rl.lim.limited.Add(1)
 	if rl.Action == "drop" {
-		return caddydns.QuickAnswered, caddydns.Response{}, errLimited
+		return caddydns.Response{}, errLimited
 	}
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
-	return caddydns.QuickAnswered, caddydns.Response{Msg: m}, nil
+	return caddydns.Response{Msg: m}, nil
 }
 
 // limiter holds the buckets of one config.
@@ -267,7 +258,7 @@ func (b *bucket) take(l *limiter, now int64) bool {
 
 // Interface guards
 var (
-	_ caddydns.QuickHandler = (*RateLimit)(nil)
-	_ caddy.Provisioner     = (*RateLimit)(nil)
-	_ caddy.CleanerUpper    = (*RateLimit)(nil)
+	_ caddydns.Handler   = (*RateLimit)(nil)
+	_ caddy.Provisioner  = (*RateLimit)(nil)
+	_ caddy.CleanerUpper = (*RateLimit)(nil)
 )

@@ -200,26 +200,17 @@ func (z *Zone) ExampleQuery() (string, uint16) { return z.Origin, dns.TypeSOA }
 
 // ServeDNS answers for names under the origin.
 func (z *Zone) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	if q, res, err := z.ServeQuick(r, next); q == caddydns.QuickAnswered {
-		return res, err
-	}
-	return next(ctx, r)
-}
-
-// ServeQuick answers a query in the zone from memory, and passes on the
-// others.
-func (z *Zone) ServeQuick(r *caddydns.Request, _ caddydns.Next) (caddydns.Quick, caddydns.Response, error) {
 	q := r.Msg.Question[0]
 	name := dns.CanonicalName(q.Name)
 	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
-		return caddydns.QuickPassed, caddydns.Response{}, nil
+		return next(ctx, r)
 	}
 	if z.ECH != nil {
 		if m := z.ECH.answer(r.Msg, z.zone.origin, name, q.Qtype, z.zone.negativeSOA()); m != nil {
-			return caddydns.QuickAnswered, caddydns.Response{Msg: m}, nil
+			return caddydns.Response{Msg: m}, nil
 		}
 	}
-	return caddydns.QuickAnswered, caddydns.Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
+	return caddydns.Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
 }
 
 // inZone reports whether the canonical name is origin or under it, as
@@ -460,7 +451,7 @@ func (z *zoneData) glue(ns []dns.RR) []dns.RR {
 
 // Interface guards
 var (
-	_ caddydns.QuickHandler = (*Zone)(nil)
+	_ caddydns.Handler      = (*Zone)(nil)
 	_ caddy.Provisioner     = (*Zone)(nil)
 	_ caddydns.Exampler     = (*Zone)(nil)
 	_ caddyfile.Unmarshaler = (*Zone)(nil)
