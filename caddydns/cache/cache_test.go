@@ -638,9 +638,6 @@ func TestKeyNameWithOddECS(t *testing.T) {
 	}
 }
 
-// TestFirstAnswerTTL: the client whose query filled the cache gets the
-// upstream's answer, its Cache-Control TTL that answer's own (max_ttl
-// clamps what is kept, not what this client sees).
 // TestOtherQuestion: an answer to another question than the query's is
 // not kept, the query coming through the chain (its question compared as
 // the client sent it) or not (packed again); one that differs only in
@@ -684,6 +681,9 @@ func TestOtherQuestion(t *testing.T) {
 	}
 }
 
+// TestFirstAnswerTTL: the client whose query filled the cache gets the
+// upstream's answer, its Cache-Control TTL that answer's own (max_ttl
+// clamps what is kept, not what this client sees).
 func TestFirstAnswerTTL(t *testing.T) {
 	ch, _, _ := newCache(t, `{"name":"first","max_ttl":"10s"}`)
 	m, a := ask(t, ch, query("www.example.org.", dns.TypeA))

@@ -22,17 +22,22 @@ var (
 	descBytes       = prometheus.NewDesc("dnsfront_cache_bytes", "Memory of a cache's entries, as counted against max_bytes.", []string{"cache"}, nil)
 )
 
+// counterDescs are the counters, in the order of store.counters.
+var counterDescs = [...]*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descNotAdmitted}
+
 func (collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descNotAdmitted, descEntries, descBytes} {
+	for _, d := range counterDescs {
 		ch <- d
 	}
+	ch <- descEntries
+	ch <- descBytes
 }
 
 // Collect sums the stores of each name (two configs may name their
 // caches alike).
 func (collector) Collect(ch chan<- prometheus.Metric) {
 	type sums struct {
-		counters       [7]uint64
+		counters       [len(counterDescs)]uint64
 		entries, bytes int64
 	}
 	byName := map[string]*sums{}
@@ -43,16 +48,15 @@ func (collector) Collect(ch chan<- prometheus.Metric) {
 			t = new(sums)
 			byName[s.name] = t
 		}
-		for i, v := range []uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load(), s.notAdmitted.Load()} {
+		for i, v := range s.counters() {
 			t.counters[i] += v
 		}
 		t.entries += int64(s.entries())
 		t.bytes += s.bytes.Load()
 		return true
 	})
-	counters := []*prometheus.Desc{descHits, descMisses, descStale, descPrefetches, descCoalesced, descEvictions, descNotAdmitted}
 	for name, t := range byName {
-		for i, d := range counters {
+		for i, d := range counterDescs {
 			ch <- prometheus.MustNewConstMetric(d, prometheus.CounterValue, float64(t.counters[i]), name)
 		}
 		ch <- prometheus.MustNewConstMetric(descEntries, prometheus.GaugeValue, float64(t.entries), name)

@@ -509,6 +509,11 @@ func (s *store) rings() int { return s.sum(func(sh *shard) int { return sh.n }) 
 // indexBytes is the octets of the store's index tables.
 func (s *store) indexBytes() int { return s.sum(func(sh *shard) int { return 8 * len(sh.idx.slots) }) }
 
+// counters are the store's counters, in the order of counterDescs.
+func (s *store) counters() [len(counterDescs)]uint64 {
+	return [...]uint64{s.hits.Load(), s.misses.Load(), s.staleServed.Load(), s.prefetches.Load(), s.coalesced.Load(), s.evictions.Load(), s.notAdmitted.Load()}
+}
+
 // doorkeeperBytes is what the doorkeepers' bitsets take.
 func (s *store) doorkeeperBytes() int { return s.sum(func(sh *shard) int { return 8 * len(sh.seen) }) }
 
