@@ -98,7 +98,10 @@ func TestDoTCache(t *testing.T) {
 	if err != nil || len(stats) != 1 || stats[0].Name != "dot-cache" || stats[0].Entries != 2 || stats[0].Hits != 3 {
 		t.Fatalf("GET /dns/cache: %+v (%v), want dot-cache with 2 entries and 3 hits (kdig, dig, after the reload)", stats, err)
 	}
-	body := c.api("POST", "/dns/cache/purge?name=a.cached.test")
+	if body := c.api("POST", "/dns/cache/purge?name=a.cached.test&type=txt"); !strings.Contains(string(body), `"purged": 0`) {
+		t.Fatalf("purge of a type with no entries: %s", body)
+	}
+	body := c.api("POST", "/dns/cache/purge?name=a.cached.test&type=A")
 	if !strings.Contains(string(body), `"purged": 2`) {
 		t.Fatalf("purge: %s", body)
 	}

@@ -5,8 +5,10 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/internal/adminapi"
 )
@@ -19,9 +21,9 @@ func init() {
 //
 //   - GET /dns/cache: each cache's entries, bytes and counters;
 //   - POST /dns/cache/purge: empty every cache; ?name=example.org purges
-//     that name, &subtree=1 that name and every name under it; &cache=
-//     limits it to the caches of that name. It answers how many entries
-//     it removed.
+//     that name, &subtree=1 that name and every name under it; &type=AAAA
+//     only the entries of that type; &cache= limits it to the caches of
+//     that name. It answers how many entries it removed.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -91,13 +93,34 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	if subtree && name == "" {
 		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("subtree needs a name")}
 	}
+	var qtype uint16
+	if v := q.Get("type"); v != "" {
+		t, err := parseType(v)
+		if err != nil {
+			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+		}
+		qtype = t
+	}
 	purged := 0
 	for _, s := range liveStores() {
 		if only == "" || s.name == only {
-			purged += s.purge(name, subtree)
+			purged += s.purge(name, subtree, qtype)
 		}
 	}
 	return adminapi.WriteJSON(w, map[string]int{"purged": purged})
+}
+
+// parseType reads a record type: a mnemonic (AAAA, any case), TYPEnnn
+// (RFC 3597) or a number, 1 to 65535.
+func parseType(v string) (uint16, error) {
+	if t, ok := dns.StringToType[strings.ToUpper(v)]; ok {
+		return t, nil
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToUpper(v), "TYPE"), 10, 16)
+	if err != nil || n == 0 {
+		return 0, fmt.Errorf("type=%q: want a record type such as AAAA, TYPE65 or 65", v)
+	}
+	return uint16(n), nil
 }
 
 var _ caddy.AdminRouter = AdminAPI{}

@@ -27,8 +27,13 @@ const (
 	DefaultMaxBytes     = 128 << 20
 	DefaultMaxEntrySize = 4096
 	DefaultMaxTTL       = 24 * time.Hour
-	DefaultFailureTTL   = 5 * time.Second
-	DefaultStale        = 24 * time.Hour
+	// DefaultMaxNegativeTTL caps negative answers, as unbound's
+	// cache-max-negative-ttl and dnsdist's maxNegativeTTL do (RFC 2308 5
+	// finds one to three hours sensible): a name created upstream is seen
+	// within the hour.
+	DefaultMaxNegativeTTL = time.Hour
+	DefaultFailureTTL     = 5 * time.Second
+	DefaultStale          = 24 * time.Hour
 	// StaleTTL is the TTL of a stale answer (RFC 8767 4).
 	StaleTTL = 30
 	// maxFailureTTL caps failure_ttl (RFC 2308 7: 5 minutes).
@@ -50,6 +55,9 @@ type Cache struct {
 	// MinTTL and MaxTTL clamp the TTLs of what is kept. Default 0 and 1 day.
 	MinTTL caddy.Duration `json:"min_ttl,omitempty"`
 	MaxTTL caddy.Duration `json:"max_ttl,omitempty"`
+	// MaxNegativeTTL caps what a negative answer (NXDOMAIN, NODATA) is
+	// kept for, under max_ttl. Default 1h.
+	MaxNegativeTTL caddy.Duration `json:"max_negative_ttl,omitempty"`
 	// FailureTTL is how long a SERVFAIL, or an answer with nothing to
 	// cache by, is kept. Default 5s, at most 5m (RFC 2308 7).
 	FailureTTL caddy.Duration `json:"failure_ttl,omitempty"`
@@ -94,6 +102,10 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 	if c.MaxTTL == 0 {
 		c.MaxTTL = caddy.Duration(DefaultMaxTTL)
 	}
+	if c.MaxNegativeTTL == 0 {
+		// under max_ttl, and never under min_ttl unless set so
+		c.MaxNegativeTTL = max(min(caddy.Duration(DefaultMaxNegativeTTL), c.MaxTTL), c.MinTTL)
+	}
 	if c.FailureTTL == 0 {
 		c.FailureTTL = caddy.Duration(DefaultFailureTTL)
 	}
@@ -106,10 +118,12 @@ func (c *Cache) Provision(ctx caddy.Context) error {
 		return errors.New("cache: max_entries, max_bytes, max_entry_size and prefetch must not be negative")
 	case c.MaxEntrySize > dnswire.MaxMessage:
 		return fmt.Errorf("cache: max_entry_size %d is over the largest DNS message (65535)", c.MaxEntrySize)
-	case c.MinTTL < 0 || c.MaxTTL < 0 || c.StaleAnswerTimeout < 0 || c.stale < 0:
+	case c.MinTTL < 0 || c.MaxTTL < 0 || c.MaxNegativeTTL < 0 || c.StaleAnswerTimeout < 0 || c.stale < 0:
 		return errors.New("cache: durations must not be negative")
 	case c.MinTTL > c.MaxTTL:
 		return fmt.Errorf("cache: min_ttl %v is over max_ttl %v", time.Duration(c.MinTTL), time.Duration(c.MaxTTL))
+	case c.MinTTL > c.MaxNegativeTTL:
+		return fmt.Errorf("cache: min_ttl %v is over max_negative_ttl %v", time.Duration(c.MinTTL), time.Duration(c.MaxNegativeTTL))
 	case time.Duration(c.FailureTTL) > maxFailureTTL:
 		return fmt.Errorf("cache: failure_ttl %v is over 5m (RFC 2308 7)", time.Duration(c.FailureTTL))
 	}

@@ -15,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/caddydns"
@@ -283,6 +284,55 @@ func TestTTLClamp(t *testing.T) {
 	}
 }
 
+// TestMaxNegativeTTL: a negative answer is kept for at most
+// max_negative_ttl (1h by default), its SOA's TTL served no higher;
+// positive answers are not capped by it.
+func TestMaxNegativeTTL(t *testing.T) {
+	for _, tc := range []struct {
+		cfg  string
+		want time.Duration
+	}{
+		{`{"name":"neg-default"}`, time.Hour},
+		{`{"name":"neg-90","max_negative_ttl":"90s"}`, 90 * time.Second},
+		{`{"name":"neg-maxttl","max_ttl":"20m"}`, 20 * time.Minute},
+	} {
+		ch, c, u := newCache(t, tc.cfg)
+		u.edit = func(m *dns.Msg) {
+			for _, rr := range m.Ns {
+				if soa, ok := rr.(*dns.SOA); ok {
+					soa.Hdr.Ttl, soa.Minttl = 7200, 7200
+				}
+			}
+		}
+		for _, q := range []*dns.Msg{query("nx.example.org.", dns.TypeA), query("www.example.org.", dns.TypeAAAA)} {
+			before := u.asked.Load()
+			ask(t, ch, q)
+			m, _ := ask(t, ch, q)
+			if u.asked.Load()-before != 1 {
+				t.Fatalf("%s: %s %s not kept", tc.cfg, q.Question[0].Name, dns.TypeToString[q.Question[0].Qtype])
+			}
+			if e := entryOf(c, q); time.Duration(e.expires-e.stored) != tc.want {
+				t.Errorf("%s: %s kept for %v, want %v", tc.cfg, q.Question[0].Name, time.Duration(e.expires-e.stored), tc.want)
+			}
+			if ttl := m.Ns[0].Header().Ttl; time.Duration(ttl)*time.Second > tc.want {
+				t.Errorf("%s: SOA served with TTL %d, over %v", tc.cfg, ttl, tc.want)
+			}
+		}
+		m, _ := ask(t, ch, query("www.example.org.", dns.TypeA))
+		if m.Answer[1].Header().Ttl != 600 {
+			t.Errorf("%s: a positive answer's TTL %d, want 600 (not capped)", tc.cfg, m.Answer[1].Header().Ttl)
+		}
+	}
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c := &Cache{MinTTL: caddy.Duration(time.Hour), MaxNegativeTTL: caddy.Duration(time.Minute)}
+	if err := c.Provision(ctx); err == nil || !strings.Contains(err.Error(), "min_ttl 1h0m0s is over max_negative_ttl 1m0s") {
+		t.Errorf("min_ttl over max_negative_ttl: %v", err)
+	}
+}
+
 // TestServeStale: when the upstream fails, an expired entry younger than
 // stale is answered with TTL 30 (RFC 8767), and the upstream is not asked
 // again for failure_ttl; once it is back, fresh answers again.
@@ -499,14 +549,36 @@ func TestPurge(t *testing.T) {
 	for _, n := range []string{"example.org.", "www.example.org.", "a.b.example.org.", "notexample.org.", "other.net."} {
 		ask(t, ch, query(n, dns.TypeA))
 	}
-	if n := c.store.purge("WWW.example.org", false); n != 1 {
+	ask(t, ch, query("www.example.org.", dns.TypeAAAA))
+	if n := c.store.purge("www.example.org", false, dns.TypeTXT); n != 0 {
+		t.Fatalf("purge www TXT: %d, want 0", n)
+	}
+	if n := c.store.purge("www.example.org", false, dns.TypeAAAA); n != 1 {
+		t.Fatalf("purge www AAAA: %d, want 1", n)
+	}
+	if n := c.store.purge("WWW.example.org", false, 0); n != 1 {
 		t.Fatalf("purge www: %d", n)
 	}
-	if n := c.store.purge("example.org", true); n != 2 {
+	if n := c.store.purge("example.org", true, 0); n != 2 {
 		t.Fatalf("purge example.org and under: %d, want 2 (not notexample.org)", n)
 	}
-	if n := c.store.purge("", false); n != 2 {
+	if n := c.store.purge("", false, 0); n != 2 {
 		t.Fatalf("purge all: %d, want 2", n)
+	}
+}
+
+// TestParseType: purge's type= takes a mnemonic, TYPEnnn or a number,
+// and names what it cannot read.
+func TestParseType(t *testing.T) {
+	for in, want := range map[string]uint16{"AAAA": dns.TypeAAAA, "aaaa": dns.TypeAAAA, "TYPE65": 65, "type65": 65, "65": 65, "65535": 65535} {
+		if got, err := parseType(in); err != nil || got != want {
+			t.Errorf("%q: %d %v, want %d", in, got, err, want)
+		}
+	}
+	for _, in := range []string{"", "0", "TYPE0", "65536", "AAAAA", "-1"} {
+		if _, err := parseType(in); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("type=%q", in)) {
+			t.Errorf("%q: %v, want an error naming it", in, err)
+		}
 	}
 }
 
@@ -671,7 +743,7 @@ func TestOtherQuestion(t *testing.T) {
 		{"www.example.org.", direct, 2},
 		{"case.example.org.", direct, 1},
 	} {
-		c.store.purge("", false)
+		c.store.purge("", false, 0)
 		u.asked.Store(0)
 		tc.serve(tc.name)
 		tc.serve(tc.name)

@@ -18,6 +18,7 @@ import (
 //		max_entry_size <octets>
 //		min_ttl <duration>
 //		max_ttl <duration>
+//		max_negative_ttl <duration>
 //		failure_ttl <duration>
 //		stale <duration>|off
 //		stale_answer_timeout <duration>
@@ -56,8 +57,8 @@ func (c *Cache) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.Errf("max_bytes %q: want a size such as 64MiB", s)
 			}
 			c.MaxBytes = int64(n)
-		case "min_ttl", "max_ttl", "failure_ttl", "stale_answer_timeout":
-			into := map[string]*caddy.Duration{"min_ttl": &c.MinTTL, "max_ttl": &c.MaxTTL,
+		case "min_ttl", "max_ttl", "max_negative_ttl", "failure_ttl", "stale_answer_timeout":
+			into := map[string]*caddy.Duration{"min_ttl": &c.MinTTL, "max_ttl": &c.MaxTTL, "max_negative_ttl": &c.MaxNegativeTTL,
 				"failure_ttl": &c.FailureTTL, "stale_answer_timeout": &c.StaleAnswerTimeout}[opt]
 			if err := cfparse.Duration(d, into, false); err != nil {
 				return err

@@ -143,7 +143,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 // keep stores a copy of the answer msg to r, laid out in l, if it may be
 // kept: not truncated, to r's question, small enough, and NOERROR or
 // NXDOMAIN (for its TTL: the smallest of its records, or its SOA's for a
-// negative answer, RFC 2308), or SERVFAIL or an answer with nothing to
+// negative answer, RFC 2308, at most max_negative_ttl), or SERVFAIL or an answer with nothing to
 // go by (for failure_ttl). REFUSED, FORMERR and other rcodes are not
 // kept.
 func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64) {
@@ -166,6 +166,9 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 	lay := *l // the entry's own: l stays the caller's answer's
 	if !failure {
 		lo, hi := uint32(time.Duration(c.MinTTL)/time.Second), uint32(time.Duration(c.MaxTTL)/time.Second)
+		if l.Rcode == dns.RcodeNameError || binary.BigEndian.Uint16(msg[6:]) == 0 {
+			hi = min(hi, uint32(time.Duration(c.MaxNegativeTTL)/time.Second)) // NXDOMAIN or NODATA
+		}
 		for _, off := range ttls {
 			if t := binary.BigEndian.Uint32(msg[off:]); t < lo || t > hi {
 				msg = clampTTLs(msg, ttls, lo, hi)

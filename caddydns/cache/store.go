@@ -2,6 +2,7 @@ package cache
 
 import (
 	"bytes"
+	"encoding/binary"
 	"fmt"
 	"math/bits"
 	"sync"
@@ -530,9 +531,10 @@ func (s *store) sum(f func(sh *shard) int) int {
 }
 
 // purge removes the entries of name (a question name, any case) and,
-// with subtree, of every name under it; with name "" every entry. It
-// returns how many it removed.
-func (s *store) purge(name string, subtree bool) int {
+// with subtree, of every name under it; with name "" every entry. A
+// qtype other than 0 limits it to the entries of that type. It returns
+// how many it removed.
+func (s *store) purge(name string, subtree bool, qtype uint16) int {
 	all := name == ""
 	name = lowerFQDN(name)
 	n := 0
@@ -540,10 +542,13 @@ func (s *store) purge(name string, subtree bool) int {
 		sh := &s.shards[i]
 		sh.mu.Lock()
 		sh.records(func(slot int, h *header, body []byte) {
+			if (qtype != 0 || !all) && h.klen < 5 {
+				return
+			}
+			if qtype != 0 && binary.BigEndian.Uint16(body) != qtype {
+				return
+			}
 			if !all {
-				if h.klen < 5 {
-					return
-				}
 				owner := keyName(body[:h.klen])
 				if owner != name && (!subtree || (name != "." && !(len(owner) > len(name) && owner[len(owner)-len(name)-1] == '.' && owner[len(owner)-len(name):] == name))) {
 					return

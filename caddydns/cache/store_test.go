@@ -111,9 +111,9 @@ func ringOps(t testing.TB, s *store, ops []byte) {
 			now += int64(arg) * int64(time.Second) / 8
 		case 7:
 			if arg%16 == 0 {
-				s.purge("", false)
+				s.purge("", false, 0)
 			} else {
-				s.purge(name, arg%2 == 0)
+				s.purge(name, arg%2 == 0, uint16(arg%3))
 			}
 		}
 		checkRings(t, s)
