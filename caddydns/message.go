@@ -265,6 +265,37 @@ func msgTTL(m *dns.Msg) (uint32, bool) {
 	return ttl, ok
 }
 
+// EchoECS gives a client that sent an ECS option its own back in the
+// answer (RFC 7871 7.2.2: the same family, prefix and address), with the
+// upstream's scope, or 0 when the upstream echoed none. The ecs handler
+// and the cache (an answer kept for every subnet) use it.
+func EchoECS(res Response, client *dns.EDNS0_SUBNET) (Response, error) {
+	m, err := res.Message()
+	if err != nil {
+		return res, err
+	}
+	if res.Wire != nil {
+		res.Wire.Release()
+	}
+	own := *client
+	own.SourceScope = 0
+	if opt := m.IsEdns0(); opt != nil {
+		kept := opt.Option[:0]
+		for _, o := range opt.Option {
+			if s, ok := o.(*dns.EDNS0_SUBNET); ok {
+				own.SourceScope = min(s.SourceScope, own.SourceNetmask)
+				continue
+			}
+			kept = append(kept, o)
+		}
+		opt.Option = append(kept, &own)
+	} else {
+		m.SetEdns0(AdvertisedUDPSize, false)
+		m.IsEdns0().Option = []dns.EDNS0{&own}
+	}
+	return Response{Msg: m}, nil
+}
+
 // hasECS reports whether an OPT record carries an EDNS Client Subnet
 // option.
 func hasECS(opt *dns.OPT) bool {

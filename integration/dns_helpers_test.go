@@ -25,6 +25,8 @@ import (
 //     whatever size the query announced;
 //   - ecs.up.test. TXT: the ECS option the query carried ("ecs
 //     192.0.2.0/24", or "no ecs"), echoed with its scope;
+//   - zero.up.test. TXT: the same, echoed with scope 0 (the answer is
+//     for every subnet);
 //   - size.up.test. TXT: the UDP size the query's OPT record announced
 //     ("udp 1232"), or "no edns";
 //   - any other name: an A record 198.51.100.<id>, so a test sees which
@@ -95,7 +97,7 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 		for i := 0; i < 120; i++ {
 			m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "record %03d padding padding padding padding"`, q.Question[0].Name, i)))
 		}
-	case name == "ecs.up.test." && q.Question[0].Qtype == dns.TypeTXT:
+	case (name == "ecs.up.test." || name == "zero.up.test.") && q.Question[0].Qtype == dns.TypeTXT:
 		// the ECS option the query carried, echoed as an authoritative
 		// server does, with the scope of its source prefix
 		seen := "no ecs"
@@ -105,6 +107,9 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 					seen = fmt.Sprintf("ecs %s/%d", e.Address, e.SourceNetmask)
 					echo := *e
 					echo.SourceScope = e.SourceNetmask
+					if name == "zero.up.test." {
+						echo.SourceScope = 0
+					}
 					m.SetEdns0(1232, false)
 					m.IsEdns0().Option = []dns.EDNS0{&echo}
 				}

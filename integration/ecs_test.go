@@ -99,6 +99,40 @@ func TestECSPolicies(t *testing.T) {
 		}
 	}
 
+	// an answer the upstream scoped 0 is for every subnet (RFC 7871
+	// 7.3.1): the cache keeps it once, and a client of another subnet gets
+	// it with its own option back, scope 0; an answer scoped 24 is not
+	// shared between subnets
+	echoOf := func(out string) string {
+		for _, l := range strings.Split(out, "\n") {
+			if f := strings.Fields(l); len(f) == 3 && f[0] == ";;" && f[1] == "CLIENT-SUBNET:" {
+				return f[2]
+			}
+		}
+		return ""
+	}
+	zero := func(policy, from string, extra ...string) string {
+		args := append([]string{"+tls", "+retry=0", "-b", from, "@127.0.0.1", "-p", fmt.Sprint(ports[policy]), "zero.up.test", "TXT"}, extra...)
+		return kdig(t, args...)
+	}
+	before := up.answered.Load()
+	zero("Pass", "127.0.0.2", "+subnet=192.0.2.0/24")
+	out := zero("Pass", "127.0.0.2", "+subnet=198.51.100.0/24")
+	if n := up.answered.Load() - before; n != 1 || echoOf(out) != "198.51.100.0/24/0" {
+		t.Errorf("pass: upstream asked %d times (want 1), ECS %q back (want 198.51.100.0/24/0):\n%s", n, echoOf(out), out)
+	}
+	// the add server's cache is the same store (the same options): the
+	// answer kept for every subnet serves its clients too
+	for _, from := range []string{"127.0.0.7", "127.0.1.7"} {
+		if out := zero("Add", from); !strings.Contains(out, `"ecs 192.0.2.0/24"`) || up.answered.Load() != before+1 {
+			t.Errorf("add from %s: not served the answer scoped 0 (upstream asked %d times):\n%s", from, up.answered.Load()-before, out)
+		}
+	}
+	ask("Add", "127.0.1.7") // ecs.up.test, scoped 24: asked for this /24
+	if n := up.answered.Load() - before; n != 2 {
+		t.Errorf("add: an answer scoped 24 was shared with another subnet (upstream asked %d times, want 2)", n)
+	}
+
 	// a malformed option (a scope in a query, more address octets than
 	// the prefix needs): FORMERR (RFC 7871 6), whatever the policy
 	for _, p := range []string{"Strip", "Pass"} {

@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
@@ -162,22 +163,50 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 	hash := hashKey(key)
 	now := r.Now()
 	f := c.store.lookup(hash, key, now, c.Prefetch)
+	zero := false
+	if f.wire == nil && r.ECS {
+		// an answer the upstream gave for every subnet (scope 0)
+		var zb [320]byte
+		if zk, ok := zeroKey(zb[:0], key); ok {
+			if z := c.store.lookup(hashKey(zk), zk, now, c.Prefetch); z.wire != nil {
+				f, zero = z, true
+			}
+		}
+	}
 	switch {
 	case f.wire != nil && !f.stale:
 		c.store.hits.Add(1)
 		r.Cache = caddydns.CacheHit
 		if f.prefetch {
-			c.prefetch(f.old, hash, r, next)
+			c.prefetch(f.old, hash, key, r, next)
 		}
-		return caddydns.Response{Wire: f.wire}, nil
+		return served(r, f.wire, zero)
 	case f.wire != nil:
 		c.store.staleServed.Add(1) // the upstream failed a moment ago: not asked again yet
 		r.Cache = caddydns.CacheStale
-		return caddydns.Response{Wire: f.wire}, nil
+		return served(r, f.wire, zero)
 	}
 	c.store.misses.Add(1)
 	r.Cache = caddydns.CacheMiss
 	return c.miss(ctx, r, next, hash, key, f.old)
+}
+
+// served is an answer from the store: one kept for every subnet (zero)
+// carries the ECS option that went upstream with this query, with scope
+// 0, rather than the one that went with the query it was kept from.
+func served(r *caddydns.Request, w *caddydns.Wire, zero bool) (caddydns.Response, error) {
+	res := caddydns.Response{Wire: w}
+	if !zero {
+		return res, nil
+	}
+	if opt := r.Msg.IsEdns0(); opt != nil {
+		for _, o := range opt.Option {
+			if s, ok := o.(*dns.EDNS0_SUBNET); ok {
+				return caddydns.EchoECS(res, s)
+			}
+		}
+	}
+	return res, nil
 }
 
 // Interface guards

@@ -333,6 +333,82 @@ func TestMaxNegativeTTL(t *testing.T) {
 	}
 }
 
+// TestScopeZero: an answer the upstream gave with SCOPE PREFIX-LENGTH 0
+// is kept once for every subnet (RFC 7871 7.3.1), and a client of
+// another subnet gets it with its own option echoed, scope 0; an answer
+// with a scope, or with no option at all (as dnsdist), is kept for its
+// subnet only; a query that went upstream without an option never gets
+// the answer kept for every subnet.
+func TestScopeZero(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"scope-zero","prefetch":1}`)
+	u.edit = func(m *dns.Msg) {
+		name := m.Question[0].Name
+		if strings.HasPrefix(name, "noecs.") || m.IsEdns0() == nil {
+			return
+		}
+		scope := uint8(0)
+		if strings.HasPrefix(name, "scoped.") {
+			scope = 24
+		}
+		m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, SourceScope: scope, Address: net.IPv4(203, 0, 113, 0).To4()}}
+	}
+	from := func(name string, subnet net.IP) *dns.Msg {
+		q := query(name, dns.TypeA)
+		q.SetEdns0(1232, false)
+		if subnet != nil {
+			q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: subnet}}
+		}
+		return q
+	}
+	a, b := net.IPv4(192, 0, 2, 0).To4(), net.IPv4(198, 51, 100, 0).To4()
+	for _, tc := range []struct {
+		name   string
+		asked  int32 // for a's query then b's
+		shared bool
+	}{
+		{"zero.example.org.", 1, true},
+		{"scoped.example.org.", 2, false},
+		{"noecs.example.org.", 2, false},
+	} {
+		before := u.asked.Load()
+		ask(t, ch, from(tc.name, a))
+		m, _ := ask(t, ch, from(tc.name, b))
+		if n := u.asked.Load() - before; n != tc.asked {
+			t.Errorf("%s: the upstream was asked %d times for two subnets, want %d", tc.name, n, tc.asked)
+		}
+		if !tc.shared {
+			continue
+		}
+		var echo *dns.EDNS0_SUBNET
+		for _, o := range m.IsEdns0().Option {
+			if e, ok := o.(*dns.EDNS0_SUBNET); ok {
+				echo = e
+			}
+		}
+		if echo == nil || !echo.Address.Equal(b) || echo.SourceNetmask != 24 || echo.SourceScope != 0 {
+			t.Errorf("%s: the second subnet got ECS %v back, want its own 198.51.100.0/24 with scope 0", tc.name, echo)
+		}
+	}
+	// a query that went upstream without an option has its own entry (an
+	// upstream tailors that answer to us); one whose option asks for no
+	// subnet (family 0, prefix 0) is served the answer for every subnet
+	before := u.asked.Load()
+	ask(t, ch, from("zero.example.org.", nil))
+	if n := u.asked.Load() - before; n != 1 {
+		t.Errorf("a query without an option was served the answer for every subnet")
+	}
+	none := from("zero.example.org.", nil)
+	none.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 0}}
+	ask(t, ch, none)
+	if n := u.asked.Load() - before; n != 1 {
+		t.Errorf("a query for no subnet asked the upstream, with an answer for every subnet kept")
+	}
+	// purge finds the entry for every subnet by its name
+	if n := c.store.purge("zero.example.org", false, dns.TypeA); n != 2 {
+		t.Errorf("purge zero.example.org: %d entries, want 2 (every subnet's, no option's)", n)
+	}
+}
+
 // TestServeStale: when the upstream fails, an expired entry younger than
 // stale is answered with TTL 30 (RFC 8767), and the upstream is not asked
 // again for failure_ttl; once it is back, fresh answers again.
@@ -687,6 +763,11 @@ func FuzzKey(f *testing.F) {
 		}
 		if name := keyName(key); !strings.EqualFold(name, q.Question[0].Name) {
 			t.Fatalf("key names %q, query %q", name, q.Question[0].Name)
+		}
+		if zk, ok := zeroKey(nil, key); ok {
+			if keyName(zk) != keyName(key) || string(zk[:5]) != string(key[:5]) || string(zk) == string(appendKey(nil, q, false)) {
+				t.Fatalf("zero key %q of %q: another name or question, or the key without ECS", zk, key)
+			}
 		}
 	})
 }

@@ -19,8 +19,6 @@ type entry struct {
 	failure         bool // a SERVFAIL or an answer with nothing to cache, kept for failure_ttl
 }
 
-func (e *entry) key() []byte { return e.data[:e.klen] }
-
 // answer is the entry's answer for now, as the store's answer is.
 func (e *entry) answer(now int64, ttl int64) *caddydns.Wire {
 	end := int(e.klen) + int(e.mlen)

@@ -82,6 +82,32 @@ func appendECS(dst []byte, ecs *dns.EDNS0_SUBNET) []byte {
 	return append(dst, masked[:(bits+7)/8]...)
 }
 
+// zeroMark stands for the ECS part of a key in zeroKey. Neither it nor
+// appendECS's 0xEC can begin a name in presentation form (ASCII).
+const zeroMark = 0xE0
+
+// zeroKey appends to dst the key under which the answer to key's query
+// is kept when it is for every subnet: the upstream gave it SCOPE
+// PREFIX-LENGTH 0 (RFC 7871 7.3.1). It is key with its ECS part replaced
+// by zeroMark, which no query's key holds, so that such an answer serves
+// the queries of every subnet (and one whose option asks for none:
+// family 0, prefix 0), but never a query that went upstream without an
+// option (the upstream may tailor that answer to us). The answer to a
+// query of family 0 is kept under its own key unless its scope is 0. ok
+// is false for a key without an ECS part.
+func zeroKey(dst, key []byte) ([]byte, bool) {
+	if len(key) < 9 || key[5] != 0xEC {
+		return dst, false
+	}
+	n := 4 + (int(key[8])+7)/8
+	if 5+n > len(key) {
+		return dst, false
+	}
+	dst = append(dst, key[:5]...)
+	dst = append(dst, zeroMark)
+	return append(dst, key[5+n:]...), true
+}
+
 // hashKey is the key's hash, the index of the store (the entry holds the
 // key itself, compared on a hit).
 func hashKey(key []byte) uint64 { return maphash.Bytes(seed, key) }

@@ -183,6 +183,13 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 	if c.store.staleUntil(expires, failure) <= now {
 		return // TTL 0 and no serve-stale: nothing to keep
 	}
+	var zb [320]byte
+	if scope, ok := dnswire.ECSScope(msg, &lay); ok && scope == 0 {
+		// for every subnet (RFC 7871 7.3.1): kept once for all of them
+		if zk, ok := zeroKey(zb[:0], key); ok {
+			key, hash = zk, hashKey(zk)
+		}
+	}
 	c.store.put(hash, key, msg, ttls, packLayout(&lay), now, expires, failure)
 }
 
@@ -216,15 +223,16 @@ func clampTTLs(msg []byte, ttls []uint16, lo, hi uint32) []byte {
 // prefetch refreshes e (a copy of an entry hit prefetch times in the
 // last tenth of its lifetime) in the background, unless its key is being
 // asked already; the client is answered from the entry meanwhile.
-func (c *Cache) prefetch(e *entry, hash uint64, r *caddydns.Request, next caddydns.Next) {
+func (c *Cache) prefetch(e *entry, hash uint64, key []byte, r *caddydns.Request, next caddydns.Next) {
 	f := c.store.flights.start(hash)
 	if f == nil {
 		return // already being asked
 	}
 	c.store.prefetches.Add(1)
 	rr := r.Clone()
+	owned := append([]byte(nil), key...) // the caller's, on its stack (e's may be the answer for every subnet's)
 	go func() {
-		res, err := c.fetch(context.Background(), rr, next, hash, e.key(), e)
+		res, err := c.fetch(context.Background(), rr, next, hash, owned, e)
 		c.store.flights.land(hash, f, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()

@@ -563,7 +563,7 @@ func (s *store) purge(name string, subtree bool, qtype uint16) int {
 }
 
 // keyName is the question name in a key (after type, class, flags and
-// the ECS option).
+// the ECS option, or zeroKey's mark).
 func keyName(key []byte) string {
 	rest := key[5:]
 	if len(rest) >= 4 && rest[0] == 0xEC {
@@ -571,6 +571,8 @@ func keyName(key []byte) string {
 		if n <= len(rest) {
 			rest = rest[n:]
 		}
+	} else if len(rest) >= 1 && rest[0] == zeroMark {
+		rest = rest[1:]
 	}
 	return string(rest)
 }

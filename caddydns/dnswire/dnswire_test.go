@@ -235,14 +235,7 @@ func TestRestoreCase(t *testing.T) {
 // FuzzRestoreCase: any answer an upstream sends, walked, is rewritten
 // within its bounds and keeps its layout.
 func FuzzRestoreCase(f *testing.F) {
-	for _, b := range answers(&testing.T{}) {
-		f.Add(b)
-	}
-	f.Fuzz(func(t *testing.T, msg []byte) {
-		l, ok := Walk(msg)
-		if !ok {
-			return
-		}
+	fuzzAnswers(f, func(t *testing.T, msg []byte, l Layout) {
 		sent := bytes.Clone(msg[HeaderLen:l.QEnd])
 		orig := bytes.Clone(sent) // in upper case, ASCII letters only
 		for i, c := range orig {
@@ -256,6 +249,86 @@ func FuzzRestoreCase(f *testing.F) {
 		}
 		if !bytes.Equal(msg[HeaderLen:l.QEnd], orig) {
 			t.Fatal("the question was not written")
+		}
+	})
+}
+
+// TestECSScope: the scope of an answer's ECS option is read, after other
+// options; an answer without one, or with one cut short, has none.
+func TestECSScope(t *testing.T) {
+	msg := func(opts ...dns.EDNS0) []byte {
+		m := new(dns.Msg)
+		m.SetQuestion("www.example.org.", dns.TypeA)
+		m.Response = true
+		if opts != nil {
+			m.SetEdns0(1232, false)
+			m.IsEdns0().Option = opts
+		}
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	ecs := func(scope uint8) dns.EDNS0 {
+		return &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, SourceScope: scope, Address: []byte{192, 0, 2, 0}}
+	}
+	cut := msg(&dns.EDNS0_LOCAL{Code: dns.EDNS0SUBNET, Data: []byte{0, 1, 24}})
+	for name, tc := range map[string]struct {
+		msg   []byte
+		scope int
+		ok    bool
+	}{
+		"scope 0":            {msg(ecs(0)), 0, true},
+		"scope 24":           {msg(ecs(24)), 24, true},
+		"after padding":      {msg(&dns.EDNS0_PADDING{Padding: make([]byte, 5)}, ecs(16)), 16, true},
+		"no ECS":             {msg(&dns.EDNS0_PADDING{Padding: make([]byte, 5)}), 0, false},
+		"no OPT":             {msg(), 0, false},
+		"option cut short":   {cut, 0, false},
+		"RDLENGTH past them": {append(cut[:len(cut):len(cut)], 0), 0, false},
+	} {
+		if name == "RDLENGTH past them" {
+			tc.msg[len(tc.msg)-10] = 0xFF // RDLENGTH's high octet: past the end
+		}
+		l, ok := Walk(tc.msg)
+		if !ok {
+			l = Layout{OPT: -1}
+		}
+		if scope, ok := ECSScope(tc.msg, &l); scope != tc.scope || ok != tc.ok {
+			t.Errorf("%s: %d %v, want %d %v", name, scope, ok, tc.scope, tc.ok)
+		}
+	}
+}
+
+// FuzzECSScope: any answer an upstream sends, walked, has the scope
+// miekg/dns decodes from its ECS option, or none when it decodes none.
+func FuzzECSScope(f *testing.F) {
+	fuzzAnswers(f, func(t *testing.T, msg []byte, l Layout) {
+		scope, ok := ECSScope(msg, &l)
+		m := new(dns.Msg)
+		if m.Unpack(msg) != nil || m.IsEdns0() == nil {
+			return
+		}
+		for _, o := range m.IsEdns0().Option {
+			if e, isECS := o.(*dns.EDNS0_SUBNET); isECS {
+				if !ok || scope != int(e.SourceScope) {
+					t.Fatalf("scope %d %v, miekg/dns decodes %d", scope, ok, e.SourceScope)
+				}
+				return
+			}
+		}
+	})
+}
+
+// fuzzAnswers fuzzes check with the answers that walk, seeded with
+// answers(): upstreams' answers as they come.
+func fuzzAnswers(f *testing.F, check func(t *testing.T, msg []byte, l Layout)) {
+	for _, b := range answers(&testing.T{}) {
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, msg []byte) {
+		if l, ok := Walk(msg); ok {
+			check(t, msg, l)
 		}
 	})
 }

@@ -144,3 +144,30 @@ func BadECS(data []byte) bool {
 	}
 	return false
 }
+
+// ECSScope is the SCOPE PREFIX-LENGTH of the EDNS Client Subnet option in
+// msg's OPT record (laid out in l); ok is false when it has none, or when
+// the option is not well formed.
+func ECSScope(msg []byte, l *Layout) (scope int, ok bool) {
+	if l.OPT < 0 || l.OPTCount != 1 || l.OPTRdata < 2 || l.OPTRdata > len(msg) {
+		return 0, false
+	}
+	rdlen := int(binary.BigEndian.Uint16(msg[l.OPTRdata-2:]))
+	if l.OPTRdata+rdlen > len(msg) {
+		return 0, false
+	}
+	for opts := msg[l.OPTRdata : l.OPTRdata+rdlen]; len(opts) >= 4; {
+		code, n := binary.BigEndian.Uint16(opts), int(binary.BigEndian.Uint16(opts[2:]))
+		if 4+n > len(opts) {
+			return 0, false
+		}
+		if code == dns.EDNS0SUBNET {
+			if n < 4 {
+				return 0, false
+			}
+			return int(opts[7]), true
+		}
+		opts = opts[4+n:]
+	}
+	return 0, false
+}

@@ -101,7 +101,7 @@ func (e *ECS) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.N
 		if err != nil || client == nil {
 			return res, err
 		}
-		return echo(res, client) // scope 0: the answer is for every subnet
+		return caddydns.EchoECS(res, client) // scope 0: the answer is for every subnet
 	case Pass:
 		r.ECS = true
 		return next(ctx, r)
@@ -140,7 +140,7 @@ func (e *ECS) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.N
 	if err != nil || client == nil {
 		return res, err // an upstream's echo of our option goes to no client that sent none
 	}
-	return echo(res, client)
+	return caddydns.EchoECS(res, client)
 }
 
 // clientOption is the query's ECS option, or nil.
@@ -162,36 +162,6 @@ func option(sub netip.Prefix) *dns.EDNS0_SUBNET {
 		o.Family = 1
 	}
 	return o
-}
-
-// echo gives a client that sent an ECS option its own back in the
-// answer (RFC 7871 7.2.2: the same family, prefix and address), with the
-// upstream's scope, or 0 when the upstream echoed none.
-func echo(res caddydns.Response, client *dns.EDNS0_SUBNET) (caddydns.Response, error) {
-	m, err := res.Message()
-	if err != nil {
-		return res, err
-	}
-	if res.Wire != nil {
-		res.Wire.Release()
-	}
-	own := *client
-	own.SourceScope = 0
-	if opt := m.IsEdns0(); opt != nil {
-		kept := opt.Option[:0]
-		for _, o := range opt.Option {
-			if s, ok := o.(*dns.EDNS0_SUBNET); ok {
-				own.SourceScope = min(s.SourceScope, own.SourceNetmask)
-				continue
-			}
-			kept = append(kept, o)
-		}
-		opt.Option = append(kept, &own)
-	} else {
-		m.SetEdns0(caddydns.AdvertisedUDPSize, false)
-		m.IsEdns0().Option = []dns.EDNS0{&own}
-	}
-	return caddydns.Response{Msg: m}, nil
 }
 
 // UnmarshalCaddyfile reads:
