@@ -67,6 +67,7 @@ type Request struct {
 	start time.Time // when Serve (or ServeMsg) took the query
 	query []byte    // the query's octets, while the handlers run
 	msg   dns.Msg   // Msg's storage: Serve decodes the query into it
+	quick quickMsg  // and, for the common query, its question and OPT record
 }
 
 // Requests are reused by the transports: a query then allocates neither

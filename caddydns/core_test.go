@@ -5,6 +5,7 @@ import (
 	"context"
 	"encoding/binary"
 	"net"
+	"reflect"
 	"strings"
 	"testing"
 	"time"
@@ -201,11 +202,11 @@ func TestQueryCutShort(t *testing.T) {
 }
 
 func TestDecodeGarbage(t *testing.T) {
-	if q, fe := decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}, new(dns.Msg)); q != nil || fe == nil ||
+	if q, fe := decode([]byte{0xAB, 0xCD, 0x01, 0x00, 0, 1, 0, 0, 0, 0, 0, 0, 0xFF}, new(dns.Msg), new(quickMsg)); q != nil || fe == nil ||
 		fe.Id != 0xABCD || fe.Rcode != dns.RcodeFormatError {
 		t.Fatalf("garbage after a header: %v %v", q, fe)
 	}
-	if q, fe := decode([]byte{1, 2, 3}, new(dns.Msg)); q != nil || fe != nil {
+	if q, fe := decode([]byte{1, 2, 3}, new(dns.Msg), new(quickMsg)); q != nil || fe != nil {
 		t.Fatal("a message shorter than a header got an answer")
 	}
 	// through the chain, for every transport: FORMERR, counted
@@ -249,7 +250,7 @@ func FuzzServe(f *testing.F) {
 		if _, ok := dnswire.Walk(b); reached > 0 && !ok {
 			t.Fatal("a query that is not well-formed reached the handler")
 		}
-		q, fe := decode(b, new(dns.Msg))
+		q, fe := decode(b, new(dns.Msg), new(quickMsg))
 		if q == nil {
 			if fe != nil {
 				if _, err := fe.Pack(); err != nil {
@@ -424,7 +425,7 @@ func TestRequestClone(t *testing.T) {
 	}
 	want := append([]byte(nil), buf...)
 	r := AcquireRequest()
-	r.Msg, _ = decode(buf, &r.msg) // as Serve does
+	r.Msg, _ = decode(buf, &r.msg, &r.quick) // as Serve does
 	r.query = buf
 	c := r.Clone()
 	for i := range buf {
@@ -472,4 +473,101 @@ func TestStartAndAnswerTimes(t *testing.T) {
 			t.Errorf("%s: the Tap saw answers at %v, want one between %v and %v", how, tap.at, started, after)
 		}
 	}
+}
+
+// TestDecodeQuick: the common queries (with and without an OPT record, DO
+// and CD set, the root, a wildcard) take decodeQuick, which allocates only
+// the name; the others (options, escapes, compression, records, octets
+// after the message) are left to Unpack. FuzzDecodeQuick checks that the
+// two decode alike.
+func TestDecodeQuick(t *testing.T) {
+	pack := func(name string, qtype uint16, edit func(m *dns.Msg)) []byte {
+		m := query(name, qtype)
+		if edit != nil {
+			edit(m)
+		}
+		b, err := m.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return b
+	}
+	edns := func(m *dns.Msg) { m.SetEdns0(1232, true); m.CheckingDisabled = true }
+	for _, tc := range []struct {
+		name  string
+		b     []byte
+		quick bool
+	}{
+		{"plain", pack("www.Example.org.", dns.TypeA, nil), true},
+		{"EDNS, DO, CD", pack("_dns.x-y.example.", dns.TypeSVCB, edns), true},
+		{"root", pack(".", dns.TypeNS, edns), true},
+		{"wildcard", pack("*.example.org.", dns.TypeA, nil), true},
+		{"padding", pack("www.example.org.", dns.TypeA, func(m *dns.Msg) {
+			edns(m)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, 8)}}
+		}), true},
+		{"padding of 0 octets", pack("www.example.org.", dns.TypeA, func(m *dns.Msg) {
+			edns(m)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{}}
+		}), true},
+		{"another option", pack("www.example.org.", dns.TypeA, func(m *dns.Msg) {
+			edns(m)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"}}
+		}), false},
+		{"padding and another", pack("www.example.org.", dns.TypeA, func(m *dns.Msg) {
+			edns(m)
+			m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, 8)}, &dns.EDNS0_NSID{Code: dns.EDNS0NSID}}
+		}), false},
+		{"an escape", pack(`a\.b.example.org.`, dns.TypeA, nil), false},
+		{"a record", pack("www.example.org.", dns.TypeA, func(m *dns.Msg) {
+			m.Ns = []dns.RR{&dns.NS{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeNS, Class: dns.ClassINET}, Ns: "a."}}
+		}), false},
+		{"octets after it", append(pack("www.example.org.", dns.TypeA, nil), 0), false},
+	} {
+		q := new(dns.Msg)
+		if got := decodeQuick(tc.b, q, new(quickMsg)); got != tc.quick {
+			t.Errorf("%s: quick %v, want %v", tc.name, got, tc.quick)
+			continue
+		}
+		want := new(dns.Msg)
+		if err := want.Unpack(tc.b); err != nil {
+			t.Fatal(err)
+		}
+		if tc.quick && !reflect.DeepEqual(q, want) {
+			t.Errorf("%s: decoded %v, Unpack %v", tc.name, q, want)
+		}
+	}
+	b := pack("www.example.org.", dns.TypeA, edns)
+	r := new(Request)
+	if n := testing.AllocsPerRun(100, func() { decode(b, &r.msg, &r.quick) }); n != 1 {
+		t.Errorf("decode allocates %v times, want 1 (the name)", n)
+	}
+}
+
+// FuzzDecodeQuick: whatever decodeQuick takes, it decodes as miekg/dns's
+// Unpack does.
+func FuzzDecodeQuick(f *testing.F) {
+	for _, q := range []*dns.Msg{query("www.example.org.", dns.TypeA), query(".", dns.TypeNS)} {
+		b, _ := q.Pack()
+		f.Add(b)
+		q.SetEdns0(1232, true)
+		b, _ = q.Pack()
+		f.Add(b)
+		q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, 5)}}
+		b, _ = q.Pack()
+		f.Add(b)
+	}
+	f.Fuzz(func(t *testing.T, b []byte) {
+		q := new(dns.Msg)
+		if !decodeQuick(b, q, new(quickMsg)) {
+			return
+		}
+		want := new(dns.Msg)
+		if err := want.Unpack(b); err != nil {
+			t.Fatalf("decodeQuick took what Unpack refuses: %v", err)
+		}
+		if !reflect.DeepEqual(q, want) {
+			t.Fatalf("decoded %#v\nUnpack %#v", q, want)
+		}
+	})
 }

@@ -21,12 +21,17 @@ const (
 	AdvertisedUDPSize = 1232
 )
 
-// decode unpacks a query into the message into (emptied first). When it
-// does not parse, the returned response is a FORMERR with the query's ID
-// and opcode (if there is a header at all), to be sent back instead.
-func decode(b []byte, into *dns.Msg) (q *dns.Msg, formErr *dns.Msg) {
+// decode unpacks a query into the message into (emptied first), with
+// decodeQuick when it can (quick, the storage it decodes into, may be
+// nil) and else miekg/dns's Unpack. When it does not parse, the returned
+// response is a FORMERR with the query's ID and opcode (if there is a
+// header at all), to be sent back instead.
+func decode(b []byte, into *dns.Msg, quick *quickMsg) (q *dns.Msg, formErr *dns.Msg) {
 	q = into
 	*q = dns.Msg{}
+	if quick != nil && decodeQuick(b, q, quick) {
+		return q, nil
+	}
 	if err := q.Unpack(b); err == nil {
 		return q, nil
 	}
@@ -40,6 +45,111 @@ func decode(b []byte, into *dns.Msg) (q *dns.Msg, formErr *dns.Msg) {
 	m.RecursionDesired = b[2]&1 == 1
 	m.Rcode = dns.RcodeFormatError
 	return nil, m
+}
+
+// quickMsg is where decodeQuick puts a query's question and OPT record:
+// in its Request, reused with it, so that decoding the common query
+// allocates only its name.
+type quickMsg struct {
+	question [1]dns.Question
+	extra    [1]dns.RR
+	opt      dns.OPT
+	options  [1]dns.EDNS0
+	padding  dns.EDNS0_PADDING
+}
+
+// decodeQuick decodes the common query into q (empty) as miekg/dns's
+// Unpack would (FuzzDecodeQuick compares them), keeping its question and
+// OPT record in s: a header with one question and nothing else but, at
+// most, an OPT record with no option but padding (RFC 7830, as DoT and
+// DoH clients send); a name of plain labels (letters, digits, '-', '_',
+// '*': none that presentation form escapes), without compression; no
+// octets after it. The padding is b's own octets (the Request holds b
+// while it is served, as Octets says). It reports false, with q
+// untouched, for any other message, which Unpack then decodes.
+func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
+	const h = dnswire.HeaderLen
+	if len(b) < h+5 || binary.BigEndian.Uint16(b[4:]) != 1 || b[6]|b[7]|b[8]|b[9]|b[10] != 0 || b[11] > 1 {
+		return false
+	}
+	var name [255]byte // the presentation form is no longer than the wire form
+	n, off := 0, h
+	for {
+		if off >= len(b) {
+			return false
+		}
+		l := int(b[off])
+		off++
+		if l == 0 {
+			break
+		}
+		if l > 63 || off+l > len(b) || off+l-h >= 255 {
+			return false // a pointer, or past the message, or a name over 255 octets
+		}
+		for _, c := range b[off : off+l] {
+			if !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_' || c == '*') {
+				return false
+			}
+		}
+		n += copy(name[n:], b[off:off+l])
+		name[n] = '.'
+		n++
+		off += l
+	}
+	if n == 0 {
+		name[0], n = '.', 1
+	}
+	qend := off + 4
+	var padding []byte // the padding option's, when the OPT record has one
+	switch {
+	case b[11] == 0 && qend == len(b):
+	case b[11] == 1 && qend+11 <= len(b) && b[qend] == 0 && binary.BigEndian.Uint16(b[qend+1:]) == dns.TypeOPT:
+		// root owner; RDLENGTH: no options, or one padding option
+		rdata := b[qend+11:]
+		switch rdlen := int(binary.BigEndian.Uint16(b[qend+9:])); {
+		case rdlen != len(rdata):
+			return false
+		case rdlen == 0:
+		case rdlen < 4 || binary.BigEndian.Uint16(rdata) != dns.EDNS0PADDING || 4+int(binary.BigEndian.Uint16(rdata[2:])) != rdlen ||
+			binary.BigEndian.Uint16(b[qend+3:]) == dns.ClassANY: // Unpack reads no options then
+			return false
+		default:
+			padding = rdata[4:]
+		}
+	default:
+		return false
+	}
+	bits := binary.BigEndian.Uint16(b[2:])
+	q.Id = binary.BigEndian.Uint16(b)
+	q.Response = bits&(1<<15) != 0
+	q.Opcode = int(bits>>11) & 0xF
+	q.Authoritative = bits&(1<<10) != 0
+	q.Truncated = bits&(1<<9) != 0
+	q.RecursionDesired = bits&(1<<8) != 0
+	q.RecursionAvailable = bits&(1<<7) != 0
+	q.Zero = bits&(1<<6) != 0
+	q.AuthenticatedData = bits&(1<<5) != 0
+	q.CheckingDisabled = bits&(1<<4) != 0
+	q.Rcode = int(bits & 0xF)
+	s.question[0] = dns.Question{Name: string(name[:n]), Qtype: binary.BigEndian.Uint16(b[off:]), Qclass: binary.BigEndian.Uint16(b[off+2:])}
+	q.Question = s.question[:1:1]
+	if b[11] == 1 {
+		s.opt = dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT,
+			Class: binary.BigEndian.Uint16(b[qend+3:]), Ttl: binary.BigEndian.Uint32(b[qend+5:]),
+			Rdlength: binary.BigEndian.Uint16(b[qend+9:])}}
+		if padding != nil {
+			s.padding.Padding = nil // Unpack's, for a padding of no octets
+			if len(padding) > 0 {
+				s.padding.Padding = padding
+			}
+			s.options[0] = &s.padding
+			s.opt.Option = s.options[:1:1]
+		}
+		s.extra[0] = &s.opt
+		q.Extra = s.extra[:1:1]
+		q.Rcode |= s.opt.ExtendedRcode()
+	}
+	return true
 }
 
 // checkQuery returns the response to a query that must not reach the

@@ -41,7 +41,7 @@ type Answer struct {
 // buf may share memory: the query is decoded before anything is written.
 func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte) Answer {
 	r.start = time.Now()
-	q, formErr := decode(query, &r.msg)
+	q, formErr := decode(query, &r.msg, &r.quick)
 	if q == nil {
 		return c.malformed(r, formErr, buf)
 	}
