@@ -143,9 +143,10 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 // keep stores a copy of the answer msg to r, laid out in l, if it may be
 // kept: not truncated, to r's question, small enough, and NOERROR or
 // NXDOMAIN (for its TTL: the smallest of its records, or its SOA's for a
-// negative answer, RFC 2308, at most max_negative_ttl), or SERVFAIL or an answer with nothing to
-// go by (for failure_ttl). REFUSED, FORMERR and other rcodes are not
-// kept.
+// negative answer, RFC 2308, at most max_negative_ttl), or SERVFAIL or an
+// answer with nothing to go by (for failure_ttl). REFUSED, FORMERR and
+// other rcodes are not kept. An answer for every subnet (ECS scope 0) is
+// kept under key's zeroKey.
 func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64) {
 	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 || !sameQuestion(msg, l, r) {
 		return
