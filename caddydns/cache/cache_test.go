@@ -389,10 +389,32 @@ func TestScopeZero(t *testing.T) {
 			t.Errorf("%s: the second subnet got ECS %v back, want its own 198.51.100.0/24 with scope 0", tc.name, echo)
 		}
 	}
+	// an answer scoped 24 that the upstream, once it expired, scoped 0:
+	// the subnet's own record goes (else every query of the subnet would
+	// find it expired before the one for every subnet)
+	flip := from("scoped.example.org.", a)
+	age(t, c, flip, time.Hour)
+	edit := u.edit
+	u.edit = func(m *dns.Msg) {
+		m.Question[0].Name = "zero." + m.Question[0].Name // scope 0 for it
+		edit(m)
+		m.Question[0].Name = strings.TrimPrefix(m.Question[0].Name, "zero.")
+	}
+	ask(t, ch, flip)
+	u.edit = edit
+	if e := entryOf(c, flip); e != nil {
+		t.Errorf("the subnet's expired record outlived the answer for every subnet: %+v", e)
+	}
+	before := u.asked.Load()
+	ask(t, ch, from("scoped.example.org.", net.IPv4(203, 0, 113, 0).To4())) // a third subnet
+	if n := u.asked.Load() - before; n != 0 {
+		t.Errorf("the answer scoped 0 after an expired one scoped 24 was not kept for every subnet")
+	}
+
 	// a query that went upstream without an option has its own entry (an
 	// upstream tailors that answer to us); one whose option asks for no
 	// subnet (family 0, prefix 0) is served the answer for every subnet
-	before := u.asked.Load()
+	before = u.asked.Load()
 	ask(t, ch, from("zero.example.org.", nil))
 	if n := u.asked.Load() - before; n != 1 {
 		t.Errorf("a query without an option was served the answer for every subnet")

@@ -186,8 +186,10 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 	}
 	var zb [320]byte
 	if scope, ok := dnswire.ECSScope(msg, &lay); ok && scope == 0 {
-		// for every subnet (RFC 7871 7.3.1): kept once for all of them
+		// for every subnet (RFC 7871 7.3.1): kept once for all of them,
+		// and the subnet's own record, expired, is no use any more
 		if zk, ok := zeroKey(zb[:0], key); ok {
+			c.store.drop(hash, key)
 			key, hash = zk, hashKey(zk)
 		}
 	}

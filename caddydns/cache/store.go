@@ -377,6 +377,16 @@ func (s *store) failed(hash uint64, key []byte, stored, until int64) {
 	sh.mu.Unlock()
 }
 
+// drop removes the record of key (whose hash is hash), if there is one.
+func (s *store) drop(hash uint64, key []byte) {
+	sh := s.shard(hash)
+	sh.mu.Lock()
+	if slot, off, ok := sh.idx.find(hash, key, sh.buf); ok {
+		sh.remove(s, slot, sh.hdr(off))
+	}
+	sh.mu.Unlock()
+}
+
 // remove makes the live record h, indexed at slot, dead: it stays in the
 // ring until the ring's tail reaches it.
 func (sh *shard) remove(s *store, slot int, h *header) {
