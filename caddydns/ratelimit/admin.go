@@ -57,24 +57,19 @@ const recently = time.Second
 
 // stats scans the buckets: the prefixes limited now, and the top n.
 func (l *limiter) stats(n int, now int64) Stats {
-	st := Stats{Name: l.name, QPS: l.rate * 1e9, Burst: int(l.burst), Limited: l.limited.Load(), Top: []Client{}}
-	for k, b := range l.buckets.All() {
+	st := Stats{Name: l.name, QPS: l.PerSecond(), Burst: l.Burst(), Limited: l.limited.Load(), Top: []Client{}}
+	for k, b := range l.All(now) {
 		st.Clients++
-		b.mu.Lock()
-		c := Client{Limited: b.limited, Tokens: min(l.burst, b.tokens+float64(max(now-b.last, 0))*l.rate)}
-		last := b.lastLimited
-		b.mu.Unlock()
-		if c.Limited == 0 {
+		if b.Limited == 0 {
 			continue
 		}
-		if now-last < int64(recently) {
+		if now-b.LastLimited < int64(recently) {
 			st.ClientsLimited++
 		}
 		if n == 0 {
 			continue
 		}
-		c.Prefix, c.LastLimited = l.prefix(k).String(), time.Unix(0, last).UTC()
-		st.Top = append(st.Top, c)
+		st.Top = append(st.Top, Client{Prefix: l.Prefix(k).String(), Limited: b.Limited, LastLimited: time.Unix(0, b.LastLimited).UTC(), Tokens: b.Tokens})
 		sort.Slice(st.Top, func(i, j int) bool { return st.Top[i].Limited > st.Top[j].Limited })
 		if len(st.Top) > n {
 			st.Top = st.Top[:n]

@@ -7,15 +7,14 @@ import (
 	"encoding/json"
 	"fmt"
 	"math"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/maypok86/otter/v2"
 	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/clientrate"
 	"github.com/dnsfront/dnsfront/internal/netprefix"
 )
 
@@ -143,7 +142,7 @@ var errLimited = fmt.Errorf("ratelimit: %w", caddydns.ErrDrop)
 // rate, and refuses or drops it past it.
 func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	client := r.Client.Addr().Unmap()
-	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.allow(client, r.Now()) {
+	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.Allow(client, r.Now()) {
 		return next(ctx, r)
 	}
 	rl.lim.limited.Add(1)
@@ -155,23 +154,11 @@ func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next cad
 	return caddydns.Response{Msg: m}, nil
 }
 
-// limiter holds the buckets of one config.
+// limiter is the buckets of one config, with its name and count.
 type limiter struct {
-	name           string
-	rate           float64 // tokens a nanosecond
-	burst          float64
-	bitsV4, bitsV6 int
-	buckets        *otter.Cache[[16]byte, *bucket]
-	limited        atomic.Uint64
-}
-
-// bucket is one prefix's token bucket.
-type bucket struct {
-	mu          sync.Mutex
-	tokens      float64
-	last        int64 // unix nanos of the last refill
-	limited     uint64
-	lastLimited int64
+	*clientrate.Limiter
+	name    string
+	limited atomic.Uint64
 }
 
 var (
@@ -180,11 +167,11 @@ var (
 )
 
 func newLimiter(name string, qps float64, burst, v4, v6, maxClients int) (*limiter, error) {
-	c, err := otter.New(&otter.Options[[16]byte, *bucket]{MaximumSize: maxClients})
+	cl, err := clientrate.New(qps, burst, v4, v6, maxClients)
 	if err != nil {
 		return nil, err
 	}
-	l := &limiter{name: name, rate: qps / 1e9, burst: float64(burst), bitsV4: v4, bitsV6: v6, buckets: c}
+	l := &limiter{Limiter: cl, name: name}
 	live.Store(l, struct{}{})
 	return l, nil
 }
@@ -192,68 +179,8 @@ func newLimiter(name string, qps float64, burst, v4, v6, maxClients int) (*limit
 // Destruct implements caddy.Destructor.
 func (l *limiter) Destruct() error {
 	live.Delete(l)
-	l.buckets.InvalidateAll()
-	l.buckets.StopAllGoroutines()
+	l.Close()
 	return nil
-}
-
-// key is the client's prefix, as 16 octets (IPv4 mapped into IPv6, so
-// that the two families never meet).
-func (l *limiter) key(a netip.Addr) [16]byte {
-	bits := l.bitsV6
-	if a.Is4() {
-		bits = 96 + l.bitsV4
-	}
-	k := a.As16()
-	for i := range k {
-		switch {
-		case bits >= 8:
-			bits -= 8
-		case bits > 0:
-			k[i] &= ^byte(0xFF >> bits)
-			bits = 0
-		default:
-			k[i] = 0
-		}
-	}
-	return k
-}
-
-// prefix is the prefix a key stands for.
-func (l *limiter) prefix(k [16]byte) netip.Prefix {
-	a := netip.AddrFrom16(k)
-	if a.Is4In6() {
-		return netip.PrefixFrom(a.Unmap(), l.bitsV4)
-	}
-	return netip.PrefixFrom(a, l.bitsV6)
-}
-
-// allow takes a token from the bucket of a's prefix, at now.
-func (l *limiter) allow(a netip.Addr, now int64) bool {
-	k := l.key(a)
-	b, ok := l.buckets.GetIfPresent(k)
-	if !ok {
-		// a new prefix starts full; of two first queries at once, both
-		// take from the bucket that is kept
-		b, _ = l.buckets.SetIfAbsent(k, &bucket{tokens: l.burst, last: now})
-	}
-	return b.take(l, now)
-}
-
-func (b *bucket) take(l *limiter, now int64) bool {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if d := now - b.last; d > 0 {
-		b.tokens = min(l.burst, b.tokens+float64(d)*l.rate)
-		b.last = now
-	}
-	if b.tokens >= 1 {
-		b.tokens--
-		return true
-	}
-	b.limited++
-	b.lastLimited = now
-	return false
 }
 
 // Interface guards

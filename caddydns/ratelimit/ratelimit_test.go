@@ -32,35 +32,35 @@ func TestBucket(t *testing.T) {
 	l := newRL(t, `{"name":"bucket","qps":10,"burst":5,"prefix_v4":24,"prefix_v6":56}`).lim
 	now := time.Now().UnixNano()
 	for i := range 5 {
-		if !l.allow(addr("192.0.2.1"), now) {
+		if !l.Allow(addr("192.0.2.1"), now) {
 			t.Fatalf("query %d of the burst limited", i+1)
 		}
 	}
-	if l.allow(addr("192.0.2.200"), now) {
+	if l.Allow(addr("192.0.2.200"), now) {
 		t.Fatal("the 6th query of the /24 at once was allowed")
 	}
-	if !l.allow(addr("192.0.3.1"), now) {
+	if !l.Allow(addr("192.0.3.1"), now) {
 		t.Fatal("another /24 was limited")
 	}
 	now += int64(100 * time.Millisecond) // one token at 10 a second
-	if !l.allow(addr("192.0.2.9"), now) || l.allow(addr("192.0.2.9"), now) {
+	if !l.Allow(addr("192.0.2.9"), now) || l.Allow(addr("192.0.2.9"), now) {
 		t.Fatal("after 100 ms: want exactly one more query")
 	}
 	for i := range 5 {
-		if !l.allow(addr("2001:db8:0:ff::1"), now) {
+		if !l.Allow(addr("2001:db8:0:ff::1"), now) {
 			t.Fatalf("IPv6 query %d limited", i)
 		}
 	}
-	if l.allow(addr("2001:db8:0:1::2"), now) {
+	if l.Allow(addr("2001:db8:0:1::2"), now) {
 		t.Fatal("the same /56 has its own bucket")
 	}
-	if !l.allow(addr("2001:db8:0:100::1"), now) {
+	if !l.Allow(addr("2001:db8:0:100::1"), now) {
 		t.Fatal("another /56 was limited")
 	}
-	if got := l.prefix(l.key(addr("192.0.2.77"))).String(); got != "192.0.2.0/24" {
+	if got := l.Prefix(l.Key(addr("192.0.2.77"))).String(); got != "192.0.2.0/24" {
 		t.Fatalf("prefix %s", got)
 	}
-	if got := l.prefix(l.key(addr("2001:db8:0:ff::1"))).String(); got != "2001:db8::/56" {
+	if got := l.Prefix(l.Key(addr("2001:db8:0:ff::1"))).String(); got != "2001:db8::/56" {
 		t.Fatalf("prefix %s", got)
 	}
 }
@@ -119,19 +119,19 @@ func TestFlood(t *testing.T) {
 		if i&1 == 1 {
 			a = netip.AddrFrom16([16]byte{0x20, 0x01, 0x0d, 0xb8, byte(i >> 16), byte(i >> 8), byte(i), 0, 15: 1})
 		}
-		l.allow(a, now)
-		if i%100 == 0 && !l.allow(ordinary, now) { // 10 a second
+		l.Allow(a, now)
+		if i%100 == 0 && !l.Allow(ordinary, now) { // 10 a second
 			t.Fatalf("the ordinary client was limited after %d flood queries", i)
 		}
 	}
-	l.buckets.CleanUp()
+	l.CleanUp()
 	runtime.GC()
 	runtime.ReadMemStats(&after)
-	if n := l.buckets.EstimatedSize(); n > maxClients {
+	if n := l.Len(); n > maxClients {
 		t.Fatalf("%d prefixes tracked, max_clients %d", n, maxClients)
 	}
 	grew := int64(after.HeapAlloc) - int64(before.HeapAlloc)
-	t.Logf("%d prefixes tracked, the heap grew by %d bytes (%d a prefix)", l.buckets.EstimatedSize(), grew, grew/int64(max(l.buckets.EstimatedSize(), 1)))
+	t.Logf("%d prefixes tracked, the heap grew by %d bytes (%d a prefix)", l.Len(), grew, grew/int64(max(l.Len(), 1)))
 	if grew > 250*maxClients {
 		t.Fatalf("the heap grew by %d bytes for %d clients: over 250 a client", grew, maxClients)
 	}
