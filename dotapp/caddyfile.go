@@ -29,6 +29,7 @@ import (
 //		max_queries <n>
 //		max_connections <n>
 //		max_connections_per_client <n>
+//		max_connection_rate_per_client <per second>
 //		listener_wrappers {
 //			proxy_protocol { ... }   # any caddy.listeners module
 //		}
@@ -102,6 +103,10 @@ func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more f
 			into := map[string]*int{"max_in_flight": &s.MaxInFlight, "max_queries": &s.MaxQueries,
 				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient}[opt]
 			if err := cfparse.Int(d, into, 0); err != nil {
+				return err
+			}
+		case "max_connection_rate_per_client":
+			if err := cfparse.Rate(d, &s.MaxConnectionRatePerClient); err != nil {
 				return err
 			}
 		case "listener_wrappers":

@@ -142,6 +142,10 @@ func (s *Server) admit(c *conn) string {
 	if s.MaxConnectionsPerClient > 0 && s.perClient[c.client.Addr()] >= s.MaxConnectionsPerClient {
 		return "max_connections_per_client"
 	}
+	// last: a connection another limit refuses takes no token
+	if a := c.client.Addr().Unmap(); s.connRate != nil && a.IsValid() && !s.connRate.Allow(a, time.Now().UnixNano()) {
+		return "max_connection_rate_per_client"
+	}
 	s.countIn(c)
 	return ""
 }

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"math"
 	"net"
 	"net/netip"
 	"sync"
@@ -17,6 +18,7 @@ import (
 	"go.uber.org/zap"
 
 	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/clientrate"
 )
 
 // Defaults of a DoT server.
@@ -27,6 +29,10 @@ const (
 	DefaultWriteTimeout     = 10 * time.Second
 	DefaultGracePeriod      = 5 * time.Second
 	DefaultMaxInFlight      = 100
+	// connRateClients bounds the clients max_connection_rate_per_client
+	// keeps a bucket for (about 140 octets each); past it the least
+	// active are forgotten first.
+	connRateClients = 100_000
 	// drainIdle is the idle timeout of a connection whose server stops
 	// with no successor: it is closed once it goes quiet this long.
 	drainIdle = 200 * time.Millisecond
@@ -84,6 +90,11 @@ type Server struct {
 	// MaxConnectionsPerClient open at once from one IP address. Default:
 	// 0, unlimited.
 	MaxConnectionsPerClient int `json:"max_connections_per_client,omitempty"`
+	// MaxConnectionRatePerClient bounds the new connections a second
+	// from one client (an IPv4 address, an IPv6 /64), with bursts of a
+	// second's worth: each costs the server a TLS handshake. Past it new
+	// connections are closed at once. Default: 0, unlimited.
+	MaxConnectionRatePerClient float64 `json:"max_connection_rate_per_client,omitempty"`
 	// GracePeriod is how long connections are served after the server
 	// stops with no successor on its address. Default: 5s.
 	GracePeriod caddy.Duration `json:"grace_period,omitempty"`
@@ -103,6 +114,7 @@ type Server struct {
 	mu        sync.Mutex
 	conns     map[*conn]struct{}
 	perClient map[netip.Addr]int
+	connRate  *clientrate.Limiter // with MaxConnectionRatePerClient
 	stopped   bool
 	drainEnd  atomic.Int64 // unix nanos; 0 while not draining
 
@@ -121,6 +133,16 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 	s.applyDefaults()
 	if len(s.Listen) == 0 {
 		return errors.New("no listen address")
+	}
+	if r := s.MaxConnectionRatePerClient; r < 0 || math.IsInf(r, 0) || math.IsNaN(r) || r > 1e9 {
+		return fmt.Errorf("max_connection_rate_per_client %v: want a rate above 0, or 0 for none", r)
+	} else if r > 0 {
+		lim, err := clientrate.New(r, int(math.Ceil(r)), 32, 64, connRateClients)
+		if err != nil {
+			return fmt.Errorf("max_connection_rate_per_client: %w", err)
+		}
+		s.connRate = lim
+		ctx.OnCancel(lim.Close)
 	}
 	for _, l := range s.Listen {
 		na, err := caddy.ParseNetworkAddressWithDefaults(caddy.NewReplacer().ReplaceAll(l, ""), "tcp", s.defaultPort())

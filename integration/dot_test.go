@@ -546,3 +546,46 @@ func TestSecondInstanceRefused(t *testing.T) {
 		t.Fatalf("first instance after the second gave up:\n%s", o)
 	}
 }
+
+// TestDoTConnectionRate: max_connection_rate_per_client closes a
+// client's new connections past its rate (each costs a handshake), and
+// not another client's; the refusal is counted. kdig binds 127.0.0.x to
+// be each client.
+func TestDoTConnectionRate(t *testing.T) {
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		max_connection_rate_per_client 0.1
+		zone example.test {{.Zone}}
+	}
+}
+`, Vars{"Port": port, "Zone": exampleZone(t)})
+	waitListen(t, addr)
+	ask := func(from string) string {
+		return kdig(t, "+tls", "+retry=0", "+timeout=2", "-b", from, "@127.0.0.1", "-p", fmt.Sprint(port), "www.example.test", "A")
+	}
+	// the bucket holds one connection (a second's worth of 0.1, at least
+	// one) and takes 10 s to refill: the second comes well before
+	if out := ask("127.0.0.5"); !strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("first connection: %s", out)
+	}
+	if out := ask("127.0.0.5"); strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("a second connection within the rate's 10 s was answered:\n%s", out)
+	}
+	if out := ask("127.0.0.6"); !strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("another client was refused: %s", out)
+	}
+	if m := string(c.api("GET", "/metrics")); !strings.Contains(m, `dnsfront_dot_connections_refused_total{reason="max_connection_rate_per_client",server="dot0"} 1`) {
+		var lines []string
+		for _, l := range strings.Split(m, "\n") {
+			if strings.Contains(l, "connections_refused") {
+				lines = append(lines, l)
+			}
+		}
+		t.Errorf("the refusal is not counted:\n%s", strings.Join(lines, "\n"))
+	}
+}

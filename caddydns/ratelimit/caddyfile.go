@@ -1,8 +1,6 @@
 package ratelimit
 
 import (
-	"strconv"
-
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
@@ -32,15 +30,9 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 		case "qps":
-			var s string
-			if !d.AllArgs(&s) {
-				return d.ArgErr()
+			if err := cfparse.Rate(d, &rl.QPS); err != nil {
+				return err
 			}
-			v, err := strconv.ParseFloat(s, 64)
-			if err != nil || !(v > 0) || v > 1e9 {
-				return d.Errf("qps %q: want a rate above 0", s)
-			}
-			rl.QPS = v
 		case "burst":
 			if err := cfparse.Int(d, &rl.Burst, 1); err != nil {
 				return err

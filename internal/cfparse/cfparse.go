@@ -47,6 +47,22 @@ func Int(d *caddyfile.Dispenser, into *int, least int) error {
 	return nil
 }
 
+// Rate reads the one rate argument (a number a second, above 0, such as
+// 100 or 0.5) of the directive under the cursor into into.
+func Rate(d *caddyfile.Dispenser, into *float64) error {
+	name := d.Val()
+	var s string
+	if !d.AllArgs(&s) {
+		return d.ArgErr()
+	}
+	v, err := strconv.ParseFloat(s, 64)
+	if err != nil || !(v > 0) || v > 1e9 {
+		return d.Errf("%s %q: want a rate above 0", name, s)
+	}
+	*into = v
+	return nil
+}
+
 // OptionalArg reads at most one argument into into.
 func OptionalArg(d *caddyfile.Dispenser, into *string) error {
 	if d.NextArg() {
