@@ -571,3 +571,55 @@ func FuzzDecodeQuick(f *testing.F) {
 		}
 	})
 }
+
+// staleHandler answers as a cache serving stale does: the answer as a
+// message (msg) or as an upstream's octets, with r.Cache set.
+type staleHandler struct{ msg bool }
+
+func (h staleHandler) ServeDNS(_ context.Context, r *Request, _ Next) (Response, error) {
+	r.Cache = CacheStale
+	m := new(dns.Msg)
+	m.SetReply(r.Msg)
+	m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: r.Msg.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 30}, A: net.IPv4(192, 0, 2, 1)})
+	if h.msg {
+		return Response{Msg: m}, nil
+	}
+	b, err := m.Pack()
+	if err != nil {
+		return Response{}, err
+	}
+	l, _ := dnswire.Walk(b)
+	return Response{Wire: NewWire(b, &l)}, nil
+}
+
+// TestStaleEDE: an answer served stale carries Extended DNS Error 3
+// (RFC 8914) whether it is a message or an upstream's octets, and only to
+// a client that sent EDNS.
+func TestStaleEDE(t *testing.T) {
+	for _, asMsg := range []bool{false, true} {
+		c := NewChain("stale", "test", staleHandler{msg: asMsg})
+		for _, edns := range []bool{true, false} {
+			q := query("www.example.org.", dns.TypeA)
+			if edns {
+				q.SetEdns0(1232, false)
+			}
+			b, _ := q.Pack()
+			a := c.Serve(context.Background(), &Request{Size: MaxMessage}, b, nil)
+			m := new(dns.Msg)
+			if err := m.Unpack(a.Wire); err != nil {
+				t.Fatal(err)
+			}
+			var ede *dns.EDNS0_EDE
+			if opt := m.IsEdns0(); opt != nil {
+				for _, o := range opt.Option {
+					if e, ok := o.(*dns.EDNS0_EDE); ok {
+						ede = e
+					}
+				}
+			}
+			if edns && (ede == nil || ede.InfoCode != dns.ExtendedErrorCodeStaleAnswer) || !edns && m.IsEdns0() != nil {
+				t.Errorf("message %v, EDNS %v: %v", asMsg, edns, m)
+			}
+		}
+	}
+}

@@ -254,9 +254,26 @@ func finish(r *Request, resp *dns.Msg) {
 	if t, ok := keepalive(r, qopt); ok {
 		kept = append(kept, &dns.EDNS0_LOCAL{Code: dns.EDNS0TCPKEEPALIVE, Data: []byte{byte(t >> 8), byte(t)}})
 	}
+	if code, ok := staleEDE(r, resp.Rcode); ok {
+		kept = append(kept, &dns.EDNS0_EDE{InfoCode: code})
+	}
 	ropt.Option = kept
 	resp.Extra = append(resp.Extra, ropt)
 	truncate(resp, r.Size)
+}
+
+// staleEDE is the Extended DNS Error (RFC 8914 4.4, 4.20) an answer to r
+// carries when the cache served it stale (RFC 8767): Stale Answer, or
+// Stale NXDOMAIN Answer for an NXDOMAIN, so that a client (kdig shows it)
+// and its operator can tell. Only to a client that sent EDNS.
+func staleEDE(r *Request, rcode int) (uint16, bool) {
+	switch {
+	case r.Cache != CacheStale:
+		return 0, false
+	case rcode == dns.RcodeNameError:
+		return dns.ExtendedErrorCodeStaleNXDOMAINAnswer, true
+	}
+	return dns.ExtendedErrorCodeStaleAnswer, true
 }
 
 // keepalive returns the TIMEOUT of the edns-tcp-keepalive option that the

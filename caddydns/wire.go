@@ -133,6 +133,9 @@ func finishWire(r *Request, a *Wire, buf []byte) (out []byte, rcode int, ok bool
 	if t, ok := keepalive(r, qopt); ok {
 		out = append(out, byte(dns.EDNS0TCPKEEPALIVE>>8), byte(dns.EDNS0TCPKEEPALIVE), 0, 2, byte(t>>8), byte(t))
 	}
+	if code, ok := staleEDE(r, rcode); ok {
+		out = append(out, byte(dns.EDNS0EDE>>8), byte(dns.EDNS0EDE), 0, 2, byte(code>>8), byte(code))
+	}
 	binary.BigEndian.PutUint16(out[start+9:], uint16(len(out)-start-11))
 	if hasOption(qopt, dns.EDNS0PADDING) {
 		out = dnswire.AppendPadding(out, start+9)

@@ -135,6 +135,10 @@ func TestDoTCacheServeStale(t *testing.T) {
 	if !strings.Contains(out, "NOERROR") || cacheTTL(t, out) != 30 {
 		t.Fatalf("with the upstream dead, want the stale answer with TTL 30:\n%s", out)
 	}
+	// RFC 8914's Extended DNS Error tells the client it is stale
+	if !strings.Contains(out, "EDE: 3 (Stale Answer)") {
+		t.Fatalf("the stale answer lacks EDE 3 (Stale Answer):\n%s", out)
+	}
 	if m := string(c.api("GET", "/metrics")); !strings.Contains(m, `dnsfront_cache_stale_served_total{cache="dot-cache"} 1`) {
 		t.Fatal("stale answer not counted")
 	}

@@ -464,6 +464,47 @@ func TestServeStale(t *testing.T) {
 	}
 }
 
+// TestStaleEDE: a stale answer carries Extended DNS Error 3 (Stale
+// Answer), an NXDOMAIN 19 (Stale NXDOMAIN Answer) (RFC 8914), to a client
+// that sent EDNS; a fresh one carries none, nor one to a client without
+// EDNS.
+func TestStaleEDE(t *testing.T) {
+	ch, c, u := newCache(t, `{"name":"stale-ede"}`)
+	ede := func(m *dns.Msg) int {
+		if opt := m.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_EDE); ok {
+					return int(e.InfoCode)
+				}
+			}
+		}
+		return -1
+	}
+	for _, tc := range []struct {
+		name string
+		edns bool
+		want int
+	}{
+		{"www.example.org.", true, int(dns.ExtendedErrorCodeStaleAnswer)},
+		{"nx.example.org.", true, int(dns.ExtendedErrorCodeStaleNXDOMAINAnswer)},
+		{"www.example.net.", false, -1},
+	} {
+		u.fail.Store(false)
+		q := query(tc.name, dns.TypeA)
+		if tc.edns {
+			q.SetEdns0(1232, false)
+		}
+		if m, _ := ask(t, ch, q); ede(m) != -1 {
+			t.Errorf("%s: a fresh answer carries EDE %d", tc.name, ede(m))
+		}
+		age(t, c, q, time.Hour)
+		u.fail.Store(true)
+		if m, _ := ask(t, ch, q); ede(m) != tc.want {
+			t.Errorf("%s (EDNS %v): stale answer with EDE %d, want %d:\n%v", tc.name, tc.edns, ede(m), tc.want, m)
+		}
+	}
+}
+
 // TestStaleAnswerTimeout: with stale_answer_timeout, a slow upstream's
 // client gets the stale answer in time, and the refresh still lands.
 func TestStaleAnswerTimeout(t *testing.T) {
