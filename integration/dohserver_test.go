@@ -468,3 +468,31 @@ func TestDoHServerAttacks(t *testing.T) {
 		stillServed(t)
 	})
 }
+
+// TestDoHServerConnectionRate: the dedicated server's
+// max_connection_rate_per_client closes a client's second new connection
+// within the rate, and answers another client; curl binds 127.0.0.x to
+// be each client.
+func TestDoHServerConnectionRate(t *testing.T) {
+	curl := need(t, "curl")
+	site := strings.Replace(dohServerSite, "\tdoh :{{.Port}} {\n", "\tdoh :{{.Port}} {\n\t\tmax_connection_rate_per_client 0.1\n", 1)
+	env := startDoHSite(t, site)
+	_, port, _ := net.SplitHostPort(env.addr)
+	get := func(from string) (string, error) {
+		out, err := exec.Command(curl, "-s", "--http2", "--interface", from, "--cacert", env.root, "--resolve", "dns.example.test:"+port+":127.0.0.1",
+			"-H", "accept: application/dns-json", env.url+"?name=www.example.test&type=A").CombinedOutput()
+		return string(out), err
+	}
+	if out, err := get("127.0.0.8"); err != nil || !strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("first connection: %v %s", err, out)
+	}
+	if out, err := get("127.0.0.8"); err == nil {
+		t.Fatalf("a second connection within the rate's 10 s was answered: %s", out)
+	}
+	if out, err := get("127.0.0.9"); err != nil || !strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("another client was refused: %v %s", err, out)
+	}
+	if n := metric(t, env.c, `dnsfront_doh_connections_refused_total{reason="max_connection_rate_per_client",server="doh0"}`); n != 1 {
+		t.Errorf("%d refusals counted, want 1", n)
+	}
+}
