@@ -22,14 +22,14 @@ const (
 )
 
 // decode unpacks a query into the message into (emptied first), with
-// decodeQuick when it can (quick, the storage it decodes into, may be
-// nil) and else miekg/dns's Unpack. When it does not parse, the returned
-// response is a FORMERR with the query's ID and opcode (if there is a
-// header at all), to be sent back instead.
+// decodeQuick when it can (into quick, the storage it decodes into) and
+// else miekg/dns's Unpack. When it does not parse, the returned response
+// is a FORMERR with the query's ID and opcode (if there is a header at
+// all), to be sent back instead.
 func decode(b []byte, into *dns.Msg, quick *quickMsg) (q *dns.Msg, formErr *dns.Msg) {
 	q = into
 	*q = dns.Msg{}
-	if quick != nil && decodeQuick(b, q, quick) {
+	if decodeQuick(b, q, quick) {
 		return q, nil
 	}
 	if err := q.Unpack(b); err == nil {

@@ -46,7 +46,7 @@ func (l *Limiter) Close() {
 	l.buckets.StopAllGoroutines()
 }
 
-// PerSecond and Burst are the limiter's rate and burst.
+// PerSecond is the limiter's rate, in tokens a second.
 func (l *Limiter) PerSecond() float64 { return l.rate * 1e9 }
 
 // Burst is how many tokens a full bucket holds.
