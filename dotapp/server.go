@@ -126,6 +126,19 @@ type Server struct {
 	doh *dohSide // a server of the doh app: DNS over HTTPS
 }
 
+// connRates are the max_connection_rate_per_client limiters, by server
+// and rate.
+var connRates = caddy.NewUsagePool()
+
+// connRate is a limiter in connRates.
+type connRate struct{ *clientrate.Limiter }
+
+// Destruct implements caddy.Destructor: the last config using it is gone.
+func (c connRate) Destruct() error {
+	c.Close()
+	return nil
+}
+
 func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) error {
 	s.name, s.logger, s.ctx = name, logger, ctx
 	s.conns = make(map[*conn]struct{})
@@ -137,12 +150,18 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 	if r := s.MaxConnectionRatePerClient; r < 0 || math.IsInf(r, 0) || math.IsNaN(r) || r > 1e9 {
 		return fmt.Errorf("max_connection_rate_per_client %v: want a rate above 0, or 0 for none", r)
 	} else if r > 0 {
-		lim, err := clientrate.New(r, int(math.Ceil(r)), 32, 64, connRateClients)
+		// one limiter per server and rate, kept across reloads (a client
+		// may not reopen its connections the moment a config changes)
+		key := fmt.Sprintf("%s %s %v", s.transport(), name, r)
+		v, _, err := connRates.LoadOrNew(key, func() (caddy.Destructor, error) {
+			lim, err := clientrate.New(r, int(math.Ceil(r)), 32, 64, connRateClients)
+			return connRate{lim}, err
+		})
 		if err != nil {
 			return fmt.Errorf("max_connection_rate_per_client: %w", err)
 		}
-		s.connRate = lim
-		ctx.OnCancel(lim.Close)
+		s.connRate = v.(connRate).Limiter
+		ctx.OnCancel(func() { _, _ = connRates.Delete(key) })
 	}
 	for _, l := range s.Listen {
 		na, err := caddy.ParseNetworkAddressWithDefaults(caddy.NewReplacer().ReplaceAll(l, ""), "tcp", s.defaultPort())

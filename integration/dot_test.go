@@ -549,8 +549,8 @@ func TestSecondInstanceRefused(t *testing.T) {
 
 // TestDoTConnectionRate: max_connection_rate_per_client closes a
 // client's new connections past its rate (each costs a handshake), and
-// not another client's; the refusal is counted. kdig binds 127.0.0.x to
-// be each client.
+// not another client's, across a reload; the refusal is counted. kdig
+// binds 127.0.0.x to be each client.
 func TestDoTConnectionRate(t *testing.T) {
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
@@ -569,9 +569,13 @@ func TestDoTConnectionRate(t *testing.T) {
 		return kdig(t, "+tls", "+retry=0", "+timeout=2", "-b", from, "@127.0.0.1", "-p", fmt.Sprint(port), "www.example.test", "A")
 	}
 	// the bucket holds one connection (a second's worth of 0.1, at least
-	// one) and takes 10 s to refill: the second comes well before
+	// one) and takes 10 s to refill: the second comes well before, after
+	// a reload (the counts outlive it)
 	if out := ask("127.0.0.5"); !strings.Contains(out, "192.0.2.80") {
 		t.Fatalf("first connection: %s", out)
+	}
+	if err := c.reload("", nil); err != nil {
+		t.Fatal(err)
 	}
 	if out := ask("127.0.0.5"); strings.Contains(out, "192.0.2.80") {
 		t.Fatalf("a second connection within the rate's 10 s was answered:\n%s", out)
