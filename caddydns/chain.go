@@ -91,7 +91,7 @@ func ReleaseRequest(r *Request) {
 // reused once Serve returns. Not pooled: it is the garbage collector's.
 func (r *Request) Clone() *Request {
 	c := *r
-	c.msg = dns.Msg{}
+	c.msg, c.quick = dns.Msg{}, quickMsg{} // r's storage, which c.Msg does not use
 	c.Msg = r.Msg.Copy()
 	c.query = append([]byte(nil), r.query...)
 	return &c
