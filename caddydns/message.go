@@ -64,9 +64,10 @@ type quickMsg struct {
 // most, an OPT record with no option but padding (RFC 7830, as DoT and
 // DoH clients send); a name of plain labels (letters, digits, '-', '_',
 // '*': none that presentation form escapes), without compression; no
-// octets after it. The padding is b's own octets (the Request holds b
-// while it is served, as Octets says). It reports false, with q
-// untouched, for any other message, which Unpack then decodes.
+// octets after it. Padding of zeros (RFC 7830 3), up to a block, is
+// quickZeros: the message holds nothing of b, which the transport may
+// reuse for the answer. It reports false, with q untouched, for any
+// other message, which Unpack then decodes.
 func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
 	const h = dnswire.HeaderLen
 	if len(b) < h+5 || binary.BigEndian.Uint16(b[4:]) != 1 || b[6]|b[7]|b[8]|b[9]|b[10] != 0 || b[11] > 1 {
@@ -115,6 +116,9 @@ func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
 			return false
 		default:
 			padding = rdata[4:]
+			if len(padding) > len(quickZeros) || !allZero(padding) {
+				return false
+			}
 		}
 	default:
 		return false
@@ -140,7 +144,7 @@ func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
 		if padding != nil {
 			s.padding.Padding = nil // Unpack's, for a padding of no octets
 			if len(padding) > 0 {
-				s.padding.Padding = padding
+				s.padding.Padding = quickZeros[:len(padding):len(padding)]
 			}
 			s.options[0] = &s.padding
 			s.opt.Option = s.options[:1:1]
@@ -148,6 +152,19 @@ func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
 		s.extra[0] = &s.opt
 		q.Extra = s.extra[:1:1]
 		q.Rcode |= s.opt.ExtendedRcode()
+	}
+	return true
+}
+
+// quickZeros is the padding decodeQuick gives a message; nothing writes
+// to it (Copy copies it).
+var quickZeros [dnswire.PaddingBlock]byte
+
+func allZero(b []byte) bool {
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
 	}
 	return true
 }
