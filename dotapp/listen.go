@@ -29,16 +29,17 @@ func (s *Server) start() error {
 	for _, na := range s.addrs {
 		for port := na.StartPort; port <= na.EndPort; port++ {
 			var raw syscall.RawConn
-			ln, err := na.Listen(s.ctx, port-na.StartPort, net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
-				raw = c // Caddy wraps the listener; this is its socket (see stop)
-				return nil
-			}})
+			ln, err := na.Listen(s.ctx, port-na.StartPort, listenConfig(&raw))
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", na.JoinHostPort(port-na.StartPort), err)
 			}
 			l, ok := ln.(net.Listener)
 			if !ok {
 				return fmt.Errorf("listen on %s: not a stream listener", na.JoinHostPort(port-na.StartPort))
+			}
+			if err := steerToNewest(raw); err != nil {
+				// connections coming in as a reload ends may be reset
+				s.logger.Warn("cannot steer new connections to the newest listener", zap.String("address", l.Addr().String()), zap.Error(err))
 			}
 			for _, w := range s.wrappers {
 				l = w.WrapListener(l)
@@ -60,6 +61,21 @@ func (s *Server) start() error {
 		}
 	}
 	return nil
+}
+
+// listenConfig is how a server opens its listening sockets (Caddy adds
+// SO_REUSEPORT): *raw is set to the socket, which Caddy's listener wraps
+// (see stop). Plain TCP: Go would open an MPTCP socket, which takes no
+// reuseport program (steerToNewest); a listener of either kind serves a
+// client that does not speak MPTCP (every DoT and DoH client known)
+// over plain TCP.
+func listenConfig(raw *syscall.RawConn) net.ListenConfig {
+	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
+		*raw = c
+		return nil
+	}}
+	lc.SetMultipathTCP(false)
+	return lc
 }
 
 // sayTryIt logs the commands that query the server at addr and show its

@@ -6,6 +6,8 @@ import (
 	"os"
 	"syscall"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // quickAck makes the kernel acknowledge what it received at once. A
@@ -63,4 +65,30 @@ func acceptQueued(ln syscall.RawConn) []net.Conn {
 		}
 	})
 	return conns
+}
+
+// steerToNewest makes the kernel give new connections to the address's
+// newest listening socket. Caddy opens a new socket for each config
+// (SO_REUSEPORT); during a reload the old and the new one are both in the
+// address's reuseport group, and the kernel would split new connections
+// between them. Those the old socket takes in its last moments (its
+// accept queue after acceptQueued, handshakes still in progress) are
+// reset when it closes, unless net.ipv4.tcp_migrate_req is set. A
+// classic BPF program on the group (SO_ATTACH_REUSEPORT_CBPF) picks the
+// socket by its index: sockets join the group at its end, and one that
+// leaves is replaced by the last, so while a reload has two, the new one
+// is index 1; with one socket, index 1 is out of range and the kernel
+// picks by hash as it would with no program. The program belongs to the
+// group; every new socket attaches it again, which is harmless.
+func steerToNewest(ln syscall.RawConn) error {
+	if ln == nil {
+		return nil
+	}
+	prog := []unix.SockFilter{{Code: unix.BPF_RET | unix.BPF_K, K: 1}}
+	var err error
+	cerr := ln.Control(func(fd uintptr) {
+		err = unix.SetsockoptSockFprog(int(fd), unix.SOL_SOCKET, unix.SO_ATTACH_REUSEPORT_CBPF,
+			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
+	})
+	return errors.Join(cerr, err)
 }

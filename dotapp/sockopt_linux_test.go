@@ -1,11 +1,14 @@
 package dotapp
 
 import (
+	"errors"
 	"io"
 	"net"
 	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestAcceptQueued: connections whose handshake the kernel completed but
@@ -55,5 +58,68 @@ func TestAcceptQueued(t *testing.T) {
 	// test would hang until its timeout)
 	if more := acceptQueued(raw); len(more) != 0 {
 		t.Fatalf("%d connections from an empty queue", len(more))
+	}
+}
+
+// TestSteerToNewest: while a reload has two listening sockets on an
+// address (SO_REUSEPORT, as Caddy opens them), every new connection goes
+// to the newest, none to the one about to close; with the old one
+// closed, the new one takes them all; and the next reload's socket takes
+// over from it in turn.
+func TestSteerToNewest(t *testing.T) {
+	listen := func(addr string) (net.Listener, syscall.RawConn) {
+		var raw syscall.RawConn
+		lc := listenConfig(&raw) // the servers' own, with SO_REUSEPORT as Caddy adds it
+		control := lc.Control
+		lc.Control = func(network, address string, c syscall.RawConn) error {
+			var err error
+			cerr := c.Control(func(fd uintptr) { err = syscall.SetsockoptInt(int(fd), syscall.SOL_SOCKET, unix.SO_REUSEPORT, 1) })
+			return errors.Join(control(network, address, c), cerr, err)
+		}
+		ln, err := lc.Listen(t.Context(), "tcp", addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { ln.Close() })
+		if err := steerToNewest(raw); err != nil {
+			t.Fatal(err)
+		}
+		return ln, raw
+	}
+	var addr string
+	// connect dials n connections and says how many each socket queued
+	connect := func(n int, raws ...syscall.RawConn) []int {
+		for i := 0; i < n; i++ {
+			c, err := net.Dial("tcp", addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() { c.Close() })
+		}
+		got := make([]int, len(raws))
+		for i, raw := range raws {
+			for _, c := range acceptQueued(raw) {
+				c.Close()
+				got[i]++
+			}
+		}
+		return got
+	}
+	old, oldRaw := listen("127.0.0.1:0")
+	addr = old.Addr().String()
+	if got := connect(20, oldRaw); got[0] != 20 {
+		t.Fatalf("one socket: it queued %d of 20 connections", got[0])
+	}
+	_, newRaw := listen(addr)
+	if got := connect(40, oldRaw, newRaw); got[0] != 0 || got[1] != 40 {
+		t.Fatalf("old and new socket queued %v of 40 connections, want [0 40]", got)
+	}
+	old.Close()
+	if got := connect(20, newRaw); got[0] != 20 {
+		t.Fatalf("the new socket alone queued %d of 20 connections", got[0])
+	}
+	_, nextRaw := listen(addr)
+	if got := connect(40, newRaw, nextRaw); got[0] != 0 || got[1] != 40 {
+		t.Fatalf("the next reload's sockets queued %v of 40 connections, want [0 40]", got)
 	}
 }

@@ -18,3 +18,7 @@ func (c *conn) peekHello(time.Duration) bool { return true }
 // acceptQueued is Linux's; elsewhere the accept queue is left to the
 // listener's close.
 func acceptQueued(syscall.RawConn) []net.Conn { return nil }
+
+// steerToNewest is Linux's; elsewhere the kernel splits new connections
+// between the old and the new listener during a reload.
+func steerToNewest(syscall.RawConn) error { return nil }
