@@ -93,9 +93,10 @@ func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more f
 				return d.ArgErr()
 			}
 			s.ServerNames = append(s.ServerNames, args...)
-		case "idle_timeout", "read_timeout", "handshake_timeout", "write_timeout", "grace_period":
+		case "idle_timeout", "read_timeout", "handshake_timeout", "write_timeout", "grace_period", "max_connection_duration":
 			into := map[string]*caddy.Duration{"idle_timeout": &s.IdleTimeout, "read_timeout": &s.ReadTimeout,
-				"handshake_timeout": &s.HandshakeTimeout, "write_timeout": &s.WriteTimeout, "grace_period": &s.GracePeriod}[opt]
+				"handshake_timeout": &s.HandshakeTimeout, "write_timeout": &s.WriteTimeout, "grace_period": &s.GracePeriod,
+				"max_connection_duration": &s.MaxConnectionDuration}[opt]
 			if err := cfparse.Duration(d, into, false); err != nil {
 				return err
 			}

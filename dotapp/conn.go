@@ -42,14 +42,15 @@ const parkAfter = 250 * time.Millisecond
 // A connection that stays quiet is parked (see parkNow): it then holds no
 // goroutine and no buffer of its own, only its TLS state.
 type conn struct {
-	raw     net.Conn
-	rc      syscall.RawConn // nil where the socket has none: no parking, no quick ACKs
-	tc      *tls.Conn
-	key     string // listener address
-	client  netip.AddrPort
-	srv     atomic.Pointer[Server] // the server whose config applies now
-	metrics *dotMetrics            // of the server that accepted it
-	helloBy monoTime               // the handshake's deadline, from accept
+	raw      net.Conn
+	rc       syscall.RawConn // nil where the socket has none: no parking, no quick ACKs
+	tc       *tls.Conn
+	key      string // listener address
+	client   netip.AddrPort
+	srv      atomic.Pointer[Server] // the server whose config applies now
+	metrics  *dotMetrics            // of the server that accepted it
+	helloBy  monoTime               // the handshake's deadline, from accept
+	accepted monoTime               // when it was accepted (max_connection_duration)
 
 	// owned by whoever runs the connection: the reader, or what ends it
 	w       *writer // from the first query on; stopped while parked
@@ -92,7 +93,8 @@ func (c *conn) serve(s *Server) {
 	}()
 	c.metrics = s.metrics
 	if c.helloBy == 0 {
-		c.helloBy = monoOf(time.Now().Add(s.set.handshake))
+		c.accepted = monoNow()
+		c.helloBy = c.accepted + monoTime(s.set.handshake)
 		if c.rc != nil && idlePoller.ok() && !c.peekHello(s.set.parkAfter) && c.parkHello() {
 			return
 		}
@@ -215,7 +217,7 @@ func (c *conn) read() (parked bool) {
 		srv := c.srv.Load()
 		if r.Buffered() == 0 {
 			since := time.Now()
-			deadline := srv.idleDeadline(since)
+			deadline := c.idleDeadline(srv, since)
 			canPark := c.rc != nil && idlePoller.ok()
 			c.reading.Store(true)
 			if canPark {
@@ -277,7 +279,7 @@ func (c *conn) read() (parked bool) {
 		c.w.inFlight.Add(1)
 		c.w.pending.Add(1)
 		c.queries++
-		last := srv.MaxQueries > 0 && c.queries >= srv.MaxQueries
+		last := (srv.MaxQueries > 0 && c.queries >= srv.MaxQueries) || c.expired(srv)
 		t := dotTaskPool.Get().(*dotTask)
 		*t = dotTask{c: c, w: c.w, bp: bp, size: size, last: last}
 		dispatch(t)
@@ -333,13 +335,13 @@ func (c *conn) enter() *Server {
 // server's shorter idle deadline.
 func (c *conn) wake() {
 	if c.reading.Load() {
-		_ = c.raw.SetReadDeadline(c.srv.Load().idleDeadline(time.Now()))
+		_ = c.raw.SetReadDeadline(c.idleDeadline(c.srv.Load(), time.Now()))
 	}
 	p := &c.park
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if p.parked && !p.hello { // a handshake keeps its own deadline
-		p.deadline = monoOf(c.srv.Load().idleDeadline(p.since.Time()))
+		p.deadline = monoOf(c.idleDeadline(c.srv.Load(), p.since.Time()))
 		c.timers().set(c, p.deadline)
 	}
 }

@@ -316,7 +316,7 @@ func (h *h2conn) read() h2end {
 			return h2Failed // a write failed, or the grace period ended
 		}
 		srv := c.srv.Load()
-		deadline := srv.idleDeadline(h.last.Time())
+		deadline := c.idleDeadline(srv, h.last.Time())
 		wait := deadline
 		canPark := c.rc != nil && idlePoller.ok()
 		now := time.Now()
@@ -366,7 +366,7 @@ func (h *h2conn) read() h2end {
 			h.goAway(http2.ErrCodeNo)
 			return h2Graceful
 		}
-		if h.stalled(h.last.Time()) {
+		if h.stalled(h.last.Time()) || c.expired(srv) {
 			h.goAway(http2.ErrCodeNo)
 			return h2Graceful
 		}
@@ -397,7 +397,7 @@ func (h *h2conn) park() bool {
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
 	c.park.since = h.last
-	if c.parkUntil(monoOf(c.srv.Load().idleDeadline(h.last.Time())), false) {
+	if c.parkUntil(monoOf(c.idleDeadline(c.srv.Load(), h.last.Time())), false) {
 		return true
 	}
 	h.takeLive()

@@ -289,6 +289,8 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		"doh 127.0.0.1:8444 {\n\tmax_in_flight -1\n}":                               "-1",
 		"doh 127.0.0.1:8444 {\n\tmax_connection_rate_per_client 0\n}":               `max_connection_rate_per_client "0": want a rate above 0`,
 		"doh 127.0.0.1:8444 {\n\tmax_connection_rate_per_client lots\n}":            `max_connection_rate_per_client "lots": want a rate above 0`,
+		"doh 127.0.0.1:8444 {\n\tmax_connection_duration soon\n}":                   `max_connection_duration: time: invalid duration "soon", at Testfile:2`,
+		"doh 127.0.0.1:8444 {\n\tmax_connection_duration -5s\n}":                    `max_connection_duration must be positive, got -5s, at Testfile:2`,
 	} {
 		err := new(DoHServer).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 		if err == nil || !strings.Contains(err.Error(), want) {
@@ -300,6 +302,10 @@ func TestDoHServerConfigErrors(t *testing.T) {
 	defer cancel()
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), `server d: path "dns-query?x" is not a request path`) {
 		t.Errorf("a path without /: %v", err)
+	}
+	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionDuration: -1}}}}
+	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_duration -1ns: want a duration above 0, or 0 for none") {
+		t.Errorf("a negative connection duration: %v", err)
 	}
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionRatePerClient: -1}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_rate_per_client -1: want a rate above 0, or 0 for none") {

@@ -39,7 +39,7 @@ func (c *conn) parkNow(since time.Time) bool {
 	c.park.mu.Lock()
 	defer c.park.mu.Unlock()
 	c.park.since = monoOf(since)
-	return c.parkUntil(monoOf(c.srv.Load().idleDeadline(since)), false)
+	return c.parkUntil(monoOf(c.idleDeadline(c.srv.Load(), since)), false)
 }
 
 // parkHello parks a connection whose client has sent nothing yet, until

@@ -84,6 +84,13 @@ type Server struct {
 	// MaxQueries per connection, after which it is closed once answered.
 	// Default: 0, unlimited.
 	MaxQueries int `json:"max_queries,omitempty"`
+	// MaxConnectionDuration bounds a connection's life: past it, a DoT
+	// connection is closed once its queries in progress are answered
+	// (the last answers announce keepalive 0), an HTTP/2 one gets GOAWAY
+	// and ends once its streams are answered. Long-lived connections
+	// then spread again over the servers behind a load balancer.
+	// Default: 0, unlimited.
+	MaxConnectionDuration caddy.Duration `json:"max_connection_duration,omitempty"`
 	// MaxConnections open at once; past it new connections are closed at
 	// once. Default: 0, unlimited.
 	MaxConnections int `json:"max_connections,omitempty"`
@@ -146,6 +153,9 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 	s.applyDefaults()
 	if len(s.Listen) == 0 {
 		return errors.New("no listen address")
+	}
+	if s.MaxConnectionDuration < 0 {
+		return fmt.Errorf("max_connection_duration %v: want a duration above 0, or 0 for none", time.Duration(s.MaxConnectionDuration))
 	}
 	if r := s.MaxConnectionRatePerClient; r < 0 || math.IsInf(r, 0) || math.IsNaN(r) || r > 1e9 {
 		return fmt.Errorf("max_connection_rate_per_client %v: want a rate above 0, or 0 for none", r)
@@ -238,6 +248,23 @@ func (s *Server) idleDeadline(since time.Time) time.Time {
 	return deadline
 }
 
+// idleDeadline is when c, waiting for its next query since since,
+// is closed: the server's idle deadline, or the end of the connection's
+// max_connection_duration if that comes first.
+func (c *conn) idleDeadline(srv *Server, since time.Time) time.Time {
+	d := srv.idleDeadline(since)
+	if srv.set.maxDuration > 0 {
+		d = minTime(d, c.accepted.Time().Add(srv.set.maxDuration))
+	}
+	return d
+}
+
+// expired says c has lived past max_connection_duration: it takes no
+// more queries.
+func (c *conn) expired(srv *Server) bool {
+	return srv.set.maxDuration > 0 && monoNow() >= c.accepted+monoTime(srv.set.maxDuration)
+}
+
 // keepalive is the idle timeout an answer announces to a query with an
 // edns-tcp-keepalive option (RFC 7828): the server's, or
 // caddydns.KeepaliveClose (RFC 7828 3.3.2: a server that wants its
@@ -256,6 +283,7 @@ type settings struct {
 	idle, read, handshake, grace time.Duration
 	write                        time.Duration
 	parkAfter                    time.Duration
+	maxDuration                  time.Duration // 0: unlimited
 	maxInFlight                  int
 }
 
@@ -274,6 +302,7 @@ func (s *Server) applyDefaults() {
 		write:       or(s.WriteTimeout, DefaultWriteTimeout),
 		grace:       or(s.GracePeriod, DefaultGracePeriod),
 		parkAfter:   or(caddy.Duration(s.quietPark), parkAfter),
+		maxDuration: time.Duration(max(s.MaxConnectionDuration, 0)),
 		maxInFlight: DefaultMaxInFlight,
 	}
 	if s.MaxInFlight > 0 {
