@@ -50,7 +50,20 @@ func (a *App) Stop() error {
 	return nil
 }
 
+// Cleanup releases what the servers hold beyond the config: their
+// places in the session ticket ring and the connection rate limiters.
+func (a *App) Cleanup() error {
+	cleanupServers(a.Servers)
+	return nil
+}
+
 // What the dot and doh apps do with their servers.
+
+func cleanupServers(servers map[string]*Server) {
+	for _, s := range servers {
+		s.cleanup()
+	}
+}
 
 func provisionServers(ctx caddy.Context, servers map[string]*Server, logger *zap.Logger) error {
 	for name, s := range servers {
@@ -111,7 +124,8 @@ func stopServers(servers map[string]*Server) {
 
 // Interface guards
 var (
-	_ caddy.App         = (*App)(nil)
-	_ caddy.Provisioner = (*App)(nil)
-	_ caddy.Validator   = (*App)(nil)
+	_ caddy.App          = (*App)(nil)
+	_ caddy.Provisioner  = (*App)(nil)
+	_ caddy.CleanerUpper = (*App)(nil)
+	_ caddy.Validator    = (*App)(nil)
 )

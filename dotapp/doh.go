@@ -91,6 +91,13 @@ func (a *DoHApp) Stop() error {
 	return nil
 }
 
+// Cleanup releases what the servers hold beyond the config (see
+// App.Cleanup).
+func (a *DoHApp) Cleanup() error {
+	cleanupServers(a.servers)
+	return nil
+}
+
 // dohSide is what a DoH server has beyond a DoT server's parts.
 type dohSide struct {
 	path        string
@@ -232,7 +239,8 @@ func (d *dohSide) notFound() dohhandler.Reply {
 
 // Interface guards
 var (
-	_ caddy.App         = (*DoHApp)(nil)
-	_ caddy.Provisioner = (*DoHApp)(nil)
-	_ caddy.Validator   = (*DoHApp)(nil)
+	_ caddy.App          = (*DoHApp)(nil)
+	_ caddy.Provisioner  = (*DoHApp)(nil)
+	_ caddy.CleanerUpper = (*DoHApp)(nil)
+	_ caddy.Validator    = (*DoHApp)(nil)
 )

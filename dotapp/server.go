@@ -122,6 +122,7 @@ type Server struct {
 	conns     map[*conn]struct{}
 	perClient map[netip.Addr]int
 	connRate  *clientrate.Limiter // with MaxConnectionRatePerClient
+	cleanups  []func()            // run by the app's Cleanup (onCleanup)
 	stopped   bool
 	drainEnd  atomic.Int64 // unix nanos; 0 while not draining
 
@@ -171,7 +172,7 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 			return fmt.Errorf("max_connection_rate_per_client: %w", err)
 		}
 		s.connRate = v.(connRate).Limiter
-		ctx.OnCancel(func() { _, _ = connRates.Delete(key) })
+		s.onCleanup(func() { _, _ = connRates.Delete(key) })
 	}
 	for _, l := range s.Listen {
 		na, err := caddy.ParseNetworkAddressWithDefaults(caddy.NewReplacer().ReplaceAll(l, ""), "tcp", s.defaultPort())
@@ -215,6 +216,19 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 
 // transport is the server's name for its protocol: "dot" or "doh" (the
 // transport label of metrics, logs and dnstap).
+// onCleanup has f run when the server's config is unloaded (the app's
+// Cleanup). Not caddy.Context.OnCancel: on the copy of the context a
+// module is provisioned with, what it registers never runs.
+func (s *Server) onCleanup(f func()) { s.cleanups = append(s.cleanups, f) }
+
+// cleanup runs what onCleanup registered, once.
+func (s *Server) cleanup() {
+	for _, f := range s.cleanups {
+		f()
+	}
+	s.cleanups = nil
+}
+
 func (s *Server) transport() string {
 	if s.doh != nil {
 		return "doh"

@@ -42,7 +42,7 @@ func (s *Server) provisionTLS(ctx caddy.Context) error {
 		return fmt.Errorf("session ticket keys: %w", err)
 	}
 	cfg := s.tlsCfg
-	ctx.OnCancel(func() { tickets.unregister(cfg) })
+	s.onCleanup(func() { tickets.unregister(cfg) })
 	if tlsApp, err := ctx.AppIfConfigured("tls"); err == nil && len(s.ServerNames) > 0 {
 		// the names Caddy publishes ECH configs for, when it has them
 		// (like the http app's sites)
