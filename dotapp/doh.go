@@ -200,6 +200,9 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	c := r.Context().Value(connKey{}).(*conn)
 	srv := c.enter()
 	defer srv.active.Add(-1)
+	if c.expired(srv) {
+		w.Header().Set("Connection", "close") // max_connection_duration: net/http closes it after this answer
+	}
 	d := srv.doh
 	bp := packPool.Get().(*[]byte)
 	defer packPool.Put(bp)

@@ -3,6 +3,7 @@
 package dotapp
 
 import (
+	"context"
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
@@ -93,21 +94,40 @@ func readAnswer(c net.Conn) (*dns.Msg, error) {
 
 // TestH2MaxConnectionDuration: an HTTP/2 connection in use past
 // max_connection_duration gets GOAWAY, its requests are answered, and
-// the client goes on over a new connection.
+// the client goes on over a new connection; an HTTP/1.1 one is answered
+// with Connection: close, and likewise.
 func TestH2MaxConnectionDuration(t *testing.T) {
 	s := newTestDoHServer(t)
 	s.tlsCfg.NextProtos = []string{"h2", "http/1.1"}
 	s.MaxConnectionDuration = caddy.Duration(300 * time.Millisecond)
 	_, addr := listenParking(t, s, dohVecs, 30*time.Second, 0)
 	dials := 0
-	client := &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{
-		TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
-		DialTLS: func(network, _ string, cfg *tls.Config) (net.Conn, error) {
-			dials++
-			return tls.Dial(network, addr, cfg)
-		},
-	}}
-	for i := 0; dials < 2; i++ {
+	dial := func(network string, cfg *tls.Config) (net.Conn, error) {
+		dials++
+		return tls.Dial(network, addr, cfg)
+	}
+	t.Run("h2", func(t *testing.T) {
+		dials = 0
+		getUntilRedial(t, &dials, &http.Client{Timeout: 5 * time.Second, Transport: &http2.Transport{
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true},
+			DialTLS:         func(network, _ string, cfg *tls.Config) (net.Conn, error) { return dial(network, cfg) },
+		}})
+	})
+	t.Run("http/1.1", func(t *testing.T) {
+		dials = 0
+		getUntilRedial(t, &dials, &http.Client{Timeout: 5 * time.Second, Transport: &http.Transport{
+			DialTLSContext: func(_ context.Context, network, _ string) (net.Conn, error) {
+				return dial(network, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"http/1.1"}})
+			},
+		}})
+	})
+}
+
+// getUntilRedial asks through client, a request every 10 ms, until it
+// has dialled a second connection; every request must be answered.
+func getUntilRedial(t *testing.T, dials *int, client *http.Client) {
+	t.Helper()
+	for i := 0; *dials < 2; i++ {
 		if i == 500 {
 			t.Fatalf("%d requests on one connection past max_connection_duration", i)
 		}
