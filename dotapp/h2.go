@@ -762,7 +762,7 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 	enc := h.encoder()
 	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(rep.Status)})
 	_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: rep.ContentType})
-	_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: strconv.Itoa(len(rep.Body))})
+	_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: lengthText(len(rep.Body))})
 	if rep.CacheControl != "" {
 		_ = enc.WriteField(hpack.HeaderField{Name: "cache-control", Value: rep.CacheControl})
 	}
@@ -1122,6 +1122,24 @@ func (h *h2conn) writeLoop(kick, stop, wdone chan struct{}) {
 			return
 		}
 	}
+}
+
+// lengthTexts holds the decimal strings of the content lengths answers
+// have had (made at the first answer of each length), so that an answer
+// allocates none: strconv.Itoa allocates for 100 and more, and most
+// answers are longer (padding alone makes 128 or 468 octets).
+var lengthTexts [4096]atomic.Pointer[string]
+
+func lengthText(n int) string {
+	if n < 0 || n >= len(lengthTexts) {
+		return strconv.Itoa(n)
+	}
+	if p := lengthTexts[n].Load(); p != nil {
+		return *p
+	}
+	t := strconv.Itoa(n)
+	lengthTexts[n].Store(&t)
+	return t
 }
 
 func statusText(s int) string {

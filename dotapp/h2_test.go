@@ -333,3 +333,16 @@ func BenchmarkH2GET(b *testing.B) {
 		h2exchange(b, s, in)
 	}
 }
+
+// TestLengthText: the content-length strings are strconv.Itoa's, the
+// cached ones allocate nothing, and lengths past the cache still work.
+func TestLengthText(t *testing.T) {
+	for _, n := range []int{0, 7, 99, 100, 468, 4095, 4096, 65535} {
+		if got := lengthText(n); got != strconv.Itoa(n) {
+			t.Fatalf("lengthText(%d) = %q", n, got)
+		}
+	}
+	if a := testing.AllocsPerRun(100, func() { _ = lengthText(468) }); a != 0 {
+		t.Fatalf("lengthText(468) allocates %v times", a)
+	}
+}
