@@ -87,7 +87,8 @@ type Server struct {
 	// MaxConnectionDuration bounds a connection's life: past it, a DoT
 	// connection is closed once its queries in progress are answered
 	// (the last answers announce keepalive 0), an HTTP/2 one gets GOAWAY
-	// and ends once its streams are answered. Long-lived connections
+	// and ends once its streams are answered, an HTTP/1.1 one is closed
+	// after its next answer (Connection: close). Long-lived connections
 	// then spread again over the servers behind a load balancer.
 	// Default: 0, unlimited.
 	MaxConnectionDuration caddy.Duration `json:"max_connection_duration,omitempty"`
