@@ -5,7 +5,6 @@ package dotapp
 import (
 	"context"
 	"crypto/tls"
-	"encoding/binary"
 	"errors"
 	"io"
 	"net"
@@ -76,20 +75,6 @@ func TestMaxConnectionDuration(t *testing.T) {
 	if _, err := quiet.Read(make([]byte, 1)); err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
 		t.Fatalf("a quiet connection past max_connection_duration: %v, want it closed", err)
 	}
-}
-
-// readAnswer reads one framed DoT answer.
-func readAnswer(c net.Conn) (*dns.Msg, error) {
-	var l [2]byte
-	if _, err := io.ReadFull(c, l[:]); err != nil {
-		return nil, err
-	}
-	b := make([]byte, binary.BigEndian.Uint16(l[:]))
-	if _, err := io.ReadFull(c, b); err != nil {
-		return nil, err
-	}
-	m := new(dns.Msg)
-	return m, m.Unpack(b)
 }
 
 // TestH2MaxConnectionDuration: an HTTP/2 connection in use past

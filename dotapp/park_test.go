@@ -109,17 +109,9 @@ func ask(t *testing.T, c *tls.Conn, ids ...uint16) {
 	}
 	seen := map[uint16]bool{}
 	for range ids {
-		var l [2]byte
-		if _, err := io.ReadFull(c, l[:]); err != nil {
+		m, err := readAnswer(c)
+		if err != nil {
 			t.Fatalf("reading an answer: %v", err)
-		}
-		b := make([]byte, binary.BigEndian.Uint16(l[:]))
-		if _, err := io.ReadFull(c, b); err != nil {
-			t.Fatal(err)
-		}
-		m := new(dns.Msg)
-		if err := m.Unpack(b); err != nil {
-			t.Fatal(err)
 		}
 		if len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != "192.0.2.80" {
 			t.Fatalf("answer %d: %v", m.Id, m.Answer)
@@ -131,6 +123,20 @@ func ask(t *testing.T, c *tls.Conn, ids ...uint16) {
 			t.Fatalf("no answer for ID %d (got %v)", id, seen)
 		}
 	}
+}
+
+// readAnswer reads one framed DoT answer.
+func readAnswer(c net.Conn) (*dns.Msg, error) {
+	var l [2]byte
+	if _, err := io.ReadFull(c, l[:]); err != nil {
+		return nil, err
+	}
+	b := make([]byte, binary.BigEndian.Uint16(l[:]))
+	if _, err := io.ReadFull(c, b); err != nil {
+		return nil, err
+	}
+	m := new(dns.Msg)
+	return m, m.Unpack(b)
 }
 
 // TestParkAndResume: a quiet connection is parked, both right after the
