@@ -1,7 +1,6 @@
 package integration
 
 import (
-	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
@@ -376,15 +375,7 @@ func TestECH(t *testing.T) {
 	ech := cfg["apps"].(map[string]any)["tls"].(map[string]any)["encrypted_client_hello"].(map[string]any)
 	ech["publication"] = []any{map[string]any{"publishers": map[string]any{"dnsfront": map[string]any{}}}}
 	cfgJSON, _ = json.Marshal(cfg)
-	resp, err := http.Post("http://"+c.Admin+"/load", "application/json", bytes.NewReader(cfgJSON))
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != http.StatusOK {
-		t.Fatalf("POST /load with the dnsfront publisher: %s %s", resp.Status, body)
-	}
+	c.apiJSON("POST", "/load", cfgJSON) // with the dnsfront publisher
 	c.waitLog(`ECH config list published to the zone.*dns.example.test`, 30*time.Second)
 	published := digECH(t, dotAddr, "dns.example.test", "HTTPS")
 	pubList, _ := base64.StdEncoding.DecodeString(published[0])

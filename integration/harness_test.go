@@ -212,9 +212,23 @@ func (p *caddyProc) reload(tmpl string, vars Vars) error {
 // fails the test.
 func (p *caddyProc) api(method, path string) []byte {
 	p.t.Helper()
-	req, err := http.NewRequest(method, "http://"+p.Admin+path, nil)
+	return p.apiJSON(method, path, nil)
+}
+
+// apiJSON is api with a JSON request body (a config for POST /load);
+// nil sends none.
+func (p *caddyProc) apiJSON(method, path string, body []byte) []byte {
+	p.t.Helper()
+	var rd io.Reader
+	if body != nil {
+		rd = bytes.NewReader(body)
+	}
+	req, err := http.NewRequest(method, "http://"+p.Admin+path, rd)
 	if err != nil {
 		p.t.Fatal(err)
+	}
+	if body != nil {
+		req.Header.Set("Content-Type", "application/json")
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {

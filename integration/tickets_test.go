@@ -2,12 +2,9 @@ package integration
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
-	"io"
-	"net/http"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -116,15 +113,7 @@ func TestSessionTicketsAcrossAFleet(t *testing.T) {
 		}
 		cfg["apps"].(map[string]any)["tls"].(map[string]any)["session_tickets"] = map[string]any{"key_source": map[string]any{"provider": "distributed"}}
 		body, _ := json.Marshal(cfg)
-		resp, err := http.Post("http://"+p.Admin+"/load", "application/json", bytes.NewReader(body))
-		if err != nil {
-			t.Fatal(err)
-		}
-		out, _ := io.ReadAll(resp.Body)
-		resp.Body.Close()
-		if resp.StatusCode != http.StatusOK {
-			t.Fatalf("POST /load with session_tickets: %d %s", resp.StatusCode, out)
-		}
+		p.apiJSON("POST", "/load", body) // with session_tickets
 	}
 	if got := sessionLine(t, addrs[0], "dot", root, "-tls1_3", sess+".shared", ""); got != "New" {
 		t.Fatalf("the first connection with shared keys: %s", got)
