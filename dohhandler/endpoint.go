@@ -64,13 +64,32 @@ type Reply struct {
 	// server sends no response (HTTP/2: the stream is reset; HTTP/1.1:
 	// the connection is closed).
 	Drop bool
+	// Header holds the fields the server adds after its own: the
+	// dedicated server's `header` and `respond` options.
+	Header []Field
 }
 
-// Nosniff reports whether the reply is text, sent with
-// X-Content-Type-Options: nosniff.
-func (r *Reply) Nosniff() bool { return r.ContentType == textType }
+// Field is a response header field, its name in lower case (as HTTP/2
+// sends it).
+type Field struct{ Name, Value string }
 
-const textType = "text/plain; charset=utf-8"
+// Nosniff reports whether the reply is text, sent with
+// X-Content-Type-Options: nosniff (unless the server's own fields set
+// that header).
+func (r *Reply) Nosniff() bool {
+	if r.ContentType != TextType {
+		return false
+	}
+	for _, f := range r.Header {
+		if f.Name == "x-content-type-options" {
+			return false
+		}
+	}
+	return true
+}
+
+// TextType is the Content-Type of the replies that are text.
+const TextType = "text/plain; charset=utf-8"
 
 // Serve answers req. A DNS message is decoded into and answered in *bp
 // (a pooled buffer the caller owns; it may be replaced by a larger one),
@@ -179,7 +198,14 @@ func (e *Endpoint) Refuse(status int, msg string) Reply {
 		ce.Write(zap.Int("status", status), zap.String("reason", msg))
 	}
 	e.responses.count(status)
-	return Reply{Status: status, ContentType: textType, Body: []byte(msg + "\n")}
+	return Reply{Status: status, ContentType: TextType, Body: []byte(msg + "\n")}
+}
+
+// Respond counts a reply the server made itself (the dedicated server's
+// `respond` paths) as Refuse counts its own, and returns it.
+func (e *Endpoint) Respond(rep Reply) Reply {
+	e.responses.count(rep.Status)
+	return rep
 }
 
 // queryParam returns the value of key in a raw query string without

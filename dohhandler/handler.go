@@ -204,7 +204,9 @@ func (h *Handler) write(w http.ResponseWriter, r *http.Request, rep *Reply) erro
 func SetHeaders(hdr http.Header, rep *Reply) {
 	vals := make([]string, 3)
 	vals[0], vals[1], vals[2] = rep.ContentType, strconv.Itoa(len(rep.Body)), rep.CacheControl
-	hdr["Content-Type"] = vals[0:1:1]
+	if rep.ContentType != "" {
+		hdr["Content-Type"] = vals[0:1:1]
+	}
 	hdr["Content-Length"] = vals[1:2:2]
 	if rep.CacheControl != "" {
 		hdr["Cache-Control"] = vals[2:3:3]
@@ -214,6 +216,9 @@ func SetHeaders(hdr http.Header, rep *Reply) {
 	}
 	if rep.Nosniff() {
 		hdr.Set("X-Content-Type-Options", "nosniff")
+	}
+	for _, f := range rep.Header {
+		hdr.Add(f.Name, f.Value)
 	}
 }
 

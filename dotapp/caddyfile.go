@@ -1,6 +1,9 @@
 package dotapp
 
 import (
+	"strconv"
+	"strings"
+
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -45,6 +48,10 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	doh [<listen addresses...>] {
 //		path <request path>    # default /dns-query
 //		json off               # no JSON API
+//		header <name> <value>  # on every response; repeatable
+//		respond <path> <status> [<body>] {   # a fixed response; repeatable
+//			header <name> <value>
+//		}
 //		...                    # listen, server_name, limits, handlers
 //	}
 func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -54,6 +61,37 @@ func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if !d.AllArgs(&ds.Path) {
 				return true, d.ArgErr()
 			}
+		case "header":
+			if err := headerLine(d, &ds.Headers); err != nil {
+				return true, err
+			}
+		case "respond":
+			var r DoHResponse
+			var status string
+			args := d.RemainingArgs()
+			switch len(args) {
+			case 3:
+				r.Body = args[2]
+				fallthrough
+			case 2:
+				r.Path, status = args[0], args[1]
+			default:
+				return true, d.Err("respond takes a path, a status and an optional body, e.g. respond /health 200 OK")
+			}
+			n, err := strconv.Atoi(status)
+			if err != nil {
+				return true, d.Errf("respond %s: status %q is not a number", r.Path, status)
+			}
+			r.Status = n
+			for nesting := d.Nesting(); d.NextBlock(nesting); {
+				if d.Val() != "header" {
+					return true, d.Errf("respond %s: unrecognized option %q (want header)", r.Path, d.Val())
+				}
+				if err := headerLine(d, &r.Headers); err != nil {
+					return true, err
+				}
+			}
+			ds.Responses = append(ds.Responses, r)
 		case "json":
 			var v string
 			if !d.AllArgs(&v) || (v != "on" && v != "off") {
@@ -154,3 +192,21 @@ func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more f
 var _ caddyfile.Unmarshaler = (*Server)(nil)
 
 var _ caddyfile.Unmarshaler = (*DoHServer)(nil)
+
+// headerLine reads `header <name> <value>` into h.
+func headerLine(d *caddyfile.Dispenser, h *map[string]string) error {
+	var name, value string
+	if !d.AllArgs(&name, &value) {
+		return d.Err("header takes a field name and a value, e.g. header Access-Control-Allow-Origin *")
+	}
+	if *h == nil {
+		*h = make(map[string]string)
+	}
+	for k := range *h {
+		if strings.EqualFold(k, name) {
+			return d.Errf("header %s is given twice (names are not case-sensitive)", name)
+		}
+	}
+	(*h)[name] = value
+	return nil
+}

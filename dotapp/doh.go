@@ -7,11 +7,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"slices"
 	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
 	"go.uber.org/zap"
+	"golang.org/x/net/http/httpguts"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/dohhandler"
@@ -51,6 +53,32 @@ type DoHServer struct {
 	Path string `json:"path,omitempty"`
 	// DisableJSON turns the JSON API (?name=&type=) off.
 	DisableJSON bool `json:"disable_json,omitempty"`
+	// Headers are response header fields added to every response (DoH
+	// answers, errors and Responses), by name: CORS headers for
+	// browsers, Strict-Transport-Security, ... (dnsdist's
+	// customResponseHeaders). Names are sent in lower case. The fields
+	// the server sets itself (Content-Type, Content-Length,
+	// Cache-Control, Allow) and connection-specific ones are refused.
+	Headers map[string]string `json:"headers,omitempty"`
+	// Responses are fixed responses on paths of their own: a health
+	// check for a load balancer, a landing page, a redirect (dnsdist's
+	// responses map).
+	Responses []DoHResponse `json:"responses,omitempty"`
+}
+
+// DoHResponse is a fixed response to every request for one path.
+type DoHResponse struct {
+	// Path is the request path, matched exactly (the query aside).
+	Path string `json:"path"`
+	// Status is the HTTP status, 200 to 599.
+	Status int `json:"status"`
+	// Body is the response's body; its Content-Type is text/plain unless
+	// Headers sets one.
+	Body string `json:"body,omitempty"`
+	// Headers are fields of this response, on top of the server's (a
+	// field of the same name replaces the server's): Location for a
+	// redirect, Content-Type.
+	Headers map[string]string `json:"headers,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -70,7 +98,11 @@ func (a *DoHApp) Provision(ctx caddy.Context) error {
 		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
 			return fmt.Errorf("server %s: path %q is not a request path (it starts with / and has no ? or #)", name, ds.Path)
 		}
-		ds.Server.doh = &dohSide{path: path, disableJSON: ds.DisableJSON}
+		side := &dohSide{path: path, disableJSON: ds.DisableJSON}
+		if err := side.setResponses(ds); err != nil {
+			return fmt.Errorf("server %s: %w", name, err)
+		}
+		ds.Server.doh = side
 		a.servers[name] = &ds.Server
 	}
 	return provisionServers(ctx, a.servers, a.logger)
@@ -103,6 +135,8 @@ type dohSide struct {
 	path        string
 	disableJSON bool
 	endpoint    *dohhandler.Endpoint
+	headers     []dohhandler.Field           // added to every response
+	responses   map[string]*dohhandler.Reply // by path
 
 	// HTTP/1.1: net/http, fed the connections that did not choose h2
 	h1     *http.Server
@@ -209,7 +243,7 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	var rep dohhandler.Reply
 	switch {
 	case r.URL.Path != d.path:
-		rep = d.notFound()
+		rep = d.other(r.URL.Path)
 	case r.Method == http.MethodPost && r.ContentLength > caddydns.MaxMessage:
 		rep = d.endpoint.Refuse(http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
 	default:
@@ -228,6 +262,7 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if rep.Drop {
 		panic(http.ErrAbortHandler) // net/http closes the connection
 	}
+	d.finish(&rep)
 	dohhandler.SetHeaders(w.Header(), &rep)
 	w.WriteHeader(rep.Status)
 	if r.Method != http.MethodHead {
@@ -235,9 +270,107 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	}
 }
 
-// notFound is the reply to a request for another path.
-func (d *dohSide) notFound() dohhandler.Reply {
+// other is the reply to a request for a path that is not DoH's: its
+// fixed response, or 404.
+func (d *dohSide) other(path string) dohhandler.Reply {
+	if r := d.responses[path]; r != nil {
+		return d.endpoint.Respond(*r)
+	}
 	return d.endpoint.Refuse(http.StatusNotFound, "not found: DNS over HTTPS is at "+d.path)
+}
+
+// finish adds the server's header fields to a reply that has none of its
+// own (a fixed response has them already).
+func (d *dohSide) finish(rep *dohhandler.Reply) {
+	if rep.Header == nil {
+		rep.Header = d.headers
+	}
+}
+
+// setResponses checks and takes a server's headers and responses.
+func (d *dohSide) setResponses(ds *DoHServer) error {
+	var err error
+	if d.headers, err = headerFields(ds.Headers, "headers", false); err != nil {
+		return err
+	}
+	for i, r := range ds.Responses {
+		where := fmt.Sprintf("responses[%d]", i)
+		switch {
+		case !strings.HasPrefix(r.Path, "/") || strings.ContainsAny(r.Path, "?#"):
+			return fmt.Errorf("%s: path %q is not a request path (it starts with / and has no ? or #)", where, r.Path)
+		case r.Path == d.path:
+			return fmt.Errorf("%s: path %s is where DNS over HTTPS is answered", where, r.Path)
+		case d.responses[r.Path] != nil:
+			return fmt.Errorf("%s: path %s has a response already", where, r.Path)
+		case r.Status < 200 || r.Status > 599:
+			return fmt.Errorf("%s: status %d: want 200 to 599", where, r.Status)
+		case r.Body != "" && (r.Status == http.StatusNoContent || r.Status == http.StatusNotModified):
+			return fmt.Errorf("%s: status %d has no body", where, r.Status)
+		}
+		own, err := headerFields(r.Headers, where+".headers", true)
+		if err != nil {
+			return err
+		}
+		rep := &dohhandler.Reply{Status: r.Status, Body: []byte(r.Body), Header: []dohhandler.Field{}}
+		if r.Body != "" {
+			rep.ContentType = dohhandler.TextType
+		}
+		// the server's fields, but those this response sets itself
+		names := make(map[string]bool, len(own))
+		for _, f := range own {
+			names[f.Name] = true
+		}
+		for _, f := range d.headers {
+			if !names[f.Name] {
+				rep.Header = append(rep.Header, f)
+			}
+		}
+		for _, f := range own {
+			if f.Name == "content-type" {
+				rep.ContentType = f.Value
+				continue
+			}
+			rep.Header = append(rep.Header, f)
+		}
+		if d.responses == nil {
+			d.responses = make(map[string]*dohhandler.Reply)
+		}
+		d.responses[r.Path] = rep
+	}
+	return nil
+}
+
+// headerFields checks the header fields of a config (where names them),
+// in the order of their names. contentType allows Content-Type (a fixed
+// response's own).
+func headerFields(h map[string]string, where string, contentType bool) ([]dohhandler.Field, error) {
+	if len(h) == 0 {
+		return nil, nil
+	}
+	fields := make([]dohhandler.Field, 0, len(h))
+	for name, value := range h {
+		lower := strings.ToLower(name)
+		switch {
+		case !httpguts.ValidHeaderFieldName(name):
+			return nil, fmt.Errorf("%s: %q is not a header field name", where, name)
+		case !httpguts.ValidHeaderFieldValue(value):
+			return nil, fmt.Errorf("%s: %s: the value %q has a character a header field cannot carry", where, name, value)
+		case lower == "content-type" && contentType:
+		case lower == "content-type", lower == "content-length", lower == "cache-control", lower == "allow":
+			return nil, fmt.Errorf("%s: %s is set by the server itself", where, name)
+		case lower == "connection", lower == "keep-alive", lower == "proxy-connection", lower == "transfer-encoding",
+			lower == "upgrade", lower == "te", lower == "trailer":
+			return nil, fmt.Errorf("%s: %s is connection-specific (HTTP/2 has none: RFC 9113 8.2.2)", where, name)
+		}
+		for _, f := range fields {
+			if f.Name == lower {
+				return nil, fmt.Errorf("%s: %s is given twice (names are not case-sensitive)", where, name)
+			}
+		}
+		fields = append(fields, dohhandler.Field{Name: lower, Value: value})
+	}
+	slices.SortFunc(fields, func(a, b dohhandler.Field) int { return strings.Compare(a.Name, b.Name) })
+	return fields, nil
 }
 
 // Interface guards

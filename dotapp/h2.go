@@ -717,10 +717,11 @@ func (h *h2conn) answer(st *h2stream) {
 	srv := h.c.enter()
 	var rep dohhandler.Reply
 	if st.path != srv.doh.path {
-		rep = srv.doh.notFound()
+		rep = srv.doh.other(st.path)
 	} else {
 		rep = srv.doh.endpoint.Serve(context.Background(), &st.req, st.bp)
 	}
+	srv.doh.finish(&rep)
 	srv.active.Add(-1)
 	h.mu.Lock()
 	h.respondLocked(st, &rep)
@@ -738,6 +739,7 @@ func (h *h2conn) refuse(st *h2stream, status int, msg string) {
 	st.refused = true
 	srv := h.c.srv.Load()
 	rep := srv.doh.endpoint.Refuse(status, msg)
+	srv.doh.finish(&rep)
 	h.mu.Lock()
 	h.respondLocked(st, &rep)
 	h.mu.Unlock()
@@ -761,7 +763,9 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 	h.hbuf.Reset()
 	enc := h.encoder()
 	_ = enc.WriteField(hpack.HeaderField{Name: ":status", Value: statusText(rep.Status)})
-	_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: rep.ContentType})
+	if rep.ContentType != "" {
+		_ = enc.WriteField(hpack.HeaderField{Name: "content-type", Value: rep.ContentType})
+	}
 	_ = enc.WriteField(hpack.HeaderField{Name: "content-length", Value: lengthText(len(rep.Body))})
 	if rep.CacheControl != "" {
 		_ = enc.WriteField(hpack.HeaderField{Name: "cache-control", Value: rep.CacheControl})
@@ -771,6 +775,9 @@ func (h *h2conn) respondLocked(st *h2stream, rep *dohhandler.Reply) {
 	}
 	if rep.Nosniff() {
 		_ = enc.WriteField(hpack.HeaderField{Name: "x-content-type-options", Value: "nosniff"})
+	}
+	for _, f := range rep.Header {
+		_ = enc.WriteField(hpack.HeaderField{Name: f.Name, Value: f.Value})
 	}
 	_ = h.fr.WriteHeaders(http2.HeadersFrameParam{StreamID: st.id, BlockFragment: h.hbuf.Bytes(),
 		EndStream: len(body) == 0, EndHeaders: true})

@@ -79,6 +79,7 @@ func h2input(write func(fr *http2.Framer, enc func(fields ...string) []byte)) []
 type h2reply struct {
 	status int
 	hdr    map[string]string
+	n      map[string]int // how many times each field came
 	body   []byte
 	rst    http2.ErrCode
 	reset  bool
@@ -91,7 +92,7 @@ func readReplies(t testing.TB, out []byte) (map[uint32]*h2reply, *http2.GoAwayFr
 	replies := make(map[uint32]*h2reply)
 	get := func(id uint32) *h2reply {
 		if replies[id] == nil {
-			replies[id] = &h2reply{hdr: make(map[string]string)}
+			replies[id] = &h2reply{hdr: make(map[string]string), n: make(map[string]int)}
 		}
 		return replies[id]
 	}
@@ -109,6 +110,7 @@ func readReplies(t testing.TB, out []byte) (map[uint32]*h2reply, *http2.GoAwayFr
 			r := get(f.StreamID)
 			for _, hf := range f.Fields {
 				r.hdr[hf.Name] = hf.Value
+				r.n[hf.Name]++
 			}
 			r.status, _ = strconv.Atoi(r.hdr[":status"])
 		case *http2.DataFrame:
@@ -277,10 +279,80 @@ func FuzzH2(f *testing.F) {
 	})
 }
 
+// TestH2HeadersAndResponses: the server's header fields go with every
+// response (answers, errors, fixed responses), once each; a fixed
+// response has its status, body and fields, its own replacing the
+// server's of the same name, and HEAD gets it without the body.
+func TestH2HeadersAndResponses(t *testing.T) {
+	s := newTestServer(t)
+	s.doh = &dohSide{path: DefaultDoHPath}
+	err := s.doh.setResponses(&DoHServer{
+		Headers: map[string]string{"Access-Control-Allow-Origin": "*", "X-Content-Type-Options": "nosniff"},
+		Responses: []DoHResponse{
+			{Path: "/health", Status: 200, Body: "OK\n"},
+			{Path: "/coffee", Status: 418, Body: "C0FFEE", Headers: map[string]string{"FoO": "bar", "access-control-allow-origin": "https://example.org"}},
+			{Path: "/", Status: 308, Headers: map[string]string{"Location": "https://example.org/"}},
+			{Path: "/json", Status: 200, Body: "{}", Headers: map[string]string{"Content-Type": "application/json"}},
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	s.doh.provision(s.ctx, s)
+	req := func(method, path string, extra ...string) []string {
+		return append([]string{":method", method, ":scheme", "https", ":path", path, ":authority", "dns.example.org"}, extra...)
+	}
+	paths := map[uint32][]string{1: req("GET", dnsGET(t, "www.example.org.")), 3: req("GET", "/other"), 5: req("GET", "/health"),
+		7: req("GET", "/coffee?x=1"), 9: req("GET", "/"), 11: req("HEAD", "/health"), 13: req("POST", "/dns-query", "content-type", "text/plain"),
+		15: req("GET", "/json")}
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		for id := uint32(1); id <= 15; id += 2 {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: id, BlockFragment: enc(paths[id]...), EndStream: true, EndHeaders: true})
+		}
+	})
+	replies, _ := readReplies(t, h2exchange(t, s, in))
+	for id, want := range map[uint32]struct {
+		status             int
+		body, ctype, acao  string
+		extraName, extraIs string
+	}{
+		1:  {200, "", "application/dns-message", "*", "", ""},
+		3:  {404, "not found: DNS over HTTPS is at /dns-query\n", "text/plain; charset=utf-8", "*", "", ""},
+		5:  {200, "OK\n", "text/plain; charset=utf-8", "*", "content-length", "3"},
+		7:  {418, "C0FFEE", "text/plain; charset=utf-8", "https://example.org", "foo", "bar"},
+		9:  {308, "", "", "*", "location", "https://example.org/"},
+		11: {200, "", "text/plain; charset=utf-8", "*", "content-length", "3"},
+		13: {415, "POST body must be application/dns-message\n", "text/plain; charset=utf-8", "*", "", ""},
+		15: {200, "{}", "application/json", "*", "", ""},
+	} {
+		r := replies[id]
+		if r == nil || r.status != want.status || (want.body != "" || id == 9 || id == 11) && string(r.body) != want.body ||
+			r.hdr["content-type"] != want.ctype || r.hdr["access-control-allow-origin"] != want.acao ||
+			want.extraName != "" && r.hdr[want.extraName] != want.extraIs {
+			t.Errorf("stream %d %v: %+v, want %+v", id, paths[id], r, want)
+			continue
+		}
+		// the operator's X-Content-Type-Options replaces the server's own
+		for name, n := range r.n {
+			if n != 1 {
+				t.Errorf("stream %d: %s sent %d times", id, name, n)
+			}
+		}
+		if r.hdr["x-content-type-options"] != "nosniff" {
+			t.Errorf("stream %d: no x-content-type-options: %v", id, r.hdr)
+		}
+	}
+}
+
 // TestDoHServerConfigErrors: a bad doh block or path is refused with a
 // message that names what is wrong.
 func TestDoHServerConfigErrors(t *testing.T) {
 	for in, want := range map[string]string{
+		"doh 127.0.0.1:8444 {\n\theader X-A\n}":                                     "header takes a field name and a value, e.g. header Access-Control-Allow-Origin *, at Testfile:2",
+		"doh 127.0.0.1:8444 {\n\theader X-A 1\n\theader x-a 2\n}":                   "header x-a is given twice (names are not case-sensitive), at Testfile:3",
+		"doh 127.0.0.1:8444 {\n\trespond /health\n}":                                "respond takes a path, a status and an optional body, e.g. respond /health 200 OK, at Testfile:2",
+		"doh 127.0.0.1:8444 {\n\trespond /health ok\n}":                             `respond /health: status "ok" is not a number, at Testfile:2`,
+		"doh 127.0.0.1:8444 {\n\trespond / 308 {\n\t\tlocation /x\n\t}\n}":          `respond /: unrecognized option "location" (want header), at Testfile:3`,
 		"doh {\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.1\"\n\t}\n}": "doh needs a listen address, e.g. doh 127.0.0.1:443",
 		"doh 127.0.0.1:8444 {\n\tpath\n}":                                           "wrong argument count",
 		"doh 127.0.0.1:8444 {\n\tjson maybe\n}":                                     "json takes on or off",
@@ -302,6 +374,30 @@ func TestDoHServerConfigErrors(t *testing.T) {
 	defer cancel()
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), `server d: path "dns-query?x" is not a request path`) {
 		t.Errorf("a path without /: %v", err)
+	}
+	for _, c := range []struct {
+		headers   map[string]string
+		responses []DoHResponse
+		want      string
+	}{
+		{map[string]string{"Cache-Control": "no-store"}, nil, "server d: headers: Cache-Control is set by the server itself"},
+		{map[string]string{"Content-Type": "text/html"}, nil, "server d: headers: Content-Type is set by the server itself"},
+		{map[string]string{"Connection": "close"}, nil, "server d: headers: Connection is connection-specific"},
+		{map[string]string{"X A": "1"}, nil, `server d: headers: "X A" is not a header field name`},
+		{map[string]string{"X-A": "1\r\nX-B: 2"}, nil, `server d: headers: X-A: the value "1\r\nX-B: 2" has a character a header field cannot carry`},
+		{map[string]string{"X-A": "1", "x-a": "2"}, nil, "is given twice"},
+		{nil, []DoHResponse{{Path: "health", Status: 200}}, `server d: responses[0]: path "health" is not a request path`},
+		{nil, []DoHResponse{{Path: "/dns-query", Status: 200}}, "server d: responses[0]: path /dns-query is where DNS over HTTPS is answered"},
+		{nil, []DoHResponse{{Path: "/a", Status: 200}, {Path: "/a", Status: 204}}, "server d: responses[1]: path /a has a response already"},
+		{nil, []DoHResponse{{Path: "/a", Status: 101}}, "server d: responses[0]: status 101: want 200 to 599"},
+		{nil, []DoHResponse{{Path: "/a", Status: 204, Body: "x"}}, "server d: responses[0]: status 204 has no body"},
+		{nil, []DoHResponse{{Path: "/a", Status: 200, Headers: map[string]string{"Content-Length": "9"}}}, "server d: responses[0].headers: Content-Length is set by the server itself"},
+	} {
+		ds := &DoHServer{Server: Server{Listen: []string{"127.0.0.1:8444"}}, Headers: c.headers, Responses: c.responses}
+		app := &DoHApp{Servers: map[string]*DoHServer{"d": ds}}
+		if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%v %+v: %v, want an error with %q", c.headers, c.responses, err, c.want)
+		}
 	}
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionDuration: -1}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_duration -1ns: want a duration above 0, or 0 for none") {

@@ -496,3 +496,55 @@ func TestDoHServerConnectionRate(t *testing.T) {
 		t.Errorf("%d refusals counted, want 1", n)
 	}
 }
+
+// TestDoHServerHeadersAndResponses: with `header` and `respond`, curl
+// over HTTP/2 and HTTP/1.1 sees the server's field on answers and errors,
+// and the fixed responses (a health check, a redirect) with theirs; kdig
+// is answered as before. A reload with a field the server sets itself is
+// refused, naming it, and the server goes on with the fields it had.
+func TestDoHServerHeadersAndResponses(t *testing.T) {
+	const opts = "\t\theader Access-Control-Allow-Origin *\n\t\trespond /health 200 OK\n" +
+		"\t\trespond / 308 {\n\t\t\theader Location https://dns.example.test/dns-query\n\t\t}\n"
+	site := strings.Replace(dohServerSite, "\tdoh :{{.Port}} {\n", "\tdoh :{{.Port}} {\n"+opts, 1)
+	env := startDoHSite(t, site)
+	_, port, _ := net.SplitHostPort(env.addr)
+	curl := need(t, "curl")
+	base := strings.TrimSuffix(env.url, "/dns-query")
+	get := env.url + "?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+	check := func(proto string) {
+		t.Helper()
+		for _, tc := range []struct {
+			args       []string
+			status     string
+			body, want string // want: a field, in lower case
+		}{
+			{[]string{get}, "200", "", "access-control-allow-origin: *"},
+			{[]string{"-X", "PUT", env.url}, "405", "method PUT not allowed", "access-control-allow-origin: *"},
+			{[]string{base + "/health"}, "200", "OK", "access-control-allow-origin: *"},
+			{[]string{base + "/"}, "308", "", "location: https://dns.example.test/dns-query"},
+			{[]string{base + "/elsewhere"}, "404", "not found: DNS over HTTPS is at /dns-query", "access-control-allow-origin: *"},
+		} {
+			args := append([]string{"-s", proto, "--cacert", env.root, "--resolve", "dns.example.test:" + port + ":127.0.0.1",
+				"-D", "-", "-w", "\nstatus=%{http_code}"}, tc.args...)
+			out, err := exec.Command(curl, args...).CombinedOutput()
+			text := strings.ToLower(string(out))
+			if err != nil || !strings.Contains(string(out), "status="+tc.status) || !strings.Contains(text, "\n"+tc.want+"\r\n") ||
+				!strings.Contains(string(out), tc.body) {
+				t.Fatalf("curl %s %v: %v, want status %s, %q and a body with %q\n%s", proto, tc.args, err, tc.status, tc.want, tc.body, out)
+			}
+		}
+	}
+	check("--http2")
+	check("--http1.1")
+	out, _ := run(t, true, need(t, "kdig"), "+https=/dns-query", "@127.0.0.1", "-p", port, "www.example.test", "A",
+		"+tls-ca="+env.root, "+tls-hostname=dns.example.test")
+	if !strings.Contains(out, "192.0.2.80") {
+		t.Fatalf("kdig +https with the server's fields:\n%s", out)
+	}
+	bad := strings.Replace(site, "\t\theader Access", "\t\theader Cache-Control no-store\n\t\theader Access", 1)
+	if err := env.c.reload(bad, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr}); err == nil ||
+		!strings.Contains(err.Error(), "server doh0: headers: Cache-Control is set by the server itself") {
+		t.Fatalf("a reload with Cache-Control among the fields: %v, want it refused, naming the field", err)
+	}
+	check("--http2")
+}
