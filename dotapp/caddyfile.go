@@ -48,6 +48,8 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	doh [<listen addresses...>] {
 //		path <request path>    # default /dns-query
 //		json off               # no JSON API
+//		cache_control off      # no Cache-Control on answers
+//		trusted_proxies <addresses or prefixes...>|private_ranges  # whose X-Forwarded-For is believed
 //		header <name> <value>  # on every response; repeatable
 //		respond <path> <status> [<body>] {   # a fixed response; repeatable
 //			header <name> <value>
@@ -98,6 +100,18 @@ func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return true, d.Err("json takes on or off")
 			}
 			ds.DisableJSON = v == "off"
+		case "cache_control":
+			var v string
+			if !d.AllArgs(&v) || (v != "on" && v != "off") {
+				return true, d.Err("cache_control takes on or off")
+			}
+			ds.DisableCacheControl = v == "off"
+		case "trusted_proxies":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return true, d.Err("trusted_proxies takes addresses or prefixes, or private_ranges")
+			}
+			ds.TrustedProxies = append(ds.TrustedProxies, args...)
 		default:
 			return false, nil
 		}

@@ -7,16 +7,19 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"slices"
 	"strings"
 	"sync"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/modules/caddyhttp"
 	"go.uber.org/zap"
 	"golang.org/x/net/http/httpguts"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/dohhandler"
+	"github.com/dnsfront/dnsfront/internal/netprefix"
 )
 
 func init() {
@@ -64,6 +67,17 @@ type DoHServer struct {
 	// check for a load balancer, a landing page, a redirect (dnsdist's
 	// responses map).
 	Responses []DoHResponse `json:"responses,omitempty"`
+	// DisableCacheControl leaves Cache-Control out of the answers (for a
+	// server behind an HTTP cache or CDN that should not keep them;
+	// dnsdist's sendCacheControlHeaders=false).
+	DisableCacheControl bool `json:"disable_cache_control,omitempty"`
+	// TrustedProxies are the peers (IP addresses or prefixes, or
+	// "private_ranges") whose X-Forwarded-For is believed: a request
+	// from one of them is the client's that the field names, right to
+	// left past the trusted proxies, for the DNS handlers (acl,
+	// ratelimit, ecs, the query log). Another peer's X-Forwarded-For is
+	// ignored. The connection limits stay the connection's.
+	TrustedProxies []string `json:"trusted_proxies,omitempty"`
 }
 
 // DoHResponse is a fixed response to every request for one path.
@@ -98,8 +112,11 @@ func (a *DoHApp) Provision(ctx caddy.Context) error {
 		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
 			return fmt.Errorf("server %s: path %q is not a request path (it starts with / and has no ? or #)", name, ds.Path)
 		}
-		side := &dohSide{path: path, disableJSON: ds.DisableJSON}
+		side := &dohSide{path: path, disableJSON: ds.DisableJSON, noCacheControl: ds.DisableCacheControl}
 		if err := side.setResponses(ds); err != nil {
+			return fmt.Errorf("server %s: %w", name, err)
+		}
+		if err := side.setTrusted(ds.TrustedProxies); err != nil {
 			return fmt.Errorf("server %s: %w", name, err)
 		}
 		ds.Server.doh = side
@@ -132,11 +149,13 @@ func (a *DoHApp) Cleanup() error {
 
 // dohSide is what a DoH server has beyond a DoT server's parts.
 type dohSide struct {
-	path        string
-	disableJSON bool
-	endpoint    *dohhandler.Endpoint
-	headers     []dohhandler.Field           // added to every response
-	responses   map[string]*dohhandler.Reply // by path
+	path           string
+	disableJSON    bool
+	endpoint       *dohhandler.Endpoint
+	headers        []dohhandler.Field           // added to every response
+	responses      map[string]*dohhandler.Reply // by path
+	noCacheControl bool
+	trusted        netprefix.List // whose X-Forwarded-For is believed
 
 	// HTTP/1.1: net/http, fed the connections that did not choose h2
 	h1     *http.Server
@@ -249,6 +268,12 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	default:
 		req := dohhandler.Request{Method: r.Method, RawQuery: r.URL.RawQuery,
 			ContentType: r.Header.Get("Content-Type"), Accept: r.Header.Get("Accept"), Client: c.client}
+		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
+			if msg := d.forwardedFor(&req.Client, strings.Join(xff, ",")); msg != "" {
+				rep = d.endpoint.Refuse(http.StatusBadRequest, msg)
+				break
+			}
+		}
 		if r.Method == http.MethodPost {
 			body, err := io.ReadAll(io.LimitReader(r.Body, caddydns.MaxMessage+1))
 			if err != nil {
@@ -280,11 +305,92 @@ func (d *dohSide) other(path string) dohhandler.Reply {
 }
 
 // finish adds the server's header fields to a reply that has none of its
-// own (a fixed response has them already).
+// own (a fixed response has them already), and takes Cache-Control out
+// when the server sends none.
 func (d *dohSide) finish(rep *dohhandler.Reply) {
 	if rep.Header == nil {
 		rep.Header = d.headers
 	}
+	if d.noCacheControl {
+		rep.CacheControl = ""
+	}
+}
+
+// setTrusted takes the trusted proxies.
+func (d *dohSide) setTrusted(list []string) error {
+	d.trusted = nil
+	for i, s := range list {
+		if s == "private_ranges" { // Caddy's shorthand, as its trusted_proxies takes it
+			for _, r := range caddyhttp.PrivateRangesCIDR() {
+				p, err := caddyhttp.CIDRExpressionToPrefix(r)
+				if err != nil {
+					return fmt.Errorf("trusted_proxies[%d]: private_ranges: %v", i, err)
+				}
+				d.trusted = append(d.trusted, p.Masked()) // Caddy writes 127.0.0.1/8
+			}
+			continue
+		}
+		p, err := netprefix.Parse(s)
+		if err != nil {
+			return fmt.Errorf("trusted_proxies[%d]: %w", i, err)
+		}
+		d.trusted = append(d.trusted, p)
+	}
+	return nil
+}
+
+// forwardedFor sets *client to the address X-Forwarded-For (its fields
+// joined with commas) gives, when the peer is a trusted proxy: read from
+// the right, the first address that is not a trusted proxy's, or the
+// leftmost if all are. It returns what was wrong when an address it
+// reads is not one: a trusted proxy wrote it, so the request is refused
+// rather than taken as the proxy's own. Addresses left of the client's,
+// which the client may have written, are not read.
+func (d *dohSide) forwardedFor(client *netip.AddrPort, xff string) string {
+	if len(d.trusted) == 0 || !d.trusted.Contains(client.Addr()) {
+		return ""
+	}
+	for rest := xff; rest != ""; {
+		entry := rest
+		if i := strings.LastIndexByte(rest, ','); i >= 0 {
+			entry, rest = rest[i+1:], rest[:i]
+		} else {
+			rest = ""
+		}
+		entry = strings.Trim(entry, " \t")
+		if entry == "" {
+			continue // an empty list element (RFC 9110 5.6.1)
+		}
+		ap, ok := parseForwarded(entry)
+		if !ok {
+			if len(entry) > 64 {
+				entry = entry[:64] + "..."
+			}
+			return fmt.Sprintf("X-Forwarded-For: %q is not an IP address", entry)
+		}
+		*client = ap
+		if !d.trusted.Contains(ap.Addr()) {
+			break
+		}
+	}
+	return ""
+}
+
+// parseForwarded reads one X-Forwarded-For element: an address, with or
+// without a port (192.0.2.1, 192.0.2.1:4200, 2001:db8::1,
+// [2001:db8::1]:443). No port is port 0.
+func parseForwarded(s string) (netip.AddrPort, bool) {
+	if ap, err := netip.ParseAddrPort(s); err == nil {
+		return netip.AddrPortFrom(ap.Addr().Unmap().WithZone(""), ap.Port()), true
+	}
+	if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+		s = s[1 : len(s)-1]
+	}
+	a, err := netip.ParseAddr(s)
+	if err != nil {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.Unmap().WithZone(""), 0), true
 }
 
 // setResponses checks and takes a server's headers and responses.

@@ -562,6 +562,13 @@ func (h *h2conn) onRequest(b *hblock) error {
 		h.refuse(st, http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
 		return nil // st may be released
 	}
+	if len(b.forwarded) > 0 {
+		if msg := h.c.srv.Load().doh.forwardedFor(&st.req.Client, string(b.forwarded)); msg != "" {
+			st.remoteDone = b.endStream
+			h.refuse(st, http.StatusBadRequest, msg)
+			return nil
+		}
+	}
 	if b.endStream {
 		return h.endRequest(st)
 	}

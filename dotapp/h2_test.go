@@ -356,6 +356,8 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		"doh {\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.1\"\n\t}\n}": "doh needs a listen address, e.g. doh 127.0.0.1:443",
 		"doh 127.0.0.1:8444 {\n\tpath\n}":                                           "wrong argument count",
 		"doh 127.0.0.1:8444 {\n\tjson maybe\n}":                                     "json takes on or off",
+		"doh 127.0.0.1:8444 {\n\tcache_control none\n}":                             "cache_control takes on or off, at Testfile:2",
+		"doh 127.0.0.1:8444 {\n\ttrusted_proxies\n}":                                "trusted_proxies takes addresses or prefixes, or private_ranges, at Testfile:2",
 		"doh 127.0.0.1:8444 {\n\tframe_size 1\n}":                                   "unrecognized subdirective 'frame_size' (not a doh option nor a dns handler)",
 		"doh 127.0.0.1:8444 {\n\twrite_timeout never\n}":                            "never",
 		"doh 127.0.0.1:8444 {\n\tmax_in_flight -1\n}":                               "-1",
@@ -398,6 +400,10 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), c.want) {
 			t.Errorf("%v %+v: %v, want an error with %q", c.headers, c.responses, err, c.want)
 		}
+	}
+	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}}, TrustedProxies: []string{"10.0.0.0/8", "proxy.example"}}}}
+	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), `server d: trusted_proxies[1]: "proxy.example" is not an IP address or prefix`) {
+		t.Errorf("a trusted proxy by name: %v", err)
 	}
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionDuration: -1}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_duration -1ns: want a duration above 0, or 0 for none") {

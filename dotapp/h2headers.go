@@ -48,7 +48,8 @@ type hblock struct {
 	pseudo    int  // the pseudo-headers seen
 
 	method, path, contentType, accept string
-	contentLength                     int64 // -1: none
+	forwarded                         []byte // X-Forwarded-For's fields, joined with commas (its room kept from block to block)
+	contentLength                     int64  // -1: none
 }
 
 // newDecoder makes the connection's HPACK decoder, emitting into h.blk.
@@ -63,7 +64,8 @@ func (h *h2conn) onHeadersFrame(f *http2.HeadersFrame) error {
 	if h.blk == nil {
 		h.blk = new(hblock) // from the first header block; let go when parked
 	}
-	*h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1}
+	*h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1,
+		forwarded: h.blk.forwarded[:0]}
 	if f.HasPriority() {
 		h.blk.hasPrio, h.blk.prioDep = true, f.Priority.StreamDep
 	}
@@ -171,6 +173,11 @@ func (h *h2conn) field(hf hpack.HeaderField) {
 		b.contentType = hf.Value
 	case "accept":
 		b.accept = hf.Value
+	case "x-forwarded-for":
+		if len(b.forwarded) > 0 {
+			b.forwarded = append(b.forwarded, ',')
+		}
+		b.forwarded = append(b.forwarded, hf.Value...)
 	case "content-length":
 		n, err := strconv.ParseUint(hf.Value, 10, 63)
 		if err != nil || (b.contentLength >= 0 && int64(n) != b.contentLength) {

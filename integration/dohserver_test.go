@@ -548,3 +548,52 @@ func TestDoHServerHeadersAndResponses(t *testing.T) {
 	}
 	check("--http2")
 }
+
+// TestDoHServerForwardedFor: behind a proxy the server names in
+// trusted_proxies, the acl sees the client X-Forwarded-For gives, read
+// from the right (what a client writes to the left of it is not read);
+// another peer's X-Forwarded-For is ignored, and one a trusted proxy
+// sends with no address is refused, naming the field. With
+// cache_control off the answers carry no Cache-Control. curl over
+// HTTP/2 and HTTP/1.1, from 127.0.0.2 (the proxy) and 127.0.0.1.
+func TestDoHServerForwardedFor(t *testing.T) {
+	const opts = "\t\ttrusted_proxies 127.0.0.2 10.0.0.0/8\n\t\tcache_control off\n\t\tacl {\n\t\t\tallow 192.0.2.1\n\t\t}\n"
+	site := strings.Replace(dohServerSite, "\tdoh :{{.Port}} {\n", "\tdoh :{{.Port}} {\n"+opts, 1)
+	env := startDoHSite(t, site)
+	_, port, _ := net.SplitHostPort(env.addr)
+	curl := need(t, "curl")
+	url := env.url + "?name=www.example.test&type=A"
+	for _, proto := range []string{"--http2", "--http1.1"} {
+		for _, tc := range []struct {
+			from, xff string
+			status    string // HTTP
+			want      string // in the body
+		}{
+			{"127.0.0.2", "198.51.100.7, 192.0.2.1:4200", "200", `"Status":0`},                            // the rightmost is the client
+			{"127.0.0.2", "192.0.2.1, 10.1.2.3", "200", `"Status":0`},                                     // past a trusted proxy
+			{"127.0.0.2", "[2001:db8::1]:443,192.0.2.1", "200", `"Status":0`},                             // ports, brackets, no space
+			{"127.0.0.2", "192.0.2.1, 198.51.100.7", "200", `"Status":5`},                                 // what the client wrote is not read
+			{"127.0.0.2", "", "200", `"Status":5`},                                                        // the proxy itself
+			{"127.0.0.1", "192.0.2.1", "200", `"Status":5`},                                               // not a trusted proxy: ignored
+			{"127.0.0.2", "192.0.2.1, unknown", "400", `X-Forwarded-For: "unknown" is not an IP address`}, // refused, naming it
+		} {
+			args := []string{"-s", proto, "--interface", tc.from, "--cacert", env.root, "--resolve", "dns.example.test:" + port + ":127.0.0.1",
+				"-D", "-", "-w", "\nstatus=%{http_code}", "-H", "Accept: application/dns-json"}
+			if tc.xff != "" {
+				args = append(args, "-H", "X-Forwarded-For: "+tc.xff)
+			}
+			out, err := exec.Command(curl, append(args, url)...).CombinedOutput()
+			if err != nil || !strings.Contains(string(out), "status="+tc.status) || !strings.Contains(string(out), tc.want) {
+				t.Fatalf("curl %s from %s, X-Forwarded-For %q: %v, want status %s and %q\n%s", proto, tc.from, tc.xff, err, tc.status, tc.want, out)
+			}
+			if strings.Contains(strings.ToLower(string(out)), "cache-control") {
+				t.Fatalf("curl %s: Cache-Control with cache_control off:\n%s", proto, out)
+			}
+		}
+	}
+	bad := strings.Replace(site, "127.0.0.2 10.0.0.0/8", "127.0.0.2 10.0.0.1/8", 1)
+	if err := env.c.reload(bad, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr}); err == nil ||
+		!strings.Contains(err.Error(), `server doh0: trusted_proxies[1]: `) || !strings.Contains(err.Error(), `has bits set past its length (did you mean 10.0.0.0/8?)`) {
+		t.Fatalf("a reload with a bad trusted proxy: %v, want it refused, naming it", err)
+	}
+}

@@ -1,0 +1,112 @@
+package dotapp
+
+import (
+	"net/netip"
+	"strings"
+	"testing"
+
+	"golang.org/x/net/http2"
+)
+
+// TestForwardedFor: the client X-Forwarded-For gives behind a trusted
+// proxy, read from the right; another peer's is ignored.
+func TestForwardedFor(t *testing.T) {
+	d := &dohSide{}
+	if err := d.setTrusted([]string{"127.0.0.2", "10.0.0.0/8", "private_ranges"}); err != nil {
+		t.Fatal(err)
+	}
+	proxy, other := netip.MustParseAddrPort("127.0.0.2:4000"), netip.MustParseAddrPort("198.51.100.1:4000")
+	for _, c := range []struct {
+		peer      netip.AddrPort
+		xff, want string // want: the client, or the error's start
+	}{
+		{proxy, "192.0.2.1", "192.0.2.1:0"},
+		{proxy, "192.0.2.1:4200", "192.0.2.1:4200"},
+		{proxy, "198.51.100.7, 192.0.2.1", "192.0.2.1:0"},
+		{proxy, "192.0.2.1, 10.1.2.3,172.16.0.1", "192.0.2.1:0"}, // past trusted proxies (private_ranges)
+		{proxy, "spoofed, 192.0.2.1, 10.1.2.3", "192.0.2.1:0"},   // left of the client: not read
+		{proxy, "10.0.0.1, 10.0.0.2", "10.0.0.1:0"},              // all trusted: the leftmost
+		{proxy, "[2001:db8::1]:443", "[2001:db8::1]:443"},        // brackets and port
+		{proxy, "2001:db8::1", "[2001:db8::1]:0"},                // bare IPv6
+		{proxy, "[2001:db8::2]", "[2001:db8::2]:0"},              // brackets, no port
+		{proxy, "::ffff:192.0.2.9", "192.0.2.9:0"},               // mapped: IPv4
+		{proxy, "192.0.2.1, , \t", "192.0.2.1:0"},                // empty elements
+		{proxy, "", "127.0.0.2:4000"},                            // none: the proxy
+		{other, "192.0.2.1", "198.51.100.1:4000"},                // not trusted: ignored
+		{proxy, "192.0.2.1, unknown", `X-Forwarded-For: "unknown" is not an IP address`},
+		{proxy, "192.0.2.1, 10.0.0.1, _gazonk", `X-Forwarded-For: "_gazonk"`},
+		{proxy, strings.Repeat("x", 200), `X-Forwarded-For: "` + strings.Repeat("x", 64) + `..." is not`},
+	} {
+		client := c.peer
+		msg := d.forwardedFor(&client, c.xff)
+		got := client.String()
+		if msg != "" {
+			got = msg
+		}
+		if !strings.HasPrefix(got, c.want) {
+			t.Errorf("from %s, X-Forwarded-For %q: %s, want %s", c.peer, c.xff, got, c.want)
+		}
+	}
+	if err := d.setTrusted([]string{"10.0.0.1/8"}); err == nil || err.Error() != `trusted_proxies[0]: "10.0.0.1/8" has bits set past its length (did you mean 10.0.0.0/8?)` {
+		t.Errorf("a bad prefix: %v", err)
+	}
+	// no trusted proxies: the header is never read
+	d = &dohSide{}
+	client := proxy
+	if msg := d.forwardedFor(&client, "192.0.2.1"); msg != "" || client != proxy {
+		t.Errorf("no trusted proxies: %s %q", client, msg)
+	}
+}
+
+// TestH2ForwardedFor: several X-Forwarded-For fields on HTTP/2 are one
+// list, in order; a trusted proxy's bad one is 400, naming it.
+func TestH2ForwardedFor(t *testing.T) {
+	s := newTestServer(t)
+	s.doh = &dohSide{path: DefaultDoHPath}
+	if err := s.doh.setTrusted([]string{"192.0.2.1"}); err != nil { // h2exchange's client
+		t.Fatal(err)
+	}
+	s.doh.provision(s.ctx, s)
+	get := dnsGET(t, "www.example.org.")
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		for i, xff := range [][2]string{{"bogus", "192.0.2.7"}, {"192.0.2.7", "bogus"}} {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), EndStream: true, EndHeaders: true,
+				BlockFragment: enc(":method", "GET", ":scheme", "https", ":path", get, ":authority", "dns.example.org",
+					"x-forwarded-for", xff[0], "x-forwarded-for", xff[1])})
+		}
+	})
+	replies, _ := readReplies(t, h2exchange(t, s, in))
+	if r := replies[1]; r == nil || r.status != 200 {
+		t.Errorf("bogus, then 192.0.2.7: %+v, want 200 (the rightmost is the client)", r)
+	}
+	if r := replies[3]; r == nil || r.status != 400 || !strings.Contains(string(r.body), `X-Forwarded-For: "bogus" is not an IP address`) {
+		t.Errorf("192.0.2.7, then bogus: %+v, want 400 naming it", r)
+	}
+}
+
+// FuzzForwardedFor: any X-Forwarded-For gives the proxy, an address it
+// holds, or an error; never a panic, and no more than the field's work.
+func FuzzForwardedFor(f *testing.F) {
+	for _, s := range []string{"192.0.2.1", "a, 10.0.0.1", "[::1]:53, 10.0.0.2", ",,,", "[", "1.2.3.4:99999", "fe80::1%eth0"} {
+		f.Add(s)
+	}
+	d := &dohSide{}
+	if err := d.setTrusted([]string{"127.0.0.0/8", "10.0.0.0/8"}); err != nil {
+		f.Fatal(err)
+	}
+	proxy := netip.MustParseAddrPort("127.0.0.2:4000")
+	f.Fuzz(func(t *testing.T, xff string) {
+		client := proxy
+		msg := d.forwardedFor(&client, xff)
+		switch {
+		case msg != "":
+			if !strings.HasPrefix(msg, "X-Forwarded-For: ") || len(msg) > 4*64+64 {
+				t.Fatalf("%q: %q", xff, msg)
+			}
+		case client != proxy:
+			if !client.IsValid() || client.Addr().Zone() != "" || client.Addr().Is4In6() {
+				t.Fatalf("%q: client %v", xff, client)
+			}
+		}
+	})
+}
