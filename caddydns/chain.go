@@ -16,6 +16,8 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -34,6 +36,9 @@ type Request struct {
 	Server string
 	// Client is the client's address (after trusted proxies for DoH).
 	Client netip.AddrPort
+	// ServerName is the TLS server name (SNI) the client's connection
+	// asked for, as it sent it; "" when it sent none, or came without TLS.
+	ServerName string
 	// Size is the largest response the client accepts: 65535 on stream
 	// transports.
 	Size int
@@ -264,4 +269,46 @@ func refused(_ context.Context, r *Request) (Response, error) {
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
 	return Response{Msg: m}, nil
+}
+
+// ParseType reads a record type: a mnemonic (AAAA, any case), TYPEnnn
+// (RFC 3597) or a number, 1 to 65535.
+func ParseType(v string) (uint16, bool) {
+	if t, ok := dns.StringToType[strings.ToUpper(v)]; ok {
+		return t, true
+	}
+	n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToUpper(v), "TYPE"), 10, 16)
+	if err != nil || n == 0 {
+		return 0, false
+	}
+	return uint16(n), true
+}
+
+// InDomain reports whether name (fully qualified, presentation form, any
+// letter case) is parent (fully qualified, lower case) or a name under
+// it, as dns.IsSubDomain does, without splitting either into labels: the
+// handlers that look at a query's name (zone, route) call it once a
+// query.
+func InDomain(name, parent string) bool {
+	if parent == "." {
+		return true
+	}
+	if len(name) < len(parent) || !strings.EqualFold(name[len(name)-len(parent):], parent) {
+		return false
+	}
+	if len(name) == len(parent) {
+		return true
+	}
+	// the octet before is a label's end: a dot no backslash escapes (an
+	// odd number of them before it does: www\.example.org. is the label
+	// "www.example" under org.)
+	i := len(name) - len(parent) - 1
+	if name[i] != '.' {
+		return false
+	}
+	n := 0
+	for j := i - 1; j >= 0 && name[j] == '\\'; j-- {
+		n++
+	}
+	return n%2 == 0
 }

@@ -5,11 +5,10 @@ import (
 	"net/http"
 	"sort"
 	"strconv"
-	"strings"
 
 	"github.com/caddyserver/caddy/v2"
-	"github.com/miekg/dns"
 
+	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/adminapi"
 )
 
@@ -110,17 +109,13 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	return adminapi.WriteJSON(w, map[string]int{"purged": purged})
 }
 
-// parseType reads a record type: a mnemonic (AAAA, any case), TYPEnnn
-// (RFC 3597) or a number, 1 to 65535.
+// parseType reads the type= parameter (see caddydns.ParseType).
 func parseType(v string) (uint16, error) {
-	if t, ok := dns.StringToType[strings.ToUpper(v)]; ok {
-		return t, nil
-	}
-	n, err := strconv.ParseUint(strings.TrimPrefix(strings.ToUpper(v), "TYPE"), 10, 16)
-	if err != nil || n == 0 {
+	t, ok := caddydns.ParseType(v)
+	if !ok {
 		return 0, fmt.Errorf("type=%q: want a record type such as AAAA, TYPE65 or 65", v)
 	}
-	return uint16(n), nil
+	return t, nil
 }
 
 var _ caddy.AdminRouter = AdminAPI{}

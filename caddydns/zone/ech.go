@@ -18,6 +18,8 @@ import (
 	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/miekg/dns"
 	"go.uber.org/zap"
+
+	"github.com/dnsfront/dnsfront/caddydns"
 )
 
 func init() {
@@ -81,7 +83,7 @@ func (e *ECH) provision(ctx caddy.Context, origin string) error {
 	}
 	for _, n := range e.Names {
 		c := dns.CanonicalName(n)
-		if _, ok := dns.IsDomainName(c); !ok || !inZone(origin, c) {
+		if _, ok := dns.IsDomainName(c); !ok || !caddydns.InDomain(c, origin) {
 			return fmt.Errorf("ech: name %q is not a domain name in the zone %s", n, origin)
 		}
 		e.names = append(e.names, c)
@@ -157,7 +159,7 @@ func (e *ECH) covers(origin, name string) bool {
 		return slices.Contains(e.names, name)
 	}
 	p := published.get()
-	return p != nil && inZone(origin, name) && slices.Contains(p.names, name)
+	return p != nil && caddydns.InDomain(name, origin) && slices.Contains(p.names, name)
 }
 
 // answer returns the synthesized answer for name and qtype, or nil when

@@ -202,7 +202,7 @@ func (z *Zone) ExampleQuery() (string, uint16) { return z.Origin, dns.TypeSOA }
 func (z *Zone) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	q := r.Msg.Question[0]
 	name := dns.CanonicalName(q.Name)
-	if !inZone(z.zone.origin, name) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
+	if !caddydns.InDomain(name, z.zone.origin) || (q.Qclass != dns.ClassINET && q.Qclass != dns.ClassANY) {
 		return next(ctx, r)
 	}
 	if z.ECH != nil {
@@ -211,15 +211,6 @@ func (z *Zone) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.
 		}
 	}
 	return caddydns.Response{Msg: z.zone.answer(r.Msg, name, q.Qtype)}, nil
-}
-
-// inZone reports whether the canonical name is origin or under it, as
-// dns.IsSubDomain does, without splitting both into labels.
-func inZone(origin, name string) bool {
-	if origin == "." {
-		return true
-	}
-	return name == origin || (strings.HasSuffix(name, origin) && name[len(name)-len(origin)-1] == '.')
 }
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens. Syntax:
@@ -372,7 +363,7 @@ func (z *zoneData) answer(q *dns.Msg, name string, qtype uint16) *dns.Msg {
 		}
 		m.Answer = append(m.Answer, synthesize(cname, name, !exact)...)
 		target := dns.CanonicalName(cname[0].(*dns.CNAME).Target)
-		if !inZone(z.origin, target) {
+		if !caddydns.InDomain(target, z.origin) {
 			return m // the resolver follows it
 		}
 		name = target

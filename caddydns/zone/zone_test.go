@@ -127,9 +127,13 @@ func TestInZone(t *testing.T) {
 		{"example.org.", "org.", false},
 		{"example.org.", "example.com.", false},
 		{".", "anything.", true},
+		{"example.org.", "WWW.Example.ORG.", true},
+		{"example.org.", `www\.example.org.`, false}, // the label "www.example" under org.
+		{"example.org.", `www\\.example.org.`, true}, // the label "www\" under example.org.
+		{"example.org.", `www\\\.example.org.`, false},
 	} {
-		if got := inZone(tc.origin, tc.name); got != tc.want || got != dns.IsSubDomain(tc.origin, tc.name) {
-			t.Errorf("inZone(%q, %q) = %v, want %v (as dns.IsSubDomain)", tc.origin, tc.name, got, tc.want)
+		if got := caddydns.InDomain(tc.name, tc.origin); got != tc.want || got != dns.IsSubDomain(tc.origin, tc.name) {
+			t.Errorf("InDomain(%q, %q) = %v, want %v (as dns.IsSubDomain)", tc.name, tc.origin, got, tc.want)
 		}
 	}
 }
