@@ -48,6 +48,8 @@ type Request struct {
 	// itself, through Refuse, to one over caddydns.MaxMessage octets).
 	Body   []byte
 	Client netip.AddrPort
+	// ServerName is the TLS server name (SNI) the client asked for.
+	ServerName string
 }
 
 // Reply is the response to a Request.
@@ -125,6 +127,7 @@ func (e *Endpoint) Serve(ctx context.Context, req *Request, bp *[]byte) Reply {
 	}
 	r := caddydns.AcquireRequest()
 	r.Transport, r.Server, r.Client, r.Size = "doh", e.name, req.Client, caddydns.MaxMessage
+	r.ServerName = req.ServerName
 	a := e.chain.Serve(ctx, r, wire, (*bp)[:0])
 	caddydns.ReleaseRequest(r)
 	if a.Wire != nil {

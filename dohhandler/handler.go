@@ -81,6 +81,9 @@ func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
 	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r)}
+	if r.TLS != nil {
+		req.ServerName = r.TLS.ServerName
+	}
 	if r.Method == http.MethodPost {
 		req.ContentType = r.Header.Get("Content-Type")
 		if isMessageType(req.ContentType) { // else refused unread

@@ -47,6 +47,7 @@ type conn struct {
 	tc       *tls.Conn
 	key      string // listener address
 	client   netip.AddrPort
+	sni      string                 // the TLS server name the client asked for
 	srv      atomic.Pointer[Server] // the server whose config applies now
 	metrics  *dotMetrics            // of the server that accepted it
 	helloBy  monoTime               // the handshake's deadline, from accept
@@ -115,8 +116,10 @@ func (c *conn) serve(s *Server) {
 	// delayed ACK (40 ms on Linux)
 	quickAck(c.rc)
 	c.metrics.open.Inc()
+	cs := c.tc.ConnectionState()
+	c.sni = cs.ServerName
 	if s.doh != nil {
-		if c.tc.ConnectionState().NegotiatedProtocol == "h2" {
+		if cs.NegotiatedProtocol == "h2" {
 			go serveH2(c)
 		} else {
 			// the server that owns it now: one replacing s in a reload
@@ -300,6 +303,7 @@ func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 	defer srv.active.Add(-1)
 	r := caddydns.AcquireRequest()
 	r.Transport, r.Server, r.Client, r.Size, r.Keepalive = "dot", srv.name, c.client, caddydns.MaxMessage, srv.keepalive(last)
+	r.ServerName = c.sni
 	a := srv.Chain.Serve(context.Background(), r, (*bp)[:size], (*bp)[:0])
 	caddydns.ReleaseRequest(r)
 	if a.Drop { // a handler's policy: the connection ends, unanswered

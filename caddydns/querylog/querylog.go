@@ -66,7 +66,7 @@ func (q *QueryLog) write(ce *zapcore.CheckedEntry, r *caddydns.Request, res cadd
 		rcode = rcodeString(res.Wire.Layout().Rcode)
 	}
 	qn := r.Msg.Question[0]
-	fields := make([]zap.Field, 0, 11)
+	fields := make([]zap.Field, 0, 12)
 	fields = append(fields,
 		zap.String("client", r.Client.Addr().String()),
 		zap.Uint16("client_port", r.Client.Port()),
@@ -77,6 +77,9 @@ func (q *QueryLog) write(ce *zapcore.CheckedEntry, r *caddydns.Request, res cadd
 		zap.String("rcode", rcode),
 		zap.Duration("duration", took),
 	)
+	if r.ServerName != "" {
+		fields = append(fields, zap.String("server_name", r.ServerName))
+	}
 	if r.Upstream != "" {
 		fields = append(fields, zap.String("upstream", r.Upstream))
 	}

@@ -35,11 +35,12 @@ func TestEntries(t *testing.T) {
 		m.SetRcode(r.Msg, dns.RcodeNameError)
 		return caddydns.Response{Msg: m}, nil
 	}))
-	for _, name := range []string{"Www.Example.", "drop.example.", "fail.example."} {
+	for i, name := range []string{"Www.Example.", "drop.example.", "fail.example."} {
 		m := new(dns.Msg)
 		m.SetQuestion(name, dns.TypeAAAA)
 		b, _ := m.Pack()
-		ch.Serve(context.Background(), &caddydns.Request{Transport: "dot", Server: "dot0",
+		sni := []string{"family.dns.example", "", ""}[i]
+		ch.Serve(context.Background(), &caddydns.Request{Transport: "dot", Server: "dot0", ServerName: sni,
 			Client: netip.MustParseAddrPort("[2001:db8::7]:5300"), Size: caddydns.MaxMessage}, b, nil)
 	}
 	entries := logs.All()
@@ -47,7 +48,7 @@ func TestEntries(t *testing.T) {
 		t.Fatalf("%d entries, want 3", len(entries))
 	}
 	want := []map[string]any{
-		{"client": "2001:db8::7", "client_port": uint16(5300), "transport": "dot", "server": "dot0", "qname": "Www.Example.", "qtype": "AAAA", "rcode": "NXDOMAIN", "upstream": "udp://127.0.0.1:53", "cache": "miss"},
+		{"client": "2001:db8::7", "client_port": uint16(5300), "transport": "dot", "server": "dot0", "qname": "Www.Example.", "qtype": "AAAA", "rcode": "NXDOMAIN", "upstream": "udp://127.0.0.1:53", "cache": "miss", "server_name": "family.dns.example"},
 		{"qname": "drop.example.", "rcode": "dropped"},
 		{"qname": "fail.example.", "rcode": "SERVFAIL", "error": "no upstream answered"},
 	}
@@ -67,6 +68,9 @@ func TestEntries(t *testing.T) {
 	}
 	if _, ok := entries[1].ContextMap()["upstream"]; ok {
 		t.Error("a dropped query names an upstream")
+	}
+	if _, ok := entries[1].ContextMap()["server_name"]; ok {
+		t.Error("a query without SNI has a server_name")
 	}
 }
 

@@ -1,0 +1,210 @@
+// Package route is `dns.handlers.route`: handlers of their own for the
+// queries its matchers hold: by the TLS server name the client asked for
+// (SNI), the client's address, the query's name or type. Like a route
+// in Caddy's HTTP app or caddy-l4's subroute, its handlers come first
+// for those queries, and the chain's handlers after the route still
+// answer what they pass on.
+package route
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/netprefix"
+)
+
+func init() {
+	caddy.RegisterModule(Route{})
+}
+
+// Route runs its handlers for the queries that Match holds; any other
+// query goes on down the chain as if the route were not there. Its
+// handlers' next is the chain's handler after the route: a zone in the
+// route that has no answer for a name passes it on to the chain's
+// forward, and a route that ends in a forward answers all it takes.
+type Route struct {
+	// Match is what a query must have for the route to take it.
+	Match Match `json:"match"`
+	// HandlersRaw are the route's DNS handlers, in order.
+	HandlersRaw []json.RawMessage `json:"handle,omitempty" caddy:"namespace=dns.handlers inline_key=handler"`
+
+	handlers []caddydns.Handler
+	sni      nameSet
+	clients  netprefix.List
+	names    []string // canonical: lower case, fully qualified
+	types    []uint16
+}
+
+// Match holds a query when each of its fields that is set holds it: any
+// one of the field's values (a route for two names takes both).
+type Match struct {
+	// ServerName is the TLS server names (SNI) the client's connection
+	// asked for: a name, or a wildcard of one label (*.dns.example).
+	// Clients that route by it (tenants, filtering profiles) connect to
+	// the name; the server needs a certificate for it.
+	ServerName []string `json:"server_name,omitempty"`
+	// Client is the client's address: prefixes or addresses (the real
+	// client's: PROXY protocol on DoT, trusted proxies on DoH).
+	Client []string `json:"client,omitempty"`
+	// Name is the query's name or a name above it (example.org holds
+	// www.example.org), in any letter case.
+	Name []string `json:"name,omitempty"`
+	// Type is the query's type: a mnemonic (AAAA), TYPEnnn or a number.
+	Type []string `json:"type,omitempty"`
+}
+
+// CaddyModule returns the Caddy module information.
+func (Route) CaddyModule() caddy.ModuleInfo {
+	return caddy.ModuleInfo{ID: "dns.handlers.route", New: func() caddy.Module { return new(Route) }}
+}
+
+// Provision reads the matchers and loads the handlers.
+func (rt *Route) Provision(ctx caddy.Context) error {
+	m := &rt.Match
+	if len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type) == 0 {
+		return fmt.Errorf("route: no matcher: give server_name, client, name or type (a route that takes every query is the handlers themselves)")
+	}
+	for i, n := range m.ServerName {
+		if err := rt.sni.add(n); err != nil {
+			return fmt.Errorf("route: match.server_name[%d]: %v", i, err)
+		}
+	}
+	var err error
+	if rt.clients, err = netprefix.ParseList("route: match.client", m.Client); err != nil {
+		return err
+	}
+	for i, n := range m.Name {
+		if _, ok := dns.IsDomainName(n); !ok || n == "" {
+			return fmt.Errorf("route: match.name[%d]: %q is not a domain name", i, n)
+		}
+		rt.names = append(rt.names, dns.CanonicalName(n))
+	}
+	for i, t := range m.Type {
+		qtype, ok := caddydns.ParseType(t)
+		if !ok {
+			return fmt.Errorf("route: match.type[%d]: %q is not a record type (AAAA, TYPE65 or 65)", i, t)
+		}
+		rt.types = append(rt.types, qtype)
+	}
+	if len(rt.HandlersRaw) == 0 {
+		return fmt.Errorf("route: no handlers: a route runs handlers (zone, forward, ...) for the queries it matches")
+	}
+	mods, err := ctx.LoadModule(rt, "HandlersRaw")
+	if err != nil {
+		return fmt.Errorf("route: loading its handlers: %w", err)
+	}
+	for _, mod := range mods.([]any) {
+		rt.handlers = append(rt.handlers, mod.(caddydns.Handler))
+	}
+	return nil
+}
+
+// ServeDNS runs the route's handlers for a query it matches, then the
+// chain's; any other query goes straight on.
+func (rt *Route) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
+	if !rt.matches(r) {
+		return next(ctx, r)
+	}
+	for i := len(rt.handlers) - 1; i >= 0; i-- {
+		h, after := rt.handlers[i], next
+		next = func(ctx context.Context, r *caddydns.Request) (caddydns.Response, error) {
+			return h.ServeDNS(ctx, r, after)
+		}
+	}
+	return next(ctx, r)
+}
+
+// matches reports whether every matcher that is set holds r.
+func (rt *Route) matches(r *caddydns.Request) bool {
+	if !rt.sni.empty() && !rt.sni.holds(r.ServerName) {
+		return false
+	}
+	if len(rt.clients) > 0 && !rt.clients.Contains(r.Client.Addr()) {
+		return false
+	}
+	q := r.Msg.Question[0]
+	if len(rt.types) > 0 && !containsType(rt.types, q.Qtype) {
+		return false
+	}
+	if len(rt.names) > 0 {
+		for _, n := range rt.names {
+			if caddydns.InDomain(q.Name, n) {
+				return true
+			}
+		}
+		return false
+	}
+	return true
+}
+
+func containsType(types []uint16, t uint16) bool {
+	for _, x := range types {
+		if x == t {
+			return true
+		}
+	}
+	return false
+}
+
+// nameSet is a set of TLS server names: exact, and wildcards of one
+// label.
+type nameSet struct {
+	exact     []string // lower case
+	wildcards []string // ".dns.example" for *.dns.example
+}
+
+func (s *nameSet) add(n string) error {
+	n = strings.ToLower(strings.TrimSuffix(n, "."))
+	base := strings.TrimPrefix(n, "*.")
+	switch {
+	case n == "":
+		return fmt.Errorf("an empty name")
+	case strings.Contains(base, "*"):
+		return fmt.Errorf("%q: a wildcard is one label, leftmost (*.dns.example)", n)
+	case strings.ContainsAny(n, " /:\\"):
+		return fmt.Errorf("%q is not a host name", n)
+	}
+	if _, ok := dns.IsDomainName(base); !ok {
+		return fmt.Errorf("%q is not a host name", n)
+	}
+	if base != n {
+		s.wildcards = append(s.wildcards, "."+base)
+	} else {
+		s.exact = append(s.exact, n)
+	}
+	return nil
+}
+
+func (s *nameSet) empty() bool { return len(s.exact)+len(s.wildcards) == 0 }
+
+// holds reports whether sni is in the set, in any letter case.
+func (s *nameSet) holds(sni string) bool {
+	if sni == "" {
+		return false
+	}
+	sni = strings.TrimSuffix(sni, ".")
+	for _, n := range s.exact {
+		if strings.EqualFold(sni, n) {
+			return true
+		}
+	}
+	for _, w := range s.wildcards {
+		// one label before the suffix
+		if len(sni) > len(w) && strings.EqualFold(sni[len(sni)-len(w):], w) && !strings.Contains(sni[:len(sni)-len(w)], ".") {
+			return true
+		}
+	}
+	return false
+}
+
+// Interface guards.
+var (
+	_ caddy.Provisioner = (*Route)(nil)
+	_ caddydns.Handler  = (*Route)(nil)
+)

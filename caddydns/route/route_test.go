@@ -1,0 +1,165 @@
+package route
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+	_ "github.com/dnsfront/dnsfront/caddydns/zone" // the handler the routes run
+	"github.com/dnsfront/dnsfront/internal/handlertest"
+)
+
+const zoneHandler = `{"handler":"zone","origin":"example.org","records":["@ 3600 IN SOA ns.example.org. hostmaster.example.org. 1 3600 600 86400 60","www 60 IN A 192.0.2.99"]}`
+
+func newRoute(t testing.TB, match string) *Route {
+	t.Helper()
+	rt := new(Route)
+	handlertest.Provision(t, rt, `{"match":`+match+`,"handle":[`+zoneHandler+`]}`)
+	return rt
+}
+
+// ask sends name/qtype through rt as the chain would, and returns the
+// answer's A record: 192.0.2.99 from the route's zone, 192.0.2.1 from
+// the chain's next handler.
+func ask(t testing.TB, rt *Route, sni, client, name string, qtype uint16) string {
+	t.Helper()
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	r := &caddydns.Request{Msg: q, Server: "test", ServerName: sni, Client: netip.AddrPortFrom(netip.MustParseAddr(client), 5300)}
+	res, err := rt.ServeDNS(context.Background(), r, func(_ context.Context, r *caddydns.Request) (caddydns.Response, error) {
+		m := new(dns.Msg)
+		m.SetReply(r.Msg)
+		rr, _ := dns.NewRR(r.Msg.Question[0].Name + " 60 IN A 192.0.2.1")
+		m.Answer = append(m.Answer, rr)
+		return caddydns.Response{Msg: m}, nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := res.Message()
+	if err != nil || len(m.Answer) == 0 {
+		return "none"
+	}
+	return m.Answer[0].(*dns.A).A.String()
+}
+
+const routed, passed = "192.0.2.99", "192.0.2.1"
+
+// TestServerName: the route takes the queries of the server names it
+// names (any case, a trailing dot, a wildcard of one label), and its
+// zone's misses go on down the chain.
+func TestServerName(t *testing.T) {
+	rt := newRoute(t, `{"server_name":["family.dns.example","*.kids.dns.example"]}`)
+	for _, c := range []struct{ sni, name, want string }{
+		{"family.dns.example", "www.example.org.", routed},
+		{"FAMILY.dns.Example.", "www.example.org.", routed},
+		{"anna.kids.dns.example", "www.example.org.", routed},
+		{"a.anna.kids.dns.example", "www.example.org.", passed}, // a wildcard is one label
+		{"kids.dns.example", "www.example.org.", passed},
+		{"dns.example", "www.example.org.", passed},
+		{"", "www.example.org.", passed},
+		{"family.dns.example", "www.example.net.", passed}, // the route's zone passes it on
+	} {
+		if got := ask(t, rt, c.sni, "192.0.2.10", c.name, dns.TypeA); got != c.want {
+			t.Errorf("SNI %q, %s: %s, want %s", c.sni, c.name, got, c.want)
+		}
+	}
+}
+
+// TestMatchers: client, name and type; each set matcher must hold.
+func TestMatchers(t *testing.T) {
+	for _, c := range []struct {
+		match, sni, client, name string
+		qtype                    uint16
+		want                     string
+	}{
+		{`{"client":["10.0.0.0/8","::1"]}`, "", "10.1.2.3", "www.example.org.", dns.TypeA, routed},
+		{`{"client":["10.0.0.0/8","::1"]}`, "", "::ffff:10.1.2.3", "www.example.org.", dns.TypeA, routed},
+		{`{"client":["10.0.0.0/8","::1"]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		{`{"name":["example.org"]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"name":["Example.ORG."]}`, "", "192.0.2.10", "WWW.example.org.", dns.TypeA, routed},
+		{`{"name":["www.example.org"]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"name":["example.org"]}`, "", "192.0.2.10", "www.notexample.org.", dns.TypeA, passed},
+		{`{"name":["example.org"]}`, "", "192.0.2.10", `www\.example.org.`, dns.TypeA, passed},   // the label "www.example" under org.
+		{`{"name":["example.org"]}`, "", "192.0.2.10", `www.x\.example.org.`, dns.TypeA, passed}, // x.example is one label: not under example.org
+		{`{"name":["."]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"type":["A","TYPE28"]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"type":["aaaa"]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		{`{"server_name":["dns.example"],"type":["A"]}`, "dns.example", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"server_name":["dns.example"],"type":["A"]}`, "other.example", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		{`{"server_name":["dns.example"],"client":["10.0.0.0/8"]}`, "dns.example", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+	} {
+		if got := ask(t, newRoute(t, c.match), c.sni, c.client, c.name, c.qtype); got != c.want {
+			t.Errorf("%s: SNI %q from %s, %s %s: %s, want %s", c.match, c.sni, c.client, c.name, dns.TypeToString[c.qtype], got, c.want)
+		}
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	ctx, _ := caddy.ProvisionContext(&caddy.Config{})
+	for cfg, msg := range map[string]string{
+		`{"handle":[` + zoneHandler + `]}`:                                             "route: no matcher: give server_name, client, name or type",
+		`{"match":{"name":["example.org"]}}`:                                           "route: no handlers",
+		`{"match":{"client":["10.0.0.1/8"]},"handle":[` + zoneHandler + `]}`:           `route: match.client[0]: "10.0.0.1/8" has bits set past its length`,
+		`{"match":{"server_name":["a.*.example"]},"handle":[` + zoneHandler + `]}`:     `route: match.server_name[0]: "a.*.example": a wildcard is one label, leftmost`,
+		`{"match":{"server_name":["dns.example:853"]},"handle":[` + zoneHandler + `]}`: `route: match.server_name[0]: "dns.example:853" is not a host name`,
+		`{"match":{"server_name":[""]},"handle":[` + zoneHandler + `]}`:                `route: match.server_name[0]: an empty name`,
+		`{"match":{"name":["a..b"]},"handle":[` + zoneHandler + `]}`:                   `route: match.name[0]: "a..b" is not a domain name`,
+		`{"match":{"type":["AAAB"]},"handle":[` + zoneHandler + `]}`:                   `route: match.type[0]: "AAAB" is not a record type`,
+		`{"match":{"type":["A"]},"handle":[{"handler":"nosuch"}]}`:                     "route: loading its handlers",
+	} {
+		rt := new(Route)
+		if err := json.Unmarshal([]byte(cfg), rt); err != nil {
+			t.Fatal(err)
+		}
+		if err := rt.Provision(ctx); err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%s: %v, want %q", cfg, err, msg)
+		}
+	}
+}
+
+func TestCaddyfile(t *testing.T) {
+	rt := new(Route)
+	d := caddyfile.NewTestDispenser("route {\n\tserver_name family.dns.example *.kids.dns.example\n\tclient 10.0.0.0/8\n\tname example.org\n\ttype A AAAA\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.99\"\n\t}\n}")
+	if err := rt.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	got, _ := json.Marshal(rt)
+	want := `{"match":{"server_name":["family.dns.example","*.kids.dns.example"],"client":["10.0.0.0/8"],"name":["example.org"],"type":["A","AAAA"]},` +
+		`"handle":[{"handler":"zone","origin":"example.org","records":["www 60 IN A 192.0.2.99"]}]}`
+	if string(got) != want {
+		t.Fatalf("got  %s\nwant %s", got, want)
+	}
+	for in, msg := range map[string]string{
+		"route {\n\tserver_name\n}":        "server_name takes one or more values, at Testfile:2",
+		"route {\n\tclient 10.1.0.0/8\n}":  "client: \"10.1.0.0/8\" has bits set past its length",
+		"route {\n\tsni dns.example\n}":    "unrecognized subdirective 'sni' (not a route matcher nor a dns handler), at Testfile:2",
+		"route x {\n\tname example.org\n}": "wrong argument count",
+	} {
+		err := new(Route).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+		if err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%q: %v, want %q", in, err, msg)
+		}
+	}
+}
+
+// BenchmarkPass is the cost of a route to a query it does not take: it
+// allocates nothing.
+func BenchmarkPass(b *testing.B) {
+	rt := newRoute(b, `{"server_name":["family.dns.example","*.kids.dns.example"],"type":["A"]}`)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	r := &caddydns.Request{Msg: q, ServerName: "dns.example", Client: netip.MustParseAddrPort("192.0.2.1:5300")}
+	next := func(context.Context, *caddydns.Request) (caddydns.Response, error) { return caddydns.Response{}, nil }
+	b.ReportAllocs()
+	for b.Loop() {
+		_, _ = rt.ServeDNS(context.Background(), r, next)
+	}
+}

@@ -1,0 +1,126 @@
+package integration
+
+import (
+	"encoding/base64"
+	"fmt"
+	"net"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/miekg/dns"
+)
+
+// routeSite has a DoT and a dedicated DoH server whose route answers the
+// clients that connect to family.example.test from a zone of its own;
+// the names outside that zone, and every other client, go on to the
+// server's own zone and forward. The Caddy site's handler has the
+// same route.
+const routeSite = `{
+	ocsp {
+		issue dns.example.test family.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.DoT}} {
+		idle_timeout 1s
+		{{.Route}}
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}}
+	}
+	doh 127.0.0.1:{{.DoH}} {
+		{{.Route}}
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}}
+	}
+}
+
+https://dns.example.test:{{.Site}}, https://family.example.test:{{.Site}} {
+	tls {
+		get_certificate ocsp
+	}
+	doh /dns-query {
+		{{.Route}}
+		zone example.test {{.Zone}}
+	}
+}
+`
+
+// familyRoute is the route of routeSite's three servers.
+const familyRoute = `route {
+			server_name family.example.test
+			zone example.test {
+				record "@ 3600 IN SOA ns1 hostmaster 1 7200 3600 1209600 300"
+				record "www 60 IN A 192.0.2.99"
+			}
+		}`
+
+// TestRouteServerName: the server name a client connects to picks its
+// handlers, on DoT (kdig, with and without SNI, and after TLS resumption
+// as dnsdist's test has it), on the dedicated DoH server and in a Caddy
+// site (curl and kdig +https).
+func TestRouteServerName(t *testing.T) {
+	dir := t.TempDir()
+	up := newTestUpstream(t, 1)
+	vars := Vars{"DoT": freePort(t), "DoH": freePort(t), "Site": freePort(t), "Zone": exampleZone(t), "Up": up.addr, "Route": familyRoute}
+	startCaddy(t, dir, routeSite, vars)
+	for _, k := range []string{"DoT", "DoH", "Site"} {
+		waitListen(t, fmt.Sprintf("127.0.0.1:%d", vars[k]))
+	}
+	root := filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	port := func(k string) string { return fmt.Sprint(vars[k]) }
+	const family, plain = "192.0.2.99", "192.0.2.80"
+	for _, c := range []struct {
+		what string
+		args []string
+		want string
+	}{
+		{"DoT, family SNI", []string{"+tls-ca=" + root, "+tls-hostname=family.example.test", "-p", port("DoT"), "www.example.test"}, family},
+		{"DoT, other SNI", []string{"+tls-ca=" + root, "+tls-hostname=dns.example.test", "-p", port("DoT"), "www.example.test"}, plain},
+		{"DoT, no SNI", []string{"+tls", "-p", port("DoT"), "www.example.test"}, plain},
+		{"DoT, family SNI, forwarded", []string{"+tls-ca=" + root, "+tls-hostname=family.example.test", "-p", port("DoT"), "host.up.test"}, "198.51.100.1"},
+		{"DoH server, family SNI", []string{"+https=/dns-query", "+tls-ca=" + root, "+tls-hostname=family.example.test", "-p", port("DoH"), "www.example.test"}, family},
+		{"DoH server, other SNI", []string{"+https=/dns-query", "+tls-ca=" + root, "+tls-hostname=dns.example.test", "-p", port("DoH"), "www.example.test"}, plain},
+		{"DoH handler, family SNI", []string{"+https=/dns-query", "+tls-ca=" + root, "+tls-hostname=family.example.test", "-p", port("Site"), "www.example.test"}, family},
+		{"DoH handler, other SNI", []string{"+https=/dns-query", "+tls-ca=" + root, "+tls-hostname=dns.example.test", "-p", port("Site"), "www.example.test"}, plain},
+	} {
+		out := kdig(t, append([]string{"@127.0.0.1", "+short"}, append(c.args, "A")...)...)
+		if strings.TrimSpace(out) != c.want {
+			t.Errorf("%s: kdig %s: %q, want %s", c.what, strings.Join(c.args, " "), out, c.want)
+		}
+	}
+	// TLS resumption keeps the server name (dnsdist's
+	// testTLSSNIRoutingAfterResumption): the second query of each run
+	// resumes the first's session
+	for _, sni := range []string{"family.example.test", "dns.example.test"} {
+		want := map[string]string{"family.example.test": family, "dns.example.test": plain}[sni]
+		sess := filepath.Join(dir, "sess-"+sni)
+		for i := 0; i < 2; i++ {
+			args := []string{"s_client", "-connect", "127.0.0.1:" + port("DoT"), "-servername", sni, "-CAfile", root, "-alpn", "dot", "-ign_eof"}
+			if i == 0 {
+				args = append(args, "-sess_out", sess)
+			} else {
+				args = append(args, "-sess_in", sess)
+			}
+			cmd := exec.Command(need(t, "openssl"), args...)
+			q := packQuery(t, "www.example.test.", dns.TypeA, nil)
+			cmd.Stdin = strings.NewReader(string(append([]byte{byte(len(q) >> 8), byte(len(q))}, q...)))
+			out, _ := cmd.CombinedOutput()
+			if i == 1 && !strings.Contains(string(out), "Reused, TLS") {
+				t.Fatalf("SNI %s: the session was not resumed:\n%s", sni, out)
+			}
+			if ip := net.ParseIP(want).To4(); !strings.Contains(string(out), string(ip)) {
+				t.Fatalf("SNI %s, connection %d: no %s in the answer:\n%q", sni, i, want, out)
+			}
+		}
+	}
+	// curl to the dedicated server by name (its SNI), over HTTP/2 and 1.1
+	get := "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+	for _, proto := range []string{"--http2", "--http1.1"} {
+		out, err := exec.Command(need(t, "curl"), "-s", proto, "--cacert", root, "--resolve", "family.example.test:"+port("DoH")+":127.0.0.1",
+			"https://family.example.test:"+port("DoH")+get).Output()
+		m := new(dns.Msg)
+		if err != nil || m.Unpack(out) != nil || len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != family {
+			t.Fatalf("curl %s to family.example.test: %v %v", proto, err, m)
+		}
+	}
+}
