@@ -72,6 +72,7 @@ func TestAppendFrame(t *testing.T) {
 		// an IPv4 client of an IPv6 upstream: IPv4-mapped
 		{forwarderResponse, "127.0.0.2:1", "dot", hop("tls", "[::1]:853"), 100, tap.SocketFamily_INET6, tap.SocketProtocol_DOT, "::ffff:127.0.0.2"},
 		{forwarderResponse, "[::ffff:127.0.0.2]:1", "dot", hop("tcp", "127.0.0.1:53"), 100, tap.SocketFamily_INET, tap.SocketProtocol_TCP, "127.0.0.2"},
+		{forwarderQuery, "127.0.0.2:1", "dot", hop("https", "127.0.0.1:8443"), 100, tap.SocketFamily_INET, tap.SocketProtocol_DOH, "127.0.0.2"},
 		// an upstream given by name: no response address, the client's family
 		{forwarderQuery, "[2001:db8::2]:1", "dot", hop("tls", "dns.example.net:853"), 1, tap.SocketFamily_INET6, tap.SocketProtocol_DOT, "2001:db8::2"},
 	} {

@@ -160,6 +160,8 @@ func hopProtocol(transport string) uint64 {
 		return protocolTCP
 	case "tls":
 		return protocolDOT
+	case "https":
+		return protocolDOH
 	}
 	return protocolUDP
 }

@@ -132,11 +132,12 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("forward: %w", err)
 		}
-		if spec.proto == "tls" {
+		tlsUp := spec.proto == "tls" || spec.proto == "https"
+		if tlsUp {
 			spec.serverName, spec.caFiles = f.TLSServerName, strings.Join(f.TLSCAFiles, ",")
 		}
 		var cfg *tls.Config
-		if spec.proto == "tls" {
+		if tlsUp {
 			cfg = tlsCfg.Clone()
 			if cfg.ServerName == "" {
 				cfg.ServerName, _, _ = net.SplitHostPort(spec.addr)

@@ -9,18 +9,33 @@ import (
 
 // upstreamSpec says what an upstream is; it is the key of the pool.
 type upstreamSpec struct {
-	proto      string // udp, tcp, tls
+	proto      string // udp, tcp, tls, https
 	addr       string // host:port
-	serverName string // tls
-	caFiles    string // tls: comma-joined PEM files, "" = system roots
+	path       string // https: the request path
+	serverName string // tls, https
+	caFiles    string // tls, https: comma-joined PEM files, "" = system roots
 }
 
 func (s upstreamSpec) key() string {
-	return s.proto + "://" + s.addr + "|" + s.serverName + "|" + s.caFiles
+	return s.String() + "|" + s.serverName + "|" + s.caFiles
 }
 
 // String is the upstream's name in metrics and logs.
-func (s upstreamSpec) String() string { return s.proto + "://" + s.addr }
+func (s upstreamSpec) String() string { return s.proto + "://" + s.addr + s.path }
+
+// url is an https upstream's request URL (without :443).
+func (s upstreamSpec) url() string {
+	if host, port, _ := net.SplitHostPort(s.addr); port == "443" {
+		if strings.Contains(host, ":") {
+			host = "[" + host + "]"
+		}
+		return s.proto + "://" + host + s.path
+	}
+	return s.String()
+}
+
+// DefaultDoHPath is an https upstream's path when its URL has none.
+const DefaultDoHPath = "/dns-query"
 
 // parseUpstream reads "udp://host:port", "tcp://...", "tls://..." or a
 // bare "host[:port]" (UDP). Ports default to 53, or 853 for tls.
@@ -32,7 +47,16 @@ func parseUpstream(s string) (upstreamSpec, error) {
 		if err != nil {
 			return spec, fmt.Errorf("upstream %q: %w", s, err)
 		}
-		if u.Path != "" || u.RawQuery != "" || u.User != nil {
+		if u.Scheme == "https" {
+			// DNS over HTTPS: https://host[:port][/path], POST to the path
+			if u.RawQuery != "" || u.Fragment != "" || u.User != nil || strings.Contains(u.Path, "{") {
+				return spec, fmt.Errorf("upstream %q: only https://host[:port][/path] is allowed (POST has no query or template)", s)
+			}
+			spec.path = u.EscapedPath()
+			if spec.path == "" || spec.path == "/" {
+				spec.path = DefaultDoHPath
+			}
+		} else if u.Path != "" || u.RawQuery != "" || u.User != nil {
 			return spec, fmt.Errorf("upstream %q: only scheme://host:port is allowed", s)
 		}
 		spec.proto, rest = u.Scheme, u.Host
@@ -45,8 +69,10 @@ func parseUpstream(s string) (upstreamSpec, error) {
 		}
 	case "tls":
 		port = "853"
+	case "https":
+		port = "443"
 	default:
-		return spec, fmt.Errorf("upstream %q: unsupported scheme %q (udp, tcp or tls)", s, spec.proto)
+		return spec, fmt.Errorf("upstream %q: unsupported scheme %q (udp, tcp, tls or https)", s, spec.proto)
 	}
 	host, p, err := net.SplitHostPort(rest)
 	if err != nil {

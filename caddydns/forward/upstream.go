@@ -39,6 +39,7 @@ type upstream struct {
 	name   string
 	udp    *udpClient    // nil unless proto is udp
 	stream *streamClient // tcp or tls; for udp, the TC=1 fallback
+	doh    *dohClient    // nil unless proto is https
 
 	outstanding atomic.Int64
 
@@ -103,9 +104,15 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 		u.stream = newStreamClient(spec.addr, nil)
 	case "tls":
 		u.stream = newStreamClient(spec.addr, tlsCfg)
+	case "https":
+		u.doh = newDoHClient(spec.url(), tlsCfg)
 	}
 	// what a Tap is told of the far end: its address, and the transport
 	addr, _ := netip.ParseAddrPort(spec.addr) // invalid for a host name
+	if u.doh != nil {
+		u.doh.hop = caddydns.Hop{Addr: addr, Transport: spec.proto}
+		return u
+	}
 	u.stream.hop = caddydns.Hop{Addr: addr, Transport: spec.proto}
 	if u.udp != nil {
 		u.udp.hop, u.stream.hop.Transport = u.stream.hop, "tcp"
@@ -125,6 +132,10 @@ func (u *upstream) Destruct() error {
 	}
 	if u.udp != nil {
 		u.udp.close()
+	}
+	if u.doh != nil {
+		u.doh.close()
+		return nil
 	}
 	u.stream.close()
 	return nil
@@ -151,6 +162,9 @@ func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time
 	q := dnswire.Question(packed)
 	if q == nil {
 		return nil, errBadQuery
+	}
+	if u.doh != nil {
+		return u.doh.exchange(ctx, r, deadline, q, packed)
 	}
 	if u.udp == nil {
 		return u.stream.exchange(ctx, r, deadline, q, packed)
