@@ -2,7 +2,6 @@ package acl
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"strings"
 	"testing"
@@ -66,20 +65,13 @@ func count(c prometheus.Counter) float64 {
 }
 
 func TestBadConfig(t *testing.T) {
-	ctx, _ := caddy.ProvisionContext(&caddy.Config{})
-	for cfg, msg := range map[string]string{
+	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(ACL) }, map[string]string{
 		`{"rules":[{"allow":["10.0.0.1/8"]}]}`:                `rules[0].allow[0]: "10.0.0.1/8" has bits set past its length`,
 		`{"rules":[{"allow":["10.0.0.0/8"],"deny":["::1"]}]}`: "rules[0]: both allow and deny",
 		`{"rules":[{}]}`:      "rules[0]: no prefixes",
 		`{"action":"ignore"}`: `action "ignore"`,
 		`{"default":"maybe"}`: `default "maybe"`,
-	} {
-		a := new(ACL)
-		_ = json.Unmarshal([]byte(cfg), a)
-		if err := a.Provision(ctx); err == nil || !strings.Contains(err.Error(), msg) {
-			t.Errorf("%s: %v, want %q", cfg, err, msg)
-		}
-	}
+	})
 }
 
 func TestCaddyfile(t *testing.T) {

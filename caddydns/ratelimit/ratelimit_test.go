@@ -2,7 +2,6 @@ package ratelimit
 
 import (
 	"context"
-	"encoding/json"
 	"net/netip"
 	"runtime"
 	"strings"
@@ -139,21 +138,14 @@ func TestFlood(t *testing.T) {
 }
 
 func TestBadConfig(t *testing.T) {
-	ctx, _ := caddy.ProvisionContext(&caddy.Config{})
-	for cfg, msg := range map[string]string{
+	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(RateLimit) }, map[string]string{
 		`{"qps":-1}`:                "qps -1",
 		`{"prefix_v4":33}`:          "prefix_v4 33",
 		`{"prefix_v6":129}`:         "prefix_v6 129",
 		`{"action":"tarpit"}`:       `action "tarpit"`,
 		`{"exempt":["10.0.0.1/8"]}`: `exempt[0]: "10.0.0.1/8" has bits set`,
 		`{"burst":-3}`:              "burst -3",
-	} {
-		rl := new(RateLimit)
-		_ = json.Unmarshal([]byte(cfg), rl)
-		if err := rl.Provision(ctx); err == nil || !strings.Contains(err.Error(), msg) {
-			t.Errorf("%s: %v, want %q", cfg, err, msg)
-		}
-	}
+	})
 }
 
 func TestCaddyfile(t *testing.T) {

@@ -37,7 +37,7 @@ type Route struct {
 	handlers []caddydns.Handler
 	sni      nameSet
 	clients  netprefix.List
-	names    []string // canonical: lower case, fully qualified
+	names    map[string]struct{} // canonical: lower case, fully qualified ("." holds all)
 	types    []uint16
 }
 
@@ -83,7 +83,10 @@ func (rt *Route) Provision(ctx caddy.Context) error {
 		if _, ok := dns.IsDomainName(n); !ok || n == "" {
 			return fmt.Errorf("route: match.name[%d]: %q is not a domain name", i, n)
 		}
-		rt.names = append(rt.names, dns.CanonicalName(n))
+		if rt.names == nil {
+			rt.names = make(map[string]struct{}, len(m.Name))
+		}
+		rt.names[dns.CanonicalName(n)] = struct{}{}
 	}
 	for i, t := range m.Type {
 		qtype, ok := caddydns.ParseType(t)
@@ -132,15 +135,30 @@ func (rt *Route) matches(r *caddydns.Request) bool {
 	if len(rt.types) > 0 && !containsType(rt.types, q.Qtype) {
 		return false
 	}
-	if len(rt.names) > 0 {
-		for _, n := range rt.names {
-			if caddydns.InDomain(q.Name, n) {
-				return true
+	return len(rt.names) == 0 || rt.holdsName(q.Name)
+}
+
+// holdsName reports whether name (fully qualified, any case) or a name
+// above it is one of the route's: one map lookup a label, however many
+// names the route has (a block list).
+func (rt *Route) holdsName(name string) bool {
+	if _, ok := rt.names["."]; ok {
+		return true
+	}
+	name = strings.ToLower(name) // no copy when it is lower case already
+	for i := 0; i < len(name); {
+		if _, ok := rt.names[name[i:]]; ok {
+			return true
+		}
+		// on past the next label's end: a dot no backslash escapes
+		for ; i < len(name) && name[i] != '.'; i++ {
+			if name[i] == '\\' {
+				i++
 			}
 		}
-		return false
+		i++
 	}
-	return true
+	return false
 }
 
 func containsType(types []uint16, t uint16) bool {

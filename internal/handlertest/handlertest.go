@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"net/netip"
+	"strings"
 	"testing"
 
 	"github.com/caddyserver/caddy/v2"
@@ -61,4 +62,24 @@ func Verdict(t testing.TB, h caddydns.Handler, client string) string {
 		return Refused
 	}
 	return Pass
+}
+
+// BadConfigs provisions each JSON config of cases (config: the text its
+// error must hold) into a module from newModule, and fails the test for
+// each that provisions, or fails with another error.
+func BadConfigs(t *testing.T, newModule func() caddy.Provisioner, cases map[string]string) {
+	t.Helper()
+	ctx, err := caddy.ProvisionContext(&caddy.Config{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for cfg, want := range cases {
+		m := newModule()
+		if err := json.Unmarshal([]byte(cfg), m); err != nil {
+			t.Fatalf("%s: %v", cfg, err)
+		}
+		if err := m.Provision(ctx); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %q", cfg, err, want)
+		}
+	}
 }
