@@ -9,6 +9,7 @@ package dnsfront
 import (
 	// plug in the modules
 	_ "github.com/dnsfront/dnsfront/caddydns/acl"
+	_ "github.com/dnsfront/dnsfront/caddydns/answer"
 	_ "github.com/dnsfront/dnsfront/caddydns/cache"
 	_ "github.com/dnsfront/dnsfront/caddydns/dnstap"
 	_ "github.com/dnsfront/dnsfront/caddydns/ecs"

@@ -124,3 +124,58 @@ func TestRouteServerName(t *testing.T) {
 		}
 	}
 }
+
+// blockSite blocks names with routes and answers: NXDOMAIN for two
+// names and all under them, a sinkhole address for a third (its A and
+// AAAA queries only); the rest is the zone's.
+const blockSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		route {
+			name ads.example.test tracker.example.test
+			answer nxdomain
+		}
+		route {
+			name sink.example.test
+			type A AAAA
+			answer 0.0.0.0 :: {
+				ttl 1h
+			}
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`
+
+// TestRouteBlockList: route by name and type with answer, through kdig.
+func TestRouteBlockList(t *testing.T) {
+	port := freePort(t)
+	startCaddy(t, t.TempDir(), blockSite, Vars{"Port": port, "Zone": exampleZone(t)})
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+	for _, c := range []struct {
+		name, qtype string
+		want        []string // in kdig's output
+		not         string
+	}{
+		{"ads.example.test", "A", []string{"status: NXDOMAIN"}, "SOA"},
+		{"x.y.Ads.Example.Test", "AAAA", []string{"status: NXDOMAIN"}, "SOA"}, // under it, any case
+		{"tracker.example.test", "TXT", []string{"status: NXDOMAIN"}, "SOA"},
+		{"notads.example.test", "A", []string{"status: NXDOMAIN", "SOA"}, ""}, // the zone's
+		{"sink.example.test", "A", []string{"status: NOERROR", "3600\tIN\tA\t0.0.0.0"}, ""},
+		{"sink.example.test", "AAAA", []string{"status: NOERROR", "3600\tIN\tAAAA\t::"}, ""},
+		{"sink.example.test", "MX", []string{"status: NXDOMAIN", "SOA"}, ""}, // not its type: the zone's
+		{"www.example.test", "A", []string{"192.0.2.80"}, ""},
+	} {
+		out := kdig(t, "+tls", "@127.0.0.1", "-p", fmt.Sprint(port), c.name, c.qtype)
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%s %s: no %q in\n%s", c.name, c.qtype, w, out)
+			}
+		}
+		if c.not != "" && strings.Contains(out, c.not) {
+			t.Errorf("%s %s: %q in\n%s", c.name, c.qtype, c.not, out)
+		}
+	}
+}

@@ -1,0 +1,118 @@
+package answer
+
+import (
+	"context"
+	"encoding/json"
+	"net/netip"
+	"strings"
+	"testing"
+
+	"github.com/caddyserver/caddy/v2"
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/handlertest"
+)
+
+func ask(t *testing.T, cfg, name string, qtype uint16) *dns.Msg {
+	t.Helper()
+	a := new(Answer)
+	handlertest.Provision(t, a, cfg)
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.Id = 777
+	b, _ := q.Pack()
+	c := caddydns.NewChain("test", "test", a)
+	res := c.Serve(context.Background(), &caddydns.Request{Transport: "dot", Client: netip.MustParseAddrPort("192.0.2.1:5300"), Size: caddydns.MaxMessage}, b, nil)
+	m := new(dns.Msg)
+	if err := m.Unpack(res.Wire); err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+// TestRcode: the rcode, with the query's ID and question; the chain is
+// never asked further.
+func TestRcode(t *testing.T) {
+	for cfg, want := range map[string]int{
+		`{"rcode":"nxdomain"}`: dns.RcodeNameError, `{"rcode":"REFUSED"}`: dns.RcodeRefused,
+		`{"rcode":"servfail"}`: dns.RcodeServerFailure, `{"rcode":"noerror"}`: dns.RcodeSuccess,
+	} {
+		m := ask(t, cfg, "Ads.Example.", dns.TypeA)
+		if m.Rcode != want || m.Id != 777 || len(m.Answer) != 0 || m.Question[0].Name != "Ads.Example." {
+			t.Errorf("%s: %v", cfg, m)
+		}
+	}
+}
+
+// TestAddresses: A records to A, AAAA to AAAA, both to ANY, NODATA to
+// any other type; the TTL is the config's.
+func TestAddresses(t *testing.T) {
+	cfg := `{"addresses":["192.0.2.7","2001:db8::7","::ffff:192.0.2.8"],"ttl":"5m"}`
+	for qtype, want := range map[uint16][]string{
+		dns.TypeA:    {"192.0.2.7", "192.0.2.8"},
+		dns.TypeAAAA: {"2001:db8::7"},
+		dns.TypeANY:  {"192.0.2.7", "192.0.2.8", "2001:db8::7"},
+		dns.TypeMX:   nil,
+	} {
+		m := ask(t, cfg, "sink.example.", qtype)
+		var got []string
+		for _, rr := range m.Answer {
+			if rr.Header().Ttl != 300 || rr.Header().Name != "sink.example." {
+				t.Errorf("%s: %v", dns.TypeToString[qtype], rr)
+			}
+			switch rr := rr.(type) {
+			case *dns.A:
+				got = append(got, rr.A.String())
+			case *dns.AAAA:
+				got = append(got, rr.AAAA.String())
+			}
+		}
+		if m.Rcode != dns.RcodeSuccess || strings.Join(got, " ") != strings.Join(want, " ") {
+			t.Errorf("%s: %s %v, want %v", dns.TypeToString[qtype], dns.RcodeToString[m.Rcode], got, want)
+		}
+	}
+	if m := ask(t, `{"addresses":["192.0.2.7"]}`, "a.example.", dns.TypeA); len(m.Answer) != 1 || m.Answer[0].Header().Ttl != 60 {
+		t.Errorf("the default TTL: %v", m.Answer)
+	}
+}
+
+func TestBadConfig(t *testing.T) {
+	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Answer) }, map[string]string{
+		`{}`: "answer: give an rcode (nxdomain, refused, servfail, noerror) or addresses",
+		`{"rcode":"nxdomain","addresses":["192.0.2.1"]}`: "give one or the other",
+		`{"rcode":"formerr"}`:                            `answer: rcode "formerr": want nxdomain, refused, servfail or noerror`,
+		`{"addresses":["192.0.2.1","host.example"]}`:     `answer: addresses[1]: "host.example" is not an IP address`,
+		`{"addresses":["192.0.2.1"],"ttl":"1500ms"}`:     "answer: ttl 1.5s: want whole seconds",
+	})
+}
+
+func TestCaddyfile(t *testing.T) {
+	for in, want := range map[string]string{
+		"answer NXDOMAIN":                 `{"rcode":"nxdomain"}`,
+		"answer 0.0.0.0 ::":               `{"addresses":["0.0.0.0","::"]}`,
+		"answer 192.0.2.7 {\n\tttl 1h\n}": `{"addresses":["192.0.2.7"],"ttl":3600000000000}`,
+	} {
+		a := new(Answer)
+		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
+			t.Fatalf("%q: %v", in, err)
+		}
+		if got, _ := json.Marshal(a); string(got) != want {
+			t.Errorf("%q: %s, want %s", in, got, want)
+		}
+	}
+	for in, msg := range map[string]string{
+		"answer":                           "answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses, at Testfile:1",
+		"answer blocked":                   "answer blocked: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address, at Testfile:1",
+		"answer 192.0.2.1 nxdomain":        `answer: "nxdomain" is not an IP address, at Testfile:1`,
+		"answer nxdomain {\n\tttl 1h\n}":   "ttl: an rcode answer has no records, at Testfile:2",
+		"answer 192.0.2.1 {\n\tttl -1s\n}": "ttl must be positive, got -1s, at Testfile:2",
+		"answer 192.0.2.1 {\n\tcount 2\n}": "unrecognized subdirective 'count', at Testfile:2",
+	} {
+		err := new(Answer).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
+		if err == nil || !strings.Contains(err.Error(), msg) {
+			t.Errorf("%q: %v, want %q", in, err, msg)
+		}
+	}
+}

@@ -1,0 +1,58 @@
+package answer
+
+import (
+	"net/netip"
+	"strings"
+
+	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+
+	"github.com/dnsfront/dnsfront/internal/cfparse"
+)
+
+// UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
+//
+//	answer nxdomain|refused|servfail|noerror
+//	answer <addresses...> {
+//		ttl <duration>
+//	}
+func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
+	d.Next() // handler name
+	args := d.RemainingArgs()
+	switch {
+	case len(args) == 0:
+		return d.Err("answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses")
+	case len(args) == 1 && !isAddr(args[0]):
+		if _, ok := rcodes[strings.ToUpper(args[0])]; !ok {
+			return d.Errf("answer %s: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address", args[0])
+		}
+		a.Rcode = strings.ToLower(args[0])
+	default:
+		for _, s := range args {
+			if !isAddr(s) {
+				return d.Errf("answer: %q is not an IP address", s)
+			}
+		}
+		a.Addresses = args
+	}
+	for n := d.Nesting(); d.NextBlock(n); {
+		switch opt := d.Val(); opt {
+		case "ttl":
+			if a.Rcode != "" {
+				return d.Err("ttl: an rcode answer has no records")
+			}
+			if err := cfparse.Duration(d, &a.TTL, false); err != nil {
+				return err
+			}
+		default:
+			return d.Errf("unrecognized subdirective '%s'", opt)
+		}
+	}
+	return nil
+}
+
+func isAddr(s string) bool {
+	_, err := netip.ParseAddr(s)
+	return err == nil
+}
+
+var _ caddyfile.Unmarshaler = (*Answer)(nil)
