@@ -135,7 +135,9 @@ const blockSite = `{
 	dot 127.0.0.1:{{.Port}} {
 		route {
 			name ads.example.test tracker.example.test
-			answer nxdomain
+			answer nxdomain {
+				ede 15 "blocked by policy"
+			}
 		}
 		route {
 			name sink.example.test
@@ -149,7 +151,8 @@ const blockSite = `{
 }
 `
 
-// TestRouteBlockList: route by name and type with answer, through kdig.
+// TestRouteBlockList: route by name and type with answer, through kdig
+// (which shows the Extended DNS Error).
 func TestRouteBlockList(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, t.TempDir(), blockSite, Vars{"Port": port, "Zone": exampleZone(t)})
@@ -159,7 +162,7 @@ func TestRouteBlockList(t *testing.T) {
 		want        []string // in kdig's output
 		not         string
 	}{
-		{"ads.example.test", "A", []string{"status: NXDOMAIN"}, "SOA"},
+		{"ads.example.test", "A", []string{"status: NXDOMAIN", "EDE: 15 (Blocked): 'blocked by policy'"}, "SOA"},
 		{"x.y.Ads.Example.Test", "AAAA", []string{"status: NXDOMAIN"}, "SOA"}, // under it, any case
 		{"tracker.example.test", "TXT", []string{"status: NXDOMAIN"}, "SOA"},
 		{"notads.example.test", "A", []string{"status: NXDOMAIN", "SOA"}, ""}, // the zone's

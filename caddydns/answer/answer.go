@@ -10,6 +10,8 @@ import (
 	"net/netip"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf8"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
@@ -36,12 +38,27 @@ type Answer struct {
 	Addresses []string `json:"addresses,omitempty"`
 	// TTL of the address records. Default: 1m.
 	TTL caddy.Duration `json:"ttl,omitempty"`
+	// EDE is an Extended DNS Error (RFC 8914) the answer carries to a
+	// client that sent EDNS: why it is what it is (15 Blocked, 16
+	// Censored, 17 Filtered, 18 Prohibited, ...).
+	EDE *EDE `json:"ede,omitempty"`
 
 	rcode int
+	ede   *dns.EDNS0_EDE
 	v4    []netip.Addr
 	v6    []netip.Addr
 	ttl   uint32
 }
+
+// EDE is an Extended DNS Error: its INFO-CODE and EXTRA-TEXT.
+type EDE struct {
+	Code uint16 `json:"code"`
+	Text string `json:"text,omitempty"`
+}
+
+// maxEDEText bounds an EDE's EXTRA-TEXT: a note for an operator, not a
+// page.
+const maxEDEText = 255
 
 // CaddyModule returns the Caddy module information.
 func (Answer) CaddyModule() caddy.ModuleInfo {
@@ -89,6 +106,12 @@ func (a *Answer) Provision(caddy.Context) error {
 		return fmt.Errorf("answer: ttl %s: want whole seconds, 1s to 68 years", ttl)
 	}
 	a.ttl = uint32(ttl / time.Second)
+	if a.EDE != nil {
+		if len(a.EDE.Text) > maxEDEText || !utf8.ValidString(a.EDE.Text) || strings.ContainsFunc(a.EDE.Text, unicode.IsControl) {
+			return fmt.Errorf("answer: ede text %q: want at most %d octets of UTF-8 without control characters", a.EDE.Text, maxEDEText)
+		}
+		a.ede = &dns.EDNS0_EDE{InfoCode: a.EDE.Code, ExtraText: a.EDE.Text}
+	}
 	return nil
 }
 
@@ -97,22 +120,27 @@ func (a *Answer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Nex
 	m := new(dns.Msg)
 	if len(a.v4)+len(a.v6) == 0 {
 		m.SetRcode(r.Msg, a.rcode)
-		return caddydns.Response{Msg: m}, nil
-	}
-	m.SetReply(r.Msg)
-	q := r.Msg.Question[0]
-	hdr := func(t uint16) dns.RR_Header {
-		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: a.ttl}
-	}
-	if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
-		for _, ip := range a.v4 {
-			m.Answer = append(m.Answer, &dns.A{Hdr: hdr(dns.TypeA), A: ip.AsSlice()})
+	} else {
+		m.SetReply(r.Msg)
+		q := r.Msg.Question[0]
+		hdr := func(t uint16) dns.RR_Header {
+			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: a.ttl}
+		}
+		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
+			for _, ip := range a.v4 {
+				m.Answer = append(m.Answer, &dns.A{Hdr: hdr(dns.TypeA), A: ip.AsSlice()})
+			}
+		}
+		if q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY {
+			for _, ip := range a.v6 {
+				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: ip.AsSlice()})
+			}
 		}
 	}
-	if q.Qtype == dns.TypeAAAA || q.Qtype == dns.TypeANY {
-		for _, ip := range a.v6 {
-			m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: ip.AsSlice()})
-		}
+	if a.ede != nil && r.Msg.IsEdns0() != nil {
+		// the chain's finish keeps the option in the OPT record it gives
+		// the client
+		m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}, Option: []dns.EDNS0{a.ede}})
 	}
 	return caddydns.Response{Msg: m}, nil
 }

@@ -17,11 +17,19 @@ import (
 
 func ask(t *testing.T, cfg, name string, qtype uint16) *dns.Msg {
 	t.Helper()
+	return askEDNS(t, cfg, name, qtype, false)
+}
+
+func askEDNS(t *testing.T, cfg, name string, qtype uint16, edns bool) *dns.Msg {
+	t.Helper()
 	a := new(Answer)
 	handlertest.Provision(t, a, cfg)
 	q := new(dns.Msg)
 	q.SetQuestion(name, qtype)
 	q.Id = 777
+	if edns {
+		q.SetEdns0(1232, false)
+	}
 	b, _ := q.Pack()
 	c := caddydns.NewChain("test", "test", a)
 	res := c.Serve(context.Background(), &caddydns.Request{Transport: "dot", Client: netip.MustParseAddrPort("192.0.2.1:5300"), Size: caddydns.MaxMessage}, b, nil)
@@ -78,6 +86,25 @@ func TestAddresses(t *testing.T) {
 	}
 }
 
+// TestEDE: the Extended DNS Error goes to a client that sent EDNS, with
+// the rcode or the addresses; not to one that did not.
+func TestEDE(t *testing.T) {
+	for _, cfg := range []string{`{"rcode":"nxdomain","ede":{"code":15,"text":"blocked by policy"}}`, `{"addresses":["0.0.0.0"],"ede":{"code":17}}`} {
+		m := askEDNS(t, cfg, "ads.example.", dns.TypeA, true)
+		opt := m.IsEdns0()
+		if opt == nil || len(opt.Option) != 1 {
+			t.Fatalf("%s: %v", cfg, m)
+		}
+		ede, ok := opt.Option[0].(*dns.EDNS0_EDE)
+		if !ok || (ede.InfoCode != 15 || ede.ExtraText != "blocked by policy") && (ede.InfoCode != 17 || ede.ExtraText != "") {
+			t.Errorf("%s: %v", cfg, opt.Option[0])
+		}
+		if m := askEDNS(t, cfg, "ads.example.", dns.TypeA, false); m.IsEdns0() != nil {
+			t.Errorf("%s: an OPT record to a client without EDNS: %v", cfg, m)
+		}
+	}
+}
+
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Answer) }, map[string]string{
 		`{}`: "answer: give an rcode (nxdomain, refused, servfail, noerror) or addresses",
@@ -103,12 +130,14 @@ func TestCaddyfile(t *testing.T) {
 		}
 	}
 	for in, msg := range map[string]string{
-		"answer":                           "answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses, at Testfile:1",
-		"answer blocked":                   "answer blocked: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address, at Testfile:1",
-		"answer 192.0.2.1 nxdomain":        `answer: "nxdomain" is not an IP address, at Testfile:1`,
-		"answer nxdomain {\n\tttl 1h\n}":   "ttl: an rcode answer has no records, at Testfile:2",
-		"answer 192.0.2.1 {\n\tttl -1s\n}": "ttl must be positive, got -1s, at Testfile:2",
-		"answer 192.0.2.1 {\n\tcount 2\n}": "unrecognized subdirective 'count', at Testfile:2",
+		"answer":                              "answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses, at Testfile:1",
+		"answer blocked":                      "answer blocked: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address, at Testfile:1",
+		"answer 192.0.2.1 nxdomain":           `answer: "nxdomain" is not an IP address, at Testfile:1`,
+		"answer nxdomain {\n\tttl 1h\n}":      "ttl: an rcode answer has no records, at Testfile:2",
+		"answer 192.0.2.1 {\n\tttl -1s\n}":    "ttl must be positive, got -1s, at Testfile:2",
+		"answer 192.0.2.1 {\n\tcount 2\n}":    "unrecognized subdirective 'count', at Testfile:2",
+		"answer nxdomain {\n\tede blocked\n}": "ede blocked: not an info code (0 to 65535; 15 Blocked, 17 Filtered), at Testfile:2",
+		"answer nxdomain {\n\tede\n}":         "ede takes an info code and an optional text",
 	} {
 		err := new(Answer).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 		if err == nil || !strings.Contains(err.Error(), msg) {

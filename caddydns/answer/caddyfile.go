@@ -2,6 +2,7 @@ package answer
 
 import (
 	"net/netip"
+	"strconv"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -14,7 +15,10 @@ import (
 //	answer nxdomain|refused|servfail|noerror
 //	answer <addresses...> {
 //		ttl <duration>
+//		ede <info code> [<text>]
 //	}
+//
+// (an rcode answer takes an ede block too)
 func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
 	args := d.RemainingArgs()
@@ -36,6 +40,19 @@ func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch opt := d.Val(); opt {
+		case "ede":
+			args := d.RemainingArgs()
+			if len(args) == 0 || len(args) > 2 {
+				return d.Err("ede takes an info code and an optional text, e.g. ede 15 \"blocked by policy\"")
+			}
+			code, err := strconv.ParseUint(args[0], 10, 16)
+			if err != nil {
+				return d.Errf("ede %s: not an info code (0 to 65535; 15 Blocked, 17 Filtered)", args[0])
+			}
+			a.EDE = &EDE{Code: uint16(code)}
+			if len(args) == 2 {
+				a.EDE.Text = args[1]
+			}
 		case "ttl":
 			if a.Rcode != "" {
 				return d.Err("ttl: an rcode answer has no records")
