@@ -137,6 +137,10 @@ func (a *Answer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Nex
 			}
 		}
 	}
+	// a resolver's answer, as the forward's would be: RA when the client
+	// asked for recursion (dnsdist's SpoofAction and RCodeAction copy RD
+	// to RA too), or a stub takes the server for one that does not recurse
+	m.RecursionAvailable = r.Msg.RecursionDesired
 	if a.ede != nil && r.Msg.IsEdns0() != nil {
 		// the chain's finish keeps the option in the OPT record it gives
 		// the client

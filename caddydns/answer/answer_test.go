@@ -48,7 +48,7 @@ func TestRcode(t *testing.T) {
 		`{"rcode":"servfail"}`: dns.RcodeServerFailure, `{"rcode":"noerror"}`: dns.RcodeSuccess,
 	} {
 		m := ask(t, cfg, "Ads.Example.", dns.TypeA)
-		if m.Rcode != want || m.Id != 777 || len(m.Answer) != 0 || m.Question[0].Name != "Ads.Example." {
+		if m.Rcode != want || m.Id != 777 || len(m.Answer) != 0 || m.Question[0].Name != "Ads.Example." || !m.RecursionAvailable || m.Authoritative {
 			t.Errorf("%s: %v", cfg, m)
 		}
 	}
