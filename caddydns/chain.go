@@ -39,6 +39,9 @@ type Request struct {
 	// ServerName is the TLS server name (SNI) the client's connection
 	// asked for, as it sent it; "" when it sent none, or came without TLS.
 	ServerName string
+	// Path is the HTTP request path a DoH query came by, as it was sent
+	// (percent-escapes kept); "" on DoT.
+	Path string
 	// Size is the largest response the client accepts: 65535 on stream
 	// transports.
 	Size int

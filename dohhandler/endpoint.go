@@ -50,6 +50,8 @@ type Request struct {
 	Client netip.AddrPort
 	// ServerName is the TLS server name (SNI) the client asked for.
 	ServerName string
+	// Path is the request's path.
+	Path string
 }
 
 // Reply is the response to a Request.
@@ -127,7 +129,7 @@ func (e *Endpoint) Serve(ctx context.Context, req *Request, bp *[]byte) Reply {
 	}
 	r := caddydns.AcquireRequest()
 	r.Transport, r.Server, r.Client, r.Size = "doh", e.name, req.Client, caddydns.MaxMessage
-	r.ServerName = req.ServerName
+	r.ServerName, r.Path = req.ServerName, req.Path
 	a := e.chain.Serve(ctx, r, wire, (*bp)[:0])
 	caddydns.ReleaseRequest(r)
 	if a.Wire != nil {

@@ -80,7 +80,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r)}
+	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r), Path: r.URL.EscapedPath()}
 	if r.TLS != nil {
 		req.ServerName = r.TLS.ServerName
 	}

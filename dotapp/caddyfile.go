@@ -47,6 +47,7 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //
 //	doh [<listen addresses...>] {
 //		path <request path>    # default /dns-query
+//		sub_paths              # and the paths under it (per-client URLs)
 //		json off               # no JSON API
 //		cache_control off      # no Cache-Control on answers
 //		trusted_proxies <addresses or prefixes...>|private_ranges  # whose X-Forwarded-For is believed
@@ -100,6 +101,11 @@ func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return true, d.Err("json takes on or off")
 			}
 			ds.DisableJSON = v == "off"
+		case "sub_paths":
+			if d.NextArg() {
+				return true, d.ArgErr()
+			}
+			ds.SubPaths = true
 		case "cache_control":
 			var v string
 			if !d.AllArgs(&v) || (v != "on" && v != "off") {

@@ -56,6 +56,10 @@ type DoHServer struct {
 	Path string `json:"path,omitempty"`
 	// DisableJSON turns the JSON API (?name=&type=) off.
 	DisableJSON bool `json:"disable_json,omitempty"`
+	// SubPaths answers DoH on the paths under Path too (Path/kids,
+	// Path/tenant-42: per-client URLs, which a route's path matcher
+	// tells apart; dnsdist's exactPathMatching=false).
+	SubPaths bool `json:"sub_paths,omitempty"`
 	// Headers are response header fields added to every response (DoH
 	// answers, errors and Responses), by name: CORS headers for
 	// browsers, Strict-Transport-Security, ... (dnsdist's
@@ -112,7 +116,7 @@ func (a *DoHApp) Provision(ctx caddy.Context) error {
 		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
 			return fmt.Errorf("server %s: path %q is not a request path (it starts with / and has no ? or #)", name, ds.Path)
 		}
-		side := &dohSide{path: path, disableJSON: ds.DisableJSON, noCacheControl: ds.DisableCacheControl}
+		side := &dohSide{path: path, subPaths: ds.SubPaths, disableJSON: ds.DisableJSON, noCacheControl: ds.DisableCacheControl}
 		if err := side.setResponses(ds); err != nil {
 			return fmt.Errorf("server %s: %w", name, err)
 		}
@@ -150,6 +154,7 @@ func (a *DoHApp) Cleanup() error {
 // dohSide is what a DoH server has beyond a DoT server's parts.
 type dohSide struct {
 	path           string
+	subPaths       bool
 	disableJSON    bool
 	endpoint       *dohhandler.Endpoint
 	headers        []dohhandler.Field           // added to every response
@@ -261,13 +266,13 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	defer packPool.Put(bp)
 	var rep dohhandler.Reply
 	switch {
-	case r.URL.Path != d.path:
+	case !d.isDoH(r.URL.Path):
 		rep = d.other(r.URL.Path)
 	case r.Method == http.MethodPost && r.ContentLength > caddydns.MaxMessage:
 		rep = d.endpoint.Refuse(http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
 	default:
 		req := dohhandler.Request{Method: r.Method, RawQuery: r.URL.RawQuery,
-			ContentType: r.Header.Get("Content-Type"), Accept: r.Header.Get("Accept"), Client: c.client, ServerName: c.sni}
+			ContentType: r.Header.Get("Content-Type"), Accept: r.Header.Get("Accept"), Client: c.client, ServerName: c.sni, Path: r.URL.EscapedPath()}
 		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
 			if msg := d.forwardedFor(&req.Client, strings.Join(xff, ",")); msg != "" {
 				rep = d.endpoint.Refuse(http.StatusBadRequest, msg)
@@ -293,6 +298,16 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	if r.Method != http.MethodHead {
 		_, _ = w.Write(rep.Body)
 	}
+}
+
+// isDoH reports whether DoH is answered on path: the server's, or one
+// under it with sub_paths.
+func (d *dohSide) isDoH(path string) bool {
+	if path == d.path {
+		return true
+	}
+	return d.subPaths && len(path) > len(d.path) && strings.HasPrefix(path, d.path) &&
+		(path[len(d.path)] == '/' || strings.HasSuffix(d.path, "/"))
 }
 
 // other is the reply to a request for a path that is not DoH's: its
@@ -404,7 +419,7 @@ func (d *dohSide) setResponses(ds *DoHServer) error {
 		switch {
 		case !strings.HasPrefix(r.Path, "/") || strings.ContainsAny(r.Path, "?#"):
 			return fmt.Errorf("%s: path %q is not a request path (it starts with / and has no ? or #)", where, r.Path)
-		case r.Path == d.path:
+		case d.isDoH(r.Path):
 			return fmt.Errorf("%s: path %s is where DNS over HTTPS is answered", where, r.Path)
 		case d.responses[r.Path] != nil:
 			return fmt.Errorf("%s: path %s has a response already", where, r.Path)

@@ -724,9 +724,10 @@ func (h *h2conn) answer(st *h2stream) {
 	defer h.inFlight.Add(-1)
 	srv := h.c.enter()
 	var rep dohhandler.Reply
-	if st.path != srv.doh.path {
+	if !srv.doh.isDoH(st.path) {
 		rep = srv.doh.other(st.path)
 	} else {
+		st.req.Path = st.path
 		rep = srv.doh.endpoint.Serve(context.Background(), &st.req, st.bp)
 	}
 	srv.doh.finish(&rep)

@@ -182,3 +182,46 @@ func TestRouteBlockList(t *testing.T) {
 		}
 	}
 }
+
+// pathSite is a dedicated DoH server with sub_paths, whose route answers
+// the queries that come by /dns-query/kids from a block list.
+const pathSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	doh 127.0.0.1:{{.Port}} {
+		sub_paths
+		route {
+			path /dns-query/kids
+			name www.example.test
+			answer 192.0.2.71
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`
+
+// TestRoutePath: per-client DoH URLs: /dns-query/kids gets its route,
+// /dns-query and /dns-query/other the zone's answer, over HTTP/2 (kdig)
+// and HTTP/1.1 (curl).
+func TestRoutePath(t *testing.T) {
+	dir := t.TempDir()
+	port := freePort(t)
+	startCaddy(t, dir, pathSite, Vars{"Port": port, "Zone": exampleZone(t)})
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	waitListen(t, addr)
+	root := filepath.Join(dir, "data", "caddy", "pki", "authorities", "local", "root.crt")
+	for path, want := range map[string]string{"/dns-query/kids": "192.0.2.71", "/dns-query": "192.0.2.80", "/dns-query/other": "192.0.2.80"} {
+		out := kdig(t, "+https="+path, "+tls-ca="+root, "+tls-hostname=dns.example.test", "@127.0.0.1", "-p", fmt.Sprint(port), "www.example.test", "A", "+short")
+		if strings.TrimSpace(out) != want {
+			t.Errorf("kdig +https=%s: %q, want %s", path, out, want)
+		}
+		get := path + "?dns=" + base64.RawURLEncoding.EncodeToString(packQuery(t, "www.example.test.", dns.TypeA, nil))
+		body, err := exec.Command(need(t, "curl"), "-s", "--http1.1", "--cacert", root, "--resolve", fmt.Sprintf("dns.example.test:%d:127.0.0.1", port),
+			fmt.Sprintf("https://dns.example.test:%d%s", port, get)).Output()
+		m := new(dns.Msg)
+		if err != nil || m.Unpack(body) != nil || len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != want {
+			t.Errorf("curl --http1.1 %s: %v %v, want %s", path, err, m, want)
+		}
+	}
+}

@@ -15,6 +15,7 @@ import (
 //		client <prefixes...>
 //		name <names...>
 //		type <types...>
+//		path <DoH paths...>
 //		<dns handlers...>
 //	}
 func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -25,7 +26,7 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	var chain caddydns.Chain
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch opt := d.Val(); opt {
-		case "server_name", "name", "type":
+		case "server_name", "name", "type", "path":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
 				return d.Errf("%s takes one or more values", opt)
@@ -35,6 +36,8 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				rt.Match.ServerName = append(rt.Match.ServerName, args...)
 			case "name":
 				rt.Match.Name = append(rt.Match.Name, args...)
+			case "path":
+				rt.Match.Path = append(rt.Match.Path, args...)
 			default:
 				rt.Match.Type = append(rt.Match.Type, args...)
 			}

@@ -1,6 +1,6 @@
 // Package route is `dns.handlers.route`: handlers of their own for the
 // queries its matchers hold: by the TLS server name the client asked for
-// (SNI), the client's address, the query's name or type. Like a route
+// (SNI), the client's address, the query's name or type, the DoH path. Like a route
 // in Caddy's HTTP app or caddy-l4's subroute, its handlers come first
 // for those queries, and the chain's handlers after the route still
 // answer what they pass on.
@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"slices"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -57,6 +58,10 @@ type Match struct {
 	Name []string `json:"name,omitempty"`
 	// Type is the query's type: a mnemonic (AAAA), TYPEnnn or a number.
 	Type []string `json:"type,omitempty"`
+	// Path is the HTTP path a DoH query came by, exactly (per-client
+	// URLs: the dedicated DoH server's sub_paths, or a Caddy site's
+	// routes). A DoT query has none.
+	Path []string `json:"path,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -67,8 +72,13 @@ func (Route) CaddyModule() caddy.ModuleInfo {
 // Provision reads the matchers and loads the handlers.
 func (rt *Route) Provision(ctx caddy.Context) error {
 	m := &rt.Match
-	if len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type) == 0 {
-		return fmt.Errorf("route: no matcher: give server_name, client, name or type (a route that takes every query is the handlers themselves)")
+	if len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type)+len(m.Path) == 0 {
+		return fmt.Errorf("route: no matcher: give server_name, client, name, type or path (a route that takes every query is the handlers themselves)")
+	}
+	for i, p := range m.Path {
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
+			return fmt.Errorf("route: match.path[%d]: %q is not a request path (it starts with / and has no ?, # or space)", i, p)
+		}
 	}
 	for i, n := range m.ServerName {
 		if err := rt.sni.add(n); err != nil {
@@ -129,6 +139,9 @@ func (rt *Route) matches(r *caddydns.Request) bool {
 		return false
 	}
 	if len(rt.clients) > 0 && !rt.clients.Contains(r.Client.Addr()) {
+		return false
+	}
+	if len(rt.Match.Path) > 0 && !slices.Contains(rt.Match.Path, r.Path) {
 		return false
 	}
 	q := r.Msg.Question[0]

@@ -74,6 +74,18 @@ func TestServerName(t *testing.T) {
 	}
 }
 
+// TestPath: the DoH path, exactly; a DoT query (no path) is not held.
+func TestPath(t *testing.T) {
+	rt := newRoute(t, `{"path":["/dns-query/kids","/q/family"]}`)
+	for path, want := range map[string]bool{"/dns-query/kids": true, "/q/family": true, "/dns-query": false, "/dns-query/kids/x": false, "/dns-query/Kids": false, "": false} {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		if got := rt.matches(&caddydns.Request{Msg: q, Path: path}); got != want {
+			t.Errorf("path %q: %v, want %v", path, got, want)
+		}
+	}
+}
+
 // TestMatchers: client, name and type; each set matcher must hold.
 func TestMatchers(t *testing.T) {
 	for _, c := range []struct {
@@ -105,7 +117,7 @@ func TestMatchers(t *testing.T) {
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
-		`{"handle":[` + zoneHandler + `]}`:                                             "route: no matcher: give server_name, client, name or type",
+		`{"handle":[` + zoneHandler + `]}`:                                             "route: no matcher: give server_name, client, name, type or path",
 		`{"match":{"name":["example.org"]}}`:                                           "route: no handlers",
 		`{"match":{"client":["10.0.0.1/8"]},"handle":[` + zoneHandler + `]}`:           `route: match.client[0]: "10.0.0.1/8" has bits set past its length`,
 		`{"match":{"server_name":["a.*.example"]},"handle":[` + zoneHandler + `]}`:     `route: match.server_name[0]: "a.*.example": a wildcard is one label, leftmost`,
@@ -113,18 +125,19 @@ func TestBadConfig(t *testing.T) {
 		`{"match":{"server_name":[""]},"handle":[` + zoneHandler + `]}`:                `route: match.server_name[0]: an empty name`,
 		`{"match":{"name":["a..b"]},"handle":[` + zoneHandler + `]}`:                   `route: match.name[0]: "a..b" is not a domain name`,
 		`{"match":{"type":["AAAB"]},"handle":[` + zoneHandler + `]}`:                   `route: match.type[0]: "AAAB" is not a record type`,
+		`{"match":{"path":["dns-query/kids"]},"handle":[` + zoneHandler + `]}`:         `route: match.path[0]: "dns-query/kids" is not a request path`,
 		`{"match":{"type":["A"]},"handle":[{"handler":"nosuch"}]}`:                     "route: loading its handlers",
 	})
 }
 
 func TestCaddyfile(t *testing.T) {
 	rt := new(Route)
-	d := caddyfile.NewTestDispenser("route {\n\tserver_name family.dns.example *.kids.dns.example\n\tclient 10.0.0.0/8\n\tname example.org\n\ttype A AAAA\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.99\"\n\t}\n}")
+	d := caddyfile.NewTestDispenser("route {\n\tserver_name family.dns.example *.kids.dns.example\n\tclient 10.0.0.0/8\n\tname example.org\n\ttype A AAAA\n\tpath /dns-query/kids\n\tzone example.org {\n\t\trecord \"www 60 IN A 192.0.2.99\"\n\t}\n}")
 	if err := rt.UnmarshalCaddyfile(d); err != nil {
 		t.Fatal(err)
 	}
 	got, _ := json.Marshal(rt)
-	want := `{"match":{"server_name":["family.dns.example","*.kids.dns.example"],"client":["10.0.0.0/8"],"name":["example.org"],"type":["A","AAAA"]},` +
+	want := `{"match":{"server_name":["family.dns.example","*.kids.dns.example"],"client":["10.0.0.0/8"],"name":["example.org"],"type":["A","AAAA"],"path":["/dns-query/kids"]},` +
 		`"handle":[{"handler":"zone","origin":"example.org","records":["www 60 IN A 192.0.2.99"]}]}`
 	if string(got) != want {
 		t.Fatalf("got  %s\nwant %s", got, want)

@@ -110,3 +110,44 @@ func FuzzForwardedFor(f *testing.F) {
 		}
 	})
 }
+
+// TestSubPaths: with sub_paths the paths under the DoH path are DoH too,
+// and the request carries its path; without, they get 404. A fixed
+// response may not take one of them.
+func TestSubPaths(t *testing.T) {
+	for _, sub := range []bool{false, true} {
+		d := &dohSide{path: "/dns-query", subPaths: sub}
+		for path, want := range map[string]bool{"/dns-query": true, "/dns-query/kids": sub, "/dns-query/a/b": sub, "/dns-querykids": false, "/": false, "/dns": false} {
+			if got := d.isDoH(path); got != want {
+				t.Errorf("sub_paths %v: isDoH(%q) = %v", sub, path, got)
+			}
+		}
+	}
+	root := &dohSide{path: "/", subPaths: true}
+	if !root.isDoH("/kids") || !root.isDoH("/") {
+		t.Error("path / with sub_paths: every path is DoH")
+	}
+	d := &dohSide{path: "/dns-query", subPaths: true}
+	if err := d.setResponses(&DoHServer{Responses: []DoHResponse{{Path: "/dns-query/health", Status: 200}}}); err == nil ||
+		!strings.Contains(err.Error(), "responses[0]: path /dns-query/health is where DNS over HTTPS is answered") {
+		t.Errorf("a fixed response under the DoH path with sub_paths: %v", err)
+	}
+
+	s := newTestServer(t)
+	s.doh = &dohSide{path: DefaultDoHPath, subPaths: true}
+	s.doh.provision(s.ctx, s)
+	get := dnsGET(t, "www.example.org.")
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		for i, p := range []string{strings.Replace(get, "/dns-query?", "/dns-query/kids?", 1), strings.Replace(get, "/dns-query?", "/elsewhere?", 1)} {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), EndStream: true, EndHeaders: true,
+				BlockFragment: enc(":method", "GET", ":scheme", "https", ":path", p, ":authority", "dns.example.org")})
+		}
+	})
+	replies, _ := readReplies(t, h2exchange(t, s, in))
+	if r := replies[1]; r == nil || r.status != 200 || r.hdr["content-type"] != "application/dns-message" {
+		t.Errorf("/dns-query/kids: %+v, want a DoH answer", r)
+	}
+	if r := replies[3]; r == nil || r.status != 404 {
+		t.Errorf("/elsewhere: %+v, want 404", r)
+	}
+}
