@@ -37,8 +37,10 @@ func (s upstreamSpec) url() string {
 // DefaultDoHPath is an https upstream's path when its URL has none.
 const DefaultDoHPath = "/dns-query"
 
-// parseUpstream reads "udp://host:port", "tcp://...", "tls://..." or a
-// bare "host[:port]" (UDP). Ports default to 53, or 853 for tls.
+// parseUpstream reads "udp://host:port", "tcp://...", "tls://...",
+// "https://host[:port][/path]" or a bare "host[:port]" (UDP). Ports
+// default to 53, 853 for tls, 443 for https (whose path defaults to
+// /dns-query).
 func parseUpstream(s string) (upstreamSpec, error) {
 	spec := upstreamSpec{proto: "udp"}
 	rest := s
