@@ -95,23 +95,21 @@ func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				}
 			}
 			ds.Responses = append(ds.Responses, r)
-		case "json":
+		case "json", "cache_control":
 			var v string
 			if !d.AllArgs(&v) || (v != "on" && v != "off") {
-				return true, d.Err("json takes on or off")
+				return true, d.Errf("%s takes on or off", opt)
 			}
-			ds.DisableJSON = v == "off"
+			if opt == "json" {
+				ds.DisableJSON = v == "off"
+			} else {
+				ds.DisableCacheControl = v == "off"
+			}
 		case "sub_paths":
 			if d.NextArg() {
 				return true, d.ArgErr()
 			}
 			ds.SubPaths = true
-		case "cache_control":
-			var v string
-			if !d.AllArgs(&v) || (v != "on" && v != "off") {
-				return true, d.Err("cache_control takes on or off")
-			}
-			ds.DisableCacheControl = v == "off"
 		case "trusted_proxies":
 			args := d.RemainingArgs()
 			if len(args) == 0 {
