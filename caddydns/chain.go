@@ -296,8 +296,11 @@ func InDomain(name, parent string) bool {
 	if parent == "." {
 		return true
 	}
-	if len(name) < len(parent) || !strings.EqualFold(name[len(name)-len(parent):], parent) {
+	if len(name) < len(parent) {
 		return false
+	}
+	if tail := name[len(name)-len(parent):]; tail != parent && !strings.EqualFold(tail, parent) {
+		return false // (== first: a canonical name, as the zone's, matches without folding)
 	}
 	if len(name) == len(parent) {
 		return true
