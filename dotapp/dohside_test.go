@@ -1,6 +1,8 @@
 package dotapp
 
 import (
+	"bytes"
+	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -149,5 +151,32 @@ func TestSubPaths(t *testing.T) {
 	}
 	if r := replies[3]; r == nil || r.status != 404 {
 		t.Errorf("/elsewhere: %+v, want 404", r)
+	}
+}
+
+// TestH2ForwardedRoom: a long X-Forwarded-For's room (4,400 octets
+// here) is not kept for the connection's next header block.
+func TestH2ForwardedRoom(t *testing.T) {
+	s := newTestServer(t)
+	s.doh = &dohSide{path: DefaultDoHPath}
+	s.doh.provision(s.ctx, s)
+	get := dnsGET(t, "www.example.org.")
+	in := h2input(func(fr *http2.Framer, enc func(...string) []byte) {
+		for i, xff := range []string{strings.Repeat("192.0.2.1, ", 400), "192.0.2.7"} {
+			_ = fr.WriteHeaders(http2.HeadersFrameParam{StreamID: uint32(2*i + 1), EndStream: true, EndHeaders: true,
+				BlockFragment: enc(":method", "GET", ":scheme", "https", ":path", get, ":authority", "dns.example.org", "x-forwarded-for", xff)})
+		}
+	})
+	cn := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
+	cn.srv.Store(s)
+	var out syncBuf
+	h := newH2(cn, struct {
+		io.Reader
+		io.Writer
+	}{bytes.NewReader(in), &out}, s.set.maxInFlight)
+	h.startWriter()
+	h.finish(h.start() == h2Graceful)
+	if h.blk == nil || string(h.blk.forwarded) != "192.0.2.7" || cap(h.blk.forwarded) > h2KeepForwarded {
+		t.Fatalf("the second block's field: %q, room %d (at most %d kept)", h.blk.forwarded, cap(h.blk.forwarded), h2KeepForwarded)
 	}
 }

@@ -25,6 +25,11 @@ import (
 // frames, which add nothing to decode, end there.
 const h2MaxBlock = 2*h2HeaderListSize + (2*h2HeaderListSize/h2MaxFrame+1)*9 + h2MaxFrame
 
+// h2KeepForwarded is the most room for X-Forwarded-For a connection keeps
+// from one header block to the next: a proxy's field (a few addresses)
+// fits, a client's 96 KiB one is let go with its request.
+const h2KeepForwarded = 512
+
 // The pseudo-headers of a request, as bits.
 const (
 	pseudoMethod = 1 << iota
@@ -48,7 +53,7 @@ type hblock struct {
 	pseudo    int  // the pseudo-headers seen
 
 	method, path, contentType, accept string
-	forwarded                         []byte // X-Forwarded-For's fields, joined with commas (its room kept from block to block)
+	forwarded                         []byte // X-Forwarded-For's fields, joined with commas (up to h2KeepForwarded of room kept from block to block)
 	contentLength                     int64  // -1: none
 }
 
@@ -64,8 +69,12 @@ func (h *h2conn) onHeadersFrame(f *http2.HeadersFrame) error {
 	if h.blk == nil {
 		h.blk = new(hblock) // from the first header block; let go when parked
 	}
+	fwd := h.blk.forwarded[:0]
+	if cap(fwd) > h2KeepForwarded {
+		fwd = nil // a long one is not kept for the connection's life
+	}
 	*h.blk = hblock{active: true, id: f.StreamID, endStream: f.StreamEnded(), remain: h2HeaderListSize, contentLength: -1,
-		forwarded: h.blk.forwarded[:0]}
+		forwarded: fwd}
 	if f.HasPriority() {
 		h.blk.hasPrio, h.blk.prioDep = true, f.Priority.StreamDep
 	}
