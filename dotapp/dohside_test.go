@@ -1,8 +1,6 @@
 package dotapp
 
 import (
-	"bytes"
-	"io"
 	"net/netip"
 	"strings"
 	"testing"
@@ -167,15 +165,7 @@ func TestH2ForwardedRoom(t *testing.T) {
 				BlockFragment: enc(":method", "GET", ":scheme", "https", ":path", get, ":authority", "dns.example.org", "x-forwarded-for", xff)})
 		}
 	})
-	cn := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
-	cn.srv.Store(s)
-	var out syncBuf
-	h := newH2(cn, struct {
-		io.Reader
-		io.Writer
-	}{bytes.NewReader(in), &out}, s.set.maxInFlight)
-	h.startWriter()
-	h.finish(h.start() == h2Graceful)
+	h, _ := h2run(s, in)
 	if h.blk == nil || string(h.blk.forwarded) != "192.0.2.7" || cap(h.blk.forwarded) > h2KeepForwarded {
 		t.Fatalf("the second block's field: %q, room %d (at most %d kept)", h.blk.forwarded, cap(h.blk.forwarded), h2KeepForwarded)
 	}

@@ -45,6 +45,13 @@ func (b *syncBuf) Write(p []byte) (int, error) {
 // octets, then EOF) and returns what the server wrote.
 func h2exchange(t testing.TB, s *Server, input []byte) []byte {
 	t.Helper()
+	_, out := h2run(s, input)
+	return out
+}
+
+// h2run is h2exchange that also returns the connection, for a test that
+// looks at what it kept.
+func h2run(s *Server, input []byte) (*h2conn, []byte) {
 	c := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
 	c.srv.Store(s)
 	var out syncBuf
@@ -54,7 +61,7 @@ func h2exchange(t testing.TB, s *Server, input []byte) []byte {
 	}{bytes.NewReader(input), &out}, s.set.maxInFlight)
 	h.startWriter()
 	h.finish(h.start() == h2Graceful)
-	return out.b.Bytes()
+	return h, out.b.Bytes()
 }
 
 // h2input builds a client's octets: the preface, SETTINGS, then what
