@@ -9,8 +9,9 @@ import (
 
 // flight is the query the rest of the chain is asked for one key; the
 // identical misses that come meanwhile wait for it rather than ask again.
-// A flight nobody waits for costs one small object: done is made by its
-// first waiter, and the answer is copied for the waiters only.
+// A flight nobody waits for costs no object: its key's place in the
+// table holds nil until a first waiter comes and makes the flight, and
+// the answer is copied for the waiters only.
 type flight struct {
 	waiters int           // under the table's lock
 	done    chan struct{} // made by the first waiter, closed when the answer is in
@@ -32,11 +33,13 @@ const flightShards = 64
 // flights are the flights of a store by key hash, in shards so that
 // misses of different names do not meet on one lock.
 type flights struct {
-	shards [flightShards]struct {
-		mu sync.Mutex
-		m  map[uint64]*flight
-		_  [48]byte // a cache line each
-	}
+	shards [flightShards]flightShard
+}
+
+type flightShard struct {
+	mu sync.Mutex
+	m  map[uint64]*flight // nil: under way, nobody waiting
+	_  [48]byte           // a cache line each
 }
 
 func (t *flights) init() {
@@ -46,22 +49,35 @@ func (t *flights) init() {
 }
 
 // join returns the flight of hash and false, counting the caller as one
-// of its waiters; or, when there is none, a new flight the caller owns and
-// true (with waiting, the owner will wait for it as a waiter does).
+// of its waiters; or, when there is none, true: the caller owns the new
+// flight, and lands it. With waiting, the owner will wait for it as a
+// waiter does, and gets it; else the flight is nil until a waiter comes.
 func (t *flights) join(hash uint64, waiting bool) (*flight, bool) {
 	sh := &t.shards[hash%flightShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if f := sh.m[hash]; f != nil {
-		f.wait()
-		return f, false
+	if _, ok := sh.m[hash]; ok {
+		return sh.waiter(hash), false
 	}
-	f := new(flight)
+	var f *flight
 	if waiting {
+		f = new(flight)
 		f.wait()
 	}
 	sh.m[hash] = f
 	return f, true
+}
+
+// waiter counts the caller as a waiter of the flight of hash, under way,
+// making it for its first waiter; the shard's lock is held.
+func (sh *flightShard) waiter(hash uint64) *flight {
+	f := sh.m[hash]
+	if f == nil {
+		f = new(flight)
+		sh.m[hash] = f
+	}
+	f.wait()
+	return f
 }
 
 func (f *flight) wait() {
@@ -71,17 +87,17 @@ func (f *flight) wait() {
 	}
 }
 
-// start returns a new flight for hash, or nil when one is under way.
-func (t *flights) start(hash uint64) *flight {
+// start starts a flight for hash that the caller owns and lands, and
+// reports whether it did: false when one is under way.
+func (t *flights) start(hash uint64) bool {
 	sh := &t.shards[hash%flightShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if sh.m[hash] != nil {
-		return nil
+	if _, ok := sh.m[hash]; ok {
+		return false
 	}
-	f := new(flight)
-	sh.m[hash] = f
-	return f
+	sh.m[hash] = nil
+	return true
 }
 
 // waitFor returns the done channel of the flight of hash, as a waiter, or
@@ -90,20 +106,21 @@ func (t *flights) waitFor(hash uint64) <-chan struct{} {
 	sh := &t.shards[hash%flightShards]
 	sh.mu.Lock()
 	defer sh.mu.Unlock()
-	if f := sh.m[hash]; f != nil {
-		f.wait()
-		return f.done
+	if _, ok := sh.m[hash]; ok {
+		return sh.waiter(hash).done
 	}
 	return nil
 }
 
-// land ends the flight of hash with the answer res (or err): no one joins
-// it any more, and its waiters, if it has any, get a copy.
-func (t *flights) land(hash uint64, f *flight, res caddydns.Response, err error) {
+// land ends the flight of hash, the caller's own, with the answer res
+// (or err): no one joins it any more, and its waiters, if it has any, get
+// a copy.
+func (t *flights) land(hash uint64, res caddydns.Response, err error) {
 	sh := &t.shards[hash%flightShards]
 	sh.mu.Lock()
+	f := sh.m[hash]
 	delete(sh.m, hash)
-	waited := f.waiters > 0
+	waited := f != nil && f.waiters > 0
 	sh.mu.Unlock()
 	if !waited {
 		return

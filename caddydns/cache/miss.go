@@ -35,8 +35,8 @@ func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Nex
 	// the query is the flight's, not only this client's: it goes on when
 	// this client gives up (its waiters, and the store, want the answer);
 	// the chain's own timeouts bound it
-	res, err := c.fetch(context.WithoutCancel(ctx), r, next, hash, key, old)
-	c.store.flights.land(hash, f, res, err)
+	res, err := c.fetch(detached(ctx), r, next, hash, key, old)
+	c.store.flights.land(hash, res, err)
 	if res.Wire == nil {
 		if now := time.Now().UnixNano(); c.staleOK(old, now) {
 			c.store.staleServed.Add(1)
@@ -55,8 +55,8 @@ func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydn
 	rr := r.Clone()                      // the client's request may end before the flight
 	owned := append([]byte(nil), key...) // key is the caller's, on its stack
 	go func() {
-		res, err := c.fetch(context.WithoutCancel(ctx), rr, next, hash, owned, old)
-		c.store.flights.land(hash, f, res, err)
+		res, err := c.fetch(detached(ctx), rr, next, hash, owned, old)
+		c.store.flights.land(hash, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()
 		}
@@ -73,6 +73,15 @@ func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydn
 	case <-ctx.Done():
 		return caddydns.Response{}, ctx.Err()
 	}
+}
+
+// detached is ctx without its cancellation: ctx itself when it has none
+// (a transport's Background), with no allocation.
+func detached(ctx context.Context) context.Context {
+	if ctx.Done() == nil {
+		return ctx
+	}
+	return context.WithoutCancel(ctx)
 }
 
 // await waits for the flight f as one of its waiters.
@@ -227,8 +236,7 @@ func clampTTLs(msg []byte, ttls []uint16, lo, hi uint32) []byte {
 // last tenth of its lifetime) in the background, unless its key is being
 // asked already; the client is answered from the entry meanwhile.
 func (c *Cache) prefetch(e *entry, hash uint64, key []byte, r *caddydns.Request, next caddydns.Next) {
-	f := c.store.flights.start(hash)
-	if f == nil {
+	if !c.store.flights.start(hash) {
 		return // already being asked
 	}
 	c.store.prefetches.Add(1)
@@ -236,7 +244,7 @@ func (c *Cache) prefetch(e *entry, hash uint64, key []byte, r *caddydns.Request,
 	owned := append([]byte(nil), key...) // the caller's, on its stack (e's may be the answer for every subnet's)
 	go func() {
 		res, err := c.fetch(context.Background(), rr, next, hash, owned, e)
-		c.store.flights.land(hash, f, res, err)
+		c.store.flights.land(hash, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()
 		}
