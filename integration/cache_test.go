@@ -98,6 +98,17 @@ func TestDoTCache(t *testing.T) {
 	if err != nil || len(stats) != 1 || stats[0].Name != "dot-cache" || stats[0].Entries != 2 || stats[0].Hits != 3 {
 		t.Fatalf("GET /dns/cache: %+v (%v), want dot-cache with 2 entries and 3 hits (kdig, dig, after the reload)", stats, err)
 	}
+	// a typo purges nothing: curl, as an operator runs it
+	curl := need(t, "curl")
+	for path, want := range map[string]string{
+		"/dns/cache/purge?nmae=a.cached.test":           `400 unknown parameter \"nmae\"`,
+		"/dns/cache/purge?name=a.cached.test&cache=dot": `404 cache=\"dot\": no cache of that name`,
+	} {
+		out, _ := run(t, true, curl, "-s", "-X", "POST", "-w", " %{http_code}", "http://"+c.Admin+path)
+		if code := out[strings.LastIndexByte(out, ' ')+1:]; !strings.Contains(out, want[4:]) || code != want[:3] {
+			t.Fatalf("POST %s: %s, want %s", path, out, want)
+		}
+	}
 	if body := c.api("POST", "/dns/cache/purge?name=a.cached.test&type=txt"); !strings.Contains(string(body), `"purged": 0`) {
 		t.Fatalf("purge of a type with no entries: %s", body)
 	}

@@ -3,10 +3,13 @@ package cache
 import (
 	"fmt"
 	"net/http"
+	"net/url"
+	"slices"
 	"sort"
 	"strconv"
 
 	"github.com/caddyserver/caddy/v2"
+	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/adminapi"
@@ -20,9 +23,10 @@ func init() {
 //
 //   - GET /dns/cache: each cache's entries, bytes and counters;
 //   - POST /dns/cache/purge: empty every cache; ?name=example.org purges
-//     that name, &subtree=1 that name and every name under it; &type=AAAA
-//     only the entries of that type; &cache= limits it to the caches of
-//     that name. It answers how many entries it removed.
+//     that name (name= again for more names), &subtree=1 that name and
+//     every name under it; &type=AAAA only the entries of that type;
+//     &cache= only the cache of that name (404 when there is none). It
+//     answers how many entries it removed. Any other parameter is a 400.
 type AdminAPI struct{}
 
 // CaddyModule returns the Caddy module information.
@@ -79,43 +83,80 @@ func handlePurge(w http.ResponseWriter, r *http.Request) error {
 	if err := adminapi.Method(r, http.MethodPost); err != nil {
 		return err
 	}
-	q := r.URL.Query()
-	name, only := q.Get("name"), q.Get("cache")
-	subtree := false
-	if v := q.Get("subtree"); v != "" {
-		b, err := strconv.ParseBool(v)
-		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("subtree=%q: want 1 or 0", v)}
-		}
-		subtree = b
+	p, err := purgeParams(r.URL.Query())
+	if err != nil {
+		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
 	}
-	if subtree && name == "" {
-		return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: fmt.Errorf("subtree needs a name")}
-	}
-	var qtype uint16
-	if v := q.Get("type"); v != "" {
-		t, err := parseType(v)
-		if err != nil {
-			return caddy.APIError{HTTPStatus: http.StatusBadRequest, Err: err}
+	stores := liveStores()
+	if p.cache != "" {
+		stores = slices.DeleteFunc(stores, func(s *store) bool { return s.name != p.cache })
+		if len(stores) == 0 {
+			return caddy.APIError{HTTPStatus: http.StatusNotFound, Err: fmt.Errorf("cache=%q: no cache of that name", p.cache)}
 		}
-		qtype = t
 	}
 	purged := 0
-	for _, s := range liveStores() {
-		if only == "" || s.name == only {
-			purged += s.purge(name, subtree, qtype)
+	for _, s := range stores {
+		if len(p.names) == 0 {
+			purged += s.purge("", false, p.qtype)
+		}
+		for _, name := range p.names {
+			purged += s.purge(name, p.subtree, p.qtype)
 		}
 	}
 	return adminapi.WriteJSON(w, map[string]int{"purged": purged})
 }
 
-// parseType reads the type= parameter (see caddydns.ParseType).
-func parseType(v string) (uint16, error) {
-	t, ok := caddydns.ParseType(v)
-	if !ok {
-		return 0, fmt.Errorf("type=%q: want a record type such as AAAA, TYPE65 or 65", v)
+// purge is what POST /dns/cache/purge was asked to remove.
+type purge struct {
+	names   []string // none: every name
+	subtree bool
+	qtype   uint16 // 0: every type
+	cache   string // "": every cache
+}
+
+// purgeParams reads the purge's parameters: name (again for more names),
+// subtree, type and cache. A parameter it does not know, one given twice
+// (but name) or empty, or a name that is not one, is an error: a typo
+// must not purge every entry.
+func purgeParams(q url.Values) (purge, error) {
+	var p purge
+	for k, vs := range q {
+		if k != "name" && len(vs) > 1 {
+			return p, fmt.Errorf("%s given %d times: once at most", k, len(vs))
+		}
+		if slices.Contains(vs, "") {
+			return p, fmt.Errorf("%s is empty", k)
+		}
+		switch k {
+		case "name":
+			for _, v := range vs {
+				if _, ok := dns.IsDomainName(v); !ok {
+					return p, fmt.Errorf("name=%q: not a domain name", v)
+				}
+			}
+			p.names = vs
+		case "subtree":
+			b, err := strconv.ParseBool(vs[0])
+			if err != nil {
+				return p, fmt.Errorf("subtree=%q: want 1 or 0", vs[0])
+			}
+			p.subtree = b
+		case "type":
+			t, ok := caddydns.ParseType(vs[0])
+			if !ok {
+				return p, fmt.Errorf("type=%q: want a record type such as AAAA, TYPE65 or 65", vs[0])
+			}
+			p.qtype = t
+		case "cache":
+			p.cache = vs[0]
+		default:
+			return p, fmt.Errorf("unknown parameter %q: want name, subtree, type or cache", k)
+		}
 	}
-	return t, nil
+	if p.subtree && len(p.names) == 0 {
+		return p, fmt.Errorf("subtree needs a name")
+	}
+	return p, nil
 }
 
 var _ caddy.AdminRouter = AdminAPI{}

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"net/url"
 	"runtime"
 	"slices"
 	"strconv"
@@ -706,17 +707,38 @@ func TestPurge(t *testing.T) {
 	}
 }
 
-// TestParseType: purge's type= takes a mnemonic, TYPEnnn or a number,
-// and names what it cannot read.
-func TestParseType(t *testing.T) {
+// TestPurgeParams: purge's type= takes a mnemonic, TYPEnnn or a number;
+// name= may be given again; anything else unknown, repeated, empty or
+// unreadable is an error that names it, rather than a purge of every
+// entry.
+func TestPurgeParams(t *testing.T) {
 	for in, want := range map[string]uint16{"AAAA": dns.TypeAAAA, "aaaa": dns.TypeAAAA, "TYPE65": 65, "type65": 65, "65": 65, "65535": 65535} {
-		if got, err := parseType(in); err != nil || got != want {
-			t.Errorf("%q: %d %v, want %d", in, got, err, want)
+		if p, err := purgeParams(url.Values{"type": {in}}); err != nil || p.qtype != want {
+			t.Errorf("type=%q: %d %v, want %d", in, p.qtype, err, want)
 		}
 	}
-	for _, in := range []string{"", "0", "TYPE0", "65536", "AAAAA", "-1"} {
-		if _, err := parseType(in); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("type=%q", in)) {
-			t.Errorf("%q: %v, want an error naming it", in, err)
+	p, err := purgeParams(url.Values{"name": {"a.example.org", "B.example.org."}, "subtree": {"1"}, "cache": {"dot"}})
+	if err != nil || len(p.names) != 2 || !p.subtree || p.cache != "dot" || p.qtype != 0 {
+		t.Errorf("two names, subtree, cache: %+v %v", p, err)
+	}
+	for q, want := range map[string]string{
+		"type=0":               `type="0"`,
+		"type=TYPE0":           `type="TYPE0"`,
+		"type=65536":           `type="65536"`,
+		"type=AAAAA":           `type="AAAAA"`,
+		"type=-1":              `type="-1"`,
+		"type=":                "type is empty",
+		"nmae=example.org":     `unknown parameter "nmae"`,
+		"name=":                "name is empty",
+		"name=a..b":            `name="a..b"`,
+		"type=A&type=AAAA":     "type given 2 times",
+		"cache=a&cache=b":      "cache given 2 times",
+		"subtree=yes&name=a.b": `subtree="yes"`,
+		"subtree=1":            "subtree needs a name",
+	} {
+		v, _ := url.ParseQuery(q)
+		if _, err := purgeParams(v); err == nil || !strings.Contains(err.Error(), want) {
+			t.Errorf("%s: %v, want an error with %s", q, err, want)
 		}
 	}
 }
