@@ -48,6 +48,7 @@ func (s *Server) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 //	doh [<listen addresses...>] {
 //		path <request path>    # default /dns-query
 //		sub_paths              # and the paths under it (per-client URLs)
+//		cleartext              # no TLS, behind a TLS-terminating proxy (h2 prior knowledge, HTTP/1.1)
 //		json off               # no JSON API
 //		cache_control off      # no Cache-Control on answers
 //		trusted_proxies <addresses or prefixes...>|private_ranges  # whose X-Forwarded-For is believed
@@ -110,6 +111,11 @@ func (ds *DoHServer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return true, d.ArgErr()
 			}
 			ds.SubPaths = true
+		case "cleartext":
+			if d.NextArg() {
+				return true, d.ArgErr()
+			}
+			ds.Cleartext = true
 		case "trusted_proxies":
 			args := d.RemainingArgs()
 			if len(args) == 0 {

@@ -6,9 +6,12 @@ import (
 	"crypto/tls"
 	"encoding/binary"
 	"errors"
+	"fmt"
 	"io"
 	"net"
 	"net/netip"
+	"slices"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -16,6 +19,7 @@ import (
 
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
+	"golang.org/x/net/http2"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 )
@@ -44,8 +48,8 @@ const parkAfter = 250 * time.Millisecond
 type conn struct {
 	raw      net.Conn
 	rc       syscall.RawConn // nil where the socket has none: no parking, no quick ACKs
-	tc       *tls.Conn
-	key      string // listener address
+	tc       net.Conn        // the TLS connection over raw; for cleartext DoH, raw with what sniffing read
+	key      string          // listener address
 	client   netip.AddrPort
 	sni      string                 // the TLS server name the client asked for
 	srv      atomic.Pointer[Server] // the server whose config applies now
@@ -100,9 +104,27 @@ func (c *conn) serve(s *Server) {
 			return
 		}
 	}
-	c.tc = tls.Server(c.raw, s.tlsCfg)
 	_ = c.raw.SetDeadline(c.helloBy.Time())
-	if err := c.tc.Handshake(); err != nil {
+	if s.cleartext() {
+		h2, err := c.sniff()
+		if err != nil {
+			if ce := s.logger.Check(zapcore.DebugLevel, "cleartext connection sent no request"); ce != nil {
+				ce.Write(zap.Stringer("client", c.client), zap.Error(err))
+			}
+			if errors.Is(err, errNotHTTP) {
+				c.lingerClose()
+			}
+			c.drop()
+			return
+		}
+		_ = c.raw.SetDeadline(time.Time{})
+		c.metrics.open.Inc()
+		c.dispatchDoH(h2)
+		return
+	}
+	tc := tls.Server(c.raw, s.tlsCfg)
+	c.tc = tc
+	if err := tc.Handshake(); err != nil {
 		c.metrics.handshakeFailures.Inc()
 		if ce := s.logger.Check(zapcore.DebugLevel, "tls handshake failed"); ce != nil {
 			ce.Write(zap.Stringer("client", c.client), zap.Error(err))
@@ -116,20 +138,92 @@ func (c *conn) serve(s *Server) {
 	// delayed ACK (40 ms on Linux)
 	quickAck(c.rc)
 	c.metrics.open.Inc()
-	cs := c.tc.ConnectionState()
+	cs := tc.ConnectionState()
 	c.sni = cs.ServerName
 	if s.doh != nil {
-		if cs.NegotiatedProtocol == "h2" {
-			go serveH2(c)
-		} else {
-			// the server that owns it now: one replacing s in a reload
-			// takes it even if s has stopped since the handshake began
-			c.srv.Load().doh.serveH1(c)
-		}
+		c.dispatchDoH(cs.NegotiatedProtocol == "h2")
 		return
 	}
 	// the handshake grew this goroutine's stack; the reader starts afresh
 	go c.run()
+}
+
+// dispatchDoH hands a DoH connection to its HTTP/2 loop or, unless h2,
+// to net/http's HTTP/1.1.
+func (c *conn) dispatchDoH(h2 bool) {
+	if h2 {
+		go serveH2(c)
+		return
+	}
+	// the server that owns it now: one replacing s in a reload takes it
+	// even if s has stopped since the handshake began
+	c.srv.Load().doh.serveH1(c)
+}
+
+// sniff reads the start of a cleartext DoH connection: HTTP/2's client
+// preface (prior knowledge, RFC 9113 3.3) makes h2 true; an HTTP/1.1
+// request line's method makes it false. Anything else is neither, and an
+// error: the connection is closed, as RFC 9113 3.4 wants for an invalid
+// preface. What it read is read again from c.tc, which is raw.
+func (c *conn) sniff() (h2 bool, err error) {
+	var b [len(http2.ClientPreface)]byte
+	n := 0
+	for {
+		switch start := string(b[:n]); {
+		case start == http2.ClientPreface:
+			h2 = true
+		case slices.ContainsFunc(h1Methods, func(m string) bool { return strings.HasPrefix(start, m) }):
+		case strings.HasPrefix(http2.ClientPreface, start),
+			slices.ContainsFunc(h1Methods, func(m string) bool { return strings.HasPrefix(m, start) }):
+			m, err := c.raw.Read(b[n:]) // undecided: read on
+			n += m
+			if err != nil && m == 0 {
+				return false, err
+			}
+			continue
+		default:
+			return false, fmt.Errorf("%w: %q", errNotHTTP, start)
+		}
+		c.tc = &replayConn{Conn: c.raw, pre: b[:n]}
+		return h2, nil
+	}
+}
+
+var errNotHTTP = errors.New("neither HTTP/2's preface nor an HTTP/1.1 request")
+
+// lingerClose ends the sending side and reads what the client still
+// sends (4 KiB at most, for half a second at most) before the
+// connection is closed: a close with octets unread resets it, and the
+// client sees a reset rather than the end it was told.
+func (c *conn) lingerClose() {
+	if cw, ok := c.raw.(interface{ CloseWrite() error }); ok {
+		_ = cw.CloseWrite()
+	}
+	_ = c.raw.SetReadDeadline(time.Now().Add(lingerTime))
+	_, _ = io.Copy(io.Discard, io.LimitReader(c.raw, 4096))
+}
+
+// lingerTime bounds lingerClose.
+const lingerTime = 500 * time.Millisecond
+
+// h1Methods are the starts of the HTTP/1.1 requests a cleartext DoH
+// server takes (RFC 9110 9.3; net/http answers them).
+var h1Methods = []string{"GET ", "POST ", "HEAD ", "OPTIONS ", "PUT ", "DELETE ", "PATCH ", "CONNECT ", "TRACE "}
+
+// replayConn is a connection whose first octets, read already, are read
+// again.
+type replayConn struct {
+	net.Conn
+	pre []byte
+}
+
+func (r *replayConn) Read(p []byte) (int, error) {
+	if len(r.pre) > 0 {
+		n := copy(p, r.pre)
+		r.pre = r.pre[n:]
+		return n, nil
+	}
+	return r.Conn.Read(p)
 }
 
 // drop closes a connection that never finished its handshake.

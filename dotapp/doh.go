@@ -2,7 +2,6 @@ package dotapp
 
 import (
 	"context"
-	"crypto/tls"
 	"fmt"
 	"io"
 	"net"
@@ -82,6 +81,16 @@ type DoHServer struct {
 	// ratelimit, ecs, the query log). Another peer's X-Forwarded-For is
 	// ignored. The connection limits stay the connection's.
 	TrustedProxies []string `json:"trusted_proxies,omitempty"`
+	// Cleartext serves DoH without TLS, for a server behind a proxy or
+	// load balancer that terminates TLS: HTTP/2 with prior knowledge
+	// (RFC 9113 3.3, the client preface first) and HTTP/1.1 on the same
+	// plain TCP listener (dnsdist's DoH frontend without a certificate).
+	// Queries and answers cross the network unencrypted, so the proxy
+	// should reach it over loopback or a private network; with
+	// trusted_proxies, the proxy's X-Forwarded-For names the client. It
+	// takes no TLS connection policies or server names. Listen defaults
+	// to port 80.
+	Cleartext bool `json:"cleartext,omitempty"`
 }
 
 // DoHResponse is a fixed response to every request for one path.
@@ -116,7 +125,8 @@ func (a *DoHApp) Provision(ctx caddy.Context) error {
 		if !strings.HasPrefix(path, "/") || strings.ContainsAny(path, "?#") {
 			return fmt.Errorf("server %s: path %q is not a request path (it starts with / and has no ? or #)", name, ds.Path)
 		}
-		side := &dohSide{path: path, subPaths: ds.SubPaths, disableJSON: ds.DisableJSON, noCacheControl: ds.DisableCacheControl}
+		side := &dohSide{path: path, subPaths: ds.SubPaths, disableJSON: ds.DisableJSON, noCacheControl: ds.DisableCacheControl,
+			cleartext: ds.Cleartext}
 		if err := side.setResponses(ds); err != nil {
 			return fmt.Errorf("server %s: %w", name, err)
 		}
@@ -161,6 +171,7 @@ type dohSide struct {
 	responses      map[string]*dohhandler.Reply // by path
 	noCacheControl bool
 	trusted        netprefix.List // whose X-Forwarded-For is believed
+	cleartext      bool           // no TLS: h2 with prior knowledge, or HTTP/1.1
 
 	// HTTP/1.1: net/http, fed the connections that did not choose h2
 	h1     *http.Server
@@ -211,9 +222,9 @@ type connKey struct{}
 // h1Conn is an HTTP/1.1 connection as net/http sees it; closing it
 // closes and counts out the DoH connection.
 type h1Conn struct {
-	*tls.Conn
-	c    *conn
-	once sync.Once
+	net.Conn // TLS, or a cleartext connection
+	c        *conn
+	once     sync.Once
 }
 
 func (h *h1Conn) Close() error {

@@ -1,7 +1,11 @@
 package dotapp
 
 import (
+	"bytes"
+	"io"
+	"net"
 	"net/netip"
+	"slices"
 	"strings"
 	"testing"
 
@@ -169,4 +173,92 @@ func TestH2ForwardedRoom(t *testing.T) {
 	if h.blk == nil || string(h.blk.forwarded) != "192.0.2.7" || cap(h.blk.forwarded) > h2KeepForwarded {
 		t.Fatalf("the second block's field: %q, room %d (at most %d kept)", h.blk.forwarded, cap(h.blk.forwarded), h2KeepForwarded)
 	}
+}
+
+// trickleConn is a client that sends data a chunk octets at a time.
+type trickleConn struct {
+	net.Conn
+	data  []byte
+	chunk int
+	read  int // octets taken
+}
+
+func (c *trickleConn) Read(p []byte) (int, error) {
+	if len(c.data) == 0 {
+		return 0, io.EOF
+	}
+	n := copy(p[:min(len(p), c.chunk)], c.data)
+	c.data = c.data[n:]
+	c.read += n
+	return n, nil
+}
+
+// TestSniff: a cleartext connection is HTTP/2 for the client preface,
+// HTTP/1.1 for a request line's method, and refused otherwise, however
+// the octets come; what was read is read again.
+func TestSniff(t *testing.T) {
+	for in, want := range map[string]string{
+		http2.ClientPreface + "\x00\x00\x00\x04":       "h2",
+		"GET /dns-query?dns=AAAB HTTP/1.1\r\n":         "h1",
+		"POST /dns-query HTTP/1.1\r\n":                 "h1",
+		"OPTIONS * HTTP/1.1\r\n":                       "h1",
+		"PRI * HTTP/1.1\r\n\r\n":                       "refused", // the preface's start, then not
+		"INVALID CONNECTION PREFACE\r\n\r\n":           "refused", // h2spec 3.5/2
+		"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03": "refused", // a TLS ClientHello
+		"GE":                 "refused", // ends undecided
+		"":                   "refused",
+		"get / HTTP/1.1\r\n": "refused", // methods are case-sensitive
+		"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[:20] + "XXXXXXXXXX": "refused",
+	} {
+		for _, chunk := range []int{1, 3, 64} {
+			tc := &trickleConn{data: []byte(in), chunk: chunk}
+			c := &conn{raw: tc}
+			h2, err := c.sniff()
+			got := "refused"
+			if err == nil {
+				got = map[bool]string{true: "h2", false: "h1"}[h2]
+			}
+			if got != want {
+				t.Errorf("%q in chunks of %d: %s (%v), want %s", in, chunk, got, err, want)
+				continue
+			}
+			if err != nil {
+				continue
+			}
+			replayed, _ := io.ReadAll(c.tc)
+			if string(replayed) != in {
+				t.Errorf("%q in chunks of %d: read again %q", in, chunk, replayed)
+			}
+		}
+	}
+}
+
+// FuzzSniff: whatever a client sends first, sniff reads at most the
+// preface's length, decides as the rules say, and loses no octet.
+func FuzzSniff(f *testing.F) {
+	f.Add([]byte(http2.ClientPreface), 5)
+	f.Add([]byte("GET / HTTP/1.1\r\n"), 1)
+	f.Add([]byte("PRI * HTTP/1.1"), 2)
+	f.Fuzz(func(t *testing.T, data []byte, chunk int) {
+		if chunk < 1 || chunk > 64 {
+			return
+		}
+		tc := &trickleConn{data: data, chunk: chunk}
+		c := &conn{raw: tc}
+		h2, err := c.sniff()
+		if tc.read > len(http2.ClientPreface) {
+			t.Fatalf("read %d octets", tc.read)
+		}
+		isH1 := slices.ContainsFunc(h1Methods, func(m string) bool { return bytes.HasPrefix(data, []byte(m)) })
+		isH2 := bytes.HasPrefix(data, []byte(http2.ClientPreface))
+		switch {
+		case err != nil && (isH1 || isH2), err == nil && h2 != isH2, err == nil && !h2 && !isH1:
+			t.Fatalf("%q: h2 %v, err %v", data, h2, err)
+		}
+		if err == nil {
+			if all, _ := io.ReadAll(c.tc); !bytes.Equal(all, data) {
+				t.Fatalf("%q: read again %q", data, all)
+			}
+		}
+	})
 }

@@ -13,6 +13,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/caddyserver/caddy/v2/modules/caddytls"
 	"github.com/miekg/dns"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -365,6 +366,7 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		"doh 127.0.0.1:8444 {\n\tjson maybe\n}":                                     "json takes on or off",
 		"doh 127.0.0.1:8444 {\n\tcache_control none\n}":                             "cache_control takes on or off, at Testfile:2",
 		"doh 127.0.0.1:8444 {\n\ttrusted_proxies\n}":                                "trusted_proxies takes addresses or prefixes, or private_ranges, at Testfile:2",
+		"doh 127.0.0.1:8444 {\n\tcleartext yes\n}":                                  "wrong argument count",
 		"doh 127.0.0.1:8444 {\n\tframe_size 1\n}":                                   "unrecognized subdirective 'frame_size' (not a doh option nor a dns handler)",
 		"doh 127.0.0.1:8444 {\n\twrite_timeout never\n}":                            "never",
 		"doh 127.0.0.1:8444 {\n\tmax_in_flight -1\n}":                               "-1",
@@ -411,6 +413,17 @@ func TestDoHServerConfigErrors(t *testing.T) {
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}}, TrustedProxies: []string{"10.0.0.0/8", "proxy.example"}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), `server d: trusted_proxies[1]: "proxy.example" is not an IP address or prefix`) {
 		t.Errorf("a trusted proxy by name: %v", err)
+	}
+	for _, tlsSet := range []func(*Server){
+		func(s *Server) { s.ServerNames = []string{"dns.example.org"} },
+		func(s *Server) { s.TLSConnPolicies = caddytls.ConnectionPolicies{new(caddytls.ConnectionPolicy)} },
+	} {
+		ds := &DoHServer{Server: Server{Listen: []string{"127.0.0.1:8080"}}, Cleartext: true}
+		tlsSet(&ds.Server)
+		app = &DoHApp{Servers: map[string]*DoHServer{"d": ds}}
+		if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: cleartext: a server without TLS has no use for tls_connection_policies (connection_policy) or server_names") {
+			t.Errorf("cleartext with TLS settings: %v", err)
+		}
 	}
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionDuration: -1}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_duration -1ns: want a duration above 0, or 0 for none") {

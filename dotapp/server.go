@@ -203,7 +203,12 @@ func (s *Server) provision(ctx caddy.Context, name string, logger *zap.Logger) e
 	if err := s.Chain.Provision(ctx, name, s.transport()); err != nil {
 		return err
 	}
-	if err := s.provisionTLS(ctx); err != nil {
+	if s.cleartext() {
+		if len(s.TLSConnPolicies) > 0 || len(s.ServerNames) > 0 {
+			return errors.New("cleartext: a server without TLS has no use for tls_connection_policies (connection_policy) or server_names: leave them out")
+		}
+		s.warnCleartext()
+	} else if err := s.provisionTLS(ctx); err != nil {
 		return err
 	}
 	vecs := dotVecs
@@ -246,10 +251,29 @@ func (s *Server) what() string {
 }
 
 func (s *Server) defaultPort() uint {
-	if s.doh != nil {
+	switch {
+	case s.cleartext():
+		return 80
+	case s.doh != nil:
 		return 443
 	}
 	return 853
+}
+
+// cleartext says the server speaks DoH without TLS.
+func (s *Server) cleartext() bool { return s.doh != nil && s.doh.cleartext }
+
+// warnCleartext warns of each listen address of a cleartext server that
+// is not on loopback or a private network: what it serves can be read
+// and changed on the way.
+func (s *Server) warnCleartext() {
+	for _, na := range s.addrs {
+		if a, err := netip.ParseAddr(na.Host); err == nil && (a.IsLoopback() || a.IsPrivate()) {
+			continue
+		}
+		s.logger.Warn("cleartext DoH listens beyond loopback and private networks: queries and answers cross them unencrypted; put a TLS-terminating proxy in front",
+			zap.String("listen", na.String()))
+	}
 }
 
 // idleDeadline is when a connection that has waited for its next query

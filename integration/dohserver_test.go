@@ -36,24 +36,36 @@ func TestDoHServerStaple(t *testing.T) {
 }
 
 // TestDoHServerH2spec: h2spec (its HTTP/2 and HPACK conformance cases)
-// passes whole against the dedicated server.
+// passes whole against the dedicated server, over TLS and in cleartext
+// (prior knowledge).
 func TestDoHServerH2spec(t *testing.T) {
-	env := startDoHSite(t, dohServerSite)
-	_, port, _ := net.SplitHostPort(env.addr)
 	bin := t.TempDir() + "/h2spec"
 	if out, err := exec.Command("go", "build", "-o", bin, "github.com/summerwind/h2spec/cmd/h2spec").CombinedOutput(); err != nil {
 		t.Fatalf("building h2spec (a tool of go.mod): %v\n%s", err, out)
 	}
-	out, _ := run(t, true, bin, "-h", "127.0.0.1", "-p", port, "-t", "-k", "-P", "/dns-query", "-o", "5")
-	m := regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`).FindStringSubmatch(out)
-	if m == nil {
-		t.Fatalf("h2spec printed no summary:\n%s", out)
+	for _, tc := range []struct {
+		name, site string
+		tls        []string
+	}{
+		{"tls", dohServerSite, []string{"-t", "-k"}},
+		{"cleartext", dohCleartextSite, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			port := freePort(t)
+			startCaddy(t, t.TempDir(), tc.site, Vars{"Port": port, "Zone": exampleZone(t), "Up": newTestUpstream(t, 1).addr})
+			waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+			out, _ := run(t, true, bin, append(tc.tls, "-h", "127.0.0.1", "-p", strconv.Itoa(port), "-P", "/dns-query", "-o", "5")...)
+			m := regexp.MustCompile(`(\d+) tests, (\d+) passed, (\d+) skipped, (\d+) failed`).FindStringSubmatch(out)
+			if m == nil {
+				t.Fatalf("h2spec printed no summary:\n%s", out)
+			}
+			total, _ := strconv.Atoi(m[1])
+			if total < 145 || m[1] != m[2] {
+				t.Fatalf("h2spec: %s\n%s", m[0], out)
+			}
+			t.Logf("h2spec: %s", m[0])
+		})
 	}
-	total, _ := strconv.Atoi(m[1])
-	if total < 145 || m[1] != m[2] {
-		t.Fatalf("h2spec: %s\n%s", m[0], out)
-	}
-	t.Logf("h2spec: %s", m[0])
 }
 
 // TestDoHServerReloadH2load: h2load (long-lived HTTP/2, 10 streams a
@@ -595,5 +607,80 @@ func TestDoHServerForwardedFor(t *testing.T) {
 	if err := env.c.reload(bad, Vars{"Port": port, "Zone": exampleZone(t), "Up": env.up.addr}); err == nil ||
 		!strings.Contains(err.Error(), `server doh0: trusted_proxies[1]: `) || !strings.Contains(err.Error(), `has bits set past its length (did you mean 10.0.0.0/8?)`) {
 		t.Fatalf("a reload with a bad trusted proxy: %v, want it refused, naming it", err)
+	}
+}
+
+// dohCleartextSite is a dedicated DoH server without TLS, behind a proxy
+// at 127.0.0.2 that terminates TLS: its X-Forwarded-For names the
+// client, whom the acl lets in only as 192.0.2.1.
+const dohCleartextSite = `{
+	doh 127.0.0.1:{{.Port}} {
+		cleartext
+		trusted_proxies 127.0.0.2
+		acl {
+			allow 192.0.2.1 127.0.0.1
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`
+
+// TestDoHServerCleartext: DoH without TLS for a proxy that terminates
+// it (dnsdist's DoH frontend without a certificate): dig +http-plain and
+// h2load (HTTP/2 with prior knowledge) and curl over HTTP/2 and
+// HTTP/1.1 on the same port get answers; the trusted proxy's
+// X-Forwarded-For is the client for the acl; a TLS client gets nothing.
+func TestDoHServerCleartext(t *testing.T) {
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, t.TempDir(), dohCleartextSite, Vars{"Port": port, "Zone": exampleZone(t)})
+	waitListen(t, addr)
+	p := strconv.Itoa(port)
+
+	out, _ := run(t, true, need(t, "dig"), "+http-plain", "@127.0.0.1", "-p", p, "www.example.test", "A")
+	if !strings.Contains(out, "status: NOERROR") || !regexp.MustCompile(`www\.example\.test\.\s+\d+\s+IN\s+A\s+192\.0\.2\.80`).MatchString(out) {
+		t.Fatalf("dig +http-plain:\n%s", out)
+	}
+
+	curl := need(t, "curl")
+	url := "http://" + addr + "/dns-query?name=www.example.test&type=A"
+	for _, tc := range []struct {
+		proto, from, xff, head, want string
+	}{
+		{"--http2-prior-knowledge", "127.0.0.1", "", "HTTP/2 200", `"Status":0`},
+		{"--http1.1", "127.0.0.1", "", "HTTP/1.1 200", `"Status":0`},
+		{"--http2-prior-knowledge", "127.0.0.2", "192.0.2.1", "HTTP/2 200", `"Status":0`},    // the proxy's client
+		{"--http1.1", "127.0.0.2", "192.0.2.1", "HTTP/1.1 200", `"Status":0`},                // the same over HTTP/1.1
+		{"--http2-prior-knowledge", "127.0.0.2", "198.51.100.9", "HTTP/2 200", `"Status":5`}, // a client the acl refuses
+		{"--http2-prior-knowledge", "127.0.0.3", "192.0.2.1", "HTTP/2 200", `"Status":5`},    // not the proxy: ignored
+	} {
+		args := []string{"-s", tc.proto, "--interface", tc.from, "-D", "-", "-H", "Accept: application/dns-json"}
+		if tc.xff != "" {
+			args = append(args, "-H", "X-Forwarded-For: "+tc.xff)
+		}
+		out, err := exec.Command(curl, append(args, url)...).CombinedOutput()
+		if err != nil || !strings.HasPrefix(string(out), tc.head) || !strings.Contains(string(out), tc.want) {
+			t.Fatalf("curl %s from %s, X-Forwarded-For %q: %v, want %q and %q\n%s", tc.proto, tc.from, tc.xff, err, tc.head, tc.want, out)
+		}
+	}
+
+	// h2load, which speaks HTTP/2 with prior knowledge to an http:// URL
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.test.", dns.TypeA)
+	q.Id = 0
+	wire, _ := q.Pack()
+	get := "http://" + addr + "/dns-query?dns=" + base64.RawURLEncoding.EncodeToString(wire)
+	out, _ = run(t, true, need(t, "h2load"), "-n", "200", "-c", "2", "-m", "10", get)
+	if !strings.Contains(out, "200 succeeded, 0 failed") || !strings.Contains(out, "Application protocol: h2c") {
+		t.Fatalf("h2load over cleartext:\n%s", out)
+	}
+
+	// kdig over TLS to the cleartext port: no handshake, no answer
+	if out, err := run(t, true, need(t, "kdig"), "+https", "+tls-hostname=dns.example.test", "+timeout=2", "+retry=0", "@127.0.0.1", "-p", p, "www.example.test"); err == nil && strings.Contains(out, "NOERROR") {
+		t.Fatalf("kdig +https got an answer from the cleartext server:\n%s", out)
+	}
+	// dig's, curl's six and h2load's 200
+	if n := metric(t, c, `dnsfront_doh_responses_total{code="200",server="doh0"}`); n != 207 {
+		t.Errorf("%d responses with 200 counted, want 207", n)
 	}
 }
