@@ -333,6 +333,61 @@ func TestUpstreamFaults(t *testing.T) {
 	}
 }
 
+// TestForwardHashPolicy: with policy hash each name goes to one
+// upstream, whatever case the client writes it in (kdig sends lower case,
+// dig the case it is given); the names spread over the upstreams; when
+// one stops, its names go to the others and every other name stays
+// where it was.
+func TestForwardHashPolicy(t *testing.T) {
+	ups := []*testUpstream{newTestUpstream(t, 1), newTestUpstream(t, 2), newTestUpstream(t, 3)}
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test
+	}
+	dot 127.0.0.1:{{.Port}} {
+		forward udp://{{.A}} udp://{{.B}} udp://{{.C}} {
+			policy hash
+			timeout 300ms
+			max_fails 1
+		}
+	}
+}
+`, Vars{"Port": port, "A": ups[0].addr, "B": ups[1].addr, "C": ups[2].addr})
+	waitListen(t, addr)
+	p := strconv.Itoa(port)
+	answeredBy := func(out string) string {
+		m := regexp.MustCompile(`\sA\s+198\.51\.100\.(\d)`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no answer from a test upstream:\n%s", out)
+		}
+		return m[1]
+	}
+	dig := need(t, "dig")
+	home := map[string]string{}
+	used := map[string]int{}
+	for i := range 24 {
+		name := fmt.Sprintf("n%d.hash.test", i)
+		home[name] = answeredBy(kdig(t, "+tls", "@127.0.0.1", "-p", p, name, "A"))
+		used[home[name]]++
+		out, _ := run(t, true, dig, "+tls", "@127.0.0.1", "-p", p, strings.ToUpper(name), "A")
+		if again := answeredBy(out); again != home[name] {
+			t.Fatalf("%s went to upstream %s, in upper case to %s", name, home[name], again)
+		}
+	}
+	if len(used) < 2 {
+		t.Fatalf("24 names all went to one upstream: %v", used)
+	}
+	ups[1].stop() // upstream 2
+	for name, was := range home {
+		now := answeredBy(kdig(t, "+tls", "+timeout=3", "@127.0.0.1", "-p", p, name, "A"))
+		if now == "2" || (was != "2" && now != was) {
+			t.Fatalf("%s: upstream %s before upstream 2 stopped, %s after", name, was, now)
+		}
+	}
+}
+
 // TestAbuse: 2,000 connections that never send a byte (parked, and closed
 // at the handshake timeout), and a pipeline of 10,000 queries on one
 // connection: the limits hold and another client is served throughout.

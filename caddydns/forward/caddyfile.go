@@ -12,7 +12,7 @@ import (
 //		to <upstreams...>
 //		tls_server_name <name>
 //		tls_ca_files <pem files...>
-//		policy least_outstanding|round_robin|random|first
+//		policy least_outstanding|round_robin|random|first|hash
 //		timeout <duration>
 //		tries <n>
 //		max_concurrent <n>

@@ -46,7 +46,9 @@ type Forward struct {
 	// Default: the system's roots.
 	TLSCAFiles []string `json:"tls_ca_files,omitempty"`
 	// Policy chooses among healthy upstreams: least_outstanding (default),
-	// round_robin, random or first.
+	// round_robin, random, first, or hash (one upstream per query name:
+	// rendezvous hashing, as dnsdist's chashed, for the upstreams'
+	// caches).
 	Policy string `json:"policy,omitempty"`
 	// Timeout of one try. Default: 2s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
@@ -218,7 +220,7 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 // notes the one that did in r (the query log).
 func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) (*caddydns.Wire, error) {
 	now := time.Now() // the first try's start, too: one clock reading fewer a query
-	order := ordered(f.ups, now, f.policy)
+	order := ordered(f.ups, now, f.policy, r)
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]

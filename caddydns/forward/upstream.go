@@ -35,11 +35,12 @@ var (
 
 // upstream is one upstream server with its clients and health.
 type upstream struct {
-	spec   upstreamSpec
-	name   string
-	udp    *udpClient    // nil unless proto is udp
-	stream *streamClient // tcp or tls; for udp, the TC=1 fallback
-	doh    *dohClient    // nil unless proto is https
+	spec    upstreamSpec
+	name    string
+	hashKey uint64        // its name's hash, for the hash policy
+	udp     *udpClient    // nil unless proto is udp
+	stream  *streamClient // tcp or tls; for udp, the TC=1 fallback
+	doh     *dohClient    // nil unless proto is https
 
 	outstanding atomic.Int64
 
@@ -80,6 +81,7 @@ func newUpstream(spec upstreamSpec, tlsCfg *tls.Config) *upstream {
 	u := &upstream{
 		spec:        spec,
 		name:        name,
+		hashKey:     fnv64Lower(name),
 		checkerKick: make(chan struct{}, 1),
 		checkerStop: make(chan struct{}),
 		checkerDone: make(chan struct{}),
