@@ -105,6 +105,21 @@ func (r *Request) Clone() *Request {
 	return &c
 }
 
+// Ask returns a request for the question q on r's behalf: r's client,
+// transport, server and flags, a message of its own with r's header and
+// OPT record and q for its question, and no octets (a query made here).
+// A handler that answers r with the answer to another name (the target
+// of a CNAME it makes) asks the rest of the chain with it.
+func (r *Request) Ask(q dns.Question) *Request {
+	c := *r
+	c.msg, c.quick = dns.Msg{}, quickMsg{}
+	c.Msg = r.Msg.Copy()
+	c.Msg.Question = []dns.Question{q}
+	c.query = nil
+	c.Upstream, c.Cache = "", ""
+	return &c
+}
+
 // Octets returns the query as the client sent it; valid while the
 // handlers run, nil for a query made here (DoH's JSON API).
 func (r *Request) Octets() []byte { return r.query }

@@ -146,13 +146,24 @@ const blockSite = `{
 				ttl 1h
 			}
 		}
+		route {
+			name search.example.test
+			answer cname www.example.test {
+				ttl 5m
+			}
+		}
+		route {
+			name nxcname.example.test
+			answer cname nothere.example.test
+		}
 		zone example.test {{.Zone}}
 	}
 }
 `
 
 // TestRouteBlockList: route by name and type with answer, through kdig
-// (which shows the Extended DNS Error).
+// (which shows the Extended DNS Error); a CNAME answer (SafeSearch's
+// kind) with its target's records from the zone after the route.
 func TestRouteBlockList(t *testing.T) {
 	port := freePort(t)
 	startCaddy(t, t.TempDir(), blockSite, Vars{"Port": port, "Zone": exampleZone(t)})
@@ -170,6 +181,9 @@ func TestRouteBlockList(t *testing.T) {
 		{"sink.example.test", "AAAA", []string{"status: NOERROR", "3600\tIN\tAAAA\t::"}, ""},
 		{"sink.example.test", "MX", []string{"status: NXDOMAIN", "SOA"}, ""}, // not its type: the zone's
 		{"www.example.test", "A", []string{"192.0.2.80"}, ""},
+		{"Search.Example.Test", "A", []string{"status: NOERROR", "search.example.test.\t300\tIN\tCNAME\twww.example.test.", "3600\tIN\tA\t192.0.2.80"}, ""},
+		{"search.example.test", "CNAME", []string{"status: NOERROR", "\tCNAME\twww.example.test."}, "192.0.2.80"},
+		{"nxcname.example.test", "A", []string{"status: NXDOMAIN", "\tCNAME\tnothere.example.test.", "SOA"}, ""},
 	} {
 		out := kdig(t, "+tls", "@127.0.0.1", "-p", fmt.Sprint(port), c.name, c.qtype)
 		for _, w := range c.want {

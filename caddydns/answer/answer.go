@@ -1,7 +1,9 @@
 // Package answer is `dns.handlers.answer`: a fixed answer to every query
-// that reaches it, an rcode (NXDOMAIN for a blocked name, REFUSED) or
+// that reaches it, an rcode (NXDOMAIN for a blocked name, REFUSED),
 // addresses (a block page, a sinkhole), as dnsdist's RCodeAction and
-// SpoofAction. Behind a `route` it answers the queries the route takes.
+// SpoofAction, or a CNAME to another name with that name's records
+// (SafeSearch), as dnsdist's SpoofCNAMEAction with the target resolved.
+// Behind a `route` it answers the queries the route takes.
 package answer
 
 import (
@@ -26,17 +28,23 @@ func init() {
 // DefaultTTL is the TTL of the addresses answered.
 const DefaultTTL = time.Minute
 
-// Answer answers every query with Rcode, or with Addresses: the A
+// Answer answers every query with Rcode; or with Addresses: the A
 // records among them to an A query, the AAAA records to an AAAA query,
-// both to ANY, and no records (NODATA) to any other type. One of the two
-// is set.
+// both to ANY, and no records (NODATA) to any other type; or with a
+// CNAME record to CNAME and the records of the same type the handlers
+// after it answer for CNAME (to a CNAME query, the record alone). One of
+// the three is set.
 type Answer struct {
 	// Rcode is the answer's rcode: NXDOMAIN, REFUSED, SERVFAIL or
 	// NOERROR (NODATA), in any case.
 	Rcode string `json:"rcode,omitempty"`
 	// Addresses are IPv4 and IPv6 addresses.
 	Addresses []string `json:"addresses,omitempty"`
-	// TTL of the address records. Default: 1m.
+	// CNAME is the name the query's name is an alias of: the answer is a
+	// CNAME record to it, followed by the answer the rest of the chain
+	// gives for it (forcesafesearch.google.com for www.google.com).
+	CNAME string `json:"cname,omitempty"`
+	// TTL of the address records, or of the CNAME record. Default: 1m.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 	// EDE is an Extended DNS Error (RFC 8914) the answer carries to a
 	// client that sent EDNS: why it is what it is (15 Blocked, 16
@@ -47,6 +55,7 @@ type Answer struct {
 	ede   *dns.EDNS0_EDE
 	v4    []netip.Addr
 	v6    []netip.Addr
+	cname string // fully qualified
 	ttl   uint32
 }
 
@@ -75,11 +84,22 @@ var rcodes = map[string]int{
 
 // Provision checks the config.
 func (a *Answer) Provision(caddy.Context) error {
+	given := 0
+	for _, set := range []bool{a.Rcode != "", len(a.Addresses) > 0, a.CNAME != ""} {
+		if set {
+			given++
+		}
+	}
 	switch {
-	case a.Rcode == "" && len(a.Addresses) == 0:
-		return fmt.Errorf("answer: give an rcode (nxdomain, refused, servfail, noerror) or addresses")
-	case a.Rcode != "" && len(a.Addresses) > 0:
-		return fmt.Errorf("answer: rcode %s and addresses: give one or the other", a.Rcode)
+	case given == 0:
+		return fmt.Errorf("answer: give an rcode (nxdomain, refused, servfail, noerror), addresses or a cname")
+	case given > 1:
+		return fmt.Errorf("answer: rcode %q, addresses %q, cname %q: give one of them", a.Rcode, a.Addresses, a.CNAME)
+	case a.CNAME != "":
+		if _, ok := dns.IsDomainName(a.CNAME); !ok || a.CNAME == "." || a.CNAME == "" {
+			return fmt.Errorf("answer: cname %q is not a domain name", a.CNAME)
+		}
+		a.cname = dns.CanonicalName(a.CNAME)
 	case a.Rcode != "":
 		rc, ok := rcodes[strings.ToUpper(a.Rcode)]
 		if !ok {
@@ -115,17 +135,27 @@ func (a *Answer) Provision(caddy.Context) error {
 	return nil
 }
 
-// ServeDNS answers the query; it never passes it on.
-func (a *Answer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
+// ServeDNS answers the query. Only a CNAME answer passes anything on:
+// the question for its target.
+func (a *Answer) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	m := new(dns.Msg)
-	if len(a.v4)+len(a.v6) == 0 {
-		m.SetRcode(r.Msg, a.rcode)
-	} else {
+	q := r.Msg.Question[0]
+	hdr := func(t uint16) dns.RR_Header {
+		return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: a.ttl}
+	}
+	switch {
+	case a.cname != "":
 		m.SetReply(r.Msg)
-		q := r.Msg.Question[0]
-		hdr := func(t uint16) dns.RR_Header {
-			return dns.RR_Header{Name: q.Name, Rrtype: t, Class: dns.ClassINET, Ttl: a.ttl}
+		m.Answer = append(m.Answer, &dns.CNAME{Hdr: hdr(dns.TypeCNAME), Target: a.cname})
+		if q.Qtype != dns.TypeCNAME {
+			if err := a.follow(ctx, r, next, m); err != nil {
+				return caddydns.Response{}, err
+			}
 		}
+	case len(a.v4)+len(a.v6) == 0:
+		m.SetRcode(r.Msg, a.rcode)
+	default:
+		m.SetReply(r.Msg)
 		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
 			for _, ip := range a.v4 {
 				m.Answer = append(m.Answer, &dns.A{Hdr: hdr(dns.TypeA), A: ip.AsSlice()})
@@ -147,6 +177,45 @@ func (a *Answer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Nex
 		m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}, Option: []dns.EDNS0{a.ede}})
 	}
 	return caddydns.Response{Msg: m}, nil
+}
+
+// follow asks the rest of the chain for the CNAME's target, with the
+// query's type, and adds its answer to m (which holds the CNAME record):
+// its records, its authority section (a negative answer's SOA) and its
+// rcode, which is the target's (RFC 6604: NXDOMAIN when the target does
+// not exist). An rcode other than NOERROR and NXDOMAIN is the answer's
+// alone, without the CNAME.
+func (a *Answer) follow(ctx context.Context, r *caddydns.Request, next caddydns.Next, m *dns.Msg) error {
+	q := r.Msg.Question[0]
+	sub := r.Ask(dns.Question{Name: a.cname, Qtype: q.Qtype, Qclass: q.Qclass})
+	res, err := next(ctx, sub)
+	if err != nil {
+		return err
+	}
+	r.Upstream, r.Cache = sub.Upstream, sub.Cache // for the query log
+	t := res.Msg
+	if res.Wire != nil {
+		t = new(dns.Msg)
+		err := t.Unpack(res.Wire.Bytes())
+		res.Wire.Release()
+		if err != nil {
+			return fmt.Errorf("answer: the answer for cname %s does not decode: %w", a.cname, err)
+		}
+	}
+	if t == nil {
+		return fmt.Errorf("answer: no answer for cname %s", a.cname)
+	}
+	m.Rcode = t.Rcode
+	if t.Rcode > 0xF {
+		m.Rcode = dns.RcodeServerFailure // an extended rcode is the target query's own (BADVERS, BADCOOKIE)
+	}
+	if m.Rcode != dns.RcodeSuccess && m.Rcode != dns.RcodeNameError {
+		m.Answer = nil
+		return nil
+	}
+	m.Answer = append(m.Answer, t.Answer...)
+	m.Ns = t.Ns
+	return nil
 }
 
 // Interface guards.

@@ -3,6 +3,7 @@ package answer
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"net/netip"
 	"strings"
 	"testing"
@@ -107,19 +108,23 @@ func TestEDE(t *testing.T) {
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Answer) }, map[string]string{
-		`{}`: "answer: give an rcode (nxdomain, refused, servfail, noerror) or addresses",
-		`{"rcode":"nxdomain","addresses":["192.0.2.1"]}`: "give one or the other",
-		`{"rcode":"formerr"}`:                            `answer: rcode "formerr": want nxdomain, refused, servfail or noerror`,
-		`{"addresses":["192.0.2.1","host.example"]}`:     `answer: addresses[1]: "host.example" is not an IP address`,
-		`{"addresses":["192.0.2.1"],"ttl":"1500ms"}`:     "answer: ttl 1.5s: want whole seconds",
+		`{}`: "answer: give an rcode (nxdomain, refused, servfail, noerror), addresses or a cname",
+		`{"rcode":"nxdomain","addresses":["192.0.2.1"]}`:     "give one of them",
+		`{"cname":"safe.example","addresses":["192.0.2.1"]}`: "give one of them",
+		`{"cname":"a..b"}`:                           `answer: cname "a..b" is not a domain name`,
+		`{"cname":"."}`:                              `answer: cname "." is not a domain name`,
+		`{"rcode":"formerr"}`:                        `answer: rcode "formerr": want nxdomain, refused, servfail or noerror`,
+		`{"addresses":["192.0.2.1","host.example"]}`: `answer: addresses[1]: "host.example" is not an IP address`,
+		`{"addresses":["192.0.2.1"],"ttl":"1500ms"}`: "answer: ttl 1.5s: want whole seconds",
 	})
 }
 
 func TestCaddyfile(t *testing.T) {
 	for in, want := range map[string]string{
-		"answer NXDOMAIN":                 `{"rcode":"nxdomain"}`,
-		"answer 0.0.0.0 ::":               `{"addresses":["0.0.0.0","::"]}`,
-		"answer 192.0.2.7 {\n\tttl 1h\n}": `{"addresses":["192.0.2.7"],"ttl":3600000000000}`,
+		"answer NXDOMAIN":                          `{"rcode":"nxdomain"}`,
+		"answer 0.0.0.0 ::":                        `{"addresses":["0.0.0.0","::"]}`,
+		"answer 192.0.2.7 {\n\tttl 1h\n}":          `{"addresses":["192.0.2.7"],"ttl":3600000000000}`,
+		"answer cname safe.example {\n\tttl 5m\n}": `{"cname":"safe.example","ttl":300000000000}`,
 	} {
 		a := new(Answer)
 		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
@@ -130,7 +135,9 @@ func TestCaddyfile(t *testing.T) {
 		}
 	}
 	for in, msg := range map[string]string{
-		"answer":                              "answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses, at Testfile:1",
+		"answer":                              "answer takes an rcode (nxdomain, refused, servfail, noerror), addresses, or cname <target>, at Testfile:1",
+		"answer cname":                        "answer cname takes one target name, e.g. answer cname forcesafesearch.google.com, at Testfile:1",
+		"answer cname a.example b.example":    "answer cname takes one target name",
 		"answer blocked":                      "answer blocked: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address, at Testfile:1",
 		"answer 192.0.2.1 nxdomain":           `answer: "nxdomain" is not an IP address, at Testfile:1`,
 		"answer nxdomain {\n\tttl 1h\n}":      "ttl: an rcode answer has no records, at Testfile:2",
@@ -143,5 +150,92 @@ func TestCaddyfile(t *testing.T) {
 		if err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%q: %v, want %q", in, err, msg)
 		}
+	}
+}
+
+// target is the rest of a chain behind a cname answer: it answers what
+// it is asked for, as an upstream would, and notes the questions.
+type target struct {
+	asked []dns.Question
+	rcode int
+	err   error
+}
+
+func (u *target) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
+	u.asked = append(u.asked, r.Msg.Question[0])
+	if u.err != nil {
+		return caddydns.Response{}, u.err
+	}
+	m := new(dns.Msg)
+	m.SetRcode(r.Msg, u.rcode)
+	q := r.Msg.Question[0]
+	switch {
+	case u.rcode == dns.RcodeNameError:
+		soa, _ := dns.NewRR("example. 300 IN SOA ns.example. h.example. 1 2 3 4 60")
+		m.Ns = append(m.Ns, soa)
+	case u.rcode == dns.RcodeSuccess && q.Qtype == dns.TypeA:
+		a, _ := dns.NewRR(q.Name + " 30 IN A 192.0.2.99")
+		m.Answer = append(m.Answer, a)
+	}
+	r.Upstream = "udp://192.0.2.53:53"
+	return caddydns.Response{Msg: m}, nil
+}
+
+func askCNAME(t *testing.T, up *target, name string, qtype uint16) (*dns.Msg, *caddydns.Request) {
+	t.Helper()
+	a := new(Answer)
+	handlertest.Provision(t, a, `{"cname":"Safe.Example","ttl":"5m"}`)
+	q := new(dns.Msg)
+	q.SetQuestion(name, qtype)
+	q.Id = 778
+	b, _ := q.Pack()
+	r := &caddydns.Request{Transport: "dot", Client: netip.MustParseAddrPort("192.0.2.1:5300"), Size: caddydns.MaxMessage}
+	res := caddydns.NewChain("test", "test", a, up).Serve(context.Background(), r, b, nil)
+	m := new(dns.Msg)
+	if err := m.Unpack(res.Wire); err != nil {
+		t.Fatal(err)
+	}
+	return m, r
+}
+
+// TestCNAME: the CNAME record, then the rest of the chain's answer for
+// its target with the query's type; to a CNAME query the record alone;
+// the target's NXDOMAIN with its SOA (RFC 6604); a failure of the rest
+// of the chain is the client's SERVFAIL, without the CNAME.
+func TestCNAME(t *testing.T) {
+	up := &target{}
+	m, r := askCNAME(t, up, "WWW.Search.Example.", dns.TypeA)
+	if len(up.asked) != 1 || up.asked[0].Name != "safe.example." || up.asked[0].Qtype != dns.TypeA {
+		t.Fatalf("the chain was asked %v, want safe.example. A", up.asked)
+	}
+	if m.Rcode != dns.RcodeSuccess || m.Id != 778 || m.Question[0].Name != "WWW.Search.Example." || len(m.Answer) != 2 || !m.RecursionAvailable {
+		t.Fatalf("A: %v", m)
+	}
+	cn, ok := m.Answer[0].(*dns.CNAME)
+	if !ok || cn.Hdr.Name != "WWW.Search.Example." || cn.Target != "safe.example." || cn.Hdr.Ttl != 300 {
+		t.Errorf("the first record: %v", m.Answer[0])
+	}
+	if a, ok := m.Answer[1].(*dns.A); !ok || a.Hdr.Name != "safe.example." || a.A.String() != "192.0.2.99" {
+		t.Errorf("the second record: %v", m.Answer[1])
+	}
+	if r.Upstream != "udp://192.0.2.53:53" {
+		t.Errorf("the query log's upstream: %q", r.Upstream)
+	}
+
+	up = &target{}
+	if m, _ := askCNAME(t, up, "www.search.example.", dns.TypeCNAME); len(up.asked) != 0 || len(m.Answer) != 1 || m.Rcode != dns.RcodeSuccess {
+		t.Errorf("CNAME: asked %v, answer %v", up.asked, m)
+	}
+	up = &target{rcode: dns.RcodeNameError}
+	if m, _ := askCNAME(t, up, "www.search.example.", dns.TypeA); m.Rcode != dns.RcodeNameError || len(m.Answer) != 1 || len(m.Ns) != 1 {
+		t.Errorf("target NXDOMAIN: %v", m)
+	}
+	up = &target{rcode: dns.RcodeRefused}
+	if m, _ := askCNAME(t, up, "www.search.example.", dns.TypeA); m.Rcode != dns.RcodeRefused || len(m.Answer) != 0 {
+		t.Errorf("target REFUSED: %v", m)
+	}
+	up = &target{err: errors.New("no upstream answered")}
+	if m, _ := askCNAME(t, up, "www.search.example.", dns.TypeA); m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
+		t.Errorf("the chain failed: %v", m)
 	}
 }

@@ -17,6 +17,10 @@ import (
 //		ttl <duration>
 //		ede <info code> [<text>]
 //	}
+//	answer cname <target> {
+//		ttl <duration>
+//		ede <info code> [<text>]
+//	}
 //
 // (an rcode answer takes an ede block too)
 func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -24,7 +28,12 @@ func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	args := d.RemainingArgs()
 	switch {
 	case len(args) == 0:
-		return d.Err("answer takes an rcode (nxdomain, refused, servfail, noerror) or addresses")
+		return d.Err("answer takes an rcode (nxdomain, refused, servfail, noerror), addresses, or cname <target>")
+	case args[0] == "cname":
+		if len(args) != 2 {
+			return d.Err("answer cname takes one target name, e.g. answer cname forcesafesearch.google.com")
+		}
+		a.CNAME = args[1]
 	case len(args) == 1 && !isAddr(args[0]):
 		if _, ok := rcodes[strings.ToUpper(args[0])]; !ok {
 			return d.Errf("answer %s: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address", args[0])
