@@ -156,6 +156,13 @@ const blockSite = `{
 			name nxcname.example.test
 			answer cname nothere.example.test
 		}
+		route {
+			name cached-block.example.test
+			answer nxdomain {
+				soa
+				ttl 10m
+			}
+		}
 		zone example.test {{.Zone}}
 	}
 }
@@ -184,6 +191,7 @@ func TestRouteBlockList(t *testing.T) {
 		{"Search.Example.Test", "A", []string{"status: NOERROR", "search.example.test.\t300\tIN\tCNAME\twww.example.test.", "3600\tIN\tA\t192.0.2.80"}, ""},
 		{"search.example.test", "CNAME", []string{"status: NOERROR", "\tCNAME\twww.example.test."}, "192.0.2.80"},
 		{"nxcname.example.test", "A", []string{"status: NXDOMAIN", "\tCNAME\tnothere.example.test.", "SOA"}, ""},
+		{"cached-block.example.test", "A", []string{"status: NXDOMAIN", "AUTHORITY SECTION", "600\tIN\tSOA\t. . 1 3600 600 86400 600"}, ""},
 	} {
 		out := kdig(t, "+tls", "@127.0.0.1", "-p", fmt.Sprint(port), c.name, c.qtype)
 		for _, w := range c.want {

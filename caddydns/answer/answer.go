@@ -44,7 +44,13 @@ type Answer struct {
 	// CNAME record to it, followed by the answer the rest of the chain
 	// gives for it (forcesafesearch.google.com for www.google.com).
 	CNAME string `json:"cname,omitempty"`
-	// TTL of the address records, or of the CNAME record. Default: 1m.
+	// SOA adds an SOA record to a negative answer (NXDOMAIN, or NODATA:
+	// rcode noerror, or addresses of other types than the query's), so
+	// that the caches behind the client keep it for TTL (RFC 2308): owned
+	// by the query's name, with TTL for its TTL and its minimum.
+	SOA bool `json:"soa,omitempty"`
+	// TTL of the address records, the CNAME record or the SOA record.
+	// Default: 1m.
 	TTL caddy.Duration `json:"ttl,omitempty"`
 	// EDE is an Extended DNS Error (RFC 8914) the answer carries to a
 	// client that sent EDNS: why it is what it is (15 Blocked, 16
@@ -107,6 +113,12 @@ func (a *Answer) Provision(caddy.Context) error {
 		}
 		a.rcode = rc
 	}
+	switch {
+	case a.SOA && (a.CNAME != "" || a.rcode == dns.RcodeRefused || a.rcode == dns.RcodeServerFailure):
+		return fmt.Errorf("answer: soa: only a negative answer (nxdomain, noerror, addresses) carries one")
+	case a.Rcode != "" && a.TTL != 0 && !a.SOA:
+		return fmt.Errorf("answer: ttl: an rcode answer has no records (but with soa)")
+	}
 	for i, s := range a.Addresses {
 		ip, err := netip.ParseAddr(s)
 		if err != nil || ip.Zone() != "" {
@@ -154,6 +166,9 @@ func (a *Answer) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 		}
 	case len(a.v4)+len(a.v6) == 0:
 		m.SetRcode(r.Msg, a.rcode)
+		if a.SOA && (a.rcode == dns.RcodeNameError || a.rcode == dns.RcodeSuccess) {
+			m.Ns = append(m.Ns, a.soa(q.Name))
+		}
 	default:
 		m.SetReply(r.Msg)
 		if q.Qtype == dns.TypeA || q.Qtype == dns.TypeANY {
@@ -166,6 +181,9 @@ func (a *Answer) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 				m.Answer = append(m.Answer, &dns.AAAA{Hdr: hdr(dns.TypeAAAA), AAAA: ip.AsSlice()})
 			}
 		}
+		if len(m.Answer) == 0 && a.SOA {
+			m.Ns = append(m.Ns, a.soa(q.Name)) // NODATA
+		}
 	}
 	// a resolver's answer, as the forward's would be: RA when the client
 	// asked for recursion (dnsdist's SpoofAction and RCodeAction copy RD
@@ -177,6 +195,14 @@ func (a *Answer) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 		m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}, Option: []dns.EDNS0{a.ede}})
 	}
 	return caddydns.Response{Msg: m}, nil
+}
+
+// soa is the SOA record of a negative answer for name: owned by the
+// name (the zone of one name, for the caches), TTL and minimum the
+// answer's TTL (RFC 2308 5: a cache keeps the answer for the smaller).
+func (a *Answer) soa(name string) *dns.SOA {
+	return &dns.SOA{Hdr: dns.RR_Header{Name: name, Rrtype: dns.TypeSOA, Class: dns.ClassINET, Ttl: a.ttl},
+		Ns: ".", Mbox: ".", Serial: 1, Refresh: 3600, Retry: 600, Expire: 86400, Minttl: a.ttl}
 }
 
 // follow asks the rest of the chain for the CNAME's target, with the

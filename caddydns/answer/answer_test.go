@@ -125,6 +125,7 @@ func TestCaddyfile(t *testing.T) {
 		"answer 0.0.0.0 ::":                        `{"addresses":["0.0.0.0","::"]}`,
 		"answer 192.0.2.7 {\n\tttl 1h\n}":          `{"addresses":["192.0.2.7"],"ttl":3600000000000}`,
 		"answer cname safe.example {\n\tttl 5m\n}": `{"cname":"safe.example","ttl":300000000000}`,
+		"answer nxdomain {\n\tttl 1h\n\tsoa\n}":    `{"rcode":"nxdomain","soa":true,"ttl":3600000000000}`,
 	} {
 		a := new(Answer)
 		if err := a.UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err != nil {
@@ -140,7 +141,8 @@ func TestCaddyfile(t *testing.T) {
 		"answer cname a.example b.example":    "answer cname takes one target name",
 		"answer blocked":                      "answer blocked: not an rcode (nxdomain, refused, servfail, noerror) nor an IP address, at Testfile:1",
 		"answer 192.0.2.1 nxdomain":           `answer: "nxdomain" is not an IP address, at Testfile:1`,
-		"answer nxdomain {\n\tttl 1h\n}":      "ttl: an rcode answer has no records, at Testfile:2",
+		"answer nxdomain {\n\tttl 1h\n}":      "ttl: an rcode answer has no records (but with soa), at Testfile:2",
+		"answer nxdomain {\n\tsoa 1h\n}":      "wrong argument count",
 		"answer 192.0.2.1 {\n\tttl -1s\n}":    "ttl must be positive, got -1s, at Testfile:2",
 		"answer 192.0.2.1 {\n\tcount 2\n}":    "unrecognized subdirective 'count', at Testfile:2",
 		"answer nxdomain {\n\tede blocked\n}": "ede blocked: not an info code (0 to 65535; 15 Blocked, 17 Filtered), at Testfile:2",
@@ -237,5 +239,36 @@ func TestCNAME(t *testing.T) {
 	up = &target{err: errors.New("no upstream answered")}
 	if m, _ := askCNAME(t, up, "www.search.example.", dns.TypeA); m.Rcode != dns.RcodeServerFailure || len(m.Answer) != 0 {
 		t.Errorf("the chain failed: %v", m)
+	}
+}
+
+// TestSOA: with soa, NXDOMAIN and NODATA answers carry an SOA owned by
+// the query's name, TTL and minimum the answer's ttl (RFC 2308), and
+// answers with records do not.
+func TestSOA(t *testing.T) {
+	for _, c := range []struct {
+		cfg    string
+		qtype  uint16
+		rcode  int
+		answer int
+		soa    bool
+	}{
+		{`{"rcode":"nxdomain","soa":true,"ttl":"1h"}`, dns.TypeA, dns.RcodeNameError, 0, true},
+		{`{"rcode":"noerror","soa":true,"ttl":"1h"}`, dns.TypeA, dns.RcodeSuccess, 0, true},
+		{`{"addresses":["0.0.0.0"],"soa":true,"ttl":"1h"}`, dns.TypeMX, dns.RcodeSuccess, 0, true},
+		{`{"addresses":["0.0.0.0"],"soa":true,"ttl":"1h"}`, dns.TypeA, dns.RcodeSuccess, 1, false},
+		{`{"rcode":"nxdomain"}`, dns.TypeA, dns.RcodeNameError, 0, false},
+	} {
+		m := ask(t, c.cfg, "Ads.Example.", c.qtype)
+		if m.Rcode != c.rcode || len(m.Answer) != c.answer || (len(m.Ns) == 1) != c.soa || len(m.Ns) > 1 {
+			t.Errorf("%s %s: %v", c.cfg, dns.TypeToString[c.qtype], m)
+			continue
+		}
+		if c.soa {
+			soa, ok := m.Ns[0].(*dns.SOA)
+			if !ok || soa.Hdr.Name != "Ads.Example." || soa.Hdr.Ttl != 3600 || soa.Minttl != 3600 {
+				t.Errorf("%s: %v", c.cfg, m.Ns[0])
+			}
+		}
 	}
 }

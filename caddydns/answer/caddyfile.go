@@ -12,8 +12,13 @@ import (
 
 // UnmarshalCaddyfile sets up the handler from Caddyfile tokens:
 //
-//	answer nxdomain|refused|servfail|noerror
+//	answer nxdomain|refused|servfail|noerror {
+//		soa                    # nxdomain and noerror: an SOA, for caches
+//		ttl <duration>         # with soa
+//		ede <info code> [<text>]
+//	}
 //	answer <addresses...> {
+//		soa                    # to the other types' NODATA
 //		ttl <duration>
 //		ede <info code> [<text>]
 //	}
@@ -21,8 +26,6 @@ import (
 //		ttl <duration>
 //		ede <info code> [<text>]
 //	}
-//
-// (an rcode answer takes an ede block too)
 func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
 	args := d.RemainingArgs()
@@ -47,8 +50,14 @@ func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		}
 		a.Addresses = args
 	}
+	var ttlErr error // ttl for an rcode answer: an error unless soa comes
 	for n := d.Nesting(); d.NextBlock(n); {
 		switch opt := d.Val(); opt {
+		case "soa":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			a.SOA = true
 		case "ede":
 			args := d.RemainingArgs()
 			if len(args) == 0 || len(args) > 2 {
@@ -64,7 +73,7 @@ func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			}
 		case "ttl":
 			if a.Rcode != "" {
-				return d.Err("ttl: an rcode answer has no records")
+				ttlErr = d.Err("ttl: an rcode answer has no records (but with soa)")
 			}
 			if err := cfparse.Duration(d, &a.TTL, false); err != nil {
 				return err
@@ -72,6 +81,9 @@ func (a *Answer) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		default:
 			return d.Errf("unrecognized subdirective '%s'", opt)
 		}
+	}
+	if ttlErr != nil && !a.SOA {
+		return ttlErr
 	}
 	return nil
 }
