@@ -223,6 +223,7 @@ type Chain struct {
 
 	handlers []Handler
 	next     Next
+	dropper  ClientDropper // the handler whose drops come before any answer, or nil
 	logger   *zap.Logger
 	metrics  *serverMetrics
 }
@@ -253,8 +254,37 @@ func NewChain(server, transport string, handlers ...Handler) *Chain {
 	return c
 }
 
+// ClientDropper is a handler that drops every query of some clients,
+// whatever they ask (an acl whose action is drop).
+type ClientDropper interface {
+	DropsClient(client netip.Addr) bool
+}
+
+// Watcher is a handler that passes every query on and answers none
+// itself: it only watches them go by (the query log, dnstap).
+type Watcher interface {
+	WatchesOnly()
+}
+
+// DropsClient reports whether every query of client is dropped before
+// any handler could answer it: the first handler past the watchers is a
+// ClientDropper that drops the client. A transport then closes the
+// client's connections as it accepts them, before their TLS handshake,
+// as dnsdist does with its ACL.
+func (c *Chain) DropsClient(client netip.Addr) bool {
+	return c.dropper != nil && c.dropper.DropsClient(client)
+}
+
 // compile links the handlers, each one's next the rest of the chain.
 func (c *Chain) compile() {
+	c.dropper = nil
+	for _, h := range c.handlers {
+		if _, ok := h.(Watcher); ok {
+			continue
+		}
+		c.dropper, _ = h.(ClientDropper)
+		break
+	}
 	c.next = refused
 	for i := len(c.handlers) - 1; i >= 0; i-- {
 		h, next := c.handlers[i], c.next

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"net/netip"
 	"strings"
 	"syscall"
 	"time"
@@ -147,6 +148,9 @@ func (s *Server) admitNew(raw net.Conn, key string) *conn {
 
 // admit counts the connection in, or says which limit refuses it.
 func (s *Server) admit(c *conn) string {
+	if s.dropsClient(c.client.Addr()) {
+		return "acl"
+	}
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	if s.stopped {
@@ -164,6 +168,16 @@ func (s *Server) admit(c *conn) string {
 	}
 	s.countIn(c)
 	return ""
+}
+
+// dropsClient says whether the chain drops every query of client (an
+// acl with action drop first): its connection is not worth a handshake.
+// Not where X-Forwarded-For may name another client than the peer.
+func (s *Server) dropsClient(client netip.Addr) bool {
+	if s.doh != nil && len(s.doh.trusted) > 0 {
+		return false
+	}
+	return s.Chain.DropsClient(client)
 }
 
 // countIn counts c in as one of s's connections, and makes s its owner;

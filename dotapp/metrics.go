@@ -31,7 +31,7 @@ func newConnVecs(sub, what, bad string) *connVecs {
 		}, []string{"server"}),
 		refused: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dnsfront", Subsystem: sub, Name: "connections_refused_total",
-			Help: "Connections closed at once by a limit, by reason.",
+			Help: "Connections closed at once by a limit, or by an acl that drops the client (reason acl), by reason.",
 		}, []string{"server", "reason"}),
 		badFrame: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Namespace: "dnsfront", Subsystem: sub, Name: "bad_frames_total",

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -18,21 +19,7 @@ import (
 // 127.0.0.1 only), and a DoH site that trusts X-Forwarded-For from
 // 127.0.0.1; both with the same ACL and a rate limit, so that each shows
 // which client address its handlers saw.
-const controlsSite = `{
-	servers {
-		trusted_proxies static 127.0.0.1/32
-	}
-	ocsp {
-		issue dns.example.test 127.0.0.1
-	}
-	dot 127.0.0.1:{{.Port}} {
-		listener_wrappers {
-			proxy_protocol {
-				timeout 2s
-				allow 127.0.0.1/32
-			}
-		}
-		query_log
+const controlsSite = proxiedDoTHead + `		query_log
 		acl {
 			deny 127.0.0.3 203.0.113.0/24
 			allow 127.0.0.0/8 198.51.100.0/24
@@ -44,6 +31,9 @@ const controlsSite = `{
 			prefix 32 128
 		}
 		forward udp://{{.Up}}
+	}
+	servers {
+		trusted_proxies static 127.0.0.1/32
 	}
 }
 https://127.0.0.1:{{.HTTPS}} {
@@ -64,6 +54,22 @@ https://127.0.0.1:{{.HTTPS}} {
 		forward udp://{{.Up}}
 	}
 }
+`
+
+// proxiedDoTHead opens a test config: the ocsp app's certificate, and a
+// DoT server behind a load balancer at 127.0.0.1 that sends PROXY
+// headers; the server's handlers and the closing braces follow.
+const proxiedDoTHead = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		listener_wrappers {
+			proxy_protocol {
+				timeout 2s
+				allow 127.0.0.1/32
+			}
+		}
 `
 
 // proxyV2 is a PROXY protocol v2 header for a TCP over IPv4 connection
@@ -229,5 +235,57 @@ func TestClientControls(t *testing.T) {
 	}
 	if l := c.log.lines(`"client":"198.51.100.9"`); len(l) != 1 || !strings.Contains(l[0], `"upstream":"udp://`) {
 		t.Fatalf("query log entries of the DoH client 198.51.100.9: %q", l)
+	}
+}
+
+// TestACLDropAtAccept: an acl with action drop first in the chain (past
+// the query log) closes a denied client's connection as it is accepted,
+// before a TLS handshake (as dnsdist's ACL): kdig from a denied address
+// gets nothing, and no handshake is counted; the client a trusted PROXY
+// header names is the one judged; an allowed client is answered.
+func TestACLDropAtAccept(t *testing.T) {
+	up := newTestUpstream(t, 1)
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	c := startCaddy(t, t.TempDir(), proxiedDoTHead+`		query_log
+		acl {
+			allow 127.0.0.1 198.51.100.0/24
+			action drop
+		}
+		forward udp://{{.Up}}
+	}
+}
+`, Vars{"Port": port, "Up": up.addr})
+	waitListen(t, addr)
+	p := strconv.Itoa(port)
+	refused := func() int64 {
+		return metric(t, c, `dnsfront_dot_connections_refused_total{reason="acl",server="dot0"}`)
+	}
+	if out := kdig(t, "+tls", "+retry=0", "-b", "127.0.0.1", "@127.0.0.1", "-p", p, "a.example.test"); !strings.Contains(out, "status: NOERROR") {
+		t.Fatalf("127.0.0.1 (allowed):\n%s", out)
+	}
+	failures := func() int64 { return metric(t, c, `dnsfront_dot_handshake_failures_total{server="dot0"}`) }
+	failed := failures() // waitListen's probe
+	if out := kdig(t, "+tls", "+retry=0", "+timeout=2", "-b", "127.0.0.2", "@127.0.0.1", "-p", p, "a.example.test"); strings.Contains(out, "status:") {
+		t.Fatalf("127.0.0.2 (dropped) got an answer:\n%s", out)
+	}
+	if n := refused(); n != 1 {
+		t.Fatalf("%d connections refused by the acl, want 1", n)
+	}
+	if n := failures() - failed; n != 0 {
+		t.Errorf("%d handshakes failed: the dropped client's connection was taken to a handshake", n)
+	}
+	dst := netip.MustParseAddrPort(addr)
+	if rc := dotVia(t, addr, "127.0.0.1", proxyV2(netip.MustParseAddrPort("203.0.113.7:5555"), dst), "a.example.test."); rc != -1 {
+		t.Fatalf("PROXY v2 naming a dropped client: rcode %d, want the connection closed", rc)
+	}
+	if rc := dotVia(t, addr, "127.0.0.1", proxyV2(netip.MustParseAddrPort("198.51.100.7:5555"), dst), "a.example.test."); rc != dns.RcodeSuccess {
+		t.Fatalf("PROXY v2 naming an allowed client: rcode %d, want NOERROR", rc)
+	}
+	if n := refused(); n != 2 {
+		t.Fatalf("%d connections refused by the acl, want 2", n)
+	}
+	if l := c.log.lines(`"client":"203.0.113.7"`); len(l) != 0 {
+		t.Errorf("query log entries for a client whose connection was closed at accept: %q", l)
 	}
 }

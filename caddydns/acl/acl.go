@@ -5,6 +5,7 @@ package acl
 import (
 	"context"
 	"fmt"
+	"net/netip"
 	"strings"
 
 	"github.com/caddyserver/caddy/v2"
@@ -111,16 +112,27 @@ func (a *ACL) Provision(ctx caddy.Context) error {
 // errDenied is never seen: Chain.Serve drops the query.
 var errDenied = fmt.Errorf("acl: %w", caddydns.ErrDrop)
 
-// ServeDNS passes an allowed query on, and refuses or drops a denied one.
-func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	deny, label := a.deny, "default"
-	client := r.Client.Addr()
+// decide says whether client is denied, and by which rule's label.
+func (a *ACL) decide(client netip.Addr) (deny bool, label string) {
 	for i := range a.rules {
 		if a.rules[i].prefixes.Contains(client) {
-			deny, label = a.rules[i].deny, a.rules[i].label
-			break
+			return a.rules[i].deny, a.rules[i].label
 		}
 	}
+	return a.deny, "default"
+}
+
+// DropsClient reports whether every query of client is dropped: denied,
+// with action drop. A DoT or dedicated DoH server whose chain starts
+// with this acl closes such a client's connections as it accepts them.
+func (a *ACL) DropsClient(client netip.Addr) bool {
+	deny, _ := a.decide(client)
+	return deny && a.Action == ActionDrop
+}
+
+// ServeDNS passes an allowed query on, and refuses or drops a denied one.
+func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
+	deny, label := a.decide(r.Client.Addr())
 	if !deny {
 		return next(ctx, r)
 	}
@@ -135,6 +147,7 @@ func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.N
 
 // Interface guards
 var (
-	_ caddydns.Handler  = (*ACL)(nil)
-	_ caddy.Provisioner = (*ACL)(nil)
+	_ caddydns.Handler       = (*ACL)(nil)
+	_ caddydns.ClientDropper = (*ACL)(nil)
+	_ caddy.Provisioner      = (*ACL)(nil)
 )

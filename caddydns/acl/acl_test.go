@@ -58,6 +58,49 @@ func TestRules(t *testing.T) {
 	}
 }
 
+// TestDropsClient: a chain whose first handler past the watchers (the
+// query log, dnstap) is an acl with action drop tells the transports
+// which clients it drops; with action refused, or a handler that may
+// answer before the acl, it tells none.
+func TestDropsClient(t *testing.T) {
+	drop := newACL(t, `{"rules":[{"allow":["127.0.0.1"]}],"action":"drop"}`)
+	refuse := newACL(t, `{"rules":[{"allow":["127.0.0.1"]}]}`)
+	denied, allowed := netip.MustParseAddr("127.0.0.2"), netip.MustParseAddr("127.0.0.1")
+	if !drop.DropsClient(denied) || drop.DropsClient(allowed) || refuse.DropsClient(denied) {
+		t.Fatalf("DropsClient: drop %v/%v, refused %v", drop.DropsClient(denied), drop.DropsClient(allowed), refuse.DropsClient(denied))
+	}
+	for _, c := range []struct {
+		name     string
+		handlers []caddydns.Handler
+		want     bool
+	}{
+		{"acl drop first", []caddydns.Handler{drop, answerer{}}, true},
+		{"past a watcher", []caddydns.Handler{watcher{}, watcher{}, drop, answerer{}}, true},
+		{"acl refused", []caddydns.Handler{refuse, answerer{}}, false},
+		{"an answerer first", []caddydns.Handler{answerer{}, drop}, false},
+		{"no acl", []caddydns.Handler{watcher{}, answerer{}}, false},
+	} {
+		if got := caddydns.NewChain("test", "dot", c.handlers...).DropsClient(denied); got != c.want {
+			t.Errorf("%s: %v, want %v", c.name, got, c.want)
+		}
+	}
+}
+
+type watcher struct{}
+
+func (watcher) WatchesOnly() {}
+func (watcher) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
+	return next(ctx, r)
+}
+
+type answerer struct{}
+
+func (answerer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next) (caddydns.Response, error) {
+	m := new(dns.Msg)
+	m.SetReply(r.Msg)
+	return caddydns.Response{Msg: m}, nil
+}
+
 func count(c prometheus.Counter) float64 {
 	var m dto.Metric
 	_ = c.Write(&m)

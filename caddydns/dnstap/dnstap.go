@@ -104,6 +104,10 @@ func (d *Dnstap) Cleanup() error {
 	return nil
 }
 
+// WatchesOnly marks the handler as one that passes every query on
+// (caddydns.Watcher).
+func (*Dnstap) WatchesOnly() {}
+
 // ServeDNS sends the query's CLIENT_QUERY, and taps the rest of its way.
 func (d *Dnstap) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	q := r.Octets()
@@ -167,6 +171,7 @@ func (d *Dnstap) UnmarshalCaddyfile(disp *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddydns.Handler      = (*Dnstap)(nil)
+	_ caddydns.Watcher      = (*Dnstap)(nil)
 	_ caddydns.Tap          = (*Dnstap)(nil)
 	_ caddy.Provisioner     = (*Dnstap)(nil)
 	_ caddy.CleanerUpper    = (*Dnstap)(nil)

@@ -43,6 +43,10 @@ func (q *QueryLog) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+// WatchesOnly marks the handler as one that passes every query on
+// (caddydns.Watcher).
+func (*QueryLog) WatchesOnly() {}
+
 // ServeDNS passes the query on and logs it with its outcome.
 func (q *QueryLog) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	start := time.Now()
@@ -114,6 +118,7 @@ func (q *QueryLog) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddydns.Handler      = (*QueryLog)(nil)
+	_ caddydns.Watcher      = (*QueryLog)(nil)
 	_ caddy.Provisioner     = (*QueryLog)(nil)
 	_ caddyfile.Unmarshaler = (*QueryLog)(nil)
 )
