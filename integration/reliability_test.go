@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -342,7 +343,7 @@ func TestForwardHashPolicy(t *testing.T) {
 	ups := []*testUpstream{newTestUpstream(t, 1), newTestUpstream(t, 2), newTestUpstream(t, 3)}
 	port := freePort(t)
 	addr := fmt.Sprintf("127.0.0.1:%d", port)
-	startCaddy(t, t.TempDir(), `{
+	c := startCaddy(t, t.TempDir(), `{
 	ocsp {
 		issue dns.example.test
 	}
@@ -351,6 +352,7 @@ func TestForwardHashPolicy(t *testing.T) {
 			policy hash
 			timeout 300ms
 			max_fails 1
+			fail_duration 30s
 		}
 	}
 }
@@ -384,6 +386,27 @@ func TestForwardHashPolicy(t *testing.T) {
 		now := answeredBy(kdig(t, "+tls", "+timeout=3", "@127.0.0.1", "-p", p, name, "A"))
 		if now == "2" || (was != "2" && now != was) {
 			t.Fatalf("%s: upstream %s before upstream 2 stopped, %s after", name, was, now)
+		}
+	}
+
+	// the admin API shows upstream 2 down (its queries failed), the
+	// others up, each with the queries it was sent
+	var status []struct {
+		Upstream  string `json:"upstream"`
+		Healthy   bool   `json:"healthy"`
+		Down      string `json:"down"`
+		DownUntil string `json:"down_until"`
+		Queries   uint64 `json:"queries"`
+		Errors    uint64 `json:"errors"`
+		CaseRand  bool   `json:"case_randomized"`
+	}
+	if err := json.Unmarshal(c.api("GET", "/dns/upstreams"), &status); err != nil || len(status) != 3 {
+		t.Fatalf("GET /dns/upstreams: %v %+v", err, status)
+	}
+	for _, s := range status {
+		stopped := s.Upstream == "udp://"+ups[1].addr
+		if s.Healthy == stopped || (s.Down == "passive") != stopped || (s.DownUntil != "") != stopped || s.Queries == 0 || (s.Errors > 0) != stopped || !s.CaseRand {
+			t.Errorf("GET /dns/upstreams, %s (stopped: %v): %+v", s.Upstream, stopped, s)
 		}
 	}
 }

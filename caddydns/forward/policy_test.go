@@ -119,3 +119,33 @@ func BenchmarkHashPolicy(b *testing.B) {
 		_ = hashPolicy{}.first(ups, r)
 	}
 }
+
+// TestUpstreamStatus: what GET /dns/upstreams says of an upstream: up,
+// down by its active checks, down by failed queries until a time.
+func TestUpstreamStatus(t *testing.T) {
+	spec, err := parseUpstream("udp://127.0.0.1:5399")
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := newUpstream(spec, nil)
+	defer u.Destruct()
+	now := time.Now()
+	if s := u.status(now); !s.Healthy || s.Down != "" || s.DownUntil != nil || s.Upstream != "udp://127.0.0.1:5399" || !s.CaseRandomized {
+		t.Errorf("up: %+v", s)
+	}
+	u.activeDown.Store(true)
+	if s := u.status(now); s.Healthy || s.Down != "active" {
+		t.Errorf("down by its checks: %+v", s)
+	}
+	u.activeDown.Store(false)
+	until := now.Add(time.Minute)
+	u.downUntil.Store(until.UnixNano())
+	u.fails.Store(3)
+	if s := u.status(now); s.Healthy || s.Down != "passive" || s.DownUntil == nil || !s.DownUntil.Equal(until) || s.ConsecutiveFailures != 3 {
+		t.Errorf("down by failed queries: %+v", s)
+	}
+	u.caseOff.Store(true)
+	if s := u.status(now); s.CaseRandomized {
+		t.Errorf("0x20 off: %+v", s)
+	}
+}
