@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"path/filepath"
 	"regexp"
 	"strconv"
 	"strings"
@@ -408,6 +409,42 @@ func TestForwardHashPolicy(t *testing.T) {
 		if s.Healthy == stopped || (s.Down == "passive") != stopped || (s.DownUntil != "") != stopped || s.Queries == 0 || (s.Errors > 0) != stopped || !s.CaseRand {
 			t.Errorf("GET /dns/upstreams, %s (stopped: %v): %+v", s.Upstream, stopped, s)
 		}
+	}
+}
+
+// TestForwardWeights: round_robin with weights 3 and 1 sends the first
+// upstream three queries of four, exactly, under dnsperf's load.
+func TestForwardWeights(t *testing.T) {
+	dnsperf := need(t, "dnsperf")
+	ups := []*testUpstream{newTestUpstream(t, 1), newTestUpstream(t, 2)}
+	port := freePort(t)
+	startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test
+	}
+	dot 127.0.0.1:{{.Port}} {
+		forward udp://{{.A}} udp://{{.B}} {
+			policy round_robin
+			weights 3 1
+		}
+	}
+}
+`, Vars{"Port": port, "A": ups[0].addr, "B": ups[1].addr})
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+	var names strings.Builder
+	for i := range 400 {
+		fmt.Fprintf(&names, "w%d.weights.test A\n", i)
+	}
+	qfile := filepath.Join(t.TempDir(), "queries")
+	if err := os.WriteFile(qfile, []byte(names.String()), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	out, _ := run(t, true, dnsperf, "-m", "dot", "-s", "127.0.0.1", "-p", strconv.Itoa(port), "-d", qfile, "-n", "10", "-c", "2", "-q", "20")
+	if !strings.Contains(out, "Queries completed:    4000 ") {
+		t.Fatalf("dnsperf:\n%s", out)
+	}
+	if a, b := ups[0].answered.Load(), ups[1].answered.Load(); a != 3000 || b != 1000 {
+		t.Fatalf("upstreams answered %d and %d of 4000 queries, want 3000 and 1000", a, b)
 	}
 }
 

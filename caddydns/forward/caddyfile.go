@@ -2,6 +2,7 @@ package forward
 
 import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"strconv"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
@@ -13,6 +14,7 @@ import (
 //		tls_server_name <name>
 //		tls_ca_files <pem files...>
 //		policy least_outstanding|round_robin|random|first|hash
+//		weights <weight...>    # one for each upstream, in order
 //		timeout <duration>
 //		tries <n>
 //		max_concurrent <n>
@@ -51,6 +53,18 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 		case "policy":
 			if !d.AllArgs(&f.Policy) {
 				return d.ArgErr()
+			}
+		case "weights":
+			args := d.RemainingArgs()
+			if len(args) == 0 {
+				return d.Err("weights takes one weight for each upstream, in order, e.g. weights 3 1")
+			}
+			for _, a := range args {
+				w, err := strconv.Atoi(a)
+				if err != nil {
+					return d.Errf("weights: %q is not a whole number", a)
+				}
+				f.Weights = append(f.Weights, w)
 			}
 		case "timeout":
 			if err := cfparse.Duration(d, &f.Timeout, false); err != nil {

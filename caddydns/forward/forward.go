@@ -50,6 +50,12 @@ type Forward struct {
 	// rendezvous hashing, as dnsdist's chashed, for the upstreams'
 	// caches).
 	Policy string `json:"policy,omitempty"`
+	// Weights give the upstreams of To, in order, their shares of the
+	// queries (1 to 1000 each; default: all 1): random and round_robin
+	// send each its share, hash gives each its share of the names, and
+	// least_outstanding compares the queries in flight per unit of
+	// weight (dnsdist's wrandom, whashed). Policy first takes none.
+	Weights []int `json:"weights,omitempty"`
 	// Timeout of one try. Default: 2s.
 	Timeout caddy.Duration `json:"timeout,omitempty"`
 	// Tries is how many upstreams a query is sent to before SERVFAIL.
@@ -73,6 +79,7 @@ type Forward struct {
 
 	ups     []*upstream
 	keys    []string
+	weights weights
 	policy  policy
 	health  healthChecks
 	timeout time.Duration
@@ -119,6 +126,9 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 	if f.policy, err = newPolicy(f.Policy); err != nil {
 		return err
 	}
+	if err := f.checkWeights(); err != nil {
+		return err
+	}
 	if f.HealthCheck != nil {
 		if f.health.active, err = f.HealthCheck.compile(); err != nil {
 			return fmt.Errorf("forward: %w", err)
@@ -156,6 +166,7 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 		f.ups = append(f.ups, u)
 		f.keys = append(f.keys, key)
 	}
+	f.weights.ups = f.ups
 	f.bufPool = &sync.Pool{New: func() any { b := make([]byte, 0, 512); return &b }}
 	return nil
 }
@@ -220,7 +231,7 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 // notes the one that did in r (the query log).
 func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) (*caddydns.Wire, error) {
 	now := time.Now() // the first try's start, too: one clock reading fewer a query
-	order := ordered(f.ups, now, f.policy, r)
+	order := ordered(f.ups, now, f.policy, f.weights, r)
 	var lastErr error
 	for try := 0; try < f.tries; try++ {
 		u := order[try%len(order)]
@@ -252,6 +263,26 @@ func (f *Forward) send(ctx context.Context, r *caddydns.Request, packed []byte) 
 		f.tryFailed(u, try, err)
 	}
 	return nil, noAnswer(lastErr)
+}
+
+// checkWeights checks Weights against To and the policy, and keeps them.
+func (f *Forward) checkWeights() error {
+	if len(f.Weights) == 0 {
+		return nil
+	}
+	switch {
+	case len(f.Weights) != len(f.To):
+		return fmt.Errorf("forward: weights: %d given for %d upstreams (one each, in the order of to)", len(f.Weights), len(f.To))
+	case f.Policy == "first":
+		return errors.New("forward: weights: policy first takes none (it keeps the order written)")
+	}
+	for i, w := range f.Weights {
+		if w < 1 || w > maxWeight {
+			return fmt.Errorf("forward: weights[%d] %d: want 1 to %d", i, w, maxWeight)
+		}
+		f.weights.w = append(f.weights.w, uint32(w))
+	}
+	return nil
 }
 
 //go:noinline
