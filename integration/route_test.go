@@ -135,6 +135,9 @@ const blockSite = `{
 	dot 127.0.0.1:{{.Port}} {
 		route {
 			name ads.example.test tracker.example.test
+			not {
+				name ok.ads.example.test
+			}
 			answer nxdomain {
 				ede 15 "blocked by policy"
 			}
@@ -169,7 +172,7 @@ const blockSite = `{
 `
 
 // TestRouteBlockList: route by name and type with answer, through kdig
-// (which shows the Extended DNS Error); a CNAME answer (SafeSearch's
+// (which shows the Extended DNS Error), with an exception (not); a CNAME answer (SafeSearch's
 // kind) with its target's records from the zone after the route.
 func TestRouteBlockList(t *testing.T) {
 	port := freePort(t)
@@ -183,7 +186,8 @@ func TestRouteBlockList(t *testing.T) {
 		{"ads.example.test", "A", []string{"status: NXDOMAIN", "EDE: 15 (Blocked): 'blocked by policy'"}, "SOA"},
 		{"x.y.Ads.Example.Test", "AAAA", []string{"status: NXDOMAIN"}, "SOA"}, // under it, any case
 		{"tracker.example.test", "TXT", []string{"status: NXDOMAIN"}, "SOA"},
-		{"notads.example.test", "A", []string{"status: NXDOMAIN", "SOA"}, ""}, // the zone's
+		{"notads.example.test", "A", []string{"status: NXDOMAIN", "SOA"}, ""},      // the zone's
+		{"x.ok.ads.example.test", "A", []string{"status: NXDOMAIN", "SOA"}, "EDE"}, // the exception: the zone's
 		{"sink.example.test", "A", []string{"status: NOERROR", "3600\tIN\tA\t0.0.0.0"}, ""},
 		{"sink.example.test", "AAAA", []string{"status: NOERROR", "3600\tIN\tAAAA\t::"}, ""},
 		{"sink.example.test", "MX", []string{"status: NXDOMAIN", "SOA"}, ""}, // not its type: the zone's

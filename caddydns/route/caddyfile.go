@@ -16,6 +16,9 @@ import (
 //		name <names...>
 //		type <types...>
 //		path <DoH paths...>
+//		not {
+//			<matchers...>   # the route leaves what they all hold; repeatable
+//		}
 //		<dns handlers...>
 //	}
 func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
@@ -25,40 +28,72 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	var chain caddydns.Chain
 	for n := d.Nesting(); d.NextBlock(n); {
-		switch opt := d.Val(); opt {
-		case "server_name", "name", "type", "path":
-			args := d.RemainingArgs()
-			if len(args) == 0 {
-				return d.Errf("%s takes one or more values", opt)
-			}
-			switch opt {
-			case "server_name":
-				rt.Match.ServerName = append(rt.Match.ServerName, args...)
-			case "name":
-				rt.Match.Name = append(rt.Match.Name, args...)
-			case "path":
-				rt.Match.Path = append(rt.Match.Path, args...)
-			default:
-				rt.Match.Type = append(rt.Match.Type, args...)
-			}
-		case "client":
-			list, err := cfparse.Prefixes(d)
-			if err != nil {
-				return err
-			}
-			rt.Match.Client = append(rt.Match.Client, list...)
-		default:
-			ok, err := chain.UnmarshalHandler(d)
-			if err != nil {
-				return err
-			}
-			if !ok {
-				return d.Errf("unrecognized subdirective '%s' (not a route matcher nor a dns handler)", opt)
-			}
+		ok, err := rt.Match.unmarshalMatcher(d, true)
+		switch {
+		case err != nil:
+			return err
+		case ok:
+			continue
+		}
+		if ok, err = chain.UnmarshalHandler(d); err != nil {
+			return err
+		}
+		if !ok {
+			return d.Errf("unrecognized subdirective '%s' (not a route matcher nor a dns handler)", d.Val())
 		}
 	}
 	rt.HandlersRaw = chain.HandlersRaw
 	return nil
+}
+
+// unmarshalMatcher reads the matcher at d into m, and reports whether
+// there was one: server_name, client, name, type, path, and (when
+// withNot) a not block of them.
+func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, error) {
+	switch opt := d.Val(); opt {
+	case "server_name", "name", "type", "path":
+		args := d.RemainingArgs()
+		if len(args) == 0 {
+			return true, d.Errf("%s takes one or more values", opt)
+		}
+		switch opt {
+		case "server_name":
+			m.ServerName = append(m.ServerName, args...)
+		case "name":
+			m.Name = append(m.Name, args...)
+		case "path":
+			m.Path = append(m.Path, args...)
+		default:
+			m.Type = append(m.Type, args...)
+		}
+	case "client":
+		list, err := cfparse.Prefixes(d)
+		if err != nil {
+			return true, err
+		}
+		m.Client = append(m.Client, list...)
+	case "not":
+		if !withNot {
+			return true, d.Err("a not block has no not of its own")
+		}
+		if d.NextArg() {
+			return true, d.ArgErr()
+		}
+		var not Match
+		for n := d.Nesting(); d.NextBlock(n); {
+			ok, err := not.unmarshalMatcher(d, false)
+			if err != nil {
+				return true, err
+			}
+			if !ok {
+				return true, d.Errf("unrecognized matcher '%s' in not (server_name, client, name, type, path)", d.Val())
+			}
+		}
+		m.Not = append(m.Not, not)
+	default:
+		return false, nil
+	}
+	return true, nil
 }
 
 var _ caddyfile.Unmarshaler = (*Route)(nil)

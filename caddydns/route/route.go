@@ -36,10 +36,17 @@ type Route struct {
 	HandlersRaw []json.RawMessage `json:"handle,omitempty" caddy:"namespace=dns.handlers inline_key=handler"`
 
 	handlers []caddydns.Handler
-	sni      nameSet
-	clients  netprefix.List
-	names    map[string]struct{} // canonical: lower case, fully qualified ("." holds all)
-	types    []uint16
+	matcher
+}
+
+// matcher is a Match compiled; not is its Not's, or nil.
+type matcher struct {
+	sni     nameSet
+	clients netprefix.List
+	names   map[string]struct{} // canonical: lower case, fully qualified ("." holds all)
+	types   []uint16
+	paths   []string
+	not     []*matcher
 }
 
 // Match holds a query when each of its fields that is set holds it: any
@@ -62,6 +69,11 @@ type Match struct {
 	// URLs: the dedicated DoH server's sub_paths, or a Caddy site's
 	// routes). A DoT query has none.
 	Path []string `json:"path,omitempty"`
+	// Not are matcher sets the route does not take a query of: a query
+	// any of them holds (all of its fields hold it) is left to the chain
+	// (a block list's exceptions), as Caddy's not matcher. They have no
+	// Not of their own.
+	Not []Match `json:"not,omitempty"`
 }
 
 // CaddyModule returns the Caddy module information.
@@ -71,39 +83,11 @@ func (Route) CaddyModule() caddy.ModuleInfo {
 
 // Provision reads the matchers and loads the handlers.
 func (rt *Route) Provision(ctx caddy.Context) error {
-	m := &rt.Match
-	if len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type)+len(m.Path) == 0 {
-		return fmt.Errorf("route: no matcher: give server_name, client, name, type or path (a route that takes every query is the handlers themselves)")
+	if rt.Match.empty() {
+		return fmt.Errorf("route: no matcher: give server_name, client, name, type, path or not (a route that takes every query is the handlers themselves)")
 	}
-	for i, p := range m.Path {
-		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
-			return fmt.Errorf("route: match.path[%d]: %q is not a request path (it starts with / and has no ?, # or space)", i, p)
-		}
-	}
-	for i, n := range m.ServerName {
-		if err := rt.sni.add(n); err != nil {
-			return fmt.Errorf("route: match.server_name[%d]: %v", i, err)
-		}
-	}
-	var err error
-	if rt.clients, err = netprefix.ParseList("route: match.client", m.Client); err != nil {
+	if err := rt.matcher.compile(&rt.Match, "match"); err != nil {
 		return err
-	}
-	for i, n := range m.Name {
-		if _, ok := dns.IsDomainName(n); !ok || n == "" {
-			return fmt.Errorf("route: match.name[%d]: %q is not a domain name", i, n)
-		}
-		if rt.names == nil {
-			rt.names = make(map[string]struct{}, len(m.Name))
-		}
-		rt.names[dns.CanonicalName(n)] = struct{}{}
-	}
-	for i, t := range m.Type {
-		qtype, ok := caddydns.ParseType(t)
-		if !ok {
-			return fmt.Errorf("route: match.type[%d]: %q is not a record type (AAAA, TYPE65 or 65)", i, t)
-		}
-		rt.types = append(rt.types, qtype)
 	}
 	if len(rt.HandlersRaw) == 0 {
 		return fmt.Errorf("route: no handlers: a route runs handlers (zone, forward, ...) for the queries it matches")
@@ -118,10 +102,65 @@ func (rt *Route) Provision(ctx caddy.Context) error {
 	return nil
 }
 
+func (m *Match) empty() bool {
+	return len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type)+len(m.Path)+len(m.Not) == 0
+}
+
+// compile reads m's matchers into x; field names errors (match, or
+// match.not).
+func (x *matcher) compile(m *Match, field string) error {
+	for i, p := range m.Path {
+		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
+			return fmt.Errorf("route: %s.path[%d]: %q is not a request path (it starts with / and has no ?, # or space)", field, i, p)
+		}
+	}
+	x.paths = m.Path
+	for i, n := range m.ServerName {
+		if err := x.sni.add(n); err != nil {
+			return fmt.Errorf("route: %s.server_name[%d]: %v", field, i, err)
+		}
+	}
+	var err error
+	if x.clients, err = netprefix.ParseList("route: "+field+".client", m.Client); err != nil {
+		return err
+	}
+	for i, n := range m.Name {
+		if _, ok := dns.IsDomainName(n); !ok || n == "" {
+			return fmt.Errorf("route: %s.name[%d]: %q is not a domain name", field, i, n)
+		}
+		if x.names == nil {
+			x.names = make(map[string]struct{}, len(m.Name))
+		}
+		x.names[dns.CanonicalName(n)] = struct{}{}
+	}
+	for i, t := range m.Type {
+		qtype, ok := caddydns.ParseType(t)
+		if !ok {
+			return fmt.Errorf("route: %s.type[%d]: %q is not a record type (AAAA, TYPE65 or 65)", field, i, t)
+		}
+		x.types = append(x.types, qtype)
+	}
+	for i := range m.Not {
+		f := fmt.Sprintf("%s.not[%d]", field, i)
+		switch {
+		case field != "match":
+			return fmt.Errorf("route: %s: a not has no not of its own", f)
+		case m.Not[i].empty():
+			return fmt.Errorf("route: %s: no matcher: give server_name, client, name, type or path", f)
+		}
+		n := new(matcher)
+		if err := n.compile(&m.Not[i], f); err != nil {
+			return err
+		}
+		x.not = append(x.not, n)
+	}
+	return nil
+}
+
 // ServeDNS runs the route's handlers for a query it matches, then the
 // chain's; any other query goes straight on.
 func (rt *Route) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
-	if !rt.matches(r) {
+	if !rt.holds(r) {
 		return next(ctx, r)
 	}
 	for i := len(rt.handlers) - 1; i >= 0; i-- {
@@ -133,34 +172,43 @@ func (rt *Route) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 	return next(ctx, r)
 }
 
-// matches reports whether every matcher that is set holds r.
-func (rt *Route) matches(r *caddydns.Request) bool {
-	if !rt.sni.empty() && !rt.sni.holds(r.ServerName) {
+// holds reports whether every matcher that is set holds r, and none of
+// its not sets does.
+func (x *matcher) holds(r *caddydns.Request) bool {
+	if !x.sni.empty() && !x.sni.holds(r.ServerName) {
 		return false
 	}
-	if len(rt.clients) > 0 && !rt.clients.Contains(r.Client.Addr()) {
+	if len(x.clients) > 0 && !x.clients.Contains(r.Client.Addr()) {
 		return false
 	}
-	if len(rt.Match.Path) > 0 && !slices.Contains(rt.Match.Path, r.Path) {
+	if len(x.paths) > 0 && !slices.Contains(x.paths, r.Path) {
 		return false
 	}
 	q := r.Msg.Question[0]
-	if len(rt.types) > 0 && !containsType(rt.types, q.Qtype) {
+	if len(x.types) > 0 && !containsType(x.types, q.Qtype) {
 		return false
 	}
-	return len(rt.names) == 0 || rt.holdsName(q.Name)
+	if len(x.names) > 0 && !x.holdsName(q.Name) {
+		return false
+	}
+	for _, n := range x.not {
+		if n.holds(r) {
+			return false
+		}
+	}
+	return true
 }
 
 // holdsName reports whether name (fully qualified, any case) or a name
 // above it is one of the route's: one map lookup a label, however many
 // names the route has (a block list).
-func (rt *Route) holdsName(name string) bool {
-	if _, ok := rt.names["."]; ok {
+func (x *matcher) holdsName(name string) bool {
+	if _, ok := x.names["."]; ok {
 		return true
 	}
 	name = strings.ToLower(name) // no copy when it is lower case already
 	for i := 0; i < len(name); {
-		if _, ok := rt.names[name[i:]]; ok {
+		if _, ok := x.names[name[i:]]; ok {
 			return true
 		}
 		// on past the next label's end: a dot no backslash escapes

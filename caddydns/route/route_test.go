@@ -80,7 +80,7 @@ func TestPath(t *testing.T) {
 	for path, want := range map[string]bool{"/dns-query/kids": true, "/q/family": true, "/dns-query": false, "/dns-query/kids/x": false, "/dns-query/Kids": false, "": false} {
 		q := new(dns.Msg)
 		q.SetQuestion("www.example.org.", dns.TypeA)
-		if got := rt.matches(&caddydns.Request{Msg: q, Path: path}); got != want {
+		if got := rt.holds(&caddydns.Request{Msg: q, Path: path}); got != want {
 			t.Errorf("path %q: %v, want %v", path, got, want)
 		}
 	}
@@ -108,6 +108,15 @@ func TestMatchers(t *testing.T) {
 		{`{"server_name":["dns.example"],"type":["A"]}`, "dns.example", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
 		{`{"server_name":["dns.example"],"type":["A"]}`, "other.example", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
 		{`{"server_name":["dns.example"],"client":["10.0.0.0/8"]}`, "dns.example", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		// not: a block list's exceptions
+		{`{"name":["example.org"],"not":[{"name":["ok.example.org"]}]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed},
+		{`{"name":["example.org"],"not":[{"name":["ok.example.org"]}]}`, "", "192.0.2.10", "a.OK.example.org.", dns.TypeA, passed},
+		{`{"name":["example.org"],"not":[{"name":["www.example.org"],"type":["AAAA"]}]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, routed}, // a set's matchers all must hold
+		{`{"name":["example.org"],"not":[{"name":["www.example.org"],"type":["A"]}]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		{`{"name":["example.org"],"not":[{"type":["AAAA"]},{"client":["192.0.2.0/24"]}]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, passed}, // any set leaves it
+		{`{"name":["example.org"],"not":[{"type":["AAAA"]},{"client":["192.0.2.0/24"]}]}`, "", "198.51.100.1", "www.example.org.", dns.TypeA, routed},
+		{`{"not":[{"client":["192.0.2.0/24"]}]}`, "", "192.0.2.10", "www.example.org.", dns.TypeA, passed},
+		{`{"not":[{"client":["192.0.2.0/24"]}]}`, "", "198.51.100.1", "www.example.org.", dns.TypeA, routed},
 	} {
 		if got := ask(t, newRoute(t, c.match), c.sni, c.client, c.name, c.qtype); got != c.want {
 			t.Errorf("%s: SNI %q from %s, %s %s: %s, want %s", c.match, c.sni, c.client, c.name, dns.TypeToString[c.qtype], got, c.want)
@@ -117,16 +126,19 @@ func TestMatchers(t *testing.T) {
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
-		`{"handle":[` + zoneHandler + `]}`:                                             "route: no matcher: give server_name, client, name, type or path",
-		`{"match":{"name":["example.org"]}}`:                                           "route: no handlers",
-		`{"match":{"client":["10.0.0.1/8"]},"handle":[` + zoneHandler + `]}`:           `route: match.client[0]: "10.0.0.1/8" has bits set past its length`,
-		`{"match":{"server_name":["a.*.example"]},"handle":[` + zoneHandler + `]}`:     `route: match.server_name[0]: "a.*.example": a wildcard is one label, leftmost`,
-		`{"match":{"server_name":["dns.example:853"]},"handle":[` + zoneHandler + `]}`: `route: match.server_name[0]: "dns.example:853" is not a host name`,
-		`{"match":{"server_name":[""]},"handle":[` + zoneHandler + `]}`:                `route: match.server_name[0]: an empty name`,
-		`{"match":{"name":["a..b"]},"handle":[` + zoneHandler + `]}`:                   `route: match.name[0]: "a..b" is not a domain name`,
-		`{"match":{"type":["AAAB"]},"handle":[` + zoneHandler + `]}`:                   `route: match.type[0]: "AAAB" is not a record type`,
-		`{"match":{"path":["dns-query/kids"]},"handle":[` + zoneHandler + `]}`:         `route: match.path[0]: "dns-query/kids" is not a request path`,
-		`{"match":{"type":["A"]},"handle":[{"handler":"nosuch"}]}`:                     "route: loading its handlers",
+		`{"handle":[` + zoneHandler + `]}`:                                                         "route: no matcher: give server_name, client, name, type, path or not",
+		`{"match":{"name":["example.org"],"not":[{}]},"handle":[` + zoneHandler + `]}`:             "route: match.not[0]: no matcher",
+		`{"match":{"not":[{"type":["A"]},{"name":["a..b"]}]},"handle":[` + zoneHandler + `]}`:      `route: match.not[1].name[0]: "a..b" is not a domain name`,
+		`{"match":{"not":[{"not":[{"type":["A"]}],"type":["A"]}]},"handle":[` + zoneHandler + `]}`: "route: match.not[0].not[0]: a not has no not of its own",
+		`{"match":{"name":["example.org"]}}`:                                                       "route: no handlers",
+		`{"match":{"client":["10.0.0.1/8"]},"handle":[` + zoneHandler + `]}`:                       `route: match.client[0]: "10.0.0.1/8" has bits set past its length`,
+		`{"match":{"server_name":["a.*.example"]},"handle":[` + zoneHandler + `]}`:                 `route: match.server_name[0]: "a.*.example": a wildcard is one label, leftmost`,
+		`{"match":{"server_name":["dns.example:853"]},"handle":[` + zoneHandler + `]}`:             `route: match.server_name[0]: "dns.example:853" is not a host name`,
+		`{"match":{"server_name":[""]},"handle":[` + zoneHandler + `]}`:                            `route: match.server_name[0]: an empty name`,
+		`{"match":{"name":["a..b"]},"handle":[` + zoneHandler + `]}`:                               `route: match.name[0]: "a..b" is not a domain name`,
+		`{"match":{"type":["AAAB"]},"handle":[` + zoneHandler + `]}`:                               `route: match.type[0]: "AAAB" is not a record type`,
+		`{"match":{"path":["dns-query/kids"]},"handle":[` + zoneHandler + `]}`:                     `route: match.path[0]: "dns-query/kids" is not a request path`,
+		`{"match":{"type":["A"]},"handle":[{"handler":"nosuch"}]}`:                                 "route: loading its handlers",
 	})
 }
 
@@ -142,11 +154,22 @@ func TestCaddyfile(t *testing.T) {
 	if string(got) != want {
 		t.Fatalf("got  %s\nwant %s", got, want)
 	}
+	rt = new(Route)
+	d = caddyfile.NewTestDispenser("route {\n\tname ads.example\n\tnot {\n\t\tname ok.ads.example\n\t\tclient 10.0.0.0/8\n\t}\n\tnot {\n\t\ttype AAAA\n\t}\n\tzone example.org\n}")
+	if err := rt.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if got, _ := json.Marshal(rt.Match); string(got) != `{"name":["ads.example"],"not":[{"client":["10.0.0.0/8"],"name":["ok.ads.example"]},{"type":["AAAA"]}]}` {
+		t.Errorf("not: %s", got)
+	}
 	for in, msg := range map[string]string{
-		"route {\n\tserver_name\n}":        "server_name takes one or more values, at Testfile:2",
-		"route {\n\tclient 10.1.0.0/8\n}":  "client: \"10.1.0.0/8\" has bits set past its length",
-		"route {\n\tsni dns.example\n}":    "unrecognized subdirective 'sni' (not a route matcher nor a dns handler), at Testfile:2",
-		"route x {\n\tname example.org\n}": "wrong argument count",
+		"route {\n\tnot {\n\t\tnot {\n\t\t\tname a.example\n\t\t}\n\t}\n}": "a not block has no not of its own, at Testfile:3",
+		"route {\n\tnot {\n\t\tzone example.org\n\t}\n}":                   "unrecognized matcher 'zone' in not (server_name, client, name, type, path), at Testfile:3",
+		"route {\n\tnot x {\n\t\tname a.example\n\t}\n}":                   "wrong argument count",
+		"route {\n\tserver_name\n}":                                        "server_name takes one or more values, at Testfile:2",
+		"route {\n\tclient 10.1.0.0/8\n}":                                  "client: \"10.1.0.0/8\" has bits set past its length",
+		"route {\n\tsni dns.example\n}":                                    "unrecognized subdirective 'sni' (not a route matcher nor a dns handler), at Testfile:2",
+		"route x {\n\tname example.org\n}":                                 "wrong argument count",
 	} {
 		err := new(Route).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 		if err == nil || !strings.Contains(err.Error(), msg) {
@@ -181,13 +204,13 @@ func BenchmarkNameList(b *testing.B) {
 	q := new(dns.Msg)
 	q.SetQuestion("www.ads.blocked99999.example.", dns.TypeA)
 	r := &caddydns.Request{Msg: q, Client: netip.MustParseAddrPort("192.0.2.1:5300")}
-	if !rt.matches(r) {
+	if !rt.holds(r) {
 		b.Fatal("no match")
 	}
 	q.SetQuestion("www.example.org.", dns.TypeA)
 	b.ReportAllocs()
 	for b.Loop() {
-		if rt.matches(r) {
+		if rt.holds(r) {
 			b.Fatal("a match")
 		}
 	}
