@@ -6,8 +6,10 @@ import (
 	"crypto/tls"
 	"encoding/base64"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"net/netip"
 	"os/exec"
 	"regexp"
 	"strconv"
@@ -713,5 +715,57 @@ func TestDoHServerCleartext(t *testing.T) {
 	// dig's, curl's six and h2load's
 	if n, want := answered(), int64(7+20000*len(outs)); n != want {
 		t.Errorf("%d responses with 200 counted, want %d", n, want)
+	}
+}
+
+// TestDoHServerCleartextProxyProtocol: a cleartext DoH server behind a
+// load balancer that terminates TLS and sends a PROXY header (an L4
+// balancer's TLS listener): curl's --haproxy-protocol over HTTP/2 with
+// prior knowledge and HTTP/1.1, and PROXY v2 headers naming other
+// clients, whom the acl judges.
+func TestDoHServerCleartextProxyProtocol(t *testing.T) {
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	startCaddy(t, t.TempDir(), `{
+	doh 127.0.0.1:{{.Port}} {
+		cleartext
+		listener_wrappers {
+			proxy_protocol {
+				timeout 2s
+				allow 127.0.0.1/32
+			}
+		}
+		acl {
+			allow 127.0.0.1 198.51.100.0/24
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`, Vars{"Port": port, "Zone": exampleZone(t)})
+	waitListen(t, addr)
+	curl := need(t, "curl")
+	url := "http://" + addr + "/dns-query?name=www.example.test&type=A"
+	for _, proto := range []string{"--http2-prior-knowledge", "--http1.1"} {
+		out, err := exec.Command(curl, "-s", proto, "--haproxy-protocol", "--interface", "127.0.0.1", "-H", "Accept: application/dns-json", url).CombinedOutput()
+		if err != nil || !strings.Contains(string(out), `"Status":0`) || !strings.Contains(string(out), "192.0.2.80") {
+			t.Fatalf("curl %s --haproxy-protocol: %v\n%s", proto, err, out)
+		}
+	}
+	dst := netip.MustParseAddrPort(addr)
+	for client, want := range map[string]string{"198.51.100.7:5555": `"Status":0`, "203.0.113.7:5555": `"Status":5`} {
+		raw, err := net.DialTimeout("tcp", addr, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+		req := "GET /dns-query?name=www.example.test&type=A HTTP/1.1\r\nHost: dns.example.test\r\nAccept: application/dns-json\r\nConnection: close\r\n\r\n"
+		if _, err := raw.Write(append(proxyV2(netip.MustParseAddrPort(client), dst), req...)); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := io.ReadAll(raw)
+		raw.Close()
+		if !strings.HasPrefix(string(resp), "HTTP/1.1 200") || !strings.Contains(string(resp), want) {
+			t.Fatalf("PROXY v2 for %s: %v, want %s\n%s", client, err, want, resp)
+		}
 	}
 }
