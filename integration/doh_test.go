@@ -375,6 +375,8 @@ func testDoHErrors(t *testing.T, env *dohEnv) {
 		return resp.StatusCode, string(b), resp.Header
 	}
 	good := packQuery(t, "www.example.test.", dns.TypeA, nil)
+	response := bytes.Clone(good)
+	response[2] |= 0x80 // QR: a response where a query belongs
 	huge := bytes.Repeat([]byte{0}, 70000)
 	// Caddy's request header limit answers a GET of over 65535 octets
 	// before the handler (which says 414 when a raised max_header_size
@@ -398,6 +400,8 @@ func testDoHErrors(t *testing.T, env *dohEnv) {
 		{"dns not base64url", "GET", "?dns=!!!not*base64", "", nil, 400, "not base64url", nil},
 		{"dns not DNS (GET)", "GET", "?dns=" + base64.RawURLEncoding.EncodeToString([]byte("hello")), "", nil, 400, "not a DNS message", nil},
 		{"body not DNS (POST)", "POST", "", "application/dns-message", []byte("hello, this is not DNS"), 400, "not a DNS message", nil},
+		{"a response (GET)", "GET", "?dns=" + base64.RawURLEncoding.EncodeToString(response), "", nil, 400, "a DNS response (QR set), not a query", nil},
+		{"a response (POST)", "POST", "", "application/dns-message", response, 400, "a DNS response (QR set), not a query", nil},
 		{"wrong content type", "POST", "", "application/json", good, 415, "must be application/dns-message", nil},
 		{"no content type", "POST", "", "", good, 415, "must be application/dns-message", nil},
 		{"PUT", "PUT", "", "application/dns-message", good, 405, "not allowed", nil},

@@ -200,7 +200,8 @@ func TestDoTPipelining(t *testing.T) {
 }
 
 // TestDoTConnectionLimits: idle timeout (reset by each query), a length
-// prefix shorter than a header, a client that stops mid-query, and the
+// prefix shorter than a header, a response sent as a query, a client
+// that stops mid-query, and the
 // per-client connection limit each close what they should, and another
 // client is served meanwhile.
 func TestDoTConnectionLimits(t *testing.T) {
@@ -235,6 +236,19 @@ func TestDoTConnectionLimits(t *testing.T) {
 		c.sendRaw(t, []byte{0, 5, 1, 2, 3, 4, 5})
 		if !c.closedByServer(3 * time.Second) {
 			t.Fatal("connection with a 5-octet message not closed")
+		}
+		otherClientOK(t)
+	})
+	t.Run("a response where a query belongs", func(t *testing.T) {
+		c := dialDoT(t, env.addr)
+		q := question("www.example.test.", dns.TypeA, 8)
+		q.Response = true // QR: answering it could start a loop; unbound and dnsdist drop it
+		c.send(t, q)
+		if m, err := c.recv(3 * time.Second); err == nil {
+			t.Fatalf("a response was answered: %v", m)
+		}
+		if !c.closedByServer(3 * time.Second) {
+			t.Fatal("connection that sent a response not closed")
 		}
 		otherClientOK(t)
 	})
