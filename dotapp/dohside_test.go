@@ -181,9 +181,11 @@ type trickleConn struct {
 	data  []byte
 	chunk int
 	read  int // octets taken
+	calls int // reads
 }
 
 func (c *trickleConn) Read(p []byte) (int, error) {
+	c.calls++
 	if len(c.data) == 0 {
 		return 0, io.EOF
 	}
@@ -261,4 +263,33 @@ func FuzzSniff(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestReplayConnBuffers: a cleartext connection's small reads (the
+// Framer's frame headers and payloads) take one read of the socket for
+// as much as it holds, and keep no buffer once they have read it all;
+// a read of a buffer's size goes straight to the socket.
+func TestReplayConnBuffers(t *testing.T) {
+	data := bytes.Repeat([]byte("0123456789"), 300) // 3,000 octets, in the socket at once
+	tc := &trickleConn{data: data, chunk: len(data)}
+	c := &replayConn{Conn: tc, pre: []byte("PRI")}
+	var got []byte
+	for _, n := range []int{3, 9, 100, 9, 2882} {
+		p := make([]byte, n)
+		if _, err := io.ReadFull(c, p); err != nil {
+			t.Fatal(err)
+		}
+		got = append(got, p...)
+	}
+	if !bytes.Equal(got, append([]byte("PRI"), data...)) {
+		t.Fatal("the octets read are not the connection's")
+	}
+	if tc.calls != 1 || c.buf != nil {
+		t.Fatalf("%d reads of the socket for five small reads, buffer kept %v: want 1 and none", tc.calls, c.buf != nil)
+	}
+	tc.data, tc.calls = data, 0
+	big := make([]byte, cleartextReadSize)
+	if n, _ := c.Read(big); n != len(data) || tc.calls != 1 || c.buf != nil {
+		t.Fatalf("a read of %d: %d octets, %d socket reads, buffer %v", len(big), n, tc.calls, c.buf != nil)
+	}
 }
