@@ -126,6 +126,11 @@ func TestResponseNotAnswered(t *testing.T) {
 	if a.Wire != nil || !a.Malformed || !a.Response || a.Drop {
 		t.Fatalf("QR set: %+v, want no answer, malformed, a response", a)
 	}
+	// under a header's length it is not a DNS message at all, response or not
+	a = c.Serve(context.Background(), &Request{Transport: "test", Size: MaxMessage}, b[:5], nil)
+	if !a.Malformed || a.Response {
+		t.Fatalf("5 octets with the QR bit: %+v, want malformed, not a response", a)
+	}
 }
 
 func TestEDNSAndPadding(t *testing.T) {
@@ -254,7 +259,7 @@ func FuzzServe(f *testing.F) {
 		// and a handler reached only by a well-formed query
 		reached = 0
 		a := raw.Serve(context.Background(), &Request{Size: MaxMessage}, b, nil)
-		if len(b) > 2 && b[2]&dnswire.FlagQR != 0 {
+		if len(b) >= MinMessage && b[2]&dnswire.FlagQR != 0 {
 			if a.Wire != nil || !a.Malformed || reached > 0 {
 				t.Fatalf("a response (QR set) was answered or reached the handler: %+v", a)
 			}

@@ -47,7 +47,7 @@ type Answer struct {
 // buf may share memory: the query is decoded before anything is written.
 func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte) Answer {
 	r.start = time.Now()
-	if len(query) > 2 && query[2]&dnswire.FlagQR != 0 {
+	if len(query) >= MinMessage && query[2]&dnswire.FlagQR != 0 {
 		// a response where a query belongs, decoded or not: answering it
 		// could start a loop between two servers; unbound and dnsdist
 		// drop it too
