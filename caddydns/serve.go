@@ -23,15 +23,10 @@ type Answer struct {
 	// 5.1, for DoH's Cache-Control): see dnswire.CacheTTL.
 	TTL       uint32
 	Cacheable bool
-	// Malformed says the query did not decode, or is not a query (QR
-	// set); the answer is a FORMERR when the query decoded but for its
-	// header, and nothing (Wire nil) for a response or a message shorter
-	// than a header: DoT closes the connection. DoH answers all of them
+	// Malformed says the query did not decode; the answer is a FORMERR
+	// (when the query had a header to answer). DoH answers such a request
 	// with 400 instead (RFC 8484 4.2.1).
 	Malformed bool
-	// Response says the message is a response (QR set), not a query:
-	// Malformed too.
-	Response bool
 	// Drop says a handler dropped the query (ErrDrop): the transport
 	// answers nothing. Wire is nil.
 	Drop bool
@@ -39,22 +34,13 @@ type Answer struct {
 
 // Serve answers the query in the octets query and appends the packed
 // answer to buf[:0]: it decodes the query (an undecodable one is
-// answered FORMERR here; a response, QR set, is not answered), checks it
-// (FORMERR, NOTIMP, BADVERS), runs the
+// answered FORMERR here), checks it (FORMERR, NOTIMP, BADVERS), runs the
 // chain, and finishes the answer for the client (its ID and question,
 // EDNS, padding). A handler error becomes SERVFAIL. Every query is counted
 // in the metrics, by rcode. r.Msg is set to the decoded query. query and
 // buf may share memory: the query is decoded before anything is written.
 func (c *Chain) Serve(ctx context.Context, r *Request, query []byte, buf []byte) Answer {
 	r.start = time.Now()
-	if len(query) >= MinMessage && query[2]&dnswire.FlagQR != 0 {
-		// a response where a query belongs, decoded or not: answering it
-		// could start a loop between two servers; unbound and dnsdist
-		// drop it too
-		a := c.malformed(r, nil, buf)
-		a.Response = true
-		return a
-	}
 	q, formErr := decode(query, &r.msg, &r.quick)
 	if q == nil {
 		return c.malformed(r, formErr, buf)

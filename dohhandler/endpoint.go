@@ -168,9 +168,6 @@ func (e *Endpoint) answer(a *caddydns.Answer) Reply {
 	if a.Drop {
 		return Reply{Drop: true}
 	}
-	if a.Response {
-		return e.Refuse(http.StatusBadRequest, "a DNS response (QR set), not a query")
-	}
 	if a.Malformed {
 		return e.Refuse(http.StatusBadRequest, "not a DNS message")
 	}

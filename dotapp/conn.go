@@ -437,11 +437,9 @@ func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 		c.abort()
 		return
 	}
-	if a.Wire == nil { // a response where a query belongs (QR set): not DNS from a client
+	if a.Wire == nil { // no header to answer: the reader lets no such frame in
 		packPool.Put(bp)
 		w.inFlight.Add(-1)
-		c.srv.Load().metrics.badFrames.Inc()
-		c.abort() // as for a frame too short for a header (RFC 7766 8)
 		return
 	}
 	*bp = a.Wire // a FORMERR when the query did not decode
