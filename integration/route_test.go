@@ -4,10 +4,12 @@ import (
 	"encoding/base64"
 	"fmt"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/miekg/dns"
 )
@@ -249,5 +251,82 @@ func TestRoutePath(t *testing.T) {
 		if err != nil || m.Unpack(body) != nil || len(m.Answer) != 1 || m.Answer[0].(*dns.A).A.String() != want {
 			t.Errorf("curl --http1.1 %s: %v %v, want %s", path, err, m, want)
 		}
+	}
+}
+
+// blockListSite is a DoT server whose route answers the names of a block
+// list file (and the names under them) with a block page's address.
+const blockListSite = `{
+	ocsp {
+		issue dns.example.test
+	}
+	dot 127.0.0.1:{{.DoT}} {
+		route {
+			name_file {{.Block}}
+			name_file_poll 100ms
+			answer 192.0.2.66
+		}
+		zone example.test {{.Zone}}
+		forward udp://{{.Up}}
+	}
+}
+`
+
+// TestRouteNameFile: a block list in a file (hosts lines, names,
+// ||name^) picks a route's queries (kdig over DoT); the file replaced
+// while Caddy runs is read again (its log says so) and the next queries
+// see it; a broken file leaves the names read before, on the watcher's
+// next look and on a config reload through the admin API, which Caddy
+// refuses, naming the file and line.
+func TestRouteNameFile(t *testing.T) {
+	dir := t.TempDir()
+	up := newTestUpstream(t, 1)
+	block := filepath.Join(dir, "block.txt")
+	write := func(text string) {
+		t.Helper()
+		if err := os.WriteFile(block+".new", []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(block+".new", block); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write("# StevenBlack-style hosts lines, then a name and an adblock rule\n0.0.0.0 ads.up.test\n0.0.0.0 www.example.test\nhost.up.test\n||tracker.up.test^\n")
+	vars := Vars{"DoT": freePort(t), "Zone": exampleZone(t), "Up": up.addr, "Block": block}
+	c := startCaddy(t, dir, blockListSite, vars)
+	addr := fmt.Sprintf("127.0.0.1:%d", vars["DoT"])
+	waitListen(t, addr)
+	dig := func(name string) string {
+		t.Helper()
+		return strings.TrimSpace(kdig(t, "+tls", "@127.0.0.1", "-p", fmt.Sprint(vars["DoT"]), name, "A", "+short"))
+	}
+	const blocked = "192.0.2.66"
+	for name, want := range map[string]string{
+		"www.example.test": blocked, "mail.example.test": "192.0.2.25", "ads.up.test": blocked, "x.ads.up.test": blocked,
+		"host.up.test": blocked, "tracker.up.test": blocked, "other.up.test": "198.51.100.1",
+	} {
+		if got := dig(name); got != want {
+			t.Errorf("%s: %q, want %q", name, got, want)
+		}
+	}
+	write("mail.example.test\n")
+	c.waitLog(`"msg":"name files read again".*"names":1`, 10*time.Second)
+	if got := dig("mail.example.test"); got != blocked {
+		t.Errorf("mail.example.test after it was added: %q", got)
+	}
+	if got := dig("www.example.test"); got != "192.0.2.80" {
+		t.Errorf("www.example.test after it was taken out: %q", got)
+	}
+	write("mail.example.test\nads.up.test tracker.up.test\n")
+	c.waitLog(`"msg":"name files not read again: the names read before stay".*block.txt:2`, 10*time.Second)
+	if got := dig("mail.example.test"); got != blocked {
+		t.Errorf("mail.example.test after a broken file: %q", got)
+	}
+	err := c.reload("", nil)
+	if err == nil || !strings.Contains(err.Error(), "route: match.name_file[0]: "+block+":2: ") || !strings.Contains(err.Error(), "ads.up.test tracker.up.test") {
+		t.Errorf("a reload with the broken file: %v", err)
+	}
+	if got := dig("mail.example.test"); got != blocked {
+		t.Errorf("mail.example.test after the refused reload: %q", got)
 	}
 }

@@ -1,6 +1,7 @@
 package route
 
 import (
+	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/dnsfront/dnsfront/caddydns"
@@ -14,6 +15,8 @@ import (
 //		server_name <names...>
 //		client <prefixes...>
 //		name <names...>
+//		name_file <files...>    # block lists: names, hosts lines or ||name^
+//		name_file_poll <interval>
 //		type <types...>
 //		path <DoH paths...>
 //		not {
@@ -28,6 +31,23 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	}
 	var chain caddydns.Chain
 	for n := d.Nesting(); d.NextBlock(n); {
+		if d.Val() == "name_file_poll" {
+			if rt.NameFilePoll != 0 {
+				return d.Err("name_file_poll already specified")
+			}
+			if !d.NextArg() {
+				return d.ArgErr()
+			}
+			dur, err := caddy.ParseDuration(d.Val())
+			if err != nil || dur <= 0 {
+				return d.Errf("name_file_poll %q: want a positive duration", d.Val())
+			}
+			rt.NameFilePoll = caddy.Duration(dur)
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			continue
+		}
 		ok, err := rt.Match.unmarshalMatcher(d, true)
 		switch {
 		case err != nil:
@@ -51,7 +71,7 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // withNot) a not block of them.
 func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, error) {
 	switch opt := d.Val(); opt {
-	case "server_name", "name", "type", "path":
+	case "server_name", "name", "name_file", "type", "path":
 		args := d.RemainingArgs()
 		if len(args) == 0 {
 			return true, d.Errf("%s takes one or more values", opt)
@@ -61,6 +81,8 @@ func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, er
 			m.ServerName = append(m.ServerName, args...)
 		case "name":
 			m.Name = append(m.Name, args...)
+		case "name_file":
+			m.NameFile = append(m.NameFile, args...)
 		case "path":
 			m.Path = append(m.Path, args...)
 		default:
@@ -86,7 +108,7 @@ func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, er
 				return true, err
 			}
 			if !ok {
-				return true, d.Errf("unrecognized matcher '%s' in not (server_name, client, name, type, path)", d.Val())
+				return true, d.Errf("unrecognized matcher '%s' in not (server_name, client, name, name_file, type, path)", d.Val())
 			}
 		}
 		m.Not = append(m.Not, not)

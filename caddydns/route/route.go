@@ -12,6 +12,8 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
@@ -35,6 +37,11 @@ type Route struct {
 	// HandlersRaw are the route's DNS handlers, in order.
 	HandlersRaw []json.RawMessage `json:"handle,omitempty" caddy:"namespace=dns.handlers inline_key=handler"`
 
+	// NameFilePoll is how often the name files of the route's matchers
+	// are checked for changes, and read again when they have changed.
+	// Default: 1m.
+	NameFilePoll caddy.Duration `json:"name_file_poll,omitempty"`
+
 	handlers []caddydns.Handler
 	matcher
 }
@@ -43,10 +50,13 @@ type Route struct {
 type matcher struct {
 	sni     nameSet
 	clients netprefix.List
-	names   map[string]struct{} // canonical: lower case, fully qualified ("." holds all)
-	types   []uint16
-	paths   []string
-	not     []*matcher
+	// names are Name's and NameFile's, canonical: lower case, fully
+	// qualified ("." holds all); swapped whole when a name file changes
+	// (nil: no name matcher)
+	names *atomic.Pointer[nameSetOf]
+	types []uint16
+	paths []string
+	not   []*matcher
 }
 
 // Match holds a query when each of its fields that is set holds it: any
@@ -63,6 +73,12 @@ type Match struct {
 	// Name is the query's name or a name above it (example.org holds
 	// www.example.org), in any letter case.
 	Name []string `json:"name,omitempty"`
+	// NameFile is files of names that hold as Name's do (block lists):
+	// a name a line, a hosts file's lines (an address, then names), or
+	// ||name^; # starts a comment. They are read at each config load,
+	// and again when they change (Route.NameFilePoll); a file that fails
+	// to read then leaves the names read before.
+	NameFile []string `json:"name_file,omitempty"`
 	// Type is the query's type: a mnemonic (AAAA), TYPEnnn or a number.
 	Type []string `json:"type,omitempty"`
 	// Path is the HTTP path a DoH query came by, exactly (per-client
@@ -84,10 +100,18 @@ func (Route) CaddyModule() caddy.ModuleInfo {
 // Provision reads the matchers and loads the handlers.
 func (rt *Route) Provision(ctx caddy.Context) error {
 	if rt.Match.empty() {
-		return fmt.Errorf("route: no matcher: give server_name, client, name, type, path or not (a route that takes every query is the handlers themselves)")
+		return fmt.Errorf("route: no matcher: give server_name, client, name, name_file, type, path or not (a route that takes every query is the handlers themselves)")
 	}
-	if err := rt.matcher.compile(&rt.Match, "match"); err != nil {
+	var lists []*nameFiles
+	if err := rt.matcher.compile(&rt.Match, "match", &lists); err != nil {
 		return err
+	}
+	poll := time.Duration(rt.NameFilePoll)
+	switch {
+	case poll < 0:
+		return fmt.Errorf("route: name_file_poll %v: want a positive duration", poll)
+	case poll == 0:
+		poll = DefaultNameFilePoll
 	}
 	if len(rt.HandlersRaw) == 0 {
 		return fmt.Errorf("route: no handlers: a route runs handlers (zone, forward, ...) for the queries it matches")
@@ -99,16 +123,20 @@ func (rt *Route) Provision(ctx caddy.Context) error {
 	for _, mod := range mods.([]any) {
 		rt.handlers = append(rt.handlers, mod.(caddydns.Handler))
 	}
+	if len(lists) > 0 {
+		go watch(ctx, lists, poll, ctx.Logger())
+	}
 	return nil
 }
 
 func (m *Match) empty() bool {
-	return len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.Type)+len(m.Path)+len(m.Not) == 0
+	return len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.NameFile)+len(m.Type)+len(m.Path)+len(m.Not) == 0
 }
 
-// compile reads m's matchers into x; field names errors (match, or
-// match.not).
-func (x *matcher) compile(m *Match, field string) error {
+// compile reads m's matchers into x, and the name files' names; field
+// names errors (match, or match.not). A matcher with name files is
+// added to lists, to be watched.
+func (x *matcher) compile(m *Match, field string, lists *[]*nameFiles) error {
 	for i, p := range m.Path {
 		if !strings.HasPrefix(p, "/") || strings.ContainsAny(p, "?# ") {
 			return fmt.Errorf("route: %s.path[%d]: %q is not a request path (it starts with / and has no ?, # or space)", field, i, p)
@@ -124,14 +152,22 @@ func (x *matcher) compile(m *Match, field string) error {
 	if x.clients, err = netprefix.ParseList("route: "+field+".client", m.Client); err != nil {
 		return err
 	}
+	inline := make([]string, 0, len(m.Name))
 	for i, n := range m.Name {
 		if _, ok := dns.IsDomainName(n); !ok || n == "" {
 			return fmt.Errorf("route: %s.name[%d]: %q is not a domain name", field, i, n)
 		}
-		if x.names == nil {
-			x.names = make(map[string]struct{}, len(m.Name))
+		inline = append(inline, dns.CanonicalName(n))
+	}
+	if len(m.Name)+len(m.NameFile) > 0 {
+		x.names = new(atomic.Pointer[nameSetOf])
+		files := &nameFiles{x: x, inline: inline, files: m.NameFile, field: field}
+		if _, err := files.load(); err != nil {
+			return err
 		}
-		x.names[dns.CanonicalName(n)] = struct{}{}
+		if len(m.NameFile) > 0 {
+			*lists = append(*lists, files)
+		}
 	}
 	for i, t := range m.Type {
 		qtype, ok := caddydns.ParseType(t)
@@ -146,10 +182,10 @@ func (x *matcher) compile(m *Match, field string) error {
 		case field != "match":
 			return fmt.Errorf("route: %s: a not has no not of its own", f)
 		case m.Not[i].empty():
-			return fmt.Errorf("route: %s: no matcher: give server_name, client, name, type or path", f)
+			return fmt.Errorf("route: %s: no matcher: give server_name, client, name, name_file, type or path", f)
 		}
 		n := new(matcher)
-		if err := n.compile(&m.Not[i], f); err != nil {
+		if err := n.compile(&m.Not[i], f, lists); err != nil {
 			return err
 		}
 		x.not = append(x.not, n)
@@ -188,7 +224,7 @@ func (x *matcher) holds(r *caddydns.Request) bool {
 	if len(x.types) > 0 && !containsType(x.types, q.Qtype) {
 		return false
 	}
-	if len(x.names) > 0 && !x.holdsName(q.Name) {
+	if x.names != nil && !x.holdsName(q.Name) {
 		return false
 	}
 	for _, n := range x.not {
@@ -203,12 +239,13 @@ func (x *matcher) holds(r *caddydns.Request) bool {
 // above it is one of the route's: one map lookup a label, however many
 // names the route has (a block list).
 func (x *matcher) holdsName(name string) bool {
-	if _, ok := x.names["."]; ok {
+	names := *x.names.Load()
+	if _, ok := names["."]; ok {
 		return true
 	}
 	name = strings.ToLower(name) // no copy when it is lower case already
 	for i := 0; i < len(name); {
-		if _, ok := x.names[name[i:]]; ok {
+		if _, ok := names[name[i:]]; ok {
 			return true
 		}
 		// on past the next label's end: a dot no backslash escapes

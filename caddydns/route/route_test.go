@@ -5,12 +5,18 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/netip"
+	"os"
+	"path/filepath"
+	"runtime"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
+	"go.uber.org/zap"
+	"go.uber.org/zap/zaptest/observer"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	_ "github.com/dnsfront/dnsfront/caddydns/zone" // the handler the routes run
@@ -126,7 +132,7 @@ func TestMatchers(t *testing.T) {
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
-		`{"handle":[` + zoneHandler + `]}`:                                                         "route: no matcher: give server_name, client, name, type, path or not",
+		`{"handle":[` + zoneHandler + `]}`:                                                         "route: no matcher: give server_name, client, name, name_file, type, path or not",
 		`{"match":{"name":["example.org"],"not":[{}]},"handle":[` + zoneHandler + `]}`:             "route: match.not[0]: no matcher",
 		`{"match":{"not":[{"type":["A"]},{"name":["a..b"]}]},"handle":[` + zoneHandler + `]}`:      `route: match.not[1].name[0]: "a..b" is not a domain name`,
 		`{"match":{"not":[{"not":[{"type":["A"]}],"type":["A"]}]},"handle":[` + zoneHandler + `]}`: "route: match.not[0].not[0]: a not has no not of its own",
@@ -164,7 +170,7 @@ func TestCaddyfile(t *testing.T) {
 	}
 	for in, msg := range map[string]string{
 		"route {\n\tnot {\n\t\tnot {\n\t\t\tname a.example\n\t\t}\n\t}\n}": "a not block has no not of its own, at Testfile:3",
-		"route {\n\tnot {\n\t\tzone example.org\n\t}\n}":                   "unrecognized matcher 'zone' in not (server_name, client, name, type, path), at Testfile:3",
+		"route {\n\tnot {\n\t\tzone example.org\n\t}\n}":                   "unrecognized matcher 'zone' in not (server_name, client, name, name_file, type, path), at Testfile:3",
 		"route {\n\tnot x {\n\t\tname a.example\n\t}\n}":                   "wrong argument count",
 		"route {\n\tserver_name\n}":                                        "server_name takes one or more values, at Testfile:2",
 		"route {\n\tclient 10.1.0.0/8\n}":                                  "client: \"10.1.0.0/8\" has bits set past its length",
@@ -241,6 +247,163 @@ func FuzzName(f *testing.F) {
 		}
 		if got != want {
 			t.Fatalf("holdsName(%q) = %v, dns.IsSubDomain says %v", name, got, want)
+		}
+	})
+}
+
+// TestNameFile: a route's names from files (a name a line, hosts lines,
+// ||name^, comments, CRLF) hold as inline names do, in a not too; a
+// changed file is read again, and a broken one leaves the names before.
+func TestNameFile(t *testing.T) {
+	dir := t.TempDir()
+	block := filepath.Join(dir, "block.txt")
+	allow := filepath.Join(dir, "allow.txt")
+	write := func(path, text string) {
+		t.Helper()
+		tmp := path + ".new"
+		if err := os.WriteFile(tmp, []byte(text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, path); err != nil { // as a list updater replaces it
+			t.Fatal(err)
+		}
+	}
+	write(block, "# a block list\r\n\r\nPlain.Example\r\n0.0.0.0 ads.example tracker.example # two names\n127.0.0.1 localhost\n0.0.0.0 0.0.0.0\n||adblock.example^\n*.wild.example\n")
+	write(allow, "ok.ads.example\n")
+	rt := new(Route)
+	core, logs := observer.New(zap.InfoLevel)
+	ctx, cancel := caddy.NewContext(caddy.Context{Context: context.Background()})
+	defer cancel()
+	handlertest.Provision(t, rt, `{"match":{"name":["inline.example"],"name_file":["`+block+`"],"not":[{"name_file":["`+allow+`"]}]},"name_file_poll":"1h","handle":[`+zoneHandler+`]}`)
+	holds := func(name string) bool {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		return rt.holds(&caddydns.Request{Msg: q, Client: netip.MustParseAddrPort("192.0.2.1:5300")})
+	}
+	for name, want := range map[string]bool{
+		"plain.example.": true, "www.PLAIN.example.": true, "ads.example.": true, "x.tracker.example.": true,
+		"adblock.example.": true, "wild.example.": true, "a.wild.example.": true, "inline.example.": true,
+		"localhost.": true, "ok.ads.example.": false, "www.ok.ads.example.": false, "other.example.": false,
+		"0.0.0.0.": false, "example.": false,
+	} {
+		if got := holds(name); got != want {
+			t.Errorf("%s: held %v, want %v", name, got, want)
+		}
+	}
+	// the watcher, with a logger to wait on: a changed file is read again
+	lists := []*nameFiles{{x: &rt.matcher, inline: []string{"inline.example."}, files: []string{block}, field: "match", stamps: []fileStamp{stampOf(block)}}}
+	go watch(ctx, lists, 10*time.Millisecond, zap.New(core))
+	waitLog := func(msg string, n int) {
+		t.Helper()
+		deadline := time.Now().Add(10 * time.Second)
+		for logs.FilterMessage(msg).Len() < n {
+			if time.Now().After(deadline) {
+				t.Fatalf("no %q logged: %v", msg, logs.All())
+			}
+			time.Sleep(5 * time.Millisecond) // polling the log, the watcher's signal
+		}
+	}
+	write(block, "new.example\n")
+	waitLog("name files read again", 1)
+	if !holds("new.example.") {
+		t.Errorf("a name added to the file: held false")
+	}
+	if holds("ads.example.") {
+		t.Errorf("a name taken out of the file: held true")
+	}
+	if !holds("inline.example.") {
+		t.Errorf("the inline name after the file changed: held false")
+	}
+	write(block, "new.example\nnot a name\n")
+	waitLog("name files not read again: the names read before stay", 1)
+	if e := logs.FilterMessage("name files not read again: the names read before stay").All()[0]; !strings.Contains(fmt.Sprint(e.ContextMap()["error"]), block+`:2: "not a name"`) {
+		t.Errorf("the error: %v", e.ContextMap())
+	}
+	if !holds("new.example.") {
+		t.Errorf("after a broken file, the names before: held false")
+	}
+	write(block, "fixed.example\n")
+	waitLog("name files read again", 2)
+	if !holds("fixed.example.") {
+		t.Errorf("after the file was mended: held false")
+	}
+}
+
+// TestNameFileErrors: a line a name file cannot have is an error naming
+// the file and the line.
+func TestNameFileErrors(t *testing.T) {
+	dir := t.TempDir()
+	for i, c := range []struct{ text, want string }{
+		{"ok.example\nads.example tracker.example\n", `:2: "ads.example tracker.example": not a name, a hosts line (an address, then names) or ||name^`},
+		{"||ads.example^$important\n", `:1: "||ads.example^$important": an adblock rule other than ||name^`},
+		{"0.0.0.0\n", `:1: "0.0.0.0": an address and no name`},
+		{"a..b\n", `:1: "a..b" is not a domain name`},
+		{"@@||ok.example^\n", `:1: "@@||ok.example^" is not a domain name`},
+		{"/ads[0-9]+/\n", `:1: "/ads[0-9]+/" is not a domain name`},
+		{strings.Repeat("a", 70000) + "\n", "a line over 65536 octets"},
+	} {
+		path := filepath.Join(dir, fmt.Sprintf("list%d.txt", i))
+		if err := os.WriteFile(path, []byte(c.text), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		err := new(Route).matcher.compile(&Match{NameFile: []string{path}}, "match", new([]*nameFiles))
+		if err == nil || !strings.Contains(err.Error(), "route: match.name_file[0]: "+path) || !strings.Contains(err.Error(), c.want) {
+			t.Errorf("%.40q: %v, want %q", c.text, err, c.want)
+		}
+	}
+	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
+		`{"match":{"name_file":["` + filepath.Join(dir, "none.txt") + `"]},"handle":[` + zoneHandler + `]}`:     "route: match.name_file[0]: open " + filepath.Join(dir, "none.txt") + ": no such file or directory",
+		`{"match":{"name":["a.example"]},"name_file_poll":"-1s","handle":[` + zoneHandler + `]}`:                "route: name_file_poll -1s: want a positive duration",
+		`{"match":{"type":["A"],"not":[{"name_file":["` + filepath.Join(dir, "none.txt") + `"]}]},"handle":[]}`: "route: match.not[0].name_file[0]: open",
+	})
+}
+
+// BenchmarkNameFile reads a block list of 100,000 hosts lines: the time
+// a read takes, and the memory a name takes (the Go heap after a
+// collection, per name).
+func BenchmarkNameFile(b *testing.B) {
+	var sb strings.Builder
+	for i := range 100_000 {
+		fmt.Fprintf(&sb, "0.0.0.0 ads%d.tracker-example.com\n", i)
+	}
+	path := filepath.Join(b.TempDir(), "hosts")
+	if err := os.WriteFile(path, []byte(sb.String()), 0o644); err != nil {
+		b.Fatal(err)
+	}
+	var before, after runtime.MemStats
+	for b.Loop() {
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		set := make(nameSetOf)
+		if err := readNameFile(set, path); err != nil || len(set) != 100_000 {
+			b.Fatal(err, len(set))
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/float64(len(set)), "B/name")
+		runtime.KeepAlive(set)
+	}
+}
+
+// FuzzNameFile: any file is read or refused with an error naming its
+// line, never a panic; what is read is canonical names only.
+func FuzzNameFile(f *testing.F) {
+	f.Add("# c\n0.0.0.0 ads.example tracker.example\r\nplain.example\n||a.example^\n*.w.example\n127.0.0.1 localhost\n")
+	f.Add("a b\n")
+	f.Add("||x^$y\n::1\n")
+	f.Fuzz(func(t *testing.T, text string) {
+		set := make(nameSetOf)
+		err := readNames(set, strings.NewReader(text), "list")
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "list:") {
+				t.Fatalf("an error not naming the file: %v", err)
+			}
+			return
+		}
+		for name := range set {
+			if _, ok := dns.IsDomainName(name); !ok || name != dns.CanonicalName(name) {
+				t.Fatalf("%q read as a name", name)
+			}
 		}
 	})
 }
