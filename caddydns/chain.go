@@ -36,6 +36,11 @@ type Request struct {
 	Server string
 	// Client is the client's address (after trusted proxies for DoH).
 	Client netip.AddrPort
+	// Local is the server's address the client connected to: the
+	// connection's own, or the destination a trusted PROXY header gives
+	// (a load balancer's address the client reached). forward's
+	// proxy_protocol passes it on. Invalid when unknown.
+	Local netip.AddrPort
 	// ServerName is the TLS server name (SNI) the client's connection
 	// asked for, as it sent it; "" when it sent none, or came without TLS.
 	ServerName string

@@ -67,7 +67,9 @@ func (w *Wire) Truncated() bool { return w.msg[2]&dnswire.FlagTC != 0 }
 func finishWire(r *Request, a *Wire, buf []byte) (out []byte, rcode int, ok bool) {
 	l := &a.l
 	msg := a.msg
-	if r.Size < MaxMessage || l.OPTCount > 1 || (l.OPT >= 0 && (!l.OPTLast || l.MaxPtr >= l.OPT)) {
+	if r.Size < MaxMessage || l.OPTCount > 1 || (l.OPT >= 0 && (!l.OPTLast || l.MaxPtr >= l.OPT)) || binary.BigEndian.Uint16(msg[4:]) != 1 {
+		// (an answer without its question, as some servers send errors:
+		// the message path gives it the client's)
 		return nil, 0, false
 	}
 	q := r.Msg

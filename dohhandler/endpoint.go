@@ -48,6 +48,8 @@ type Request struct {
 	// itself, through Refuse, to one over caddydns.MaxMessage octets).
 	Body   []byte
 	Client netip.AddrPort
+	// Local is the server's address the client reached (Request.Local).
+	Local netip.AddrPort
 	// ServerName is the TLS server name (SNI) the client asked for.
 	ServerName string
 	// Path is the request's path.
@@ -128,7 +130,7 @@ func (e *Endpoint) Serve(ctx context.Context, req *Request, bp *[]byte) Reply {
 		return r
 	}
 	r := caddydns.AcquireRequest()
-	r.Transport, r.Server, r.Client, r.Size = "doh", e.name, req.Client, caddydns.MaxMessage
+	r.Transport, r.Server, r.Client, r.Local, r.Size = "doh", e.name, req.Client, req.Local, caddydns.MaxMessage
 	r.ServerName, r.Path = req.ServerName, req.Path
 	a := e.chain.Serve(ctx, r, wire, (*bp)[:0])
 	caddydns.ReleaseRequest(r)

@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"errors"
 	"io"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -80,7 +81,7 @@ var bufPool = sync.Pool{New: func() any { b := make([]byte, 0, 1024); return &b 
 func (h *Handler) ServeHTTP(w http.ResponseWriter, r *http.Request, _ caddyhttp.Handler) error {
 	bp := bufPool.Get().(*[]byte)
 	defer bufPool.Put(bp)
-	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r), Path: r.URL.EscapedPath()}
+	req := Request{Method: r.Method, RawQuery: r.URL.RawQuery, Client: clientAddr(r), Local: localAddr(r), Path: r.URL.EscapedPath()}
 	if r.TLS != nil {
 		req.ServerName = r.TLS.ServerName
 	}
@@ -256,6 +257,17 @@ func writeLast(w http.ResponseWriter, r *http.Request, out []byte) {
 
 // clientAddr is the client as Caddy determined it (trusted proxies
 // included), not raw headers.
+// localAddr is the server's address the request's connection reached
+// (behind Caddy's proxy_protocol listener wrapper, the header's).
+func localAddr(r *http.Request) netip.AddrPort {
+	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
+		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
+			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+		}
+	}
+	return netip.AddrPort{}
+}
+
 func clientAddr(r *http.Request) netip.AddrPort {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	addr, err := netip.ParseAddr(ip)

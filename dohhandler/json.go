@@ -65,7 +65,7 @@ func (e *Endpoint) serveJSON(ctx context.Context, req *Request) Reply {
 	q.SetEdns0(4096, flag(args.Get("do")))
 
 	resp, a := e.chain.ServeMsg(ctx, &caddydns.Request{
-		Msg: q, Transport: "doh", Server: e.name, Client: req.Client, ServerName: req.ServerName, Path: req.Path, Size: caddydns.MaxMessage,
+		Msg: q, Transport: "doh", Server: e.name, Client: req.Client, Local: req.Local, ServerName: req.ServerName, Path: req.Path, Size: caddydns.MaxMessage,
 	})
 	if a.Drop {
 		return Reply{Drop: true}

@@ -51,6 +51,7 @@ type conn struct {
 	tc       net.Conn        // the TLS connection over raw; for cleartext DoH, raw with what sniffing read
 	key      string          // listener address
 	client   netip.AddrPort
+	local    netip.AddrPort         // the address it reached (a PROXY header's destination behind a balancer)
 	sni      string                 // the TLS server name the client asked for
 	srv      atomic.Pointer[Server] // the server whose config applies now
 	metrics  *dotMetrics            // of the server that accepted it
@@ -79,6 +80,10 @@ func newConn(raw net.Conn, key string) *conn {
 	c.park.shard = uint8(nextParkShard.Add(1) % parkShards)
 	if ap, err := netip.ParseAddrPort(raw.RemoteAddr().String()); err == nil {
 		c.client = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
+	}
+	// after RemoteAddr: behind a PROXY header, both are the header's
+	if ap, err := netip.ParseAddrPort(raw.LocalAddr().String()); err == nil {
+		c.local = netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 	}
 	if sc, ok := raw.(syscall.Conn); ok {
 		c.rc, _ = sc.SyscallConn()
@@ -427,7 +432,7 @@ func (c *conn) answer(w *writer, bp *[]byte, size int, last bool) {
 	srv := c.enter()
 	defer srv.active.Add(-1)
 	r := caddydns.AcquireRequest()
-	r.Transport, r.Server, r.Client, r.Size, r.Keepalive = "dot", srv.name, c.client, caddydns.MaxMessage, srv.keepalive(last)
+	r.Transport, r.Server, r.Client, r.Local, r.Size, r.Keepalive = "dot", srv.name, c.client, c.local, caddydns.MaxMessage, srv.keepalive(last)
 	r.ServerName = c.sni
 	a := srv.Chain.Serve(context.Background(), r, (*bp)[:size], (*bp)[:0])
 	caddydns.ReleaseRequest(r)

@@ -283,7 +283,7 @@ func (h1Handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 		rep = d.endpoint.Refuse(http.StatusRequestEntityTooLarge, dohhandler.BodyTooLarge)
 	default:
 		req := dohhandler.Request{Method: r.Method, RawQuery: r.URL.RawQuery,
-			ContentType: r.Header.Get("Content-Type"), Accept: r.Header.Get("Accept"), Client: c.client, ServerName: c.sni, Path: r.URL.EscapedPath()}
+			ContentType: r.Header.Get("Content-Type"), Accept: r.Header.Get("Accept"), Client: c.client, Local: c.local, ServerName: c.sni, Path: r.URL.EscapedPath()}
 		if xff := r.Header.Values("X-Forwarded-For"); len(xff) > 0 {
 			if msg := d.forwardedFor(&req.Client, strings.Join(xff, ",")); msg != "" {
 				rep = d.endpoint.Refuse(http.StatusBadRequest, msg)

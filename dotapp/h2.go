@@ -542,7 +542,7 @@ func (h *h2conn) onRequest(b *hblock) error {
 	}
 	st = streamPool.Get().(*h2stream)
 	*st = h2stream{h: h, id: id, contentLength: b.contentLength, recvWindow: h2StreamWindow, head: b.method == http.MethodHead}
-	st.req.Method, st.req.ContentType, st.req.Accept, st.req.Client = b.method, b.contentType, b.accept, h.c.client
+	st.req.Method, st.req.ContentType, st.req.Accept, st.req.Client, st.req.Local = b.method, b.contentType, b.accept, h.c.client, h.c.local
 	st.req.ServerName = h.c.sni
 	st.path, st.req.RawQuery, _ = strings.Cut(b.path, "?")
 	st.bp = packPool.Get().(*[]byte)

@@ -52,20 +52,29 @@ type Layout struct {
 // Walk lays out msg, which must hold exactly one question; ok is false
 // when it is not a well-formed message. Records' data are not read, but
 // for an SOA's minimum (RFC 2308).
-func Walk(msg []byte) (l Layout, ok bool) {
-	if len(msg) < HeaderLen || binary.BigEndian.Uint16(msg[4:]) != 1 {
+func Walk(msg []byte) (l Layout, ok bool) { return walk(msg, 1) }
+
+// WalkQuestionless is Walk for a message without a question (QDCOUNT
+// 0), as some servers send errors (unbound's REFUSED from its access
+// control): QEnd is HeaderLen.
+func WalkQuestionless(msg []byte) (l Layout, ok bool) { return walk(msg, 0) }
+
+func walk(msg []byte, qdcount uint16) (l Layout, ok bool) {
+	if len(msg) < HeaderLen || binary.BigEndian.Uint16(msg[4:]) != qdcount {
 		return l, false
 	}
 	an := int(binary.BigEndian.Uint16(msg[6:]))
 	ns := int(binary.BigEndian.Uint16(msg[8:]))
 	ar := int(binary.BigEndian.Uint16(msg[10:]))
 	l.OPT, l.MaxPtr = -1, -1
-	off, ok := l.skipName(msg, HeaderLen)
-	if !ok || off+4 > len(msg) {
-		return l, false
+	off := HeaderLen
+	if qdcount == 1 {
+		if off, ok = l.skipName(msg, HeaderLen); !ok || off+4 > len(msg) {
+			return l, false
+		}
+		off += 4
 	}
-	l.QEnd = off + 4
-	off = l.QEnd
+	l.QEnd = off
 	rcode := int(msg[3] & MaskRcode)
 	negative := an == 0 // the TTL is the SOA's (RFC 2308 5)
 	total := an + ns + ar

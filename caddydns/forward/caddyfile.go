@@ -21,6 +21,7 @@ import (
 //		max_fails <n>
 //		fail_duration <duration>
 //		disable_0x20
+//		proxy_protocol
 //		health_check [<name> [<type>]] {
 //			interval <duration>
 //			timeout <duration>
@@ -91,6 +92,11 @@ func (f *Forward) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 				return d.ArgErr()
 			}
 			f.Disable0x20 = true
+		case "proxy_protocol":
+			if d.NextArg() {
+				return d.ArgErr()
+			}
+			f.ProxyProtocol = true
 		case "health_check":
 			hc := new(HealthCheck)
 			args := d.RemainingArgs()

@@ -80,7 +80,7 @@ func TestUDPRefused(t *testing.T) {
 	}
 	deadline := time.Now().Add(5 * time.Second)
 	for i := 0; i < 5; i++ {
-		_, err := c.exchange(context.Background(), nil, deadline, dnswire.Question(packed), packed, false)
+		_, err := c.exchange(context.Background(), nil, deadline, dnswire.Question(packed), packed, nil, false)
 		if !errors.Is(err, syscall.ECONNREFUSED) {
 			t.Fatalf("query %d to a closed port: %v, want connection refused", i, err)
 		}
@@ -105,7 +105,7 @@ func TestUDPRefusedConcurrent(t *testing.T) {
 	for i := range queries {
 		go func() {
 			packed, _ := query(fmt.Sprintf("q%d.example.org.", i), dns.TypeA).Pack()
-			_, err := c.exchange(context.Background(), nil, time.Now().Add(3*time.Second), dnswire.Question(packed), packed, false)
+			_, err := c.exchange(context.Background(), nil, time.Now().Add(3*time.Second), dnswire.Question(packed), packed, nil, false)
 			errs <- err
 		}()
 	}
@@ -129,7 +129,7 @@ func TestUDPTimeout(t *testing.T) {
 	defer c.close()
 	q := query("www.example.org.", dns.TypeA)
 	packed, _ := q.Pack()
-	_, err = c.exchange(context.Background(), nil, time.Now().Add(20*time.Millisecond), dnswire.Question(packed), packed, false)
+	_, err = c.exchange(context.Background(), nil, time.Now().Add(20*time.Millisecond), dnswire.Question(packed), packed, nil, false)
 	if !errors.Is(err, context.DeadlineExceeded) || !strings.Contains(err.Error(), pc.LocalAddr().String()) {
 		t.Fatalf("query to a silent upstream: %v, want a deadline error naming %s", err, pc.LocalAddr())
 	}
@@ -183,7 +183,7 @@ func TestUDPBatch(t *testing.T) {
 				return
 			}
 			<-start
-			a, err := c.exchange(context.Background(), nil, time.Now().Add(10*time.Second), dnswire.Question(packed), packed, false)
+			a, err := c.exchange(context.Background(), nil, time.Now().Add(10*time.Second), dnswire.Question(packed), packed, nil, false)
 			if err != nil {
 				errs <- err
 				return
@@ -233,12 +233,12 @@ func (w *failingWriter) WriteBatch(ms []ipv4.Message, _ int) (int, error) {
 func TestUDPBatchSendFails(t *testing.T) {
 	b := new(udpBatch)
 	for i := range 5 {
-		b.add([]byte{0, byte(i), 1, 2}, nil)
+		b.add(nil, []byte{0, byte(i), 1, 2}, uint16(i), nil)
 	}
 	if err := b.send(&failingWriter{ok: 2}); !errors.Is(err, errSend) {
 		t.Fatalf("send: %v, want %v", err, errSend)
 	}
-	if u := b.unsent(); len(u) != 3 || u[0][1] != 2 || u[2][1] != 4 {
+	if u := b.ids[b.sent:]; len(u) != 3 || u[0] != 2 || u[2] != 4 {
 		t.Fatalf("unsent %v, want the last 3 of 5", u)
 	}
 
@@ -251,7 +251,7 @@ func TestUDPBatchSendFails(t *testing.T) {
 	defer c.close()
 	c.wrap = func(batchWriter) batchWriter { return &failingWriter{} }
 	packed, _ := query("www.example.org.", dns.TypeA).Pack()
-	_, err = c.exchange(context.Background(), nil, time.Now().Add(5*time.Second), dnswire.Question(packed), packed, false)
+	_, err = c.exchange(context.Background(), nil, time.Now().Add(5*time.Second), dnswire.Question(packed), packed, nil, false)
 	if !errors.Is(err, errSend) {
 		t.Fatalf("query whose send failed: %v, want %v", err, errSend)
 	}

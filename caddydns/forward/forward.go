@@ -76,6 +76,14 @@ type Forward struct {
 	// UDP upstreams (0x20). Default: on, and off by itself for an
 	// upstream seen not to keep case.
 	Disable0x20 bool `json:"disable_0x20,omitempty"`
+	// ProxyProtocol sends each query with a PROXY protocol v2 header
+	// naming its client and the address the client reached (dnsdist's
+	// useProxyProtocol), for a backend that takes it (unbound's
+	// proxy-protocol-port, PowerDNS Recursor's proxy-protocol-from): UDP
+	// in each datagram; TCP and TLS (and UDP's fallback to TCP) on a
+	// connection of the query's own, which the header opens. Not for
+	// https:// upstreams.
+	ProxyProtocol bool `json:"proxy_protocol,omitempty"`
 
 	ups     []*upstream
 	keys    []string
@@ -144,6 +152,10 @@ func (f *Forward) Provision(ctx caddy.Context) error {
 		if err != nil {
 			return fmt.Errorf("forward: %w", err)
 		}
+		if f.ProxyProtocol && spec.proto == "https" {
+			return fmt.Errorf("forward: proxy_protocol: %s is a DoH upstream: a PROXY header goes to udp://, tcp:// and tls:// upstreams", spec)
+		}
+		spec.proxy = f.ProxyProtocol
 		tlsUp := spec.proto == "tls" || spec.proto == "https"
 		if tlsUp {
 			spec.serverName, spec.caFiles = f.TLSServerName, strings.Join(f.TLSCAFiles, ",")

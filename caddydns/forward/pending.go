@@ -2,11 +2,13 @@ package forward
 
 import (
 	"context"
+	"encoding/binary"
 	"math/rand/v2"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dnsfront/dnsfront/caddydns"
@@ -187,10 +189,14 @@ func deliverAll(mu *sync.Mutex, pending pendingCalls, msgs [][]byte, forged *for
 	}
 }
 
-// answerLayout lays out msg if it is a well-formed response.
+// answerLayout lays out msg if it is a well-formed response (with its
+// question, or an error without one: see questionlessError).
 func answerLayout(msg []byte) (dnswire.Layout, bool) {
 	if len(msg) < dnswire.HeaderLen || msg[2]&dnswire.FlagQR == 0 {
 		return dnswire.Layout{}, false
+	}
+	if binary.BigEndian.Uint16(msg[4:]) == 0 {
+		return dnswire.WalkQuestionless(msg)
 	}
 	return dnswire.Walk(msg)
 }
@@ -208,6 +214,10 @@ func handOver(pending pendingCalls, msg []byte, l *dnswire.Layout) int {
 	}
 	switch dnswire.Answers(msg, l, cl.question) {
 	case dnswire.SameQuestion:
+	case dnswire.OtherQuestion:
+		if !questionlessError(msg, l) {
+			return forgedQuestion
+		}
 	case dnswire.SameButCase:
 		if cl.exact {
 			pending.fail(id, cl, errCaseMismatch)
@@ -219,6 +229,21 @@ func handOver(pending pendingCalls, msg []byte, l *dnswire.Layout) int {
 	delete(pending, id)
 	cl.resp <- caddydns.NewWire(msg, l)
 	return -1
+}
+
+// questionlessError reports whether msg is an error answer without a
+// question: QDCOUNT 0, no answer or authority records, and an rcode
+// other than NOERROR and NXDOMAIN (REFUSED from unbound's access
+// control, FORMERR, NOTIMP), or TC. Servers send these (RFC 1035 leaves
+// the question out of an error's echo to them), and dnsdist takes them
+// on the same terms. Such an answer carries nothing to keep: the cache
+// keeps only answers to the query's question, and the client gets it
+// with its own question.
+func questionlessError(msg []byte, l *dnswire.Layout) bool {
+	if l.QEnd != dnswire.HeaderLen || binary.BigEndian.Uint16(msg[4:]) != 0 || binary.BigEndian.Uint16(msg[6:]) != 0 || binary.BigEndian.Uint16(msg[8:]) != 0 {
+		return false
+	}
+	return (l.Rcode != dns.RcodeSuccess && l.Rcode != dns.RcodeNameError) || msg[2]&dnswire.FlagTC != 0
 }
 
 // queryID returns a random message ID (ChaCha8, unpredictable to an

@@ -14,10 +14,15 @@ type upstreamSpec struct {
 	path       string // https: the request path
 	serverName string // tls, https
 	caFiles    string // tls, https: comma-joined PEM files, "" = system roots
+	proxy      bool   // udp, tcp, tls: a PROXY header before each query
 }
 
 func (s upstreamSpec) key() string {
-	return s.String() + "|" + s.serverName + "|" + s.caFiles
+	k := s.String() + "|" + s.serverName + "|" + s.caFiles
+	if s.proxy {
+		k += "|proxy"
+	}
+	return k
 }
 
 // String is the upstream's name in metrics and logs.

@@ -177,7 +177,7 @@ func (c *streamClient) conn(ctx context.Context, deadline time.Time, resend bool
 	c.dialing++
 	c.mu.Unlock()
 
-	sc, err := c.dial(ctx, deadline)
+	sc, err := c.dial(ctx, deadline, nil)
 	c.mu.Lock()
 	c.dialing--
 	if err != nil {
@@ -198,25 +198,76 @@ func (c *streamClient) conn(ctx context.Context, deadline time.Time, resend bool
 	return sc, nil
 }
 
-func (c *streamClient) dial(ctx context.Context, deadline time.Time) (*streamConn, error) {
+// dial opens a connection; hdr, when set, is a PROXY header written
+// first (before the TLS handshake, where a balancer's goes).
+func (c *streamClient) dial(ctx context.Context, deadline time.Time, hdr []byte) (*streamConn, error) {
 	if dl := time.Now().Add(dialTimeout); dl.Before(deadline) {
 		deadline = dl
 	}
 	dctx, cancel := context.WithDeadline(ctx, deadline)
 	defer cancel()
-	var conn net.Conn
-	var err error
-	if c.tlsCfg != nil {
-		d := &tls.Dialer{Config: c.tlsCfg}
-		conn, err = d.DialContext(dctx, "tcp", c.addr)
-	} else {
-		var d net.Dialer
-		conn, err = d.DialContext(dctx, "tcp", c.addr)
-	}
+	var d net.Dialer
+	conn, err := d.DialContext(dctx, "tcp", c.addr)
 	if err != nil {
 		return nil, err
 	}
+	if hdr != nil {
+		_ = conn.SetWriteDeadline(deadline)
+		if _, err := conn.Write(hdr); err != nil {
+			conn.Close()
+			return nil, err
+		}
+	}
+	if c.tlsCfg != nil {
+		tc := tls.Client(conn, c.tlsCfg)
+		if err := tc.HandshakeContext(dctx); err != nil {
+			conn.Close()
+			return nil, err
+		}
+		conn = tc
+	}
 	return &streamConn{conn: conn, pending: make(pendingCalls)}, nil
+}
+
+// exchangeWith is exchange, or with hdr (a PROXY header naming the
+// query's client) a query on a connection of its own that hdr opens,
+// closed once answered: the header is the connection's, and a connection
+// is one client's.
+func (c *streamClient) exchangeWith(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed, hdr []byte) (*caddydns.Wire, error) {
+	if hdr == nil {
+		return c.exchange(ctx, r, deadline, question, packed)
+	}
+	sc, err := c.dial(ctx, deadline, hdr)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", c.addr, err)
+	}
+	cl := newCall(question)
+	defer cl.release() // deferred first: runs after the delete below
+	sc.mu.Lock()
+	id := sc.pending.reserve(cl)
+	sc.sent++
+	sc.mu.Unlock()
+	defer func() {
+		sc.mu.Lock()
+		sc.pending.forget(id, cl)
+		sc.mu.Unlock()
+		sc.conn.Close() // its reader ends
+	}()
+	go c.read(sc)
+	dnswire.SetID(packed, id)
+	tapQuery(r, c.hop, packed)
+	if err := sc.write(deadline, packed); err != nil {
+		return nil, fmt.Errorf("%s: %w", c.addr, err)
+	}
+	resp, err := cl.wait(ctx, deadline)
+	switch {
+	case err != nil:
+		return nil, fmt.Errorf("%s: %w", c.addr, err)
+	case resp == nil:
+		return nil, fmt.Errorf("%s: %w", c.addr, ErrUpstreamClosed)
+	}
+	tapResponse(r, c.hop, resp)
+	return resp, nil
 }
 
 func (sc *streamConn) write(deadline time.Time, packed []byte) error {

@@ -108,10 +108,10 @@ func newUDPClient(addr string, forged *forgedCounters) *udpClient {
 // busy one saves a system call and, above all, a wake-up of the upstream
 // per query (waking a sleeping upstream was half the cost of a send on
 // loopback).
-func (c *udpClient) exchange(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed []byte, exact bool) (*caddydns.Wire, error) {
+func (c *udpClient) exchange(ctx context.Context, r *caddydns.Request, deadline time.Time, question, packed, hdr []byte, exact bool) (*caddydns.Wire, error) {
 	cl := newCall(question)
 	cl.exact = exact
-	s, id, lead, err := c.register(cl, packed)
+	s, id, lead, err := c.register(cl, packed, hdr)
 	if err != nil {
 		cl.release()
 		return nil, err
@@ -146,9 +146,10 @@ func (c *udpClient) exchange(ctx context.Context, r *caddydns.Request, deadline 
 }
 
 // register adds cl to the socket taking queries (dialing one when there
-// is none), under an ID free on it, and queues packed with that ID. lead
-// is the batch cl opened, if it did: the caller sends it.
-func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, lead *udpBatch, err error) {
+// is none), under an ID free on it, and queues packed with that ID (after
+// hdr, a PROXY header, in the same datagram). lead is the batch cl
+// opened, if it did: the caller sends it.
+func (c *udpClient) register(cl *call, packed, hdr []byte) (s *udpSocket, id uint16, lead *udpBatch, err error) {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed {
@@ -174,7 +175,7 @@ func (c *udpClient) register(cl *call, packed []byte) (s *udpSocket, id uint16, 
 		s.batch = batchPool.Get().(*udpBatch)
 		lead = s.batch
 	}
-	s.batch.add(packed, cl)
+	s.batch.add(hdr, packed, id, cl)
 	if s.batch.full() {
 		s.batch = nil // the next query opens another batch
 	}
@@ -227,9 +228,8 @@ func (s *udpSocket) send(b *udpBatch) {
 			// queries, sent or not, have no answer coming
 			s.fail(err)
 		}
-		for i, p := range b.unsent() {
-			id := uint16(p[0])<<8 | uint16(p[1])
-			s.pending.fail(id, b.calls[b.sent+i], err)
+		for i := b.sent; i < len(b.calls); i++ {
+			s.pending.fail(b.ids[i], b.calls[i], err)
 		}
 		s.mu.Unlock()
 	}

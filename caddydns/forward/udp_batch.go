@@ -29,6 +29,7 @@ const maxBatch = 32
 type udpBatch struct {
 	buf   []byte
 	ends  []int
+	ids   []uint16
 	calls []*call // the query each packet is for
 	bufs  [][]byte
 	msgs  []ipv4.Message
@@ -37,9 +38,13 @@ type udpBatch struct {
 
 var batchPool = sync.Pool{New: func() any { return new(udpBatch) }}
 
-func (b *udpBatch) add(p []byte, cl *call) {
+// add queues the query p, its ID id, after hdr (a PROXY header, or nil)
+// in one datagram.
+func (b *udpBatch) add(hdr, p []byte, id uint16, cl *call) {
+	b.buf = append(b.buf, hdr...)
 	b.buf = append(b.buf, p...)
 	b.ends = append(b.ends, len(b.buf))
+	b.ids = append(b.ids, id)
 	b.calls = append(b.calls, cl)
 }
 
@@ -74,11 +79,8 @@ func (b *udpBatch) send(w batchWriter) error {
 	return nil
 }
 
-// unsent returns the queries send did not send.
-func (b *udpBatch) unsent() [][]byte { return b.bufs[b.sent:] }
-
 func (b *udpBatch) reset() {
-	b.buf, b.ends, b.sent = b.buf[:0], b.ends[:0], 0
+	b.buf, b.ends, b.ids, b.sent = b.buf[:0], b.ends[:0], b.ids[:0], 0
 	clear(b.calls)
 	b.calls = b.calls[:0]
 	for i := range b.msgs {

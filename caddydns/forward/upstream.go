@@ -168,13 +168,20 @@ func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time
 	if u.doh != nil {
 		return u.doh.exchange(ctx, r, deadline, q, packed)
 	}
+	var hdr []byte // the PROXY header, with proxy_protocol
+	if u.spec.proxy {
+		var err error
+		if hdr, err = proxyHeader(r); err != nil {
+			return nil, fmt.Errorf("%s: PROXY header: %w", u.name, err)
+		}
+	}
 	if u.udp == nil {
-		return u.stream.exchange(ctx, r, deadline, q, packed)
+		return u.stream.exchangeWith(ctx, r, deadline, q, packed, hdr)
 	}
 	var orig [255 + 4]byte // the question in its own case (a name is at most 255 octets)
 	copy(orig[:], q)
 	exact := u.randomizeCase(q)
-	a, err := u.udp.exchange(ctx, r, deadline, q, packed, exact)
+	a, err := u.udp.exchange(ctx, r, deadline, q, packed, hdr, exact)
 	if exact {
 		// the question's own case again: in the answer, which echoed
 		// the random case octet for octet (so that its names decode in
@@ -192,13 +199,13 @@ func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time
 		}
 		if a.Truncated() {
 			a.Release()
-			a, err = u.stream.exchange(ctx, r, deadline, q, packed)
+			a, err = u.stream.exchangeWith(ctx, r, deadline, q, packed, hdr)
 		}
 	case errors.Is(err, errCaseMismatch):
 		// forged, or an upstream that does not keep case: ask over TCP,
 		// where no off-path answer gets in (unbound's caps fallback)
 		u.caseMissed()
-		a, err = u.stream.exchange(ctx, r, deadline, q, packed)
+		a, err = u.stream.exchangeWith(ctx, r, deadline, q, packed, hdr)
 	}
 	return a, err
 }
