@@ -6,6 +6,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"syscall"
 	"testing"
@@ -57,9 +58,14 @@ func TestDnstapFile(t *testing.T) {
 		t.Errorf("%d messages for tap.example.test, want 8 (CQ, FQ, FR, CR for each of 2 queries):\n%s", n, out)
 	}
 	// dnstap-ldns predates the DOT and DOH protocol values ("?" above);
-	// golang-dnstap's own command reads them
-	if yaml, _ := run(t, false, buildDnstapCmd(t), "-y", "-r", file); !strings.Contains(yaml, `identity: "test-front"`) || !strings.Contains(yaml, "socket_protocol: DOT") {
+	// golang-dnstap's own command reads them. A client's messages name the
+	// server's address the client reached.
+	yaml, _ := run(t, false, buildDnstapCmd(t), "-y", "-r", file)
+	if !strings.Contains(yaml, `identity: "test-front"`) || !strings.Contains(yaml, "socket_protocol: DOT") {
 		t.Errorf("dnstap -y lacks the identity or the DoT protocol:\n%.2000s", yaml)
+	}
+	if rx := regexp.MustCompile(fmt.Sprintf(`response_address: 127\.0\.0\.1\s+query_port: \d+\s+response_port: %d\n`, port)); len(rx.FindAllString(yaml, -1)) != 4 {
+		t.Errorf("%d client messages with the server's address and port %d, want 4:\n%.3000s", len(rx.FindAllString(yaml, -1)), port, yaml)
 	}
 }
 

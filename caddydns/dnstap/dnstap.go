@@ -114,14 +114,14 @@ func (d *Dnstap) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 	if q == nil {
 		q, _ = r.Msg.Pack()
 	}
-	d.out.add(d.head, clientQuery, r.Start(), r.Client, r.Transport, caddydns.Hop{}, q)
+	d.out.add(d.head, clientQuery, r.Start(), r.Client, r.Transport, caddydns.Hop{Addr: r.Local}, q)
 	r.Tap = d
 	return next(ctx, r)
 }
 
 // ClientResponse implements caddydns.Tap.
 func (d *Dnstap) ClientResponse(r *caddydns.Request, at time.Time, msg []byte) {
-	d.out.add(d.head, clientResponse, at, r.Client, r.Transport, caddydns.Hop{}, msg)
+	d.out.add(d.head, clientResponse, at, r.Client, r.Transport, caddydns.Hop{Addr: r.Local}, msg)
 }
 
 // ForwarderQuery implements caddydns.Tap.

@@ -67,6 +67,9 @@ func TestAppendFrame(t *testing.T) {
 		{clientQuery, "127.0.0.2:40000", "dot", caddydns.Hop{}, 30, tap.SocketFamily_INET, tap.SocketProtocol_DOT, "127.0.0.2"},
 		{clientResponse, "[::ffff:127.0.0.3]:53", "doh", caddydns.Hop{}, 300, tap.SocketFamily_INET, tap.SocketProtocol_DOH, "127.0.0.3"},
 		{clientQuery, "[2001:db8::1]:443", "doh", caddydns.Hop{}, 10, tap.SocketFamily_INET6, tap.SocketProtocol_DOH, "2001:db8::1"},
+		// the server's address the client reached (Request.Local), in the client's family
+		{clientQuery, "127.0.0.2:40000", "dot", hop("", "127.0.0.1:853"), 30, tap.SocketFamily_INET, tap.SocketProtocol_DOT, "127.0.0.2"},
+		{clientResponse, "[2001:db8::1]:443", "doh", hop("", "127.0.0.1:443"), 30, tap.SocketFamily_INET6, tap.SocketProtocol_DOH, "2001:db8::1"},
 		// an IPv6 client of an IPv4 upstream: 16 octets, the family the upstream's
 		{forwarderQuery, "[2001:db8::1]:443", "doh", hop("udp", "127.0.0.1:5301"), 70_000 - 200, tap.SocketFamily_INET, tap.SocketProtocol_UDP, "2001:db8::1"},
 		// an IPv4 client of an IPv6 upstream: IPv4-mapped
@@ -115,7 +118,11 @@ func TestAppendFrame(t *testing.T) {
 			t.Errorf("%d: both messages set", tc.kind)
 		}
 		if ap := tc.up.Addr; ap.IsValid() {
-			if !bytes.Equal(m.GetResponseAddress(), ap.Addr().AsSlice()) || m.GetResponsePort() != uint32(ap.Port()) {
+			want := ap.Addr().AsSlice()
+			if tc.family == tap.SocketFamily_INET6 && ap.Addr().Is4() && (tc.kind == clientQuery || tc.kind == clientResponse) {
+				want = netip.AddrFrom16(ap.Addr().As16()).AsSlice() // mapped, in the client's family
+			}
+			if !bytes.Equal(m.GetResponseAddress(), want) || m.GetResponsePort() != uint32(ap.Port()) {
 				t.Errorf("%d: upstream %v %d, want %v", tc.kind, m.GetResponseAddress(), m.GetResponsePort(), ap)
 			}
 		} else if m.ResponseAddress != nil || m.ResponsePort != nil {

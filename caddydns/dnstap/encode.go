@@ -70,8 +70,11 @@ func appendHead(dst, id []byte) []byte {
 // the identity. It encodes the protobuf in place, with no allocation;
 // golang-dnstap's generated code decodes it (TestAppendFrame).
 //
-// A forwarder's message has the upstream's socket family and protocol,
-// and its address as the response address. Its query address is the
+// A client's message has the server's address the client reached (up's
+// Addr, from Request.Local) as its response address, in the client's
+// family (IPv4-mapped for an IPv6 client). A forwarder's message has the
+// upstream's socket family and protocol, and its address as the response
+// address. Its query address is the
 // client's (as CoreDNS gives it), which ties the exchange to the query:
 // IPv4-mapped when the upstream is IPv6, and 16 octets for an IPv6 client
 // of an IPv4 upstream (readers go by the length).
@@ -111,8 +114,8 @@ func appendFrame(dst, head []byte, kind int, at time.Time, client netip.AddrPort
 		dst = appendAddr(dst, fieldQueryAddress, client.Addr(), family == familyINET6)
 		dst = appendVarintField(dst, fieldQueryPort, uint64(client.Port()))
 	}
-	if forwarder && up.Addr.IsValid() {
-		dst = appendAddr(dst, fieldResponseAddress, up.Addr.Addr(), false)
+	if up.Addr.IsValid() {
+		dst = appendAddr(dst, fieldResponseAddress, up.Addr.Addr(), !forwarder && family == familyINET6)
 		dst = appendVarintField(dst, fieldResponsePort, uint64(up.Addr.Port()))
 	}
 	secField, nsecField, msgField := protowire.Number(fieldQueryTimeSec), protowire.Number(fieldQueryTimeNsec), protowire.Number(fieldQueryMessage)
