@@ -15,7 +15,8 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
+
+	"github.com/dnsfront/dnsfront/internal/handlertest"
 )
 
 // parkServer is a test server on a real loopback listener (parking needs
@@ -56,14 +57,7 @@ func listenParking(t *testing.T, s *Server, vecs *connVecs, idle, handshake time
 }
 
 // metricValue reads a gauge or a counter.
-func metricValue(g prometheus.Metric) float64 {
-	var m dto.Metric
-	_ = g.Write(&m)
-	if m.Counter != nil {
-		return m.GetCounter().GetValue()
-	}
-	return m.GetGauge().GetValue()
-}
+func metricValue(g prometheus.Metric) float64 { return handlertest.MetricValue(g) }
 
 // waitMetric polls a gauge or counter until it shows want.
 func waitMetric(t *testing.T, what string, g prometheus.Metric, want float64) {

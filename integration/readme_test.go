@@ -125,7 +125,7 @@ func TestReadmeQuickStart(t *testing.T) {
 	if err != nil {
 		t.Fatalf("README try-it block: %v\n%s", err, out)
 	}
-	for _, want := range []string{"192.0.2.80", "2001:db8::80", "192.0.2.25", `"data":"www.example.test."`, "OCSP Response Status: successful", "alpn=h2 port=8444 ech=", `"qps": 100`, "192.0.2.71", "safe.example.test.\n192.0.2.73"} {
+	for _, want := range []string{"192.0.2.80", "2001:db8::80", "192.0.2.25", `"data":"www.example.test."`, "OCSP Response Status: successful", "alpn=h2 port=8444 ech=", `"qps": 100`, "192.0.2.71", `dnsfront_route_queries_total{route="kids-blocked",server="dot0"} 1`, "safe.example.test.\n192.0.2.73"} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("README try-it block: no %q in\n%s", want, out)
 		}

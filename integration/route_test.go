@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -261,7 +262,7 @@ const blockListSite = `{
 		issue dns.example.test
 	}
 	dot 127.0.0.1:{{.DoT}} {
-		route {
+		route blocklist {
 			name_file {{.Block}}
 			name_file_poll 100ms
 			answer 192.0.2.66
@@ -321,6 +322,11 @@ func TestRouteNameFile(t *testing.T) {
 	c.waitLog(`"msg":"name files not read again: the names read before stay".*block.txt:2`, 10*time.Second)
 	if got := dig("mail.example.test"); got != blocked {
 		t.Errorf("mail.example.test after a broken file: %q", got)
+	}
+	// the blocked queries, counted by the route's name: 5 of the first 7,
+	// then mail.example.test twice
+	if m := regexp.MustCompile(`dnsfront_route_queries_total\{route="blocklist",server="[^"]+"\} (\d+)`).FindStringSubmatch(string(c.api("GET", "/metrics"))); m == nil || m[1] != "7" {
+		t.Errorf("the route's metric: %v, want 7 queries taken", m)
 	}
 	err := c.reload("", nil)
 	if err == nil || !strings.Contains(err.Error(), "route: match.name_file[0]: "+block+":2: ") || !strings.Contains(err.Error(), "ads.up.test tracker.up.test") {

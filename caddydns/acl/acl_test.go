@@ -10,7 +10,6 @@ import (
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/handlertest"
@@ -101,11 +100,7 @@ func (answerer) ServeDNS(_ context.Context, r *caddydns.Request, _ caddydns.Next
 	return caddydns.Response{Msg: m}, nil
 }
 
-func count(c prometheus.Counter) float64 {
-	var m dto.Metric
-	_ = c.Write(&m)
-	return m.GetCounter().GetValue()
-}
+func count(c prometheus.Counter) float64 { return handlertest.MetricValue(c) }
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(ACL) }, map[string]string{

@@ -10,9 +10,9 @@ import (
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
 	"github.com/prometheus/client_golang/prometheus"
-	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dnsfront/dnsfront/caddydns"
+	"github.com/dnsfront/dnsfront/internal/handlertest"
 )
 
 // slowUpstream answers every query over UDP after delay, until the test
@@ -112,14 +112,4 @@ func TestClientGivesUp(t *testing.T) {
 }
 
 // metricValue reads a gauge's or counter's value.
-func metricValue(t *testing.T, m prometheus.Metric) float64 {
-	t.Helper()
-	var out dto.Metric
-	if err := m.Write(&out); err != nil {
-		t.Fatal(err)
-	}
-	if out.Gauge != nil {
-		return out.Gauge.GetValue()
-	}
-	return out.Counter.GetValue()
-}
+func metricValue(_ *testing.T, m prometheus.Metric) float64 { return handlertest.MetricValue(m) }

@@ -11,7 +11,7 @@ import (
 // UnmarshalCaddyfile sets up the route from Caddyfile tokens: its
 // matchers, then its handlers.
 //
-//	route {
+//	route [<name>] {         # the name labels its metric
 //		server_name <names...>
 //		client <prefixes...>
 //		name <names...>
@@ -27,7 +27,10 @@ import (
 func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
 	if d.NextArg() {
-		return d.ArgErr()
+		rt.Name = d.Val()
+		if d.NextArg() {
+			return d.ArgErr()
+		}
 	}
 	var chain caddydns.Chain
 	for n := d.Nesting(); d.NextBlock(n); {

@@ -12,14 +12,17 @@ import (
 	"fmt"
 	"slices"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 	"github.com/dnsfront/dnsfront/internal/netprefix"
+	"github.com/dnsfront/dnsfront/internal/promreg"
 )
 
 func init() {
@@ -32,6 +35,9 @@ func init() {
 // route that has no answer for a name passes it on to the chain's
 // forward, and a route that ends in a forward answers all it takes.
 type Route struct {
+	// Name labels the route in metrics (dnsfront_route_queries_total).
+	// Default: its matchers, as "server_name kids.example; type A".
+	Name string `json:"name,omitempty"`
 	// Match is what a query must have for the route to take it.
 	Match Match `json:"match"`
 	// HandlersRaw are the route's DNS handlers, in order.
@@ -44,6 +50,7 @@ type Route struct {
 
 	handlers []caddydns.Handler
 	matcher
+	taken *routeCounters
 }
 
 // matcher is a Match compiled; not is its Not's, or nil.
@@ -123,6 +130,14 @@ func (rt *Route) Provision(ctx caddy.Context) error {
 	for _, mod := range mods.([]any) {
 		rt.handlers = append(rt.handlers, mod.(caddydns.Handler))
 	}
+	label := rt.Name
+	if label == "" {
+		label = rt.Match.label()
+	}
+	rt.taken = &routeCounters{label: label}
+	if err := promreg.Register(ctx.GetMetricsRegistry(), routeQueries); err != nil {
+		return err
+	}
 	if len(lists) > 0 {
 		go watch(ctx, lists, poll, ctx.Logger())
 	}
@@ -199,6 +214,7 @@ func (rt *Route) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydn
 	if !rt.holds(r) {
 		return next(ctx, r)
 	}
+	rt.taken.of(r.Server).Inc()
 	for i := len(rt.handlers) - 1; i >= 0; i-- {
 		h, after := rt.handlers[i], next
 		next = func(ctx context.Context, r *caddydns.Request) (caddydns.Response, error) {
@@ -324,3 +340,52 @@ var (
 	_ caddy.Provisioner = (*Route)(nil)
 	_ caddydns.Handler  = (*Route)(nil)
 )
+
+var routeQueries = prometheus.NewCounterVec(prometheus.CounterOpts{
+	Namespace: "dnsfront",
+	Name:      "route_queries_total",
+	Help:      "Queries a route took (its matchers held them), by server and route (its name, or its matchers): a block list's blocked queries.",
+}, []string{"server", "route"})
+
+// routeCounters are a route's counters, one a server, bound to their
+// labels as servers first use them: a query costs a map read.
+type routeCounters struct {
+	label string
+	by    sync.Map // server -> prometheus.Counter
+}
+
+func (c *routeCounters) of(server string) prometheus.Counter {
+	if v, ok := c.by.Load(server); ok {
+		return v.(prometheus.Counter)
+	}
+	v, _ := c.by.LoadOrStore(server, routeQueries.WithLabelValues(server, c.label))
+	return v.(prometheus.Counter)
+}
+
+// maxLabel bounds a route's default label.
+const maxLabel = 120
+
+// label describes m's matchers for a metric: "server_name a b; type A;
+// not (name c)", cut at maxLabel.
+func (m *Match) label() string {
+	var parts []string
+	add := func(field string, vals []string) {
+		if len(vals) > 0 {
+			parts = append(parts, field+" "+strings.Join(vals, " "))
+		}
+	}
+	add("server_name", m.ServerName)
+	add("client", m.Client)
+	add("name", m.Name)
+	add("name_file", m.NameFile)
+	add("type", m.Type)
+	add("path", m.Path)
+	for i := range m.Not {
+		parts = append(parts, "not ("+m.Not[i].label()+")")
+	}
+	l := strings.Join(parts, "; ")
+	if len(l) > maxLabel {
+		l = l[:maxLabel-3] + "..."
+	}
+	return l
+}

@@ -175,7 +175,7 @@ func TestCaddyfile(t *testing.T) {
 		"route {\n\tserver_name\n}":                                        "server_name takes one or more values, at Testfile:2",
 		"route {\n\tclient 10.1.0.0/8\n}":                                  "client: \"10.1.0.0/8\" has bits set past its length",
 		"route {\n\tsni dns.example\n}":                                    "unrecognized subdirective 'sni' (not a route matcher nor a dns handler), at Testfile:2",
-		"route x {\n\tname example.org\n}":                                 "wrong argument count",
+		"route x y {\n\tname example.org\n}":                               "wrong argument count",
 	} {
 		err := new(Route).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in))
 		if err == nil || !strings.Contains(err.Error(), msg) {
@@ -406,4 +406,32 @@ func FuzzNameFile(f *testing.F) {
 			}
 		}
 	})
+}
+
+// TestRouteMetrics: a route counts the queries it takes, by server, under
+// its name or, unnamed, its matchers; the Caddyfile names it by its
+// argument.
+func TestRouteMetrics(t *testing.T) {
+	named := new(Route)
+	handlertest.Provision(t, named, `{"name":"kids","match":{"name":["example.org"]},"handle":[`+zoneHandler+`]}`)
+	unnamed := newRoute(t, `{"server_name":["family.dns.example"],"type":["A","AAAA"],"not":[{"client":["10.0.0.0/8"]}]}`)
+	if got, want := unnamed.taken.label, "server_name family.dns.example; type A AAAA; not (client 10.0.0.0/8)"; got != want {
+		t.Errorf("default label %q, want %q", got, want)
+	}
+	kids := routeQueries.WithLabelValues("test", "kids")
+	before := handlertest.MetricValue(kids)
+	for _, name := range []string{"www.example.org.", "example.org.", "www.example.com."} {
+		ask(t, named, "", "192.0.2.1", name, dns.TypeA)
+	}
+	if got := handlertest.MetricValue(kids) - before; got != 2 {
+		t.Errorf("the route took 2 queries of 3, counted %v", got)
+	}
+	rt := new(Route)
+	if err := rt.UnmarshalCaddyfile(caddyfile.NewTestDispenser("route kids {\n\tname example.org\n\tzone example.org\n}")); err != nil || rt.Name != "kids" {
+		t.Errorf("route kids {...}: %v, name %q", err, rt.Name)
+	}
+	long := (&Match{Name: []string{strings.Repeat("a", 60) + ".example", strings.Repeat("b", 60) + ".example"}}).label()
+	if len(long) != maxLabel || !strings.HasSuffix(long, "...") {
+		t.Errorf("a long label: %d octets, %q", len(long), long)
+	}
 }

@@ -12,6 +12,8 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
 
 	"github.com/dnsfront/dnsfront/caddydns"
 )
@@ -82,4 +84,14 @@ func BadConfigs(t *testing.T, newModule func() caddy.Provisioner, cases map[stri
 			t.Errorf("%s: %v, want an error with %q", cfg, err, want)
 		}
 	}
+}
+
+// MetricValue reads a counter or a gauge.
+func MetricValue(m prometheus.Metric) float64 {
+	var out dto.Metric
+	_ = m.Write(&out)
+	if out.Counter != nil {
+		return out.GetCounter().GetValue()
+	}
+	return out.GetGauge().GetValue()
 }
