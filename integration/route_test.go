@@ -267,6 +267,10 @@ const blockListSite = `{
 			name_file_poll 100ms
 			answer 192.0.2.66
 		}
+		route {
+			name_regexp ad[0-9]+\.up\.test
+			answer 192.0.2.67
+		}
 		zone example.test {{.Zone}}
 		forward udp://{{.Up}}
 	}
@@ -278,7 +282,8 @@ const blockListSite = `{
 // while Caddy runs is read again (its log says so) and the next queries
 // see it; a broken file leaves the names read before, on the watcher's
 // next look and on a config reload through the admin API, which Caddy
-// refuses, naming the file and line.
+// refuses, naming the file and line. A route by name_regexp beside it
+// takes the whole names its expression matches.
 func TestRouteNameFile(t *testing.T) {
 	dir := t.TempDir()
 	up := newTestUpstream(t, 1)
@@ -305,6 +310,8 @@ func TestRouteNameFile(t *testing.T) {
 	for name, want := range map[string]string{
 		"www.example.test": blocked, "mail.example.test": "192.0.2.25", "ads.up.test": blocked, "x.ads.up.test": blocked,
 		"host.up.test": blocked, "tracker.up.test": blocked, "other.up.test": "198.51.100.1",
+		// name_regexp: the whole name only
+		"ad42.up.test": "192.0.2.67", "AD7.up.test": "192.0.2.67", "x.ad42.up.test": "198.51.100.1",
 	} {
 		if got := dig(name); got != want {
 			t.Errorf("%s: %q, want %q", name, got, want)

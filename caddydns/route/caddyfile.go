@@ -17,6 +17,7 @@ import (
 //		name <names...>
 //		name_file <files...>    # block lists: names, hosts lines or ||name^
 //		name_file_poll <interval>
+//		name_regexp <regular expressions...>  # of the whole name, lower case, no final dot
 //		type <types...>
 //		path <DoH paths...>
 //		not {
@@ -74,7 +75,7 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // withNot) a not block of them.
 func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, error) {
 	switch opt := d.Val(); opt {
-	case "server_name", "name", "name_file", "type", "path":
+	case "server_name", "name", "name_file", "name_regexp", "type", "path":
 		args := d.RemainingArgs()
 		if len(args) == 0 {
 			return true, d.Errf("%s takes one or more values", opt)
@@ -86,6 +87,8 @@ func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, er
 			m.Name = append(m.Name, args...)
 		case "name_file":
 			m.NameFile = append(m.NameFile, args...)
+		case "name_regexp":
+			m.NameRegexp = append(m.NameRegexp, args...)
 		case "path":
 			m.Path = append(m.Path, args...)
 		default:
@@ -111,7 +114,7 @@ func (m *Match) unmarshalMatcher(d *caddyfile.Dispenser, withNot bool) (bool, er
 				return true, err
 			}
 			if !ok {
-				return true, d.Errf("unrecognized matcher '%s' in not (server_name, client, name, name_file, type, path)", d.Val())
+				return true, d.Errf("unrecognized matcher '%s' in not (server_name, client, name, name_file, name_regexp, type, path)", d.Val())
 			}
 		}
 		m.Not = append(m.Not, not)

@@ -10,6 +10,7 @@ import (
 	"context"
 	"encoding/json"
 	"fmt"
+	"regexp"
 	"slices"
 	"strings"
 	"sync"
@@ -61,9 +62,11 @@ type matcher struct {
 	// qualified ("." holds all); swapped whole when a name file changes
 	// (nil: no name matcher)
 	names *atomic.Pointer[nameSetOf]
-	types []uint16
-	paths []string
-	not   []*matcher
+	// regexps are NameRegexp's, anchored at both ends
+	regexps []*regexp.Regexp
+	types   []uint16
+	paths   []string
+	not     []*matcher
 }
 
 // Match holds a query when each of its fields that is set holds it: any
@@ -86,6 +89,10 @@ type Match struct {
 	// and again when they change (Route.NameFilePoll); a file that fails
 	// to read then leaves the names read before.
 	NameFile []string `json:"name_file,omitempty"`
+	// NameRegexp is regular expressions (Go's RE2 syntax) of which one
+	// must match the query's whole name, in lower case and without its
+	// final dot (dnsdist's RE2Rule): "ads[0-9]*\\.example\\.com".
+	NameRegexp []string `json:"name_regexp,omitempty"`
 	// Type is the query's type: a mnemonic (AAAA), TYPEnnn or a number.
 	Type []string `json:"type,omitempty"`
 	// Path is the HTTP path a DoH query came by, exactly (per-client
@@ -107,7 +114,7 @@ func (Route) CaddyModule() caddy.ModuleInfo {
 // Provision reads the matchers and loads the handlers.
 func (rt *Route) Provision(ctx caddy.Context) error {
 	if rt.Match.empty() {
-		return fmt.Errorf("route: no matcher: give server_name, client, name, name_file, type, path or not (a route that takes every query is the handlers themselves)")
+		return fmt.Errorf("route: no matcher: give server_name, client, name, name_file, name_regexp, type, path or not (a route that takes every query is the handlers themselves)")
 	}
 	var lists []*nameFiles
 	if err := rt.matcher.compile(&rt.Match, "match", &lists); err != nil {
@@ -145,7 +152,7 @@ func (rt *Route) Provision(ctx caddy.Context) error {
 }
 
 func (m *Match) empty() bool {
-	return len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.NameFile)+len(m.Type)+len(m.Path)+len(m.Not) == 0
+	return len(m.ServerName)+len(m.Client)+len(m.Name)+len(m.NameFile)+len(m.NameRegexp)+len(m.Type)+len(m.Path)+len(m.Not) == 0
 }
 
 // compile reads m's matchers into x, and the name files' names; field
@@ -184,6 +191,14 @@ func (x *matcher) compile(m *Match, field string, lists *[]*nameFiles) error {
 			*lists = append(*lists, files)
 		}
 	}
+	for i, p := range m.NameRegexp {
+		// checked alone first: the error then names only what was given,
+		// and a pattern that closes the anchoring group (a)|(b) fails
+		if _, err := regexp.Compile(p); err != nil {
+			return fmt.Errorf("route: %s.name_regexp[%d]: %q: %v", field, i, p, err)
+		}
+		x.regexps = append(x.regexps, regexp.MustCompile(`^(?:`+p+`)$`))
+	}
 	for i, t := range m.Type {
 		qtype, ok := caddydns.ParseType(t)
 		if !ok {
@@ -197,7 +212,7 @@ func (x *matcher) compile(m *Match, field string, lists *[]*nameFiles) error {
 		case field != "match":
 			return fmt.Errorf("route: %s: a not has no not of its own", f)
 		case m.Not[i].empty():
-			return fmt.Errorf("route: %s: no matcher: give server_name, client, name, name_file, type or path", f)
+			return fmt.Errorf("route: %s: no matcher: give server_name, client, name, name_file, name_regexp, type or path", f)
 		}
 		n := new(matcher)
 		if err := n.compile(&m.Not[i], f, lists); err != nil {
@@ -243,6 +258,9 @@ func (x *matcher) holds(r *caddydns.Request) bool {
 	if x.names != nil && !x.holdsName(q.Name) {
 		return false
 	}
+	if len(x.regexps) > 0 && !x.matchesName(q.Name) {
+		return false
+	}
 	for _, n := range x.not {
 		if n.holds(r) {
 			return false
@@ -271,6 +289,19 @@ func (x *matcher) holdsName(name string) bool {
 			}
 		}
 		i++
+	}
+	return false
+}
+
+// matchesName reports whether one of the route's regular expressions
+// matches name (fully qualified, any case) whole, in lower case and
+// without its final dot.
+func (x *matcher) matchesName(name string) bool {
+	name = strings.ToLower(strings.TrimSuffix(name, "."))
+	for _, rx := range x.regexps {
+		if rx.MatchString(name) {
+			return true
+		}
 	}
 	return false
 }
@@ -378,6 +409,7 @@ func (m *Match) label() string {
 	add("client", m.Client)
 	add("name", m.Name)
 	add("name_file", m.NameFile)
+	add("name_regexp", m.NameRegexp)
 	add("type", m.Type)
 	add("path", m.Path)
 	for i := range m.Not {

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -132,7 +133,7 @@ func TestMatchers(t *testing.T) {
 
 func TestBadConfig(t *testing.T) {
 	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
-		`{"handle":[` + zoneHandler + `]}`:                                                         "route: no matcher: give server_name, client, name, name_file, type, path or not",
+		`{"handle":[` + zoneHandler + `]}`:                                                         "route: no matcher: give server_name, client, name, name_file, name_regexp, type, path or not",
 		`{"match":{"name":["example.org"],"not":[{}]},"handle":[` + zoneHandler + `]}`:             "route: match.not[0]: no matcher",
 		`{"match":{"not":[{"type":["A"]},{"name":["a..b"]}]},"handle":[` + zoneHandler + `]}`:      `route: match.not[1].name[0]: "a..b" is not a domain name`,
 		`{"match":{"not":[{"not":[{"type":["A"]}],"type":["A"]}]},"handle":[` + zoneHandler + `]}`: "route: match.not[0].not[0]: a not has no not of its own",
@@ -170,7 +171,7 @@ func TestCaddyfile(t *testing.T) {
 	}
 	for in, msg := range map[string]string{
 		"route {\n\tnot {\n\t\tnot {\n\t\t\tname a.example\n\t\t}\n\t}\n}": "a not block has no not of its own, at Testfile:3",
-		"route {\n\tnot {\n\t\tzone example.org\n\t}\n}":                   "unrecognized matcher 'zone' in not (server_name, client, name, name_file, type, path), at Testfile:3",
+		"route {\n\tnot {\n\t\tzone example.org\n\t}\n}":                   "unrecognized matcher 'zone' in not (server_name, client, name, name_file, name_regexp, type, path), at Testfile:3",
 		"route {\n\tnot x {\n\t\tname a.example\n\t}\n}":                   "wrong argument count",
 		"route {\n\tserver_name\n}":                                        "server_name takes one or more values, at Testfile:2",
 		"route {\n\tclient 10.1.0.0/8\n}":                                  "client: \"10.1.0.0/8\" has bits set past its length",
@@ -433,5 +434,54 @@ func TestRouteMetrics(t *testing.T) {
 	long := (&Match{Name: []string{strings.Repeat("a", 60) + ".example", strings.Repeat("b", 60) + ".example"}}).label()
 	if len(long) != maxLabel || !strings.HasSuffix(long, "...") {
 		t.Errorf("a long label: %d octets, %q", len(long), long)
+	}
+}
+
+// TestNameRegexp: a regular expression matches the whole name, in lower
+// case and without its final dot (dnsdist's RE2Rule test: the name
+// itself, not a name under it); several are alternatives; it works in a
+// not; the Caddyfile keeps its backslashes; a bad one is an error.
+func TestNameRegexp(t *testing.T) {
+	rt := new(Route)
+	d := caddyfile.NewTestDispenser("route {\n\tname_regexp re2\\.tests\\.powerdns\\.com ads[0-9]+\\..*\n\tnot {\n\t\tname_regexp ads7\\..*\n\t}\n\tzone example.org\n}")
+	if err := rt.UnmarshalCaddyfile(d); err != nil {
+		t.Fatal(err)
+	}
+	if want := []string{`re2\.tests\.powerdns\.com`, `ads[0-9]+\..*`}; !slices.Equal(rt.Match.NameRegexp, want) || len(rt.Match.Not) != 1 {
+		t.Fatalf("Caddyfile: %q, not %v; want %q", rt.Match.NameRegexp, rt.Match.Not, want)
+	}
+	b, _ := json.Marshal(rt.Match)
+	x := newRoute(t, string(b))
+	holds := func(name string) bool {
+		q := new(dns.Msg)
+		q.SetQuestion(name, dns.TypeA)
+		return x.holds(&caddydns.Request{Msg: q, Client: netip.MustParseAddrPort("192.0.2.1:5300")})
+	}
+	for name, want := range map[string]bool{
+		"re2.tests.powerdns.com.": true, "RE2.Tests.PowerDNS.com.": true, "sub.re2.tests.powerdns.com.": false,
+		"re2xtests.powerdns.com.": false, "ads12.example.": true, "ads.example.": false, "ads7.example.": false,
+	} {
+		if got := holds(name); got != want {
+			t.Errorf("%s: held %v, want %v", name, got, want)
+		}
+	}
+	handlertest.BadConfigs(t, func() caddy.Provisioner { return new(Route) }, map[string]string{
+		`{"match":{"name_regexp":["ads("]},"handle":[` + zoneHandler + `]}`:  `route: match.name_regexp[0]: "ads(": error parsing regexp: missing closing ): ` + "`ads(`",
+		`{"match":{"name_regexp":["a)|(b"]},"handle":[` + zoneHandler + `]}`: `route: match.name_regexp[0]: "a)|(b": error parsing regexp: unexpected )`,
+	})
+}
+
+// BenchmarkNameRegexp is a route with one regular expression, for a name
+// it does not match.
+func BenchmarkNameRegexp(b *testing.B) {
+	rt := newRoute(b, `{"name_regexp":["ads[0-9]+\\..*\\.example"]}`)
+	q := new(dns.Msg)
+	q.SetQuestion("www.tracker.example.org.", dns.TypeA)
+	r := &caddydns.Request{Msg: q, Client: netip.MustParseAddrPort("192.0.2.1:5300")}
+	b.ReportAllocs()
+	for b.Loop() {
+		if rt.holds(r) {
+			b.Fatal("a match")
+		}
 	}
 }
