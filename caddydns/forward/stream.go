@@ -219,7 +219,13 @@ func (c *streamClient) dial(ctx context.Context, deadline time.Time, hdr []byte)
 		}
 	}
 	if c.tlsCfg != nil {
-		tc := tls.Client(conn, c.tlsCfg)
+		cfg := c.tlsCfg
+		if cfg.ServerName == "" && !cfg.InsecureSkipVerify {
+			// as tls.Dialer does: the name is the address's host
+			cfg = cfg.Clone()
+			cfg.ServerName, _, _ = net.SplitHostPort(c.addr)
+		}
+		tc := tls.Client(conn, cfg)
 		if err := tc.HandshakeContext(dctx); err != nil {
 			conn.Close()
 			return nil, err
