@@ -218,6 +218,11 @@ func handOver(pending pendingCalls, msg []byte, l *dnswire.Layout) int {
 		if !questionlessError(msg, l) {
 			return forgedQuestion
 		}
+		if cl.exact {
+			// over UDP with 0x20: confirmed over TCP (errQuestionless)
+			pending.fail(id, cl, errQuestionless)
+			return -1
+		}
 	case dnswire.SameButCase:
 		if cl.exact {
 			pending.fail(id, cl, errCaseMismatch)
@@ -238,7 +243,9 @@ func handOver(pending pendingCalls, msg []byte, l *dnswire.Layout) int {
 // the question out of an error's echo to them), and dnsdist takes them
 // on the same terms. Such an answer carries nothing to keep: the cache
 // keeps only answers to the query's question, and the client gets it
-// with its own question.
+// with its own question. Over UDP with 0x20 on, where it escapes the
+// case check, the query is asked again over TCP rather than the answer
+// taken (a forger of an error would need only the port and the ID).
 func questionlessError(msg []byte, l *dnswire.Layout) bool {
 	if l.QEnd != dnswire.HeaderLen || binary.BigEndian.Uint16(msg[4:]) != 0 || binary.BigEndian.Uint16(msg[6:]) != 0 || binary.BigEndian.Uint16(msg[8:]) != 0 {
 		return false

@@ -237,12 +237,17 @@ func BenchmarkProxyHeader(b *testing.B) {
 
 // TestQuestionlessError: an error answer without its question (unbound's
 // REFUSED from its access control is one) answers its query, which gets
-// it with its question, over UDP with 0x20 and over TCP; a NOERROR or
-// NXDOMAIN without a question does not (it would answer any query), and
-// over UDP is counted forged.
+// it with its question: over TCP at once, over UDP without 0x20 too, and
+// over UDP with 0x20 (where it escapes the case check) once TCP has
+// confirmed it. A NOERROR without a question does not (it would answer
+// any query), and over UDP is counted forged.
 func TestQuestionlessError(t *testing.T) {
 	pc, ln := listenUDPTCP(t)
+	var tcpQueries atomic.Int64
 	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		if w.RemoteAddr().Network() == "tcp" {
+			tcpQueries.Add(1)
+		}
 		rcode := dns.RcodeRefused
 		if strings.EqualFold(q.Question[0].Name, "empty.example.net.") {
 			rcode = dns.RcodeSuccess
@@ -253,20 +258,34 @@ func TestQuestionlessError(t *testing.T) {
 		_, _ = w.Write(b)
 	})
 	serveUDPTCP(t, pc, ln, h, 0)
-	for _, up := range []string{"udp://" + pc.LocalAddr().String(), "tcp://" + pc.LocalAddr().String()} {
-		c, f := forwardChain(t, up)
-		m := serveMsg(context.Background(), c, &caddydns.Request{Msg: query("refused.example.net.", dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
+	for _, c := range []struct {
+		up      string
+		cfg     map[string]any
+		viaTCP  int64
+		counted bool // a forged NOERROR is counted (UDP)
+	}{
+		{"udp://" + pc.LocalAddr().String(), map[string]any{"tries": 1}, 1, true},
+		{"udp://" + pc.LocalAddr().String(), map[string]any{"tries": 1, "disable_0x20": true}, 0, true},
+		{"tcp://" + pc.LocalAddr().String(), map[string]any{"tries": 1}, 1, false},
+	} {
+		f := forwardTo(t, c.up, c.cfg)
+		ch := caddydns.NewChain("test", "test", f)
+		before := tcpQueries.Load()
+		m := serveMsg(context.Background(), ch, &caddydns.Request{Msg: query("refused.example.net.", dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
 		if m == nil || m.Rcode != dns.RcodeRefused || len(m.Question) != 1 || m.Question[0].Name != "refused.example.net." {
-			t.Errorf("%s: a REFUSED without a question: %v, want REFUSED with the query's question", up, m)
+			t.Errorf("%s %v: a REFUSED without a question: %v, want REFUSED with the query's question", c.up, c.cfg, m)
+		}
+		if got := tcpQueries.Load() - before; got != c.viaTCP {
+			t.Errorf("%s %v: %d queries over TCP, want %d", c.up, c.cfg, got, c.viaTCP)
 		}
 		f.timeout = 300 * time.Millisecond
 		forged := metricValue(t, f.ups[0].forged[forgedQuestion])
-		m = serveMsg(context.Background(), c, &caddydns.Request{Msg: query("empty.example.net.", dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
+		m = serveMsg(context.Background(), ch, &caddydns.Request{Msg: query("empty.example.net.", dns.TypeA), Transport: "test", Size: caddydns.MaxMessage})
 		if m == nil || m.Rcode != dns.RcodeServerFailure {
-			t.Errorf("%s: a NOERROR without a question: %v, want it not taken (SERVFAIL)", up, m)
+			t.Errorf("%s: a NOERROR without a question: %v, want it not taken (SERVFAIL)", c.up, m)
 		}
-		if strings.HasPrefix(up, "udp:") && metricValue(t, f.ups[0].forged[forgedQuestion]) == forged { // (TCP's are not counted: no off-path forger gets in)
-			t.Errorf("%s: the NOERROR without a question was not counted forged", up)
+		if c.counted && metricValue(t, f.ups[0].forged[forgedQuestion]) == forged {
+			t.Errorf("%s: the NOERROR without a question was not counted forged", c.up)
 		}
 	}
 }

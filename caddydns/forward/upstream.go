@@ -31,6 +31,10 @@ var (
 	// errCaseMismatch: the answer did not echo the 0x20 case of the
 	// question
 	errCaseMismatch = errors.New("answer does not keep the letter case of the question (0x20)")
+	// errQuestionless: an error answer without a question came over UDP
+	// with 0x20 on, where its lack of a question leaves the letter case
+	// unchecked; it is asked again over TCP
+	errQuestionless = errors.New("error answer without a question over UDP")
 )
 
 // upstream is one upstream server with its clients and health.
@@ -205,6 +209,10 @@ func (u *upstream) query(ctx context.Context, r *caddydns.Request, deadline time
 		// forged, or an upstream that does not keep case: ask over TCP,
 		// where no off-path answer gets in (unbound's caps fallback)
 		u.caseMissed()
+		a, err = u.stream.exchangeWith(ctx, r, deadline, q, packed, hdr)
+	case errors.Is(err, errQuestionless):
+		// an error without a question: nothing for 0x20 to check, so an
+		// off-path forger would need only the port and ID; TCP confirms it
 		a, err = u.stream.exchangeWith(ctx, r, deadline, q, packed, hdr)
 	}
 	return a, err
