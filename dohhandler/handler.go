@@ -255,19 +255,24 @@ func writeLast(w http.ResponseWriter, r *http.Request, out []byte) {
 	_, _ = w.Write(out)
 }
 
-// clientAddr is the client as Caddy determined it (trusted proxies
-// included), not raw headers.
 // localAddr is the server's address the request's connection reached
-// (behind Caddy's proxy_protocol listener wrapper, the header's).
+// (behind Caddy's proxy_protocol listener wrapper, the header's; a UDP
+// address over HTTP/3).
 func localAddr(r *http.Request) netip.AddrPort {
-	if a, ok := r.Context().Value(http.LocalAddrContextKey).(net.Addr); ok {
-		if ap, err := netip.ParseAddrPort(a.String()); err == nil {
-			return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
-		}
+	var ap netip.AddrPort
+	switch a := r.Context().Value(http.LocalAddrContextKey).(type) {
+	case *net.TCPAddr:
+		ap = a.AddrPort()
+	case *net.UDPAddr:
+		ap = a.AddrPort()
+	case net.Addr:
+		ap, _ = netip.ParseAddrPort(a.String())
 	}
-	return netip.AddrPort{}
+	return netip.AddrPortFrom(ap.Addr().Unmap(), ap.Port())
 }
 
+// clientAddr is the client as Caddy determined it (trusted proxies
+// included), not raw headers.
 func clientAddr(r *http.Request) netip.AddrPort {
 	ip, _ := caddyhttp.GetVar(r.Context(), caddyhttp.ClientIPVarKey).(string)
 	addr, err := netip.ParseAddr(ip)

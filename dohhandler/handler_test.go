@@ -2,8 +2,10 @@ package dohhandler
 
 import (
 	"bytes"
+	"context"
 	"encoding/base64"
 	"io"
+	"net"
 	"net/http"
 	"net/http/httptest"
 	"strconv"
@@ -273,6 +275,29 @@ func TestIsMessageType(t *testing.T) {
 	} {
 		if got := isMessageType(ct); got != want {
 			t.Errorf("isMessageType(%q) = %v, want %v", ct, got, want)
+		}
+	}
+}
+
+// TestLocalAddr: the server's address a request reached, from the
+// connection's (TCP; UDP over HTTP/3), IPv4-mapped addresses unmapped;
+// none when the server gives none.
+func TestLocalAddr(t *testing.T) {
+	for _, c := range []struct {
+		addr net.Addr
+		want string
+	}{
+		{&net.TCPAddr{IP: net.ParseIP("127.0.0.1"), Port: 443}, "127.0.0.1:443"},
+		{&net.TCPAddr{IP: net.ParseIP("::ffff:192.0.2.1"), Port: 8443}, "192.0.2.1:8443"},
+		{&net.UDPAddr{IP: net.ParseIP("2001:db8::53"), Port: 443}, "[2001:db8::53]:443"},
+		{nil, "invalid AddrPort"},
+	} {
+		r := httptest.NewRequest("GET", "/dns-query", nil)
+		if c.addr != nil {
+			r = r.WithContext(context.WithValue(r.Context(), http.LocalAddrContextKey, c.addr))
+		}
+		if got := localAddr(r).String(); got != c.want {
+			t.Errorf("%v: %s, want %s", c.addr, got, c.want)
 		}
 	}
 }
