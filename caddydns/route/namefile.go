@@ -66,9 +66,9 @@ func readNames(set nameSetOf, r io.Reader, path string) error {
 		if len(fields) == 0 {
 			continue
 		}
-		names := fields
+		names, hosts := fields, false
 		if _, err := netip.ParseAddr(fields[0]); err == nil {
-			names = fields[1:] // a hosts line: the names after the address
+			names, hosts = fields[1:], true // a hosts line: the names after the address
 			if len(names) == 0 {
 				return fmt.Errorf("%s:%d: %q: an address and no name", path, line, strings.TrimSpace(string(text)))
 			}
@@ -80,7 +80,7 @@ func readNames(set nameSetOf, r io.Reader, path string) error {
 			if err != nil {
 				return fmt.Errorf("%s:%d: %w", path, line, err)
 			}
-			if name != "" {
+			if name != "" && !(hosts && hostsHousekeeping[name]) {
 				set[name] = struct{}{}
 			}
 		}
@@ -92,6 +92,17 @@ func readNames(set nameSetOf, r io.Reader, path string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// hostsHousekeeping are the names a hosts file lists for the machine
+// itself (StevenBlack's lists open with them: 127.0.0.1 localhost, ::1
+// ip6-loopback, 255.255.255.255 broadcasthost): on a hosts line they
+// name the machine, not something to block, and are skipped. A plain
+// name list that names one means it.
+var hostsHousekeeping = map[string]bool{
+	"localhost.": true, "localhost.localdomain.": true, "local.": true, "broadcasthost.": true,
+	"ip6-localhost.": true, "ip6-loopback.": true, "ip6-localnet.": true, "ip6-mcastprefix.": true,
+	"ip6-allnodes.": true, "ip6-allrouters.": true, "ip6-allhosts.": true,
 }
 
 // listedName is the canonical name of a name file's entry n, or "" for

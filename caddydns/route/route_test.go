@@ -269,7 +269,7 @@ func TestNameFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(block, "# a block list\r\n\r\nPlain.Example\r\n0.0.0.0 ads.example tracker.example # two names\n127.0.0.1 localhost\n0.0.0.0 0.0.0.0\n||adblock.example^\n*.wild.example\n")
+	write(block, "# a block list\r\n\r\nPlain.Example\r\n0.0.0.0 ads.example tracker.example # two names\n127.0.0.1 localhost\n::1 ip6-localhost ip6-loopback\nfe80::1%lo0 localhost\n255.255.255.255 broadcasthost\n0.0.0.0 0.0.0.0\n||adblock.example^\n*.wild.example\n")
 	write(allow, "ok.ads.example\n")
 	rt := new(Route)
 	core, logs := observer.New(zap.InfoLevel)
@@ -284,7 +284,7 @@ func TestNameFile(t *testing.T) {
 	for name, want := range map[string]bool{
 		"plain.example.": true, "www.PLAIN.example.": true, "ads.example.": true, "x.tracker.example.": true,
 		"adblock.example.": true, "wild.example.": true, "a.wild.example.": true, "inline.example.": true,
-		"localhost.": true, "ok.ads.example.": false, "www.ok.ads.example.": false, "other.example.": false,
+		"localhost.": false, "ip6-loopback.": false, "broadcasthost.": false, "ok.ads.example.": false, "www.ok.ads.example.": false, "other.example.": false,
 		"0.0.0.0.": false, "example.": false,
 	} {
 		if got := holds(name); got != want {
@@ -483,5 +483,21 @@ func BenchmarkNameRegexp(b *testing.B) {
 		if rt.holds(r) {
 			b.Fatal("a match")
 		}
+	}
+}
+
+// TestHostsHousekeeping: a hosts file's names for the machine itself
+// (localhost, ip6-loopback, broadcasthost) are skipped on hosts lines,
+// and kept when a plain list names them.
+func TestHostsHousekeeping(t *testing.T) {
+	set := make(nameSetOf)
+	if err := readNames(set, strings.NewReader("127.0.0.1 localhost ads.example\n::1 ip6-loopback\nbroadcasthost\n"), "list"); err != nil {
+		t.Fatal(err)
+	}
+	if _, ok := set["localhost."]; ok || len(set) != 2 {
+		t.Errorf("read %v, want ads.example. and broadcasthost. (named alone)", set)
+	}
+	if _, ok := set["broadcasthost."]; !ok {
+		t.Errorf("a plain line's broadcasthost was skipped: %v", set)
 	}
 }
