@@ -57,6 +57,12 @@ func need(t testing.TB, tool string) string {
 	if err == nil {
 		return p
 	}
+	// daemons (unbound) live in sbin, which a user's PATH may lack
+	for _, dir := range []string{"/usr/sbin", "/sbin"} {
+		if p, err := exec.LookPath(filepath.Join(dir, tool)); err == nil {
+			return p
+		}
+	}
 	if os.Getenv("DNSFRONT_REQUIRE_TOOLS") == "1" {
 		t.Fatalf("%s is required (DNSFRONT_REQUIRE_TOOLS=1) but not installed: apt-get install the package .ci/run names", tool)
 	}
