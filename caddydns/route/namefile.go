@@ -2,7 +2,6 @@ package route
 
 import (
 	"bufio"
-	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -42,7 +41,9 @@ func readNameFiles(set nameSetOf, files []string, field string) error {
 // name ("ads.example", "*.ads.example" meaning the same: a name holds
 // the names under it), a hosts file's line (an address, then names:
 // "0.0.0.0 ads.example"), or an adblock-style "||ads.example^"; "#"
-// starts a comment, blank lines are skipped. Anything else is an error
+// at a line's start or after a space starts a comment, a line that
+// starts with "!" is an adblock list's comment, blank lines are
+// skipped. Anything else is an error
 // naming the file and line: a list in another syntax is refused whole
 // rather than read in part.
 func readNameFile(set nameSetOf, path string) error {
@@ -58,13 +59,10 @@ func readNames(set nameSetOf, r io.Reader, path string) error {
 	sc := bufio.NewScanner(r)
 	sc.Buffer(make([]byte, 4096), maxNameLine)
 	for line := 1; sc.Scan(); line++ {
-		text := sc.Bytes()
-		if i := bytes.IndexByte(text, '#'); i >= 0 {
-			text = text[:i]
-		}
+		text := stripComment(sc.Bytes())
 		fields := strings.Fields(string(text))
-		if len(fields) == 0 {
-			continue
+		if len(fields) == 0 || strings.HasPrefix(fields[0], "!") {
+			continue // blank, or an adblock list's comment line
 		}
 		names, hosts := fields, false
 		if _, err := netip.ParseAddr(fields[0]); err == nil {
@@ -92,6 +90,19 @@ func readNames(set nameSetOf, r io.Reader, path string) error {
 		return fmt.Errorf("%s: %w", path, err)
 	}
 	return nil
+}
+
+// stripComment cuts a line at its comment: a # that starts the line or
+// follows a space or tab (a hosts file's). A # inside a token is not one:
+// an adblock list's "example.com##.banner" hides an element on a page,
+// it blocks no name, and is refused rather than read as example.com.
+func stripComment(line []byte) []byte {
+	for i, c := range line {
+		if c == '#' && (i == 0 || line[i-1] == ' ' || line[i-1] == '\t') {
+			return line[:i]
+		}
+	}
+	return line
 }
 
 // hostsHousekeeping are the names a hosts file lists for the machine

@@ -269,7 +269,7 @@ func TestNameFile(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write(block, "# a block list\r\n\r\nPlain.Example\r\n0.0.0.0 ads.example tracker.example # two names\n127.0.0.1 localhost\n::1 ip6-localhost ip6-loopback\nfe80::1%lo0 localhost\n255.255.255.255 broadcasthost\n0.0.0.0 0.0.0.0\n||adblock.example^\n*.wild.example\n")
+	write(block, "# a block list\r\n! an adblock comment\r\n\r\nPlain.Example\r\n0.0.0.0 ads.example tracker.example # two names\n127.0.0.1 localhost\n::1 ip6-localhost ip6-loopback\nfe80::1%lo0 localhost\n255.255.255.255 broadcasthost\n0.0.0.0 0.0.0.0\n||adblock.example^\n*.wild.example\n")
 	write(allow, "ok.ads.example\n")
 	rt := new(Route)
 	core, logs := observer.New(zap.InfoLevel)
@@ -341,6 +341,8 @@ func TestNameFileErrors(t *testing.T) {
 		{"a..b\n", `:1: "a..b" is not a domain name`},
 		{"@@||ok.example^\n", `:1: "@@||ok.example^" is not a domain name`},
 		{"/ads[0-9]+/\n", `:1: "/ads[0-9]+/" is not a domain name`},
+		// an element-hiding rule names no name to block
+		{"! comment\nexample.com##.banner\n", `:2: "example.com##.banner" is not a domain name`},
 		{strings.Repeat("a", 70000) + "\n", "a line over 65536 octets"},
 	} {
 		path := filepath.Join(dir, fmt.Sprintf("list%d.txt", i))
