@@ -49,6 +49,9 @@ type UpstreamStatus struct {
 	// CaseRandomized: UDP questions go in random letter case (0x20);
 	// false when it is off or the upstream was seen not to keep case.
 	CaseRandomized bool `json:"case_randomized"`
+	// ProxyProtocol: its queries go with a PROXY header (a forward's
+	// proxy_protocol; the same address without it is another entry).
+	ProxyProtocol bool `json:"proxy_protocol,omitempty"`
 }
 
 func handleUpstreams(w http.ResponseWriter, r *http.Request) error {
@@ -76,6 +79,7 @@ func (u *upstream) status(now time.Time) UpstreamStatus {
 		Queries:             counterValue(u.queries),
 		Errors:              counterValue(u.errors),
 		CaseRandomized:      u.spec.proto == "udp" && !u.caseOff.Load() && (u.caseOffUntil.Load() == 0 || now.UnixNano() >= u.caseOffUntil.Load()),
+		ProxyProtocol:       u.spec.proxy,
 	}
 	switch until := u.downUntil.Load(); {
 	case u.activeDown.Load():

@@ -170,6 +170,9 @@ func TestProxyProtocol(t *testing.T) {
 			t.Errorf("%s: %d UDP and %d TCP queries, want 1 and %d", c.name, up.udp.Load()-udpBefore, up.tcp.Load()-tcpBefore, wantTCP)
 		}
 	}
+	if s := udp.ups[0].status(time.Now()); !s.ProxyProtocol {
+		t.Errorf("GET /dns/upstreams: %+v, want proxy_protocol", s)
+	}
 	// a health check's query: LOCAL
 	a, err := udp.ups[0].query(context.Background(), nil, time.Now().Add(2*time.Second), mustPack(t, query("health.example.net.", dns.TypeTXT)))
 	if err != nil {
