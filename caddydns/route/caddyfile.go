@@ -1,7 +1,6 @@
 package route
 
 import (
-	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
 
 	"github.com/dnsfront/dnsfront/caddydns"
@@ -39,16 +38,8 @@ func (rt *Route) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if rt.NameFilePoll != 0 {
 				return d.Err("name_file_poll already specified")
 			}
-			if !d.NextArg() {
-				return d.ArgErr()
-			}
-			dur, err := caddy.ParseDuration(d.Val())
-			if err != nil || dur <= 0 {
-				return d.Errf("name_file_poll %q: want a positive duration", d.Val())
-			}
-			rt.NameFilePoll = caddy.Duration(dur)
-			if d.NextArg() {
-				return d.ArgErr()
+			if err := cfparse.Duration(d, &rt.NameFilePoll, false); err != nil {
+				return err
 			}
 			continue
 		}

@@ -170,11 +170,13 @@ type nameFiles struct {
 
 // load reads the names of n's files into a new set with the inline
 // ones, and makes it its matcher's: on an error, the matcher keeps the
-// set it has.
+// set it has. Either way the files' stamps are what they were before
+// the read: a change during it, or after a failed read, is seen next
+// time.
 func (n *nameFiles) load() (int, error) {
-	stamps := make([]fileStamp, len(n.files))
+	n.stamps = make([]fileStamp, len(n.files))
 	for i, path := range n.files {
-		stamps[i] = stampOf(path) // before the read: a change during it is seen next time
+		n.stamps[i] = stampOf(path)
 	}
 	set := make(nameSetOf, len(n.inline))
 	for _, name := range n.inline {
@@ -184,7 +186,6 @@ func (n *nameFiles) load() (int, error) {
 		return 0, err
 	}
 	n.x.names.Store(&set)
-	n.stamps = stamps
 	return len(set), nil
 }
 
@@ -217,10 +218,6 @@ func watch(ctx context.Context, lists []*nameFiles, poll time.Duration, logger *
 			count, err := n.load()
 			if err != nil {
 				logger.Error("name files not read again: the names read before stay", zap.Strings("files", n.files), zap.Error(err))
-				// tried for this change: the next change is tried again
-				for i, path := range n.files {
-					n.stamps[i] = stampOf(path)
-				}
 				continue
 			}
 			logger.Info("name files read again", zap.Strings("files", n.files), zap.Int("names", count))
