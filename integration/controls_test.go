@@ -238,6 +238,97 @@ func TestClientControls(t *testing.T) {
 	}
 }
 
+// rcodeLimitSite: a DoT server whose rate limit blocks, for an hour, a
+// client that gets more than 3 NXDOMAIN answers (dnsdist's dynamic block
+// on an rcode rate: a random-subdomain flood through this server); Mark
+// changes the config without touching the limit.
+const rcodeLimitSite = `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		ratelimit {
+			name nx-limit
+			qps 1000
+			prefix 32 128
+			rcode NXDOMAIN 0.001 3
+			block_for 1h
+		}
+		route {
+			name mark.example.test
+			answer {{.Mark}}
+		}
+		zone example.test {{.Zone}}
+	}
+}
+`
+
+// TestRcodeLimitBlock: kdig from one address gets 3 NXDOMAIN answers,
+// then REFUSED for a name that exists, while another address is
+// answered; the admin API and the metrics show the block, and a reload
+// that keeps the limit's config keeps the block.
+func TestRcodeLimitBlock(t *testing.T) {
+	port := freePort(t)
+	addr := fmt.Sprintf("127.0.0.1:%d", port)
+	vars := Vars{"Port": port, "Zone": exampleZone(t), "Mark": "192.0.2.1"}
+	c := startCaddy(t, t.TempDir(), rcodeLimitSite, vars)
+	waitListen(t, addr)
+	p := strconv.Itoa(port)
+	kd := func(from, name string) string {
+		return kdig(t, "+tls", "+retry=0", "-b", from, "@127.0.0.1", "-p", p, name)
+	}
+	for i := range 3 {
+		if out := kd("127.0.0.7", fmt.Sprintf("nx%d.example.test", i)); !strings.Contains(out, "status: NXDOMAIN") {
+			t.Fatalf("NXDOMAIN %d from 127.0.0.7:\n%s", i+1, out)
+		}
+	}
+	if out := kd("127.0.0.7", "www.example.test"); !strings.Contains(out, "status: REFUSED") {
+		t.Fatalf("127.0.0.7 after 3 NXDOMAIN answers, want REFUSED:\n%s", out)
+	}
+	if out := kd("127.0.0.8", "www.example.test"); !strings.Contains(out, "status: NOERROR") {
+		t.Fatalf("another client while 127.0.0.7 is blocked:\n%s", out)
+	}
+	if out := kd("127.0.0.8", "nx.example.test"); !strings.Contains(out, "status: NXDOMAIN") {
+		t.Fatalf("another client's first NXDOMAIN:\n%s", out)
+	}
+	var stats []struct {
+		Name           string `json:"name"`
+		ClientsBlocked int    `json:"clients_blocked"`
+		BlockFor       string `json:"block_for"`
+		Rcodes         []struct {
+			Rcode   string `json:"rcode"`
+			Limited uint64 `json:"limited"`
+			Top     []struct {
+				Prefix       string     `json:"prefix"`
+				BlockedUntil *time.Time `json:"blocked_until"`
+			} `json:"top"`
+		} `json:"rcodes"`
+	}
+	if err := json.Unmarshal(c.api("GET", "/dns/ratelimit"), &stats); err != nil || len(stats) != 1 || stats[0].ClientsBlocked != 1 ||
+		stats[0].BlockFor != "1h0m0s" || len(stats[0].Rcodes) != 1 || stats[0].Rcodes[0].Rcode != "NXDOMAIN" || stats[0].Rcodes[0].Limited != 1 ||
+		len(stats[0].Rcodes[0].Top) != 1 || stats[0].Rcodes[0].Top[0].Prefix != "127.0.0.7/32" || stats[0].Rcodes[0].Top[0].BlockedUntil == nil ||
+		time.Until(*stats[0].Rcodes[0].Top[0].BlockedUntil) < 59*time.Minute {
+		t.Fatalf("GET /dns/ratelimit: %+v (%v), want 127.0.0.7/32 blocked for an hour", stats, err)
+	}
+	if n := metric(t, c, `dnsfront_ratelimit_rcode_limited_total{ratelimit="nx-limit",rcode="NXDOMAIN"}`); n != 1 {
+		t.Errorf("rcode_limited_total %d, want 1", n)
+	}
+	if n := metric(t, c, `dnsfront_ratelimit_clients_blocked{ratelimit="nx-limit"}`); n != 1 {
+		t.Errorf("clients_blocked %d, want 1", n)
+	}
+
+	vars["Mark"] = "192.0.2.2"
+	if err := c.reload(rcodeLimitSite, vars); err != nil {
+		t.Fatal(err)
+	}
+	if out := kd("127.0.0.8", "mark.example.test"); !strings.Contains(out, "192.0.2.2") {
+		t.Fatalf("the reloaded config is not serving:\n%s", out)
+	}
+	if out := kd("127.0.0.7", "www.example.test"); !strings.Contains(out, "status: REFUSED") {
+		t.Fatalf("127.0.0.7 after a reload that kept the limit, want REFUSED still:\n%s", out)
+	}
+}
+
 // TestACLDropAtAccept: an acl with action drop first in the chain (past
 // the query log) closes a denied client's connection as it is accepted,
 // before a TLS handshake (as dnsdist's ACL): kdig from a denied address

@@ -1,7 +1,11 @@
 package ratelimit
 
 import (
+	"strconv"
+	"strings"
+
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/miekg/dns"
 
 	"github.com/dnsfront/dnsfront/internal/cfparse"
 )
@@ -17,6 +21,8 @@ import (
 //		action refused|drop
 //		exempt <prefixes...>
 //		max_clients <n>
+//		block_for <duration>
+//		rcode <rcode> <rate> [<burst>]
 //	}
 func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 	d.Next() // handler name
@@ -52,6 +58,35 @@ func (rl *RateLimit) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 			if err := cfparse.OneOf(d, &rl.Action, "refused", "drop"); err != nil {
 				return err
 			}
+		case "block_for":
+			if err := cfparse.Duration(d, &rl.BlockFor, true); err != nil {
+				return err
+			}
+		case "rcode":
+			args := d.RemainingArgs()
+			if len(args) < 2 || len(args) > 3 {
+				return d.Errf("rcode: want <rcode> <rate> [<burst>], such as rcode NXDOMAIN 20")
+			}
+			code, ok := dns.StringToRcode[strings.ToUpper(args[0])]
+			if !ok || code > 0xF {
+				return d.Errf("rcode %q: want a name such as NXDOMAIN or SERVFAIL", args[0])
+			}
+			rc := RcodeLimit{Rcode: dns.RcodeToString[code]}
+			var err error
+			if rc.QPS, err = strconv.ParseFloat(args[1], 64); err != nil || !(rc.QPS > 0) || rc.QPS > 1e9 {
+				return d.Errf("rcode %s: rate %q: want a positive number of answers a second", rc.Rcode, args[1])
+			}
+			if len(args) == 3 {
+				if rc.Burst, err = strconv.Atoi(args[2]); err != nil || rc.Burst < 1 {
+					return d.Errf("rcode %s: burst %q: want a whole number, at least 1", rc.Rcode, args[2])
+				}
+			}
+			for _, o := range rl.Rcodes {
+				if o.Rcode == rc.Rcode {
+					return d.Errf("rcode %s: limited twice", rc.Rcode)
+				}
+			}
+			rl.Rcodes = append(rl.Rcodes, rc)
 		case "exempt":
 			list, err := cfparse.Prefixes(d)
 			if err != nil {

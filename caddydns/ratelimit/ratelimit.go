@@ -5,10 +5,14 @@ package ratelimit
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
+	"net/netip"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/miekg/dns"
@@ -36,7 +40,8 @@ const (
 )
 
 // RateLimit limits the queries of each client prefix to QPS a second,
-// with bursts of Burst.
+// with bursts of Burst, and, per Rcodes, its answers of an rcode; with
+// BlockFor, a prefix over a limit is blocked for that long.
 type RateLimit struct {
 	// Name labels the limiter in metrics and the admin API. Default
 	// "ratelimit".
@@ -53,6 +58,16 @@ type RateLimit struct {
 	Action string `json:"action,omitempty"`
 	// Exempt prefixes are never limited.
 	Exempt []string `json:"exempt,omitempty"`
+	// BlockFor blocks a prefix that goes over a limit for this long:
+	// all its queries get the action until it has passed, whatever its
+	// rate meanwhile (dnsdist's dynamic blocks). Default 0: only the
+	// queries over the rate are limited.
+	BlockFor caddy.Duration `json:"block_for,omitempty"`
+	// Rcodes limits the answers of an rcode each prefix gets: past one's
+	// rate, the prefix's queries are limited (blocked for BlockFor, if
+	// set). NXDOMAIN stops a random-subdomain flood through this server,
+	// SERVFAIL a client that keeps asking what fails upstream.
+	Rcodes []RcodeLimit `json:"rcodes,omitempty"`
 	// MaxClients bounds the prefixes tracked at once (memory: about 140
 	// bytes each). Past it the least active are forgotten first.
 	// Default 100000.
@@ -61,6 +76,19 @@ type RateLimit struct {
 	exempt netprefix.List
 	lim    *limiter
 	key    string
+}
+
+// RcodeLimit is a limit on the answers of one rcode to a prefix.
+type RcodeLimit struct {
+	// Rcode is the rcode's name, as in dig's output: NXDOMAIN, SERVFAIL,
+	// REFUSED, NOERROR, ...
+	Rcode string `json:"rcode"`
+	// QPS is the rate of such answers a prefix may keep up.
+	QPS float64 `json:"qps"`
+	// Burst is how many a prefix may get at once. Default 2 x QPS.
+	Burst int `json:"burst,omitempty"`
+
+	rcode int
 }
 
 // CaddyModule returns the Caddy module information.
@@ -108,6 +136,30 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 	default:
 		return fmt.Errorf("ratelimit: action %q: want refused or drop", rl.Action)
 	}
+	if rl.BlockFor < 0 {
+		return fmt.Errorf("ratelimit: block_for %v: must not be negative", time.Duration(rl.BlockFor))
+	}
+	seen := map[int]bool{}
+	for i := range rl.Rcodes {
+		rc := &rl.Rcodes[i]
+		code, ok := dns.StringToRcode[strings.ToUpper(rc.Rcode)]
+		switch {
+		case !ok || code > 0xF:
+			return fmt.Errorf("ratelimit: rcodes[%d]: rcode %q: want a name such as NXDOMAIN or SERVFAIL", i, rc.Rcode)
+		case seen[code]:
+			return fmt.Errorf("ratelimit: rcodes[%d]: rcode %s is limited twice", i, rc.Rcode)
+		case !(rc.QPS > 0) || math.IsInf(rc.QPS, 0):
+			return fmt.Errorf("ratelimit: rcodes[%d] (%s): qps %v: want a positive rate", i, rc.Rcode, rc.QPS)
+		case rc.Burst < 0:
+			return fmt.Errorf("ratelimit: rcodes[%d] (%s): burst %d: want at least 1", i, rc.Rcode, rc.Burst)
+		}
+		seen[code] = true
+		rc.rcode = code
+		rc.Rcode = dns.RcodeToString[code]
+		if rc.Burst == 0 {
+			rc.Burst = int(math.Ceil(2 * rc.QPS))
+		}
+	}
 	var err error
 	if rl.exempt, err = netprefix.ParseList("ratelimit: exempt", rl.Exempt); err != nil {
 		return err
@@ -118,7 +170,7 @@ func (rl *RateLimit) Provision(ctx caddy.Context) error {
 	}
 	rl.key = string(cfg)
 	v, _, err := limiters.LoadOrNew(rl.key, func() (caddy.Destructor, error) {
-		return newLimiter(rl.Name, rl.QPS, rl.Burst, rl.PrefixV4, rl.PrefixV6, rl.MaxClients)
+		return newLimiter(rl)
 	})
 	if err != nil {
 		return fmt.Errorf("ratelimit: %w", err)
@@ -139,13 +191,22 @@ func (rl *RateLimit) Cleanup() error {
 var errLimited = fmt.Errorf("ratelimit: %w", caddydns.ErrDrop)
 
 // ServeDNS passes a query on while its client's prefix is within its
-// rate, and refuses or drops it past it.
+// limits and not blocked, and refuses or drops it otherwise; with rcode
+// limits, it counts the answer's rcode against them.
 func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	client := r.Client.Addr().Unmap()
-	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) || rl.lim.Allow(client, r.Now()) {
+	if !client.IsValid() || (len(rl.exempt) > 0 && rl.exempt.Contains(client)) {
 		return next(ctx, r)
 	}
-	rl.lim.limited.Add(1)
+	now := r.Now()
+	if rl.lim.admit(client, now) {
+		if len(rl.lim.rules) == 0 {
+			return next(ctx, r)
+		}
+		res, err := next(ctx, r)
+		rl.lim.answered(client, rcodeOf(res, err), now)
+		return res, err
+	}
 	if rl.Action == "drop" {
 		return caddydns.Response{}, errLimited
 	}
@@ -154,11 +215,64 @@ func (rl *RateLimit) ServeDNS(ctx context.Context, r *caddydns.Request, next cad
 	return caddydns.Response{Msg: m}, nil
 }
 
+// rcodeOf is the rcode a client gets for res and err: -1 for none (the
+// query is dropped).
+func rcodeOf(res caddydns.Response, err error) int {
+	switch {
+	case errors.Is(err, caddydns.ErrDrop):
+		return -1
+	case err != nil:
+		return dns.RcodeServerFailure // what the chain answers
+	case res.Msg != nil:
+		return res.Msg.Rcode
+	case res.Wire != nil:
+		return res.Wire.Layout().Rcode
+	}
+	return -1
+}
+
 // limiter is the buckets of one config, with its name and count.
 type limiter struct {
+	*clientrate.Limiter // the queries'
+	name                string
+	blockFor            time.Duration
+	rules               []*rule // the rcodes'
+	limited             atomic.Uint64
+}
+
+// rule is the buckets of one rcode limit.
+type rule struct {
 	*clientrate.Limiter
-	name    string
+	rcode   int
 	limited atomic.Uint64
+}
+
+// admit takes a token of the query's bucket for client at now, unless the
+// prefix is over an rcode limit or blocked: false, counted, when the
+// query is to be limited.
+func (l *limiter) admit(client netip.Addr, now int64) bool {
+	for _, ru := range l.rules {
+		if !ru.Ready(client, now) {
+			ru.limited.Add(1)
+			l.limited.Add(1)
+			return false
+		}
+	}
+	if l.Allow(client, now) {
+		return true
+	}
+	l.limited.Add(1)
+	return false
+}
+
+// answered counts an answer of rcode to client against its rcode limit.
+func (l *limiter) answered(client netip.Addr, rcode int, now int64) {
+	for _, ru := range l.rules {
+		if ru.rcode == rcode {
+			ru.Spend(client, now)
+			return
+		}
+	}
 }
 
 var (
@@ -166,12 +280,22 @@ var (
 	live     sync.Map // *limiter -> struct{}
 )
 
-func newLimiter(name string, qps float64, burst, v4, v6, maxClients int) (*limiter, error) {
-	cl, err := clientrate.New(qps, burst, v4, v6, maxClients)
-	if err != nil {
+func newLimiter(rl *RateLimit) (*limiter, error) {
+	l := &limiter{name: rl.Name, blockFor: time.Duration(rl.BlockFor)}
+	var err error
+	if l.Limiter, err = clientrate.New(rl.QPS, rl.Burst, rl.PrefixV4, rl.PrefixV6, rl.MaxClients); err != nil {
 		return nil, err
 	}
-	l := &limiter{Limiter: cl, name: name}
+	l.SetBlock(l.blockFor)
+	for _, rc := range rl.Rcodes {
+		cl, err := clientrate.New(rc.QPS, rc.Burst, rl.PrefixV4, rl.PrefixV6, rl.MaxClients)
+		if err != nil {
+			l.close()
+			return nil, err
+		}
+		cl.SetBlock(l.blockFor)
+		l.rules = append(l.rules, &rule{Limiter: cl, rcode: rc.rcode})
+	}
 	live.Store(l, struct{}{})
 	return l, nil
 }
@@ -179,8 +303,15 @@ func newLimiter(name string, qps float64, burst, v4, v6, maxClients int) (*limit
 // Destruct implements caddy.Destructor.
 func (l *limiter) Destruct() error {
 	live.Delete(l)
-	l.Close()
+	l.close()
 	return nil
+}
+
+func (l *limiter) close() {
+	l.Close()
+	for _, ru := range l.rules {
+		ru.Close()
+	}
 }
 
 // Interface guards

@@ -8,6 +8,7 @@ import (
 	"iter"
 	"net/netip"
 	"sync"
+	"time"
 
 	"github.com/maypok86/otter/v2"
 )
@@ -17,16 +18,18 @@ type Limiter struct {
 	rate           float64 // tokens a nanosecond
 	burst          float64
 	bitsV4, bitsV6 int
+	blockFor       int64 // nanoseconds a prefix is blocked once it runs out; 0 for none
 	buckets        *otter.Cache[[16]byte, *Bucket]
 }
 
 // Bucket is one prefix's token bucket.
 type Bucket struct {
-	mu          sync.Mutex
-	tokens      float64
-	last        int64 // unix nanos of the last refill
-	limited     uint64
-	lastLimited int64
+	mu           sync.Mutex
+	tokens       float64
+	last         int64 // unix nanos of the last refill
+	limited      uint64
+	lastLimited  int64
+	blockedUntil int64 // unix nanos; a take before it is refused
 }
 
 // New makes a limiter of perSecond tokens a second and bursts of burst,
@@ -39,6 +42,12 @@ func New(perSecond float64, burst, v4, v6, maxClients int) (*Limiter, error) {
 	}
 	return &Limiter{rate: perSecond / 1e9, burst: float64(burst), bitsV4: v4, bitsV6: v6, buckets: c}, nil
 }
+
+// SetBlock makes a prefix that runs out of tokens blocked for d: every
+// take refused until d has passed, whatever its bucket holds by then
+// (dnsdist's dynamic blocks). Call it before the limiter is used; 0 (the
+// default) refuses only the takes that find the bucket empty.
+func (l *Limiter) SetBlock(d time.Duration) { l.blockFor = int64(d) }
 
 // Close forgets every prefix and stops the store's goroutines.
 func (l *Limiter) Close() {
@@ -96,27 +105,79 @@ func (l *Limiter) Allow(a netip.Addr, now int64) bool {
 	return b.take(l, now)
 }
 
+// Ready reports whether a's prefix has a token and is not blocked, at
+// now, taking none: a refusal is counted as Allow's is. A prefix the
+// limiter does not hold is ready, and is not stored.
+func (l *Limiter) Ready(a netip.Addr, now int64) bool {
+	b, ok := l.buckets.GetIfPresent(l.Key(a))
+	if !ok {
+		return true
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill(l, now)
+	if now < b.blockedUntil || b.tokens < 1 {
+		b.refused(now)
+		return false
+	}
+	return true
+}
+
+// Spend takes a token from the bucket of a's prefix for something that
+// has already happened (an answer sent), at now: the bucket does not go
+// below empty, and the take that empties it blocks the prefix (SetBlock).
+func (l *Limiter) Spend(a netip.Addr, now int64) {
+	k := l.Key(a)
+	b, ok := l.buckets.GetIfPresent(k)
+	if !ok {
+		b, _ = l.buckets.SetIfAbsent(k, &Bucket{tokens: l.burst, last: now})
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.refill(l, now)
+	b.tokens = max(b.tokens-1, 0)
+	if b.tokens < 1 && l.blockFor > 0 && now >= b.blockedUntil {
+		b.blockedUntil = now + l.blockFor
+	}
+}
+
 func (b *Bucket) take(l *Limiter, now int64) bool {
 	b.mu.Lock()
 	defer b.mu.Unlock()
-	if d := now - b.last; d > 0 {
-		b.tokens = min(l.burst, b.tokens+float64(d)*l.rate)
-		b.last = now
+	b.refill(l, now)
+	if now < b.blockedUntil {
+		b.refused(now)
+		return false
 	}
 	if b.tokens >= 1 {
 		b.tokens--
 		return true
 	}
+	b.refused(now)
+	if l.blockFor > 0 {
+		b.blockedUntil = now + l.blockFor
+	}
+	return false
+}
+
+func (b *Bucket) refill(l *Limiter, now int64) {
+	if d := now - b.last; d > 0 {
+		b.tokens = min(l.burst, b.tokens+float64(d)*l.rate)
+		b.last = now
+	}
+}
+
+func (b *Bucket) refused(now int64) {
 	b.limited++
 	b.lastLimited = now
-	return false
 }
 
 // State is a bucket as read at a moment.
 type State struct {
-	Limited     uint64  // takes refused
-	LastLimited int64   // unix nanos of the last, 0 for none
-	Tokens      float64 // what the bucket holds
+	Limited      uint64  // takes refused
+	LastLimited  int64   // unix nanos of the last, 0 for none
+	Tokens       float64 // what the bucket holds
+	BlockedUntil int64   // unix nanos the prefix's block ends, 0 for none
 }
 
 // All reads every bucket at now, with its prefix's key.
@@ -125,6 +186,9 @@ func (l *Limiter) All(now int64) iter.Seq2[[16]byte, State] {
 		for k, b := range l.buckets.All() {
 			b.mu.Lock()
 			st := State{Limited: b.limited, LastLimited: b.lastLimited, Tokens: min(l.burst, b.tokens+float64(max(now-b.last, 0))*l.rate)}
+			if b.blockedUntil > now {
+				st.BlockedUntil = b.blockedUntil
+			}
 			b.mu.Unlock()
 			if !yield(k, st) {
 				return
