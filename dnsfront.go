@@ -16,6 +16,7 @@ import (
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
 	_ "github.com/dnsfront/dnsfront/caddydns/querylog"
 	_ "github.com/dnsfront/dnsfront/caddydns/ratelimit"
+	_ "github.com/dnsfront/dnsfront/caddydns/rebind"
 	_ "github.com/dnsfront/dnsfront/caddydns/route"
 	_ "github.com/dnsfront/dnsfront/caddydns/zone"
 	_ "github.com/dnsfront/dnsfront/caddyfile"

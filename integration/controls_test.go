@@ -329,6 +329,65 @@ func TestRcodeLimitBlock(t *testing.T) {
 	}
 }
 
+// TestRebindProtection: kdig over DoT and DoH (the dedicated server)
+// through rebind_protection between the cache and forward: an
+// upstream's private address is removed (NOERROR, no address, EDE 15),
+// and the cache keeps and serves the answer so made; a CNAME stays without its target's private address; a
+// public address and an allowed domain's private one reach the client.
+func TestRebindProtection(t *testing.T) {
+	up := newTestUpstream(t, 1)
+	port, dohPort := freePort(t), freePort(t)
+	chain := `
+		cache
+		rebind_protection {
+			allow corp.private.up.test
+		}
+		forward udp://{{.Up}}
+	}`
+	c := startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {`+chain+`
+	doh 127.0.0.1:{{.DoH}} {`+chain+`
+}
+`, Vars{"Port": port, "DoH": dohPort, "Up": up.addr})
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", dohPort))
+	// names of each transport's own: the two servers share the cache
+	for _, tr := range []struct{ name, flag, port string }{
+		{"dot", "+tls", strconv.Itoa(port)},
+		{"doh", "+https=/dns-query", strconv.Itoa(dohPort)},
+	} {
+		kd := func(name string) string {
+			return kdig(t, tr.flag, "+retry=0", "@127.0.0.1", "-p", tr.port, name, "A")
+		}
+		for i := range 2 { // the second from the cache
+			out := kd("nas-" + tr.name + ".private.up.test")
+			if !strings.Contains(out, "status: NOERROR") || strings.Contains(out, "10.0.0.1") || !strings.Contains(out, "EDE: 15 (Blocked)") {
+				t.Fatalf("%s, query %d of a private address:\n%s", tr.name, i+1, out)
+			}
+		}
+		out := kd("alias." + tr.name + ".private.up.test")
+		if !strings.Contains(out, "CNAME") || !strings.Contains(out, "target."+tr.name+".private.up.test.") || strings.Contains(out, "10.0.0.1") {
+			t.Fatalf("%s, a CNAME to a private address:\n%s", tr.name, out)
+		}
+		if out := kd("lan.corp.private.up.test"); !strings.Contains(out, "10.0.0.1") || strings.Contains(out, "EDE") {
+			t.Fatalf("%s, a name of the allowed domain:\n%s", tr.name, out)
+		}
+		if out := kd("www.public.test"); !strings.Contains(out, "198.51.100.1") {
+			t.Fatalf("%s, a public address:\n%s", tr.name, out)
+		}
+	}
+	// each transport: the private answer once (the second came from the
+	// cache, which kept it filtered), and the alias's
+	for _, server := range []string{"dot0", "doh0"} {
+		if n := metric(t, c, `dnsfront_rebind_protection_answers_total{server="`+server+`"}`); n != 2 {
+			t.Errorf("%s: rebind_protection_answers_total %d, want 2", server, n)
+		}
+	}
+}
+
 // TestACLDropAtAccept: an acl with action drop first in the chain (past
 // the query log) closes a denied client's connection as it is accepted,
 // before a TLS handshake (as dnsdist's ACL): kdig from a denied address

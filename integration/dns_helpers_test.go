@@ -29,6 +29,9 @@ import (
 //     for every subnet);
 //   - size.up.test. TXT: the UDP size the query's OPT record announced
 //     ("udp 1232"), or "no edns";
+//   - a name under private.up.test.: an A record 10.0.0.<id>, a private
+//     address (rebind_protection); alias.<...>.private.up.test. a CNAME
+//     to target.<...> and that name's A record;
 //   - any other name: an A record 198.51.100.<id>, so a test sees which
 //     upstream answered.
 type testUpstream struct {
@@ -122,6 +125,13 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 			size = fmt.Sprintf("udp %d", opt.UDPSize())
 		}
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "%s"`, q.Question[0].Name, size)))
+	case strings.HasSuffix(name, ".private.up.test."):
+		owner := q.Question[0].Name
+		if rest, ok := strings.CutPrefix(name, "alias."); ok {
+			owner = "target." + rest
+			m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN CNAME %s", q.Question[0].Name, owner)))
+		}
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 10.0.0.%d", owner, u.id)))
 	default:
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
 	}

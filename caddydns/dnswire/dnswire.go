@@ -1,10 +1,11 @@
 // Package dnswire reads and edits DNS messages as octets (RFC 1035 4.1),
 // without decoding them: the walk that lays a message out and checks
 // every count, name and length in it, the cache lifetime of an answer,
-// a query's question, whether an answer answers it, and edits of the OPT
-// record (RFC 6891) in place. It is what lets an upstream's answer reach
-// the client without an unpack and a pack; third-party DNS handlers may
-// use it for the same. It imports nothing of Caddy's.
+// a query's question, whether an answer answers it, the addresses of its
+// A and AAAA records, and edits of the OPT record (RFC 6891) in place.
+// It is what lets an upstream's answer reach the client without an unpack
+// and a pack; third-party DNS handlers may use it for the same. It
+// imports nothing of Caddy's.
 package dnswire
 
 import (

@@ -2,6 +2,9 @@ package dnswire
 
 import (
 	"bytes"
+	"net/netip"
+	"slices"
+	"strings"
 	"testing"
 
 	"github.com/miekg/dns"
@@ -329,6 +332,77 @@ func fuzzAnswers(f *testing.F, check func(t *testing.T, msg []byte, l Layout)) {
 	f.Fuzz(func(t *testing.T, msg []byte) {
 		if l, ok := Walk(msg); ok {
 			check(t, msg, l)
+		}
+	})
+}
+
+// TestAddresses: the addresses of every A and AAAA record in every
+// section, in order, and none of other types, classes or lengths.
+func TestAddresses(t *testing.T) {
+	m := new(dns.Msg)
+	m.SetQuestion("www.example.org.", dns.TypeA)
+	m.Response = true
+	rr := func(s string) dns.RR {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	m.Answer = []dns.RR{rr("www.example.org. 60 IN CNAME a.example.org."), rr("a.example.org. 60 IN A 192.0.2.1"), rr("a.example.org. 60 IN A 10.0.0.1")}
+	m.Ns = []dns.RR{rr("example.org. 60 IN NS ns.example.org."), rr("example.org. 60 CH A 10.9.9.9")}
+	m.Extra = []dns.RR{rr("ns.example.org. 60 IN AAAA fe80::1"), rr("ns.example.org. 60 IN TXT \"10.0.0.2\"")}
+	m.SetEdns0(1232, false)
+	m.Compress = true
+	b, err := m.Pack()
+	if err != nil {
+		t.Fatal(err)
+	}
+	l, ok := Walk(b)
+	if !ok {
+		t.Fatal("Walk refused the message")
+	}
+	var got []string
+	for a := range Addresses(b, &l) {
+		got = append(got, a.String())
+	}
+	if want := "192.0.2.1 10.0.0.1 fe80::1"; strings.Join(got, " ") != want {
+		t.Fatalf("addresses %q, want %q", got, want)
+	}
+	for a := range Addresses(b, &l) {
+		if a.String() != "192.0.2.1" {
+			t.Fatalf("the iteration went on past a false yield: %s", a)
+		}
+		break
+	}
+}
+
+// FuzzAddresses: on any message Walk takes, Addresses yields what
+// miekg/dns's Unpack reads as A and AAAA records of class IN, in order.
+func FuzzAddresses(f *testing.F) {
+	fuzzAnswers(f, func(t *testing.T, msg []byte, l Layout) {
+		var got []netip.Addr
+		for a := range Addresses(msg, &l) {
+			got = append(got, a)
+		}
+		m := new(dns.Msg)
+		if m.Unpack(msg[:l.End]) != nil {
+			return // Unpack is stricter about RDATA; nothing to compare
+		}
+		var want []netip.Addr
+		for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
+			if rr.Header().Class != dns.ClassINET {
+				continue
+			}
+			switch rr := rr.(type) {
+			case *dns.A:
+				want = append(want, netip.AddrFrom4([4]byte(rr.A.To4())))
+			case *dns.AAAA:
+				want = append(want, netip.AddrFrom16([16]byte(rr.AAAA.To16())))
+			}
+		}
+		if !slices.Equal(got, want) {
+			t.Fatalf("Addresses %v, Unpack %v", got, want)
 		}
 	})
 }

@@ -1,0 +1,52 @@
+package dnswire
+
+import (
+	"encoding/binary"
+	"iter"
+	"net/netip"
+
+	"github.com/miekg/dns"
+)
+
+// Addresses yields the address of each A and AAAA record (class IN) of
+// msg, laid out in l by Walk, in every section, in order: what a filter
+// on the addresses of an answer reads without decoding it. A record whose
+// RDATA is not an address's length is not one.
+func Addresses(msg []byte, l *Layout) iter.Seq[netip.Addr] {
+	return func(yield func(netip.Addr) bool) {
+		if l.End > len(msg) || l.QEnd < HeaderLen {
+			return
+		}
+		total := int(binary.BigEndian.Uint16(msg[6:])) + int(binary.BigEndian.Uint16(msg[8:])) + int(binary.BigEndian.Uint16(msg[10:]))
+		var scratch Layout // skipName notes pointers in it; l stays as Walk left it
+		off := l.QEnd
+		for range total {
+			var ok bool
+			if off, ok = scratch.skipName(msg, off); !ok || off+10 > l.End {
+				return
+			}
+			typ := binary.BigEndian.Uint16(msg[off:])
+			class := binary.BigEndian.Uint16(msg[off+2:])
+			rdata := off + 10
+			off = rdata + int(binary.BigEndian.Uint16(msg[off+8:]))
+			if off > l.End {
+				return
+			}
+			if class != dns.ClassINET {
+				continue
+			}
+			var a netip.Addr
+			switch {
+			case typ == dns.TypeA && off-rdata == 4:
+				a = netip.AddrFrom4([4]byte(msg[rdata:off]))
+			case typ == dns.TypeAAAA && off-rdata == 16:
+				a = netip.AddrFrom16([16]byte(msg[rdata:off]))
+			default:
+				continue
+			}
+			if !yield(a) {
+				return
+			}
+		}
+	}
+}
