@@ -14,6 +14,7 @@ import (
 	_ "github.com/dnsfront/dnsfront/caddydns/dnstap"
 	_ "github.com/dnsfront/dnsfront/caddydns/ecs"
 	_ "github.com/dnsfront/dnsfront/caddydns/forward"
+	_ "github.com/dnsfront/dnsfront/caddydns/nsid"
 	_ "github.com/dnsfront/dnsfront/caddydns/querylog"
 	_ "github.com/dnsfront/dnsfront/caddydns/ratelimit"
 	_ "github.com/dnsfront/dnsfront/caddydns/rebind"

@@ -65,6 +65,11 @@ type Request struct {
 	// does not key by it.
 	ECS bool
 
+	// NSID is the server's identity that the answer carries in an NSID
+	// option (RFC 5001), set by the nsid handler for a query that asks for
+	// it; nil: none.
+	NSID []byte
+
 	// Upstream and Cache are what the handlers did with the query, for
 	// the query log: the upstream that answered it (set by forward) and
 	// the cache's verdict (CacheHit, CacheMiss, CacheStale; "" with no

@@ -2,6 +2,7 @@ package caddydns
 
 import (
 	"encoding/binary"
+	"encoding/hex"
 	"time"
 
 	"github.com/miekg/dns"
@@ -270,6 +271,9 @@ func finish(r *Request, resp *dns.Msg) {
 	}
 	if t, ok := keepalive(r, qopt); ok {
 		kept = append(kept, &dns.EDNS0_LOCAL{Code: dns.EDNS0TCPKEEPALIVE, Data: []byte{byte(t >> 8), byte(t)}})
+	}
+	if r.NSID != nil {
+		kept = append(kept, &dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: hex.EncodeToString(r.NSID)})
 	}
 	if code, ok := staleEDE(r, resp.Rcode); ok {
 		kept = append(kept, &dns.EDNS0_EDE{InfoCode: code})

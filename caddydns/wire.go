@@ -135,6 +135,10 @@ func finishWire(r *Request, a *Wire, buf []byte) (out []byte, rcode int, ok bool
 	if t, ok := keepalive(r, qopt); ok {
 		out = append(out, byte(dns.EDNS0TCPKEEPALIVE>>8), byte(dns.EDNS0TCPKEEPALIVE), 0, 2, byte(t>>8), byte(t))
 	}
+	if r.NSID != nil {
+		out = append(out, byte(dns.EDNS0NSID>>8), byte(dns.EDNS0NSID), byte(len(r.NSID)>>8), byte(len(r.NSID)))
+		out = append(out, r.NSID...)
+	}
 	if code, ok := staleEDE(r, rcode); ok {
 		out = append(out, byte(dns.EDNS0EDE>>8), byte(dns.EDNS0EDE), 0, 2, byte(code>>8), byte(code))
 	}

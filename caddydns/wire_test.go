@@ -311,8 +311,8 @@ func TestFinishWireEdits(t *testing.T) {
 	if m.Question[0].Name != "WWW.example.ORG." || m.Id != 0xBEEF || !m.RecursionDesired || !m.CheckingDisabled || !m.RecursionAvailable {
 		t.Fatalf("header or question not the client's: %v", m)
 	}
-	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != AdvertisedUDPSize || len(o.Option) != 1 || o.Option[0].Option() != dns.EDNS0NSID {
-		t.Fatalf("OPT: %v, want DO, UDP size %d and the upstream's NSID", o, AdvertisedUDPSize)
+	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != AdvertisedUDPSize || len(o.Option) != 0 {
+		t.Fatalf("OPT: %v, want DO, UDP size %d, and not the upstream's NSID (RFC 5001: not transitive)", o, AdvertisedUDPSize)
 	}
 	// per-hop options dropped, others kept
 	m = pass(ans["per hop options"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 1))

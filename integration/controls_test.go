@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -385,6 +386,52 @@ func TestRebindProtection(t *testing.T) {
 		if n := metric(t, c, `dnsfront_rebind_protection_answers_total{server="`+server+`"}`); n != 2 {
 			t.Errorf("%s: rebind_protection_answers_total %d, want 2", server, n)
 		}
+	}
+}
+
+// TestNSID: kdig +nsid and dig +nsid over DoT, and kdig +nsid over the
+// dedicated DoH server, get the server's identity (RFC 5001), with
+// Caddy's placeholder replaced; a query without the option gets none;
+// an upstream's NSID never reaches the client, asked or not.
+func TestNSID(t *testing.T) {
+	up := newTestUpstream(t, 1)
+	port, dohPort := freePort(t), freePort(t)
+	host, _ := os.Hostname()
+	startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		nsid dot-{system.hostname}
+		cache
+		forward udp://{{.Up}}
+	}
+	doh 127.0.0.1:{{.DoH}} {
+		nsid doh-front
+		forward udp://{{.Up}}
+	}
+}
+`, Vars{"Port": port, "DoH": dohPort, "Up": up.addr})
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", dohPort))
+	p, dp := strconv.Itoa(port), strconv.Itoa(dohPort)
+	want := fmt.Sprintf(`"dot-%s"`, host)
+	for i := range 2 { // the second from the cache
+		out := kdig(t, "+tls", "+nsid", "@127.0.0.1", "-p", p, "nsid.up.test", "A")
+		if !strings.Contains(out, "NSID: ") || !strings.Contains(out, want) || strings.Contains(out, `"up-1"`) {
+			t.Fatalf("kdig +nsid, query %d: want %s alone\n%s", i+1, want, out)
+		}
+	}
+	if out := kdig(t, "+tls", "@127.0.0.1", "-p", p, "nsid.up.test", "A"); strings.Contains(out, "NSID") || !strings.Contains(out, "198.51.100.1") {
+		t.Fatalf("kdig without +nsid got an NSID, or no answer:\n%s", out)
+	}
+	dig := need(t, "dig")
+	out, _ := run(t, true, dig, "+tls", "+nsid", "@127.0.0.1", "-p", p, "www.up.test", "A")
+	if !strings.Contains(out, "NSID: ") || !strings.Contains(out, "(\""+strings.Trim(want, `"`)+"\")") {
+		t.Fatalf("dig +nsid: want %s\n%s", want, out)
+	}
+	if out := kdig(t, "+https=/dns-query", "+nsid", "@127.0.0.1", "-p", dp, "nsid.up.test", "A"); !strings.Contains(out, `"doh-front"`) || strings.Contains(out, `"up-1"`) {
+		t.Fatalf("kdig +https +nsid: want doh-front alone\n%s", out)
 	}
 }
 

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"encoding/binary"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -29,6 +30,8 @@ import (
 //     for every subnet);
 //   - size.up.test. TXT: the UDP size the query's OPT record announced
 //     ("udp 1232"), or "no edns";
+//   - nsid.up.test.: an A record 198.51.100.<id> and, asked or not, an
+//     NSID option "up-<id>" (RFC 5001 forbids the unasked one);
 //   - a name under private.up.test.: an A record 10.0.0.<id>, a private
 //     address (rebind_protection); alias.<...>.private.up.test. a CNAME
 //     to target.<...> and that name's A record;
@@ -125,6 +128,10 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 			size = fmt.Sprintf("udp %d", opt.UDPSize())
 		}
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "%s"`, q.Question[0].Name, size)))
+	case name == "nsid.up.test.":
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
+		m.SetEdns0(1232, false)
+		m.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: hex.EncodeToString(fmt.Appendf(nil, "up-%d", u.id))}}
 	case strings.HasSuffix(name, ".private.up.test."):
 		owner := q.Question[0].Name
 		if rest, ok := strings.CutPrefix(name, "alias."); ok {

@@ -7,9 +7,11 @@ import (
 )
 
 // HopOption reports an EDNS option that belongs to one hop: padding,
-// cookies and keepalive (RFC 7830, 7873, 7828).
+// cookies, keepalive and NSID (RFC 7830, 7873, 7828; RFC 5001 2.3: "The
+// NSID option is not transitive": a client asks the server it talks to,
+// and no other server's identity goes back to it).
 func HopOption(code uint16) bool {
-	return code == dns.EDNS0PADDING || code == dns.EDNS0COOKIE || code == dns.EDNS0TCPKEEPALIVE
+	return code == dns.EDNS0PADDING || code == dns.EDNS0COOKIE || code == dns.EDNS0TCPKEEPALIVE || code == dns.EDNS0NSID
 }
 
 // DropHopOptions removes the hop's options (see HopOption) from a packed

@@ -302,11 +302,12 @@ func TestForwardLargeUDPAnswer(t *testing.T) {
 	}
 }
 
-// TestForwardHopOptions: the client's padding, cookie and keepalive
+// TestForwardHopOptions: the client's padding, cookie, keepalive and NSID
 // options stay on its hop: the upstream (here over UDP, where RFC 7828
 // forbids keepalive) gets the query with its other options only. The
-// upstream's own padding, cookie and keepalive do not reach the client;
-// a DoT client that asked gets dnsfront's keepalive, and its padding.
+// upstream's own padding, cookie, keepalive and NSID (RFC 5001: not
+// transitive) do not reach the client; a DoT client that asked gets
+// dnsfront's keepalive, and its padding.
 func TestForwardHopOptions(t *testing.T) {
 	pc, ln := listenUDPTCP(t)
 	ln.Close()
@@ -326,6 +327,7 @@ func TestForwardHopOptions(t *testing.T) {
 			&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE, Timeout: 1200},
 			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708a1a2a3a4a5a6a7a8"},
 			&dns.EDNS0_NSID{Code: dns.EDNS0NSID, Nsid: "6e73"},
+			&dns.EDNS0_LOCAL{Code: 65002, Data: []byte("up")},
 			&dns.EDNS0_PADDING{Padding: make([]byte, 7)},
 		}
 		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
@@ -343,11 +345,12 @@ func TestForwardHopOptions(t *testing.T) {
 		&dns.EDNS0_PADDING{Padding: make([]byte, 30)},
 		&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "1112131415161718"},
 		&dns.EDNS0_NSID{Code: dns.EDNS0NSID},
+		&dns.EDNS0_LOCAL{Code: 65001, Data: []byte("client")},
 		&dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE},
 	}
 	b := serve(context.Background(), c, &caddydns.Request{Msg: q, Transport: "test", Size: caddydns.MaxMessage, Keepalive: 30 * time.Second}, nil)
-	if codes := <-got; !slices.Equal(codes, []uint16{dns.EDNS0NSID}) {
-		t.Fatalf("the upstream got options %v, want only NSID (%d)", codes, dns.EDNS0NSID)
+	if codes := <-got; !slices.Equal(codes, []uint16{65001}) {
+		t.Fatalf("the upstream got options %v, want only the client's option 65001", codes)
 	}
 	m := new(dns.Msg)
 	if err := m.Unpack(b); err != nil || len(m.Answer) != 1 || !m.IsEdns0().Do() {
@@ -357,8 +360,8 @@ func TestForwardHopOptions(t *testing.T) {
 	for _, e := range m.IsEdns0().Option {
 		codes = append(codes, e.Option())
 	}
-	if !slices.Equal(codes, []uint16{dns.EDNS0NSID, dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
-		t.Errorf("the client got options %v, want the upstream's NSID, then dnsfront's keepalive and padding", codes)
+	if !slices.Equal(codes, []uint16{65002, dns.EDNS0TCPKEEPALIVE, dns.EDNS0PADDING}) {
+		t.Errorf("the client got options %v, want the upstream's option 65002, then dnsfront's keepalive and padding", codes)
 	}
 	l, _ := dnswire.Walk(b)
 	if data, n := dnswire.Option(b, &l, dns.EDNS0TCPKEEPALIVE); n != 1 || string(data) != "\x01\x2c" || len(b)%dnswire.PaddingBlock != 0 {
