@@ -237,6 +237,9 @@ func finish(r *Request, resp *dns.Msg) {
 	resp.Opcode = q.Opcode
 	resp.RecursionDesired = q.RecursionDesired
 	resp.CheckingDisabled = q.CheckingDisabled
+	if !wantsAD(q, q.IsEdns0()) {
+		resp.AuthenticatedData = false
+	}
 	if len(q.Question) > 0 {
 		resp.Question = q.Question
 	}
@@ -281,6 +284,14 @@ func finish(r *Request, resp *dns.Msg) {
 	ropt.Option = kept
 	resp.Extra = append(resp.Extra, ropt)
 	truncate(resp, r.Size)
+}
+
+// wantsAD reports whether the answer to q may have the AD bit: only when
+// q has AD or DO set (RFC 6840 5.8). An upstream's AD is kept for such a
+// query and cleared for any other: a cached answer to a client that set
+// AD (dig does by default) does not tell one that did not.
+func wantsAD(q *dns.Msg, qopt *dns.OPT) bool {
+	return q.AuthenticatedData || (qopt != nil && qopt.Do())
 }
 
 // staleEDE is the Extended DNS Error (RFC 8914 4.4, 4.20) an answer to r

@@ -92,9 +92,12 @@ func finishWire(r *Request, a *Wire, buf []byte) (out []byte, rcode int, ok bool
 	if q.CheckingDisabled {
 		out[3] |= dnswire.FlagCD
 	}
+	qopt := q.IsEdns0()
+	if !wantsAD(q, qopt) {
+		out[3] &^= dnswire.FlagAD
+	}
 	rcode = l.Rcode
 	ar := binary.BigEndian.Uint16(msg[10:])
-	qopt := q.IsEdns0()
 	if qopt == nil {
 		if l.OPT >= 0 {
 			ar--

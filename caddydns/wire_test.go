@@ -56,6 +56,7 @@ func upstreamAnswers(t testing.TB) map[string][]byte {
 			opt(m, false)
 		}),
 		"cname chain": msg(func(m *dns.Msg) {
+			m.AuthenticatedData = true // validated by the upstream
 			m.Answer = append(m.Answer, rr("www.example.org. 300 IN CNAME web.example.org."), rr("web.example.org. 60 IN A 192.0.2.2"))
 			m.Ns = append(m.Ns, rr("example.org. 3600 IN NS ns1.example.org."))
 			m.Extra = append(m.Extra, rr("ns1.example.org. 3600 IN A 192.0.2.53"))
@@ -105,6 +106,7 @@ func clientQuery(name string, qtype, qclass uint16, mode byte) *dns.Msg {
 	q.Question = []dns.Question{{Name: name, Qtype: qtype, Qclass: qclass}}
 	q.RecursionDesired = mode&0x04 != 0
 	q.CheckingDisabled = mode&0x08 != 0
+	q.AuthenticatedData = mode&0x80 != 0
 	switch mode & 0x03 {
 	case 1:
 		q.SetEdns0(4096, false)
@@ -313,6 +315,16 @@ func TestFinishWireEdits(t *testing.T) {
 	}
 	if o := m.IsEdns0(); o == nil || !o.Do() || o.UDPSize() != AdvertisedUDPSize || len(o.Option) != 0 {
 		t.Fatalf("OPT: %v, want DO, UDP size %d, and not the upstream's NSID (RFC 5001: not transitive)", o, AdvertisedUDPSize)
+	}
+	// the upstream's AD for a query with AD or DO, and for no other (RFC
+	// 6840 5.8)
+	for _, c := range []struct {
+		mode byte
+		ad   bool
+	}{{0x02, true}, {0x80, true}, {0x81, true}, {0x00, false}, {0x01, false}, {0x03, false}} {
+		if m := pass(ans["cname chain"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, c.mode)); m.AuthenticatedData != c.ad {
+			t.Errorf("query mode %#x: AD %v, want %v", c.mode, m.AuthenticatedData, c.ad)
+		}
 	}
 	// per-hop options dropped, others kept
 	m = pass(ans["per hop options"], clientQuery("www.example.org.", dns.TypeA, dns.ClassINET, 1))

@@ -154,3 +154,35 @@ func TestDoTCacheServeStale(t *testing.T) {
 		t.Fatal("stale answer not counted")
 	}
 }
+
+// TestCacheADBit: dig sets AD in its queries (as kdig does, but for
+// +noadflag); the upstream validates and sets AD for it, and the cache
+// keeps that answer: kdig +noadflag's query, a hit on the same entry,
+// gets it without AD (RFC 6840 5.8), and dig's next query with it.
+func TestCacheADBit(t *testing.T) {
+	c, up, addr, _ := startCache(t, "")
+	host, port, _ := net.SplitHostPort(addr)
+	dig := need(t, "dig")
+	flags := func(out string) string {
+		m := regexp.MustCompile(`(?m)^;; flags: ([a-z ]+);`).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no flags in:\n%s", out)
+		}
+		return " " + m[1] + " "
+	}
+	out, _ := run(t, true, dig, "+tls", "+noedns", "@"+host, "-p", port, "secure.up.test", "A")
+	if f := flags(out); !strings.Contains(f, " ad ") || !strings.Contains(out, "198.51.100.1") {
+		t.Fatalf("dig (AD set): flags%s, want ad\n%s", f, out)
+	}
+	kout := kdig(t, "+tls", "+noedns", "+noadflag", "@"+host, "-p", port, "secure.up.test", "A")
+	if m := regexp.MustCompile(`(?m)^;; Flags: ([a-z ]+);`).FindStringSubmatch(kout); m == nil || strings.Contains(" "+m[1]+" ", " ad ") || !strings.Contains(kout, "198.51.100.1") {
+		t.Fatalf("kdig +noadflag, from the cache: want no ad\n%s", kout)
+	}
+	if out, _ := run(t, true, dig, "+tls", "+noedns", "@"+host, "-p", port, "secure.up.test", "A"); !strings.Contains(flags(out), " ad ") {
+		t.Fatalf("dig again, from the cache: want ad\n%s", out)
+	}
+	if n := up.answered.Load(); n != 1 {
+		t.Fatalf("the upstream answered %d queries, want 1 (the others from the cache)", n)
+	}
+	_ = c
+}

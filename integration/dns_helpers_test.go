@@ -30,6 +30,8 @@ import (
 //     for every subnet);
 //   - size.up.test. TXT: the UDP size the query's OPT record announced
 //     ("udp 1232"), or "no edns";
+//   - secure.up.test.: an A record 198.51.100.<id>, with AD when the
+//     query has AD or DO (a validating resolver's answer, RFC 6840 5.8);
 //   - nsid.up.test.: an A record 198.51.100.<id> and, asked or not, an
 //     NSID option "up-<id>" (RFC 5001 forbids the unasked one);
 //   - a name under private.up.test.: an A record 10.0.0.<id>, a private
@@ -128,6 +130,9 @@ func (u *testUpstream) handle(w dns.ResponseWriter, q *dns.Msg) {
 			size = fmt.Sprintf("udp %d", opt.UDPSize())
 		}
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf(`%s 30 IN TXT "%s"`, q.Question[0].Name, size)))
+	case name == "secure.up.test.":
+		m.AuthenticatedData = q.AuthenticatedData || (q.IsEdns0() != nil && q.IsEdns0().Do())
+		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
 	case name == "nsid.up.test.":
 		m.Answer = append(m.Answer, rr(u.t, fmt.Sprintf("%s 30 IN A 198.51.100.%d", q.Question[0].Name, u.id)))
 		m.SetEdns0(1232, false)

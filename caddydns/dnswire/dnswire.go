@@ -31,7 +31,8 @@ const (
 	MaskOpcode = 0x78
 	FlagTC     = 0x02
 	FlagRD     = 0x01
-	FlagCD     = 0x10 // octet 3
+	FlagAD     = 0x20 // octet 3
+	FlagCD     = 0x10
 	MaskRcode  = 0x0F
 )
 
