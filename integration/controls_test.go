@@ -392,7 +392,8 @@ func TestRebindProtection(t *testing.T) {
 // TestNSID: kdig +nsid and dig +nsid over DoT, and kdig +nsid over the
 // dedicated DoH server, get the server's identity (RFC 5001), with
 // Caddy's placeholder replaced; a query without the option gets none;
-// an upstream's NSID never reaches the client, asked or not.
+// an upstream's NSID never reaches the client, asked or not; id.server.
+// CH TXT gets it too (RFC 4892).
 func TestNSID(t *testing.T) {
 	up := newTestUpstream(t, 1)
 	port, dohPort := freePort(t), freePort(t)
@@ -432,6 +433,10 @@ func TestNSID(t *testing.T) {
 	}
 	if out := kdig(t, "+https=/dns-query", "+nsid", "@127.0.0.1", "-p", dp, "nsid.up.test", "A"); !strings.Contains(out, `"doh-front"`) || strings.Contains(out, `"up-1"`) {
 		t.Fatalf("kdig +https +nsid: want doh-front alone\n%s", out)
+	}
+	// RFC 4892, for a client without EDNS: the same identity
+	if out := kdig(t, "+tls", "+noedns", "@127.0.0.1", "-p", p, "-c", "CH", "id.server", "TXT"); !strings.Contains(out, "CH\tTXT\t"+want) || !strings.Contains(out, " aa") {
+		t.Fatalf("kdig CH TXT id.server: want %s, authoritative\n%s", want, out)
 	}
 }
 

@@ -1,11 +1,13 @@
 // Package nsid is `dns.handlers.nsid`: the server's identity in the
-// answers to the queries that ask for it (RFC 5001), so that an operator
-// sees which instance of a fleet behind one address answered.
+// answers to the queries that ask for it (RFC 5001), and as the answer to
+// `id.server. CH TXT` (RFC 4892), so that an operator sees which instance
+// of a fleet behind one address answered.
 package nsid
 
 import (
 	"context"
 	"fmt"
+	"strings"
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
@@ -28,14 +30,17 @@ const MaxID = 255
 // NSID option (RFC 5001 2.1: and to no other). The option is not
 // transitive (RFC 5001 2.3): forward neither asks upstreams for theirs
 // nor passes it on, so a client asks the server it talks to and hears
-// from it alone.
+// from it alone. It also answers the TXT (or ANY) queries of class CHAOS
+// for id.server. and hostname.bind. with ID (RFC 4892), for clients
+// without EDNS; other queries go on.
 type NSID struct {
 	// ID is the identity: text, in which Caddy's global placeholders
 	// ({system.hostname}, {env.NAME}) are replaced once, at provisioning.
 	// Default {system.hostname}.
 	ID string `json:"id,omitempty"`
 
-	id []byte
+	id  []byte
+	txt string // id as a TXT string (miekg/dns's presentation form)
 }
 
 // CaddyModule returns the Caddy module information.
@@ -57,15 +62,17 @@ func (n *NSID) Provision(caddy.Context) error {
 		return fmt.Errorf("nsid: id %q is %d octets: at most %d", in, len(id), MaxID)
 	}
 	n.id = []byte(id)
+	n.txt = txtEscape(id)
 	return nil
 }
 
-// WatchesOnly marks the handler as one that passes every query on
-// (caddydns.Watcher): an acl after it still drops its clients at accept.
-func (*NSID) WatchesOnly() {}
-
-// ServeDNS notes the identity for the answer of a query that asks for it.
+// ServeDNS notes the identity for the answer of a query that asks for
+// it, and answers the CHAOS queries for it.
 func (n *NSID) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
+	if q := r.Msg.Question[0]; q.Qclass == dns.ClassCHAOS && (q.Qtype == dns.TypeTXT || q.Qtype == dns.TypeANY) &&
+		(strings.EqualFold(q.Name, "id.server.") || strings.EqualFold(q.Name, "hostname.bind.")) {
+		return n.chaos(r), nil
+	}
 	if opt := r.Msg.IsEdns0(); opt != nil {
 		for _, o := range opt.Option {
 			if o.Option() == dns.EDNS0NSID {
@@ -75,6 +82,37 @@ func (n *NSID) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.
 		}
 	}
 	return next(ctx, r)
+}
+
+// txtEscape writes s as miekg/dns reads a TXT string: a backslash and a
+// quote escaped, octets outside printable ASCII as \DDD.
+func txtEscape(s string) string {
+	var b strings.Builder
+	for i := 0; i < len(s); i++ {
+		switch c := s[i]; {
+		case c == '\\' || c == '"':
+			b.WriteByte('\\')
+			b.WriteByte(c)
+		case c < ' ' || c > '~':
+			fmt.Fprintf(&b, "\\%03d", c)
+		default:
+			b.WriteByte(c)
+		}
+	}
+	return b.String()
+}
+
+// chaos is the answer to id.server. (or hostname.bind.) CH TXT: the
+// identity, authoritative, TTL 0 (it is this server's, now).
+func (n *NSID) chaos(r *caddydns.Request) caddydns.Response {
+	m := new(dns.Msg)
+	m.SetReply(r.Msg)
+	m.Authoritative = true
+	m.Answer = []dns.RR{&dns.TXT{
+		Hdr: dns.RR_Header{Name: r.Msg.Question[0].Name, Rrtype: dns.TypeTXT, Class: dns.ClassCHAOS},
+		Txt: []string{n.txt},
+	}}
+	return caddydns.Response{Msg: m}
 }
 
 // UnmarshalCaddyfile reads `nsid [<id>]`.
@@ -95,7 +133,6 @@ func (n *NSID) UnmarshalCaddyfile(d *caddyfile.Dispenser) error {
 // Interface guards
 var (
 	_ caddydns.Handler      = (*NSID)(nil)
-	_ caddydns.Watcher      = (*NSID)(nil)
 	_ caddy.Provisioner     = (*NSID)(nil)
 	_ caddyfile.Unmarshaler = (*NSID)(nil)
 )

@@ -3,6 +3,7 @@ package nsid
 import (
 	"context"
 	"encoding/hex"
+	"fmt"
 	"os"
 	"strings"
 	"testing"
@@ -128,6 +129,59 @@ func TestCaddyfile(t *testing.T) {
 	} {
 		if err := new(NSID).UnmarshalCaddyfile(caddyfile.NewTestDispenser(in)); err == nil || !strings.Contains(err.Error(), msg) {
 			t.Errorf("%q: %v, want %q", in, err, msg)
+		}
+	}
+}
+
+// TestChaos: id.server. and hostname.bind. CH TXT (and ANY) get the
+// identity, octet for octet, authoritative; other CHAOS names and IN
+// queries for those names go on down the chain.
+func TestChaos(t *testing.T) {
+	n := new(NSID)
+	id := "pop \"1\" \\ \u00e9"
+	handlertest.Provision(t, n, fmt.Sprintf(`{"id":%q}`, id))
+	c := caddydns.NewChain("test", "test", n, upstream{true})
+	ask := func(name string, qtype, qclass uint16) *dns.Msg {
+		q := new(dns.Msg)
+		q.SetQuestion(name, qtype)
+		q.Question[0].Qclass = qclass
+		b, _ := q.Pack()
+		a := c.Serve(context.Background(), &caddydns.Request{Size: caddydns.MaxMessage}, b, nil)
+		m := new(dns.Msg)
+		if err := m.Unpack(a.Wire); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	for _, q := range []struct {
+		name  string
+		qtype uint16
+	}{{"id.server.", dns.TypeTXT}, {"ID.Server.", dns.TypeTXT}, {"hostname.bind.", dns.TypeTXT}, {"id.server.", dns.TypeANY}} {
+		m := ask(q.name, q.qtype, dns.ClassCHAOS)
+		if m.Rcode != dns.RcodeSuccess || !m.Authoritative || len(m.Answer) != 1 {
+			t.Fatalf("%s %d CH: %v", q.name, q.qtype, m)
+		}
+		txt, ok := m.Answer[0].(*dns.TXT)
+		if !ok || txt.Hdr.Class != dns.ClassCHAOS || len(txt.Txt) != 1 {
+			t.Fatalf("%s: %v", q.name, m.Answer[0])
+		}
+		// the string's octets, as packed: the identity's own
+		b := make([]byte, 512)
+		off, err := dns.PackRR(txt, b, 0, nil, false)
+		if err != nil {
+			t.Fatal(err)
+		}
+		rdata := b[off-int(txt.Hdr.Rdlength) : off]
+		if string(rdata[1:]) != id || int(rdata[0]) != len(id) {
+			t.Fatalf("%s: TXT octets %q, want %q", q.name, rdata[1:], id)
+		}
+	}
+	for _, q := range []struct {
+		name          string
+		qtype, qclass uint16
+	}{{"version.bind.", dns.TypeTXT, dns.ClassCHAOS}, {"id.server.", dns.TypeA, dns.ClassCHAOS}, {"id.server.", dns.TypeTXT, dns.ClassINET}} {
+		if m := ask(q.name, q.qtype, q.qclass); len(m.Answer) != 1 || m.Answer[0].Header().Rrtype != dns.TypeA {
+			t.Fatalf("%s %d class %d: %v, want it passed on", q.name, q.qtype, q.qclass, m)
 		}
 	}
 }
