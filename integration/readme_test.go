@@ -130,6 +130,9 @@ func TestReadmeQuickStart(t *testing.T) {
 			t.Errorf("README try-it block: no %q in\n%s", want, out)
 		}
 	}
+	if host, _ := os.Hostname(); !strings.Contains(string(out), `"`+host+`"`) {
+		t.Errorf("README try-it block: no identity %q (nsid, id.server CH TXT) in\n%s", host, out)
+	}
 	if strings.Contains(string(out), ";; ERROR") || strings.Count(string(out), "192.0.2.80") < 2 {
 		t.Errorf("README try-it block: a kdig failed (the strict one requires the staple)\n%s", out)
 	}
