@@ -81,6 +81,18 @@ func query(name string, qtype uint16) *dns.Msg {
 	return q
 }
 
+func rrOf(t *testing.T, s string) dns.RR {
+	t.Helper()
+	r, err := dns.NewRR(s)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
+// TestQueryValidation: what DESIGN.md's validation answers, and what no
+// honest client sends (records where a query has none, TC) never reaches
+// the handlers.
 func TestQueryValidation(t *testing.T) {
 	c := testChain(t)
 	mk := func(f func(*dns.Msg)) *dns.Msg {
@@ -102,6 +114,14 @@ func TestQueryValidation(t *testing.T) {
 		{"IXFR", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeIXFR }), dns.RcodeNotImplemented},
 		{"EDNS version 1", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.IsEdns0().SetVersion(1) }), dns.RcodeBadVers},
 		{"two OPT", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.Extra = append(q.Extra, q.Extra[0]) }), dns.RcodeFormatError},
+		{"TC set", mk(func(q *dns.Msg) { q.Truncated = true }), dns.RcodeFormatError},
+		{"an answer record", mk(func(q *dns.Msg) { q.Answer = []dns.RR{rrOf(t, "www.example.org. 60 IN A 192.0.2.66")} }), dns.RcodeFormatError},
+		{"an authority record", mk(func(q *dns.Msg) { q.Ns = []dns.RR{rrOf(t, "example.org. 60 IN NS ns.attacker.example.")} }), dns.RcodeFormatError},
+		{"an additional record", mk(func(q *dns.Msg) {
+			q.SetEdns0(1232, false)
+			q.Extra = append(q.Extra, rrOf(t, "ns.example.org. 60 IN A 192.0.2.66"))
+		}), dns.RcodeFormatError},
+		{"TSIG", mk(func(q *dns.Msg) { q.SetTsig("key.", dns.HmacSHA256, 300, 0) }), dns.RcodeFormatError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := ask(c, tc.q)

@@ -187,6 +187,11 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 		return reply(dns.RcodeNotImplemented)
 	case len(q.Question) != 1:
 		return reply(dns.RcodeFormatError)
+	case q.Truncated, len(q.Answer) > 0, len(q.Ns) > 0:
+		// a query is never cut short on a stream, and has no answer or
+		// authority records: nothing an honest client sends, which would
+		// otherwise go upstream (unbound answers FORMERR too)
+		return reply(dns.RcodeFormatError)
 	case raw != nil && !wellFormed(raw):
 		return reply(dns.RcodeFormatError)
 	case q.Question[0].Qtype == dns.TypeAXFR || q.Question[0].Qtype == dns.TypeIXFR:
@@ -194,19 +199,24 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 	}
 	opts := 0
 	for _, rr := range q.Extra {
-		if opt, ok := rr.(*dns.OPT); ok {
-			opts++
-			if opt.Version() > 0 {
-				return reply(dns.RcodeBadVers)
-			}
-			if badECSOption(opt, raw) {
-				return reply(dns.RcodeFormatError) // RFC 7871 6
-			}
-			if r.Keepalive != 0 && badKeepalive(opt) {
-				// a client sends the option without a TIMEOUT (RFC 7828
-				// 3.2.1); unbound answers FORMERR too
-				return reply(dns.RcodeFormatError)
-			}
+		opt, ok := rr.(*dns.OPT)
+		if !ok {
+			// an additional record but the OPT record (TSIG and SIG(0)
+			// included: dnsfront verifies neither, and a front end's
+			// clients sign nothing)
+			return reply(dns.RcodeFormatError)
+		}
+		opts++
+		if opt.Version() > 0 {
+			return reply(dns.RcodeBadVers)
+		}
+		if badECSOption(opt, raw) {
+			return reply(dns.RcodeFormatError) // RFC 7871 6
+		}
+		if r.Keepalive != 0 && badKeepalive(opt) {
+			// a client sends the option without a TIMEOUT (RFC 7828
+			// 3.2.1); unbound answers FORMERR too
+			return reply(dns.RcodeFormatError)
 		}
 	}
 	if opts > 1 {

@@ -255,6 +255,29 @@ func TestDoTConnectionLimits(t *testing.T) {
 			t.Fatalf("the query after it: %v %v", m, err)
 		}
 	})
+	t.Run("records no query has, or TC: FORMERR", func(t *testing.T) {
+		// nothing an honest client sends: answered FORMERR (as unbound
+		// does), never passed on to a handler or an upstream
+		c := dialDoT(t, env.addr)
+		for i, f := range []func(q *dns.Msg){
+			func(q *dns.Msg) { q.Answer = []dns.RR{rr(t, "www.example.test. 60 IN A 192.0.2.66")} },
+			func(q *dns.Msg) { q.Ns = []dns.RR{rr(t, "example.test. 60 IN NS ns.attacker.example.")} },
+			func(q *dns.Msg) { q.Extra = []dns.RR{rr(t, "ns.example.test. 60 IN A 192.0.2.66")} },
+			func(q *dns.Msg) { q.Truncated = true },
+		} {
+			q := question("www.example.test.", dns.TypeA, uint16(20+i))
+			f(q)
+			c.send(t, q)
+			m, err := c.recv(3 * time.Second)
+			if err != nil || m.Id != uint16(20+i) || m.Rcode != dns.RcodeFormatError || len(m.Answer) != 0 {
+				t.Fatalf("query %d: %v %v, want FORMERR with its ID", i, m, err)
+			}
+		}
+		c.send(t, question("www.example.test.", dns.TypeA, 9))
+		if m, err := c.recv(3 * time.Second); err != nil || m.Id != 9 || len(m.Answer) != 1 {
+			t.Fatalf("the query after them: %v %v", m, err)
+		}
+	})
 	t.Run("slowloris", func(t *testing.T) {
 		c := dialDoT(t, env.addr)
 		b, _ := question("www.example.test.", dns.TypeA, 7).Pack()

@@ -29,9 +29,12 @@ const (
 const (
 	FlagQR     = 0x80 // octet 2
 	MaskOpcode = 0x78
+	FlagAA     = 0x04
 	FlagTC     = 0x02
 	FlagRD     = 0x01
-	FlagAD     = 0x20 // octet 3
+	FlagRA     = 0x80 // octet 3
+	FlagZ      = 0x40
+	FlagAD     = 0x20
 	FlagCD     = 0x10
 	MaskRcode  = 0x0F
 )

@@ -309,10 +309,8 @@ func TestForwardLargeUDPAnswer(t *testing.T) {
 // transitive) do not reach the client; a DoT client that asked gets
 // dnsfront's keepalive, and its padding.
 func TestForwardHopOptions(t *testing.T) {
-	pc, ln := listenUDPTCP(t)
-	ln.Close()
 	got := make(chan []uint16, 1)
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	up := udpUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		var codes []uint16
 		if o := q.IsEdns0(); o != nil {
 			for _, e := range o.Option {
@@ -332,12 +330,8 @@ func TestForwardHopOptions(t *testing.T) {
 		}
 		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
 		_ = w.WriteMsg(m)
-	})
-	s := &dns.Server{PacketConn: pc, Handler: h}
-	done := make(chan struct{})
-	go func() { defer close(done); _ = s.ActivateAndServe() }()
-	t.Cleanup(func() { _ = s.Shutdown(); <-done })
-	c, _ := forwardChain(t, "udp://"+pc.LocalAddr().String())
+	}))
+	c, _ := forwardChain(t, "udp://"+up)
 
 	q := query("www.example.net.", dns.TypeA)
 	q.SetEdns0(1232, true)
@@ -366,6 +360,30 @@ func TestForwardHopOptions(t *testing.T) {
 	l, _ := dnswire.Walk(b)
 	if data, n := dnswire.Option(b, &l, dns.EDNS0TCPKEEPALIVE); n != 1 || string(data) != "\x01\x2c" || len(b)%dnswire.PaddingBlock != 0 {
 		t.Errorf("%d keepalive options, TIMEOUT % x (dnsfront's is 300), %d octets (padded to %d)", n, data, len(b), dnswire.PaddingBlock)
+	}
+}
+
+// TestForwardQueryFlags: the upstream gets the client's RD, AD and CD,
+// and never AA, RA or Z, which a query has no use for.
+func TestForwardQueryFlags(t *testing.T) {
+	got := make(chan dns.MsgHdr, 1)
+	up := udpUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+		got <- q.MsgHdr
+		m := new(dns.Msg)
+		m.SetReply(q)
+		m.Answer = append(m.Answer, &dns.A{Hdr: dns.RR_Header{Name: q.Question[0].Name, Rrtype: dns.TypeA, Class: dns.ClassINET, Ttl: 60}, A: net.IPv4(192, 0, 2, 1)})
+		_ = w.WriteMsg(m)
+	}))
+	c, _ := forwardChain(t, "udp://"+up)
+
+	q := query("www.example.net.", dns.TypeA)
+	q.Authoritative, q.RecursionAvailable, q.Zero = true, true, true
+	q.RecursionDesired, q.AuthenticatedData, q.CheckingDisabled = true, true, true
+	if m := serveMsg(context.Background(), c, &caddydns.Request{Msg: q, Transport: "test", Size: caddydns.MaxMessage}); m == nil || len(m.Answer) != 1 {
+		t.Fatalf("answer: %v", m)
+	}
+	if h := <-got; h.Authoritative || h.RecursionAvailable || h.Zero || !h.RecursionDesired || !h.AuthenticatedData || !h.CheckingDisabled {
+		t.Fatalf("the upstream got AA %v RA %v Z %v RD %v AD %v CD %v; want only RD, AD and CD", h.Authoritative, h.RecursionAvailable, h.Zero, h.RecursionDesired, h.AuthenticatedData, h.CheckingDisabled)
 	}
 }
 

@@ -19,16 +19,22 @@ import (
 // ends.
 func slowUpstream(t *testing.T, delay time.Duration) string {
 	t.Helper()
-	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	h := dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
+	return udpUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
 		time.Sleep(delay)
 		m := new(dns.Msg)
 		m.SetReply(q)
 		_ = w.WriteMsg(m)
-	})
+	}))
+}
+
+// udpUpstream serves h over UDP on loopback until the test ends, and
+// returns its address.
+func udpUpstream(t *testing.T, h dns.Handler) string {
+	t.Helper()
+	pc, err := net.ListenPacket("udp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
 	s := &dns.Server{PacketConn: pc, Handler: h}
 	done := make(chan struct{})
 	go func() { defer close(done); _ = s.ActivateAndServe() }()
