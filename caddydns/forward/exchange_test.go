@@ -364,7 +364,7 @@ func TestForwardHopOptions(t *testing.T) {
 }
 
 // TestForwardQueryFlags: the upstream gets the client's RD, AD and CD,
-// and never AA, RA or Z, which a query has no use for.
+// and never AA, RA, Z or an rcode, which a query has no use for.
 func TestForwardQueryFlags(t *testing.T) {
 	got := make(chan dns.MsgHdr, 1)
 	up := udpUpstream(t, dns.HandlerFunc(func(w dns.ResponseWriter, q *dns.Msg) {
@@ -377,13 +377,13 @@ func TestForwardQueryFlags(t *testing.T) {
 	c, _ := forwardChain(t, "udp://"+up)
 
 	q := query("www.example.net.", dns.TypeA)
-	q.Authoritative, q.RecursionAvailable, q.Zero = true, true, true
+	q.Authoritative, q.RecursionAvailable, q.Zero, q.Rcode = true, true, true, dns.RcodeRefused
 	q.RecursionDesired, q.AuthenticatedData, q.CheckingDisabled = true, true, true
 	if m := serveMsg(context.Background(), c, &caddydns.Request{Msg: q, Transport: "test", Size: caddydns.MaxMessage}); m == nil || len(m.Answer) != 1 {
 		t.Fatalf("answer: %v", m)
 	}
-	if h := <-got; h.Authoritative || h.RecursionAvailable || h.Zero || !h.RecursionDesired || !h.AuthenticatedData || !h.CheckingDisabled {
-		t.Fatalf("the upstream got AA %v RA %v Z %v RD %v AD %v CD %v; want only RD, AD and CD", h.Authoritative, h.RecursionAvailable, h.Zero, h.RecursionDesired, h.AuthenticatedData, h.CheckingDisabled)
+	if h := <-got; h.Authoritative || h.RecursionAvailable || h.Zero || h.Rcode != 0 || !h.RecursionDesired || !h.AuthenticatedData || !h.CheckingDisabled {
+		t.Fatalf("the upstream got AA %v RA %v Z %v rcode %d RD %v AD %v CD %v; want only RD, AD and CD", h.Authoritative, h.RecursionAvailable, h.Zero, h.Rcode, h.RecursionDesired, h.AuthenticatedData, h.CheckingDisabled)
 	}
 }
 

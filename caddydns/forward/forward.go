@@ -224,11 +224,11 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 		f.bufPool.Put(bp)
 		return caddydns.Response{}, packError(err)
 	}
-	// the flags a query has no use for (AA, RA, and Z, which must be 0)
-	// go upstream cleared, whatever the client set: RD, AD and CD are
-	// the query's
+	// the flags a query has no use for (AA, RA, Z, which must be 0, and
+	// an rcode) go upstream cleared, whatever the client set: RD, AD and
+	// CD are the query's
 	packed[2] &^= dnswire.FlagAA
-	packed[3] &^= dnswire.FlagRA | dnswire.FlagZ
+	packed[3] &^= dnswire.FlagRA | dnswire.FlagZ | dnswire.MaskRcode
 	if qopt := r.Msg.IsEdns0(); qopt == nil {
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
