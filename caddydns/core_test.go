@@ -122,6 +122,7 @@ func TestQueryValidation(t *testing.T) {
 			q.Extra = append(q.Extra, rrOf(t, "ns.example.org. 60 IN A 192.0.2.66"))
 		}), dns.RcodeFormatError},
 		{"TSIG", mk(func(q *dns.Msg) { q.SetTsig("key.", dns.HmacSHA256, 300, 0) }), dns.RcodeFormatError},
+		{"OPT not owned by the root", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.IsEdns0().Hdr.Name = "example.org." }), dns.RcodeFormatError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			r := ask(c, tc.q)

@@ -207,6 +207,9 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 			return reply(dns.RcodeFormatError)
 		}
 		opts++
+		if opt.Hdr.Name != "." {
+			return reply(dns.RcodeFormatError) // RFC 6891 6.1.2: owned by the root
+		}
 		if opt.Version() > 0 {
 			return reply(dns.RcodeBadVers)
 		}
