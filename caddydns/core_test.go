@@ -122,6 +122,14 @@ func TestQueryValidation(t *testing.T) {
 			q.Extra = append(q.Extra, rrOf(t, "ns.example.org. 60 IN A 192.0.2.66"))
 		}), dns.RcodeFormatError},
 		{"TSIG", mk(func(q *dns.Msg) { q.SetTsig("key.", dns.HmacSHA256, 300, 0) }), dns.RcodeFormatError},
+		{"qtype OPT", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeOPT }), dns.RcodeFormatError},
+		{"qtype TSIG", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeTSIG }), dns.RcodeFormatError},
+		{"qtype TKEY", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeTKEY }), dns.RcodeFormatError},
+		{"qtype MAILB", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeMAILB }), dns.RcodeFormatError},
+		{"qtype 128", mk(func(q *dns.Msg) { q.Question[0].Qtype = 128 }), dns.RcodeFormatError},
+		{"qtype 127, a data type", mk(func(q *dns.Msg) { q.Question[0].Qtype = 127 }), dns.RcodeSuccess},
+		{"qtype URI (256)", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeURI }), dns.RcodeSuccess},
+		{"qtype ANY", mk(func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeANY }), dns.RcodeSuccess},
 		{"OPT not owned by the root", mk(func(q *dns.Msg) { q.SetEdns0(1232, false); q.IsEdns0().Hdr.Name = "example.org." }), dns.RcodeFormatError},
 	} {
 		t.Run(tc.name, func(t *testing.T) {

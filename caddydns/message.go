@@ -196,6 +196,8 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 		return reply(dns.RcodeFormatError)
 	case q.Question[0].Qtype == dns.TypeAXFR || q.Question[0].Qtype == dns.TypeIXFR:
 		return reply(dns.RcodeNotImplemented)
+	case metaType(q.Question[0].Qtype):
+		return reply(dns.RcodeFormatError)
 	}
 	opts := 0
 	for _, rr := range q.Extra {
@@ -226,6 +228,18 @@ func checkQuery(r *Request, raw []byte) *dns.Msg {
 		return reply(dns.RcodeFormatError)
 	}
 	return nil
+}
+
+// metaType reports a type no query asks for: OPT, TSIG and TKEY (a
+// message's own records, RFC 6895 3.1), MAILA and MAILB (obsolete), and
+// the meta-types not assigned (128 to 248). unbound answers them FORMERR;
+// passed on, they would reach an upstream as no honest client sends them.
+func metaType(t uint16) bool {
+	switch t {
+	case dns.TypeOPT, dns.TypeTSIG, dns.TypeTKEY, dns.TypeMAILA, dns.TypeMAILB:
+		return true
+	}
+	return t >= 128 && t <= 248
 }
 
 // wellFormed says whether every count, name and length in the query
