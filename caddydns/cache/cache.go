@@ -156,9 +156,9 @@ func (c *Cache) Cleanup() error {
 // keeps what may be kept.
 func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.Next) (caddydns.Response, error) {
 	var kb [320]byte // a name of 255 octets and all the rest; a longer one (escapes) grows it
-	key := appendKey(kb[:0], r.Msg, r.ECS)
-	if len(key) > maxKey {
-		return next(ctx, r) // no key this long is kept
+	key := appendKey(kb[:0], r.Msg, r.ECS, r.Octets())
+	if key == nil || len(key) > maxKey {
+		return next(ctx, r) // no key, or none this long, is kept
 	}
 	hash := hashKey(key)
 	now := r.Now()

@@ -122,7 +122,7 @@ func edit(t testing.TB, c *Cache, q *dns.Msg, fn func(h *header)) {
 }
 
 func (s *store) edit(q *dns.Msg, fn func(h *header)) bool {
-	key := appendKey(nil, q, true)
+	key := appendKey(nil, q, true, nil)
 	hash := hashKey(key)
 	sh := s.shard(hash)
 	sh.mu.Lock()
@@ -220,7 +220,7 @@ func TestKey(t *testing.T) {
 		{"ECS 198.51.100.0/24", mk(false, false, true, ecs("198.51.100.1", 24)), true},
 	}
 	// without an ecs handler the option is stripped upstream: not keyed
-	if string(appendKey(nil, mk(false, false, true, ecs("192.0.2.1", 24)), false)) != string(appendKey(nil, mk(false, false, true, ecs("198.51.100.1", 24)), false)) {
+	if string(appendKey(nil, mk(false, false, true, ecs("192.0.2.1", 24)), false, nil)) != string(appendKey(nil, mk(false, false, true, ecs("198.51.100.1", 24)), false, nil)) {
 		t.Error("the ECS option is in the key of a query whose option is not sent upstream")
 	}
 	for _, s := range steps {
@@ -528,7 +528,7 @@ func TestStaleAnswerTimeout(t *testing.T) {
 // waitFlight waits until no query for q is in flight (registered before
 // the client that started it was answered), and its answer is stored.
 func waitFlight(c *Cache, q *dns.Msg) {
-	if done := c.store.flights.waitFor(hashKey(appendKey(nil, q, true))); done != nil {
+	if done := c.store.flights.waitFor(hashKey(appendKey(nil, q, true, nil))); done != nil {
 		<-done
 	}
 }
@@ -765,7 +765,7 @@ func FuzzAnswer(f *testing.F) {
 		if !ok {
 			return
 		}
-		key := appendKey(nil, q, true)
+		key := appendKey(nil, q, true, nil)
 		h := hashKey(key)
 		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
 		var e *entry
@@ -836,25 +836,92 @@ func FuzzKey(f *testing.F) {
 		if q.Unpack(b) != nil || len(q.Question) != 1 {
 			return
 		}
-		key := appendKey(nil, q, true)
+		key := appendKey(nil, q, true, nil)
+		if key == nil {
+			return // options that do not pack again: not cached
+		}
+		if raw := appendKey(nil, q, true, b); raw != nil && string(raw) != string(key) {
+			t.Fatalf("the key from the octets %q differs from the message's %q", raw, key)
+		}
 		other := q.Copy()
 		other.Id++
 		other.Question[0].Name = strings.ToUpper(q.Question[0].Name)
 		if opt := other.IsEdns0(); opt != nil {
 			opt.Option = append(opt.Option, &dns.EDNS0_PADDING{Padding: make([]byte, 8)})
 		}
-		if got := appendKey(nil, other, true); string(got) != string(key) {
+		if got := appendKey(nil, other, true, nil); string(got) != string(key) {
 			t.Fatalf("keys differ for the same question: %q %q", key, got)
 		}
 		if name := keyName(key); !strings.EqualFold(name, q.Question[0].Name) {
 			t.Fatalf("key names %q, query %q", name, q.Question[0].Name)
 		}
 		if zk, ok := zeroKey(nil, key); ok {
-			if keyName(zk) != keyName(key) || string(zk[:5]) != string(key[:5]) || string(zk) == string(appendKey(nil, q, false)) {
+			if keyName(zk) != keyName(key) || string(zk[:5]) != string(key[:5]) || string(zk) == string(appendKey(nil, q, false, nil)) {
 				t.Fatalf("zero key %q of %q: another name or question, or the key without ECS", zk, key)
 			}
 		}
 	})
+}
+
+// TestKeyOptions: the options that go upstream are in the key (an
+// upstream may answer by them: a filtering service's device option), as
+// octets in their order, whether read from the query's octets or its
+// message; the hop's options and a stripped ECS are not; the key still
+// names its question, after an ECS address holding a 0 octet too.
+func TestKeyOptions(t *testing.T) {
+	key := func(ecs bool, opts ...dns.EDNS0) []byte {
+		q := query("www.Example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		q.IsEdns0().Option = opts
+		b, err := q.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		k, fromOctets := appendKey(nil, q, ecs, nil), appendKey(nil, q, ecs, b)
+		if string(k) != string(fromOctets) {
+			t.Fatalf("key from the message %q, from the octets %q", k, fromOctets)
+		}
+		if keyName(k) != "www.example.org." {
+			t.Fatalf("key %q names %q", k, keyName(k))
+		}
+		return k
+	}
+	device := func(id string) dns.EDNS0 { return &dns.EDNS0_LOCAL{Code: 65073, Data: []byte(id)} }
+	hop := []dns.EDNS0{&dns.EDNS0_PADDING{Padding: make([]byte, 12)}, &dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		&dns.EDNS0_NSID{Code: dns.EDNS0NSID}, &dns.EDNS0_TCP_KEEPALIVE{Code: dns.EDNS0TCPKEEPALIVE}}
+	subnet := &dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: net.IPv4(192, 0, 2, 0).To4()}
+	none, a, b := key(false), key(false, device("a")), key(false, device("b"))
+	if string(none) == string(a) || string(a) == string(b) {
+		t.Fatalf("a device option not in the key: %q %q %q", none, a, b)
+	}
+	if string(key(false, hop...)) != string(none) || string(key(false, append(slices.Clone(hop), device("a"))...)) != string(a) {
+		t.Fatal("the hop's options changed the key")
+	}
+	if string(key(false, subnet)) != string(none) || string(key(false, subnet, device("a"))) != string(a) {
+		t.Fatal("a stripped ECS option changed the key")
+	}
+	if withECS := key(true, subnet, device("a")); string(withECS) == string(key(true, subnet)) || string(withECS) == string(a) {
+		t.Fatal("ECS that goes upstream and a device option: not both in the key")
+	}
+}
+
+// TestCacheOptions: through a chain, the answer to a query with a device
+// option is not the answer to one without it, or with another.
+func TestCacheOptions(t *testing.T) {
+	ch, _, u := newCache(t, `{}`)
+	for i, id := range []string{"a", "", "b", "a", ""} {
+		q := query("www.example.org.", dns.TypeA)
+		q.SetEdns0(1232, false)
+		if id != "" {
+			q.IsEdns0().Option = []dns.EDNS0{&dns.EDNS0_LOCAL{Code: 65073, Data: []byte(id)}}
+		}
+		if m, _ := ask(t, ch, q); len(m.Answer) == 0 {
+			t.Fatalf("query %d: %v", i, m)
+		}
+		if want := min(i+1, 3); int(u.asked.Load()) != want {
+			t.Fatalf("after query %d (device %q): the upstream was asked %d times, want %d", i, id, u.asked.Load(), want)
+		}
+	}
 }
 
 // TestKeyNameWithOddECS: a key built from an ECS option of an unknown
@@ -870,7 +937,7 @@ func TestKeyNameWithOddECS(t *testing.T) {
 		q := query("www.example.org.", dns.TypeA)
 		q.SetEdns0(1232, false)
 		q.IsEdns0().Option = []dns.EDNS0{ecs}
-		if name := keyName(appendKey(nil, q, true)); name != "www.example.org." {
+		if name := keyName(appendKey(nil, q, true, nil)); name != "www.example.org." {
 			t.Errorf("ECS family %d /%d: key name %q", ecs.Family, ecs.SourceNetmask, name)
 		}
 	}

@@ -6,12 +6,18 @@ import (
 	"net"
 
 	"github.com/miekg/dns"
+
+	"github.com/dnsfront/dnsfront/caddydns/dnswire"
 )
 
 // maxKey bounds a key: a name (at most 255 octets in presentation form
-// without escapes, 4 times that with \DDD escapes), type, class, flags
-// and an ECS option.
-const maxKey = 4*255 + 4 + 1 + 4 + 16
+// without escapes, 4 times that with \DDD escapes), type, class, flags,
+// an ECS option, and up to maxKeyOptions octets of other options. A
+// query whose key is longer is not cached.
+const maxKey = 4*255 + 4 + 1 + 4 + 16 + 1 + maxKeyOptions
+
+// maxKeyOptions bounds the options of a key (see appendOptions).
+const maxKeyOptions = 256
 
 var seed = maphash.MakeSeed()
 
@@ -19,9 +25,11 @@ var seed = maphash.MakeSeed()
 // class and name (ASCII letters in lower case), the DO, CD and RD bits,
 // and, with ecs (the ECS option is what goes upstream: Request.ECS), the
 // ECS option's family, source prefix length and address (masked to the
-// prefix) when the query carries one. The ID and the hop's options
-// (padding, cookie, keepalive) are not in it.
-func appendKey(dst []byte, q *dns.Msg, ecs bool) []byte {
+// prefix) when the query carries one; then every other option that goes
+// upstream with it (appendOptions; raw is the query's octets, nil for a
+// message made here). The ID and the hop's options (padding, cookie,
+// keepalive, NSID) are not in it. nil: the query has no key (not cached).
+func appendKey(dst []byte, q *dns.Msg, ecs bool, raw []byte) []byte {
 	qn := q.Question[0]
 	dst = binary.BigEndian.AppendUint16(dst, qn.Qtype)
 	dst = binary.BigEndian.AppendUint16(dst, qn.Qclass)
@@ -51,6 +59,51 @@ func appendKey(dst []byte, q *dns.Msg, ecs bool) []byte {
 			c += 'a' - 'A'
 		}
 		dst = append(dst, c)
+	}
+	if opt != nil && len(opt.Option) > 0 {
+		dst = appendOptions(dst, opt, q, raw)
+	}
+	return dst
+}
+
+// optionsMark ends the name in a key with options (see appendOptions):
+// no name in presentation form holds it (miekg/dns writes \000).
+const optionsMark = 0
+
+// appendOptions appends to a key the EDNS options of the query (opt its
+// OPT record, raw its octets or nil) that go upstream and are not in the
+// key otherwise: all but the hop's (dnswire.HopOption) and ECS, as
+// octets, in their order, after optionsMark. An upstream may answer
+// according to them (a filtering service's device or profile option):
+// an answer to a query with one must not serve a query without it, or
+// with another (dnsdist keys its cache by them too). A query with none
+// appends nothing; nil when they cannot be read (the query is then not
+// cached).
+func appendOptions(dst []byte, opt *dns.OPT, q *dns.Msg, raw []byte) []byte {
+	upstream := false
+	for _, o := range opt.Option {
+		if code := o.Option(); code != dns.EDNS0SUBNET && !dnswire.HopOption(code) {
+			upstream = true
+			break
+		}
+	}
+	if !upstream {
+		return dst
+	}
+	if raw == nil {
+		var err error
+		if raw, err = q.Pack(); err != nil {
+			return nil
+		}
+	}
+	l, ok := dnswire.Walk(raw)
+	if !ok || l.OPT < 0 || !l.OPTLast {
+		return nil
+	}
+	dst = append(dst, optionsMark)
+	dst, ok = dnswire.AppendNonHopExcept(dst, raw[l.OPTRdata:l.End], dns.EDNS0SUBNET)
+	if !ok {
+		return nil
 	}
 	return dst
 }

@@ -584,6 +584,9 @@ func keyName(key []byte) string {
 	} else if len(rest) >= 1 && rest[0] == zeroMark {
 		rest = rest[1:]
 	}
+	if i := bytes.IndexByte(rest, optionsMark); i >= 0 {
+		rest = rest[:i] // the options after the name
+	}
 	return string(rest)
 }
 
