@@ -903,6 +903,14 @@ func TestKeyOptions(t *testing.T) {
 	if withECS := key(true, subnet, device("a")); string(withECS) == string(key(true, subnet)) || string(withECS) == string(a) {
 		t.Fatal("ECS that goes upstream and a device option: not both in the key")
 	}
+	// an EDNS flag but DO (CO, RFC 9824: compact answers) goes upstream
+	co := query("www.example.org.", dns.TypeA)
+	co.SetEdns0(1232, true)
+	do := co.Copy()
+	co.IsEdns0().Hdr.Ttl |= 0x4000
+	if string(appendKey(nil, co, false, nil)) == string(appendKey(nil, do, false, nil)) || keyName(appendKey(nil, co, false, nil)) != "www.example.org." {
+		t.Fatal("the CO flag not in the key, or the name lost with it")
+	}
 }
 
 // TestCacheOptions: through a chain, the answer to a query with a device

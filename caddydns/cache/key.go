@@ -60,27 +60,34 @@ func appendKey(dst []byte, q *dns.Msg, ecs bool, raw []byte) []byte {
 		}
 		dst = append(dst, c)
 	}
-	if opt != nil && len(opt.Option) > 0 {
+	if opt != nil && (len(opt.Option) > 0 || ednsFlags(opt) != 0) {
 		dst = appendOptions(dst, opt, q, raw)
 	}
 	return dst
 }
 
+// ednsFlags are the OPT record's flags but DO (in the key's flags octet):
+// 0 from an honest client, but for flags defined since (CO, RFC 9824,
+// which an upstream may answer by).
+func ednsFlags(opt *dns.OPT) uint16 { return uint16(opt.Hdr.Ttl) &^ 0x8000 }
+
 // optionsMark ends the name in a key with options (see appendOptions):
 // no name in presentation form holds it (miekg/dns writes \000).
 const optionsMark = 0
 
-// appendOptions appends to a key the EDNS options of the query (opt its
-// OPT record, raw its octets or nil) that go upstream and are not in the
-// key otherwise: all but the hop's (dnswire.HopOption) and ECS, as
-// octets, in their order, after optionsMark. An upstream may answer
+// appendOptions appends to a key what of the query's OPT record goes
+// upstream and is not in the key otherwise (opt the record, raw the
+// query's octets or nil): after optionsMark, its flags but DO
+// (ednsFlags), then its options but the hop's (dnswire.HopOption) and
+// ECS, as octets, in their order. An upstream may answer
 // according to them (a filtering service's device or profile option):
 // an answer to a query with one must not serve a query without it, or
 // with another (dnsdist keys its cache by them too). A query with none
 // appends nothing; nil when they cannot be read (the query is then not
 // cached).
 func appendOptions(dst []byte, opt *dns.OPT, q *dns.Msg, raw []byte) []byte {
-	upstream := false
+	flags := ednsFlags(opt)
+	upstream := flags != 0
 	for _, o := range opt.Option {
 		if code := o.Option(); code != dns.EDNS0SUBNET && !dnswire.HopOption(code) {
 			upstream = true
@@ -88,6 +95,10 @@ func appendOptions(dst []byte, opt *dns.OPT, q *dns.Msg, raw []byte) []byte {
 		}
 	}
 	if !upstream {
+		return dst
+	}
+	dst = append(dst, optionsMark, byte(flags>>8), byte(flags))
+	if len(opt.Option) == 0 {
 		return dst
 	}
 	if raw == nil {
@@ -100,7 +111,6 @@ func appendOptions(dst []byte, opt *dns.OPT, q *dns.Msg, raw []byte) []byte {
 	if !ok || l.OPT < 0 || !l.OPTLast {
 		return nil
 	}
-	dst = append(dst, optionsMark)
 	dst, ok = dnswire.AppendNonHopExcept(dst, raw[l.OPTRdata:l.End], dns.EDNS0SUBNET)
 	if !ok {
 		return nil
