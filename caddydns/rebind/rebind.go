@@ -152,7 +152,8 @@ func (rb *Rebind) holdsPrivate(addrs func(func(netip.Addr) bool)) bool {
 }
 
 // filter removes from m every RRset of A or AAAA records with a private
-// address whose owner is not allowed, in every section, and marks the
+// address whose owner is not allowed, with its signatures, in every
+// section, and marks the
 // answer with an Extended DNS Error; false when it removed nothing (the
 // private addresses are all allowed).
 func (rb *Rebind) filter(r *caddydns.Request, m *dns.Msg) bool {
@@ -172,10 +173,14 @@ func (rb *Rebind) filter(r *caddydns.Request, m *dns.Msg) bool {
 	}
 	drop := func(rr dns.RR) bool {
 		h := rr.Header()
-		if h.Class != dns.ClassINET || (h.Rrtype != dns.TypeA && h.Rrtype != dns.TypeAAAA) {
+		typ := h.Rrtype
+		if sig, ok := rr.(*dns.RRSIG); ok {
+			typ = sig.TypeCovered // the RRset's signatures go with it
+		}
+		if h.Class != dns.ClassINET || (typ != dns.TypeA && typ != dns.TypeAAAA) {
 			return false
 		}
-		return slices.Contains(bad, rrset{strings.ToLower(h.Name), h.Rrtype})
+		return slices.Contains(bad, rrset{strings.ToLower(h.Name), typ})
 	}
 	m.Answer = slices.DeleteFunc(m.Answer, drop)
 	m.Ns = slices.DeleteFunc(m.Ns, drop)

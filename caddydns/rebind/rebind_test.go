@@ -122,6 +122,7 @@ func TestRebind(t *testing.T) {
 	for _, wire := range []bool{true, false} {
 		m, same := serve(t, rb, "www.example.org.", true, wire,
 			"www.example.org. 60 IN CNAME a.example.net.", "a.example.net. 60 IN A 192.0.2.1", "a.example.net. 60 IN A 10.0.0.1",
+			"a.example.net. 60 IN RRSIG A 13 3 60 20270101000000 20260101000000 12345 example.net. dGVzdA==",
 			"b.example.net. 60 IN A 192.0.2.2", "glue:ns.example.net. 60 IN AAAA fe80::1", "glue:ns2.example.net. 60 IN AAAA 2001:db8::1")
 		if same || !hasEDE(m) || m.Rcode != dns.RcodeSuccess {
 			t.Fatalf("wire %v: untouched %v, EDE %v, rcode %d", wire, same, hasEDE(m), m.Rcode)
