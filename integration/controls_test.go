@@ -134,8 +134,8 @@ func TestClientControls(t *testing.T) {
 	if out := kd("127.0.0.2", "a.example.test."); !strings.Contains(out, "status: NOERROR") {
 		t.Fatalf("127.0.0.2 (allowed):\n%s", out)
 	}
-	if out := kd("127.0.0.3", "a.example.test."); !strings.Contains(out, "status: REFUSED") {
-		t.Fatalf("127.0.0.3 (denied):\n%s", out)
+	if out := kd("127.0.0.3", "a.example.test."); !strings.Contains(out, "status: REFUSED") || !strings.Contains(out, "EDE: 18 (Prohibited)") {
+		t.Fatalf("127.0.0.3 (denied): want REFUSED with EDE 18\n%s", out)
 	}
 
 	// PROXY headers from the load balancer (127.0.0.1, allowed): the

@@ -142,8 +142,16 @@ func (a *ACL) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns.N
 	}
 	m := new(dns.Msg)
 	m.SetRcode(r.Msg, dns.RcodeRefused)
+	if r.Msg.IsEdns0() != nil {
+		// why, for a client that can read it (RFC 8914 4.19: a REFUSED to
+		// an unauthorized client); the chain's finish keeps the option
+		m.Extra = append(m.Extra, &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}, Option: []dns.EDNS0{prohibited}})
+	}
 	return caddydns.Response{Msg: m}, nil
 }
+
+// prohibited is the Extended DNS Error of a refused client's answer.
+var prohibited = &dns.EDNS0_EDE{InfoCode: dns.ExtendedErrorCodeProhibited}
 
 // Interface guards
 var (

@@ -57,6 +57,48 @@ func TestRules(t *testing.T) {
 	}
 }
 
+// TestProhibited: a refused client that sent EDNS learns why (EDE 18,
+// Prohibited); one without EDNS gets a plain REFUSED, and an allowed
+// client no EDE.
+func TestProhibited(t *testing.T) {
+	a := newACL(t, `{"rules":[{"allow":["127.0.0.1"]}]}`)
+	ch := caddydns.NewChain("test", "test", a, answerer{})
+	ask := func(client string, edns bool) *dns.Msg {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		if edns {
+			q.SetEdns0(1232, false)
+		}
+		b, _ := q.Pack()
+		ans := ch.Serve(context.Background(), &caddydns.Request{Client: netip.MustParseAddrPort(client + ":5300"), Size: caddydns.MaxMessage}, b, nil)
+		m := new(dns.Msg)
+		if err := m.Unpack(ans.Wire); err != nil {
+			t.Fatal(err)
+		}
+		return m
+	}
+	ede := func(m *dns.Msg) []uint16 {
+		var codes []uint16
+		if opt := m.IsEdns0(); opt != nil {
+			for _, o := range opt.Option {
+				if e, ok := o.(*dns.EDNS0_EDE); ok {
+					codes = append(codes, e.InfoCode)
+				}
+			}
+		}
+		return codes
+	}
+	if m := ask("127.0.0.2", true); m.Rcode != dns.RcodeRefused || len(ede(m)) != 1 || ede(m)[0] != dns.ExtendedErrorCodeProhibited {
+		t.Fatalf("denied, EDNS: %v, want REFUSED with EDE 18", m)
+	}
+	if m := ask("127.0.0.2", false); m.Rcode != dns.RcodeRefused || m.IsEdns0() != nil {
+		t.Fatalf("denied, no EDNS: %v, want REFUSED without OPT", m)
+	}
+	if m := ask("127.0.0.1", true); m.Rcode == dns.RcodeRefused || len(ede(m)) != 0 {
+		t.Fatalf("allowed: %v", m)
+	}
+}
+
 // TestDropsClient: a chain whose first handler past the watchers (the
 // query log, dnstap) is an acl with action drop tells the transports
 // which clients it drops; with action refused, or a handler that may
