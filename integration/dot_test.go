@@ -100,9 +100,11 @@ func TestDoTAnswers(t *testing.T) {
 			"@" + host, "-p", port, "other.up.test", "A"}, "198.51.100.1"},
 		{"NXDOMAIN with SOA", []string{"+tls", "@" + host, "-p", port, "nope.example.test", "A"}, "status: NXDOMAIN"},
 		{"truncated UDP upstream answer arrives whole (over TCP)", []string{"+tls", "+bufsize=1232", "@" + host, "-p", port, "big.up.test", "TXT"}, `"record 39 padding`},
-		// the client's UDP size goes upstream as it is (as dnsdist does), or
-		// 1232 without EDNS
-		{"client's UDP size passed on", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 65000"`},
+		// the UDP size upstream is dnsfront's (1232, DNS Flag Day 2020's),
+		// whatever the client's: one on a stream has no datagram size,
+		// and a large one would bring the answers in IP fragments
+		{"a client's UDP size of 65000: 1232 upstream", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 1232"`},
+		{"a client's UDP size of 512: 1232 upstream", []string{"+tls", "+bufsize=512", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 1232"`},
 		{"no EDNS: 1232 announced upstream", []string{"+tls", "+noedns", "@" + host, "-p", port, "size.up.test", "TXT"}, `"udp 1232"`},
 		// past the 4 KB an upstream socket reads whole: asked again over TCP
 		{"6 KB UDP answer arrives whole (over TCP)", []string{"+tls", "+bufsize=65000", "@" + host, "-p", port, "huge.up.test", "TXT"}, `"record 119 padding`},

@@ -406,3 +406,36 @@ func FuzzAddresses(f *testing.F) {
 		}
 	})
 }
+
+// TestForNextHop: the hop's options go, the others stay in their order,
+// and the UDP size is the one given (or the query's, for 0).
+func TestForNextHop(t *testing.T) {
+	for _, size := range []uint16{0, 1232} {
+		q := new(dns.Msg)
+		q.SetQuestion("www.example.org.", dns.TypeA)
+		q.SetEdns0(65000, true)
+		q.IsEdns0().Option = []dns.EDNS0{
+			&dns.EDNS0_PADDING{Padding: make([]byte, 20)},
+			&dns.EDNS0_LOCAL{Code: 65001, Data: []byte("x")},
+			&dns.EDNS0_NSID{Code: dns.EDNS0NSID},
+			&dns.EDNS0_SUBNET{Code: dns.EDNS0SUBNET, Family: 1, SourceNetmask: 24, Address: []byte{192, 0, 2, 0}},
+			&dns.EDNS0_COOKIE{Code: dns.EDNS0COOKIE, Cookie: "0102030405060708"},
+		}
+		b, err := q.Pack()
+		if err != nil {
+			t.Fatal(err)
+		}
+		m := new(dns.Msg)
+		if err := m.Unpack(ForNextHop(b, true, size)); err != nil {
+			t.Fatal(err)
+		}
+		opt := m.IsEdns0()
+		want := uint16(65000)
+		if size != 0 {
+			want = size
+		}
+		if opt == nil || opt.UDPSize() != want || !opt.Do() || len(opt.Option) != 1 || opt.Option[0].Option() != 65001 {
+			t.Fatalf("size %d: OPT %v, want UDP size %d, DO, and option 65001 alone", size, opt, want)
+		}
+	}
+}

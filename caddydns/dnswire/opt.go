@@ -20,10 +20,21 @@ func HopOption(code uint16) bool {
 // RFC 7828 forbids the keepalive option. With ecs, the EDNS Client
 // Subnet option goes too. A query whose OPT record is not its last record
 // is returned as it is.
-func DropHopOptions(packed []byte, ecs bool) []byte {
+func DropHopOptions(packed []byte, ecs bool) []byte { return ForNextHop(packed, ecs, 0) }
+
+// ForNextHop is DropHopOptions that also sets the OPT record's UDP
+// payload size to udpSize (0: left as it is): what the next hop may send
+// over UDP is the sender's to say, not its client's (a client on a
+// stream has no datagram size to speak of, and one that announces 65535
+// would have the upstream's answers come in IP fragments, which an
+// attacker can forge).
+func ForNextHop(packed []byte, ecs bool, udpSize uint16) []byte {
 	l, ok := Walk(packed)
 	if !ok || l.OPTCount != 1 || !l.OPTLast {
 		return packed
+	}
+	if udpSize != 0 {
+		binary.BigEndian.PutUint16(packed[l.OPT+3:], udpSize) // CLASS, after the root's name and TYPE
 	}
 	opts := packed[l.OPTRdata:l.End]
 	except := uint16(0)

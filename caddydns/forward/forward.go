@@ -233,10 +233,12 @@ func (f *Forward) ServeDNS(ctx context.Context, r *caddydns.Request, _ caddydns.
 		// let the upstream answer more than 512 octets over UDP; the
 		// client never sees this OPT (finish removes it)
 		packed = dnswire.AppendOPT(packed, caddydns.AdvertisedUDPSize)
-	} else if len(qopt.Option) > 0 {
+	} else if len(qopt.Option) > 0 || qopt.UDPSize() != caddydns.AdvertisedUDPSize {
 		// the client's ECS goes on only when an ecs handler says so
-		// (r.ECS): by default it is stripped, for the client's privacy
-		packed = dnswire.DropHopOptions(packed, !r.ECS)
+		// (r.ECS): by default it is stripped, for the client's privacy;
+		// the UDP size is ours (DNS Flag Day 2020's), whatever the
+		// client's: no answer in IP fragments
+		packed = dnswire.ForNextHop(packed, !r.ECS, caddydns.AdvertisedUDPSize)
 	}
 	a, err := f.send(ctx, r, packed)
 	*bp = packed[:0]
