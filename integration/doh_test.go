@@ -432,6 +432,29 @@ func testDoHErrors(t *testing.T, env *dohEnv) {
 			}
 		}
 	})
+	t.Run("records no query has, or a meta-type: FORMERR", func(t *testing.T) {
+		// what no honest client sends: a DNS answer FORMERR (200), over
+		// GET and POST, as on DoT
+		for i, f := range []func(q *dns.Msg){
+			func(q *dns.Msg) { q.Answer = []dns.RR{rr(t, "www.example.test. 60 IN A 192.0.2.66")} },
+			func(q *dns.Msg) { q.Extra = []dns.RR{rr(t, "ns.example.test. 60 IN A 192.0.2.66")} },
+			func(q *dns.Msg) { q.Question[0].Qtype = dns.TypeTSIG },
+		} {
+			q := new(dns.Msg)
+			q.SetQuestion("www.example.test.", dns.TypeA)
+			q.Id = uint16(300 + i)
+			f(q)
+			b, err := q.Pack()
+			if err != nil {
+				t.Fatal(err)
+			}
+			for _, resp := range []*http.Response{env.get(t, b), env.post(t, b)} {
+				if m, _ := answer(t, resp); m.Rcode != dns.RcodeFormatError || m.Id != q.Id || len(m.Answer) != 0 {
+					t.Fatalf("query %d: %v, want FORMERR with its ID", i, m)
+				}
+			}
+		}
+	})
 	t.Run("padding tolerated in GET", func(t *testing.T) {
 		resp, err := env.http.Get(env.url + "?dns=" + base64.URLEncoding.EncodeToString(good))
 		if err != nil {
