@@ -336,8 +336,9 @@ func fuzzAnswers(f *testing.F, check func(t *testing.T, msg []byte, l Layout)) {
 	})
 }
 
-// TestAddresses: the addresses of every A and AAAA record in every
-// section, in order, and none of other types, classes or lengths.
+// TestAddresses: the addresses of every A and AAAA record and every
+// HTTPS hint in every section, in order, and none of other types,
+// classes or lengths.
 func TestAddresses(t *testing.T) {
 	m := new(dns.Msg)
 	m.SetQuestion("www.example.org.", dns.TypeA)
@@ -351,7 +352,8 @@ func TestAddresses(t *testing.T) {
 	}
 	m.Answer = []dns.RR{rr("www.example.org. 60 IN CNAME a.example.org."), rr("a.example.org. 60 IN A 192.0.2.1"), rr("a.example.org. 60 IN A 10.0.0.1")}
 	m.Ns = []dns.RR{rr("example.org. 60 IN NS ns.example.org."), rr("example.org. 60 CH A 10.9.9.9")}
-	m.Extra = []dns.RR{rr("ns.example.org. 60 IN AAAA fe80::1"), rr("ns.example.org. 60 IN TXT \"10.0.0.2\"")}
+	m.Extra = []dns.RR{rr("ns.example.org. 60 IN AAAA fe80::1"), rr("ns.example.org. 60 IN TXT \"10.0.0.2\""),
+		rr("www.example.org. 60 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.7,10.1.1.1 ipv6hint=fd00::7")}
 	m.SetEdns0(1232, false)
 	m.Compress = true
 	b, err := m.Pack()
@@ -366,7 +368,7 @@ func TestAddresses(t *testing.T) {
 	for a := range Addresses(b, &l) {
 		got = append(got, a.String())
 	}
-	if want := "192.0.2.1 10.0.0.1 fe80::1"; strings.Join(got, " ") != want {
+	if want := "192.0.2.1 10.0.0.1 fe80::1 192.0.2.7 10.1.1.1 fd00::7"; strings.Join(got, " ") != want {
 		t.Fatalf("addresses %q, want %q", got, want)
 	}
 	for a := range Addresses(b, &l) {
@@ -377,9 +379,41 @@ func TestAddresses(t *testing.T) {
 	}
 }
 
+// appendHints appends the addresses of SVCB parameters' ipv4hint and
+// ipv6hint, as miekg/dns decodes them.
+func appendHints(dst []netip.Addr, params []dns.SVCBKeyValue) []netip.Addr {
+	for _, p := range params {
+		switch h := p.(type) {
+		case *dns.SVCBIPv4Hint:
+			for _, ip := range h.Hint {
+				dst = append(dst, netip.AddrFrom4([4]byte(ip.To4())))
+			}
+		case *dns.SVCBIPv6Hint:
+			for _, ip := range h.Hint {
+				dst = append(dst, netip.AddrFrom16([16]byte(ip.To16())))
+			}
+		}
+	}
+	return dst
+}
+
 // FuzzAddresses: on any message Walk takes, Addresses yields what
-// miekg/dns's Unpack reads as A and AAAA records of class IN, in order.
+// miekg/dns's Unpack reads as A and AAAA records of class IN, and as the
+// hints of SVCB and HTTPS records, in order.
 func FuzzAddresses(f *testing.F) {
+	seed := new(dns.Msg)
+	seed.SetQuestion("www.example.org.", dns.TypeHTTPS)
+	seed.Response = true
+	for _, s := range []string{"www.example.org. 60 IN HTTPS 1 . alpn=h2 ipv4hint=10.0.0.1 ipv6hint=fd00::1,2001:db8::1", "www.example.org. 60 IN A 192.0.2.1"} {
+		r, err := dns.NewRR(s)
+		if err != nil {
+			f.Fatal(err)
+		}
+		seed.Answer = append(seed.Answer, r)
+	}
+	if b, err := seed.Pack(); err == nil {
+		f.Add(b)
+	}
 	fuzzAnswers(f, func(t *testing.T, msg []byte, l Layout) {
 		var got []netip.Addr
 		for a := range Addresses(msg, &l) {
@@ -395,10 +429,18 @@ func FuzzAddresses(f *testing.F) {
 				continue
 			}
 			switch rr := rr.(type) {
-			case *dns.A:
-				want = append(want, netip.AddrFrom4([4]byte(rr.A.To4())))
+			case *dns.A: // one with an empty RDATA (Unpack takes it) holds no address
+				if a, ok := netip.AddrFromSlice(rr.A.To4()); ok {
+					want = append(want, a)
+				}
 			case *dns.AAAA:
-				want = append(want, netip.AddrFrom16([16]byte(rr.AAAA.To16())))
+				if len(rr.AAAA) == 16 {
+					want = append(want, netip.AddrFrom16([16]byte(rr.AAAA)))
+				}
+			case *dns.SVCB:
+				want = appendHints(want, rr.Value)
+			case *dns.HTTPS:
+				want = appendHints(want, rr.Value)
 			}
 		}
 		if !slices.Equal(got, want) {

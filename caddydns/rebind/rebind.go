@@ -8,6 +8,7 @@ package rebind
 import (
 	"context"
 	"fmt"
+	"net"
 	"net/netip"
 	"slices"
 	"strings"
@@ -152,8 +153,8 @@ func (rb *Rebind) holdsPrivate(addrs func(func(netip.Addr) bool)) bool {
 }
 
 // filter removes from m every RRset of A or AAAA records with a private
-// address whose owner is not allowed, with its signatures, in every
-// section, and marks the
+// address, or of SVCB or HTTPS records with one in a hint, whose owner is
+// not allowed, with its signatures, in every section, and marks the
 // answer with an Extended DNS Error; false when it removed nothing (the
 // private addresses are all allowed).
 func (rb *Rebind) filter(r *caddydns.Request, m *dns.Msg) bool {
@@ -164,7 +165,7 @@ func (rb *Rebind) filter(r *caddydns.Request, m *dns.Msg) bool {
 	var bad []rrset
 	for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
 		h := rr.Header()
-		if a, ok := address(rr); ok && rb.private.Contains(a) && !rb.allowed(h.Name) {
+		if rb.holdsPrivate(rrAddresses(rr)) && !rb.allowed(h.Name) {
 			bad = append(bad, rrset{strings.ToLower(h.Name), h.Rrtype})
 		}
 	}
@@ -177,7 +178,7 @@ func (rb *Rebind) filter(r *caddydns.Request, m *dns.Msg) bool {
 		if sig, ok := rr.(*dns.RRSIG); ok {
 			typ = sig.TypeCovered // the RRset's signatures go with it
 		}
-		if h.Class != dns.ClassINET || (typ != dns.TypeA && typ != dns.TypeAAAA) {
+		if h.Class != dns.ClassINET {
 			return false
 		}
 		return slices.Contains(bad, rrset{strings.ToLower(h.Name), typ})
@@ -215,26 +216,55 @@ func domainName(s string) bool {
 	return ok && s != "" && !strings.Contains(s, "*")
 }
 
-// address is the address of an A or AAAA record of class IN.
-func address(rr dns.RR) (netip.Addr, bool) {
-	if rr.Header().Class != dns.ClassINET {
-		return netip.Addr{}, false
+// rrAddresses yields the addresses a client may connect to that rr
+// holds, for a record of class IN: an A or AAAA record's, an SVCB or
+// HTTPS record's ipv4hint and ipv6hint (RFC 9460 7.3).
+func rrAddresses(rr dns.RR) func(func(netip.Addr) bool) {
+	return func(yield func(netip.Addr) bool) {
+		if rr.Header().Class != dns.ClassINET {
+			return
+		}
+		var ips []net.IP
+		switch rr := rr.(type) {
+		case *dns.A:
+			ips = []net.IP{rr.A}
+		case *dns.AAAA:
+			ips = []net.IP{rr.AAAA}
+		case *dns.SVCB:
+			ips = hints(rr.Value)
+		case *dns.HTTPS:
+			ips = hints(rr.Value)
+		}
+		for _, ip := range ips {
+			if a, ok := netip.AddrFromSlice(ip); ok && !yield(a) {
+				return
+			}
+		}
 	}
-	switch rr := rr.(type) {
-	case *dns.A:
-		return netip.AddrFromSlice(rr.A.To4())
-	case *dns.AAAA:
-		return netip.AddrFromSlice(rr.AAAA.To16())
-	}
-	return netip.Addr{}, false
 }
 
-// msgAddresses yields the addresses of m's A and AAAA records of class IN.
+// hints are the addresses of an SVCB record's ipv4hint and ipv6hint.
+func hints(params []dns.SVCBKeyValue) []net.IP {
+	var ips []net.IP
+	for _, p := range params {
+		switch h := p.(type) {
+		case *dns.SVCBIPv4Hint:
+			ips = append(ips, h.Hint...)
+		case *dns.SVCBIPv6Hint:
+			ips = append(ips, h.Hint...)
+		}
+	}
+	return ips
+}
+
+// msgAddresses yields the addresses of m's records (rrAddresses).
 func msgAddresses(m *dns.Msg) func(func(netip.Addr) bool) {
 	return func(yield func(netip.Addr) bool) {
 		for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
-			if a, ok := address(rr); ok && !yield(a) {
-				return
+			for a := range rrAddresses(rr) {
+				if !yield(a) {
+					return
+				}
 			}
 		}
 	}

@@ -131,8 +131,16 @@ func TestRebind(t *testing.T) {
 			t.Fatalf("wire %v: %s\nwant %s", wire, got, want)
 		}
 
-		if _, same := serve(t, rb, "www.example.org.", true, wire, "www.example.org. 60 IN A 192.0.2.1", "www.example.org. 60 IN AAAA 2001:db8::80"); !same {
+		if _, same := serve(t, rb, "www.example.org.", true, wire, "www.example.org. 60 IN A 192.0.2.1", "www.example.org. 60 IN AAAA 2001:db8::80",
+			"www.example.org. 60 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.1 ipv6hint=2001:db8::80"); !same {
 			t.Fatalf("wire %v: an answer of public addresses was not passed untouched", wire)
+		}
+		// a browser may connect to an HTTPS record's hints (RFC 9460 7.3)
+		m, same = serve(t, rb, "www.example.org.", true, wire, "www.example.org. 60 IN HTTPS 1 . alpn=h2 ipv4hint=192.0.2.1,192.168.0.1",
+			"www.example.org. 60 IN RRSIG HTTPS 13 3 60 20270101000000 20260101000000 12345 example.org. dGVzdA==",
+			"www.example.org. 60 IN A 192.0.2.1", "svc.example.org. 60 IN SVCB 1 svc.example.org. ipv6hint=fe80::1")
+		if same || !hasEDE(m) || records(m) != "www.example.org. A 192.0.2.1" {
+			t.Fatalf("wire %v: HTTPS and SVCB with private hints: %s", wire, records(m))
 		}
 		if m, same := serve(t, rb, "nas.corp.example.", true, wire, "nas.corp.example. 60 IN A 192.168.1.10"); !same || records(m) != "nas.corp.example. A 192.168.1.10" {
 			t.Fatalf("wire %v: an allowed domain's private address: untouched %v, %s", wire, same, records(m))
@@ -145,8 +153,8 @@ func TestRebind(t *testing.T) {
 			}
 		}
 	}
-	if n := handlertest.MetricValue(counter) - before; n != 16 {
-		t.Fatalf("rebind_protection_answers_total grew by %v, want 16", n)
+	if n := handlertest.MetricValue(counter) - before; n != 18 {
+		t.Fatalf("rebind_protection_answers_total grew by %v, want 18", n)
 	}
 }
 
