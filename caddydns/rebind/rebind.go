@@ -224,46 +224,56 @@ func rrAddresses(rr dns.RR) func(func(netip.Addr) bool) {
 		if rr.Header().Class != dns.ClassINET {
 			return
 		}
-		var ips []net.IP
 		switch rr := rr.(type) {
 		case *dns.A:
-			ips = []net.IP{rr.A}
+			yieldIPs(yield, rr.A)
 		case *dns.AAAA:
-			ips = []net.IP{rr.AAAA}
+			yieldIPs(yield, rr.AAAA)
 		case *dns.SVCB:
-			ips = hints(rr.Value)
+			yieldHints(yield, rr.Value)
 		case *dns.HTTPS:
-			ips = hints(rr.Value)
-		}
-		for _, ip := range ips {
-			if a, ok := netip.AddrFromSlice(ip); ok && !yield(a) {
-				return
-			}
+			yieldHints(yield, rr.Value)
 		}
 	}
 }
 
-// hints are the addresses of an SVCB record's ipv4hint and ipv6hint.
-func hints(params []dns.SVCBKeyValue) []net.IP {
-	var ips []net.IP
+// yieldHints yields the addresses of an SVCB record's ipv4hint and
+// ipv6hint; false when yield asked to stop.
+func yieldHints(yield func(netip.Addr) bool, params []dns.SVCBKeyValue) bool {
 	for _, p := range params {
 		switch h := p.(type) {
 		case *dns.SVCBIPv4Hint:
-			ips = append(ips, h.Hint...)
+			if !yieldIPs(yield, h.Hint...) {
+				return false
+			}
 		case *dns.SVCBIPv6Hint:
-			ips = append(ips, h.Hint...)
+			if !yieldIPs(yield, h.Hint...) {
+				return false
+			}
 		}
 	}
-	return ips
+	return true
+}
+
+// yieldIPs yields ips as addresses; false when yield asked to stop.
+func yieldIPs(yield func(netip.Addr) bool, ips ...net.IP) bool {
+	for _, ip := range ips {
+		if a, ok := netip.AddrFromSlice(ip); ok && !yield(a) {
+			return false
+		}
+	}
+	return true
 }
 
 // msgAddresses yields the addresses of m's records (rrAddresses).
 func msgAddresses(m *dns.Msg) func(func(netip.Addr) bool) {
 	return func(yield func(netip.Addr) bool) {
-		for _, rr := range slices.Concat(m.Answer, m.Ns, m.Extra) {
-			for a := range rrAddresses(rr) {
-				if !yield(a) {
-					return
+		for _, section := range [...][]dns.RR{m.Answer, m.Ns, m.Extra} {
+			for _, rr := range section {
+				for a := range rrAddresses(rr) {
+					if !yield(a) {
+						return
+					}
 				}
 			}
 		}
