@@ -182,6 +182,45 @@ const (
 // resets the request's stream (closes an HTTP/1.1 connection).
 var ErrDrop = errors.New("dropped by policy")
 
+// ExtendedError is a handler's error with the Extended DNS Error (RFC
+// 8914) that the SERVFAIL the chain answers for it carries, to a client
+// that sent EDNS: forward's No Reachable Authority or Network Error, so
+// that the client (kdig and dig show it) and its operator can tell a
+// dead upstream from a failure of the name's own servers. The code says
+// only what kind of failure it was: no upstream address or error text
+// goes to the client.
+type ExtendedError struct {
+	Code uint16 // dns.ExtendedErrorCode*
+	Err  error
+}
+
+func (e *ExtendedError) Error() string { return e.Err.Error() }
+func (e *ExtendedError) Unwrap() error { return e.Err }
+
+// EDE returns the Extended DNS Error code that err carries (see
+// ExtendedError), if any.
+func EDE(err error) (uint16, bool) {
+	var e *ExtendedError
+	if errors.As(err, &e) {
+		return e.Code, true
+	}
+	return 0, false
+}
+
+// ServfailFor is the SERVFAIL answer to q when a handler failed with err:
+// with the Extended DNS Error err carries, in an OPT record that finish
+// keeps only for a client that sent EDNS.
+func ServfailFor(q *dns.Msg, err error) *dns.Msg {
+	m := new(dns.Msg)
+	m.SetRcode(q, dns.RcodeServerFailure)
+	if code, ok := EDE(err); ok {
+		opt := &dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT}}
+		opt.Option = []dns.EDNS0{&dns.EDNS0_EDE{InfoCode: code}}
+		m.Extra = append(m.Extra, opt)
+	}
+	return m
+}
+
 // KeepaliveClose is the Keepalive of a connection the server is closing.
 const KeepaliveClose time.Duration = -1
 

@@ -173,7 +173,5 @@ func (c *Chain) servfail(r *Request, err error) *dns.Msg {
 		ce.Write(zap.String("name", r.Msg.Question[0].Name), zap.Uint16("type", r.Type()),
 			zap.Stringer("client", r.Client), zap.Error(err))
 	}
-	resp := new(dns.Msg)
-	resp.SetRcode(r.Msg, dns.RcodeServerFailure)
-	return resp
+	return ServfailFor(r.Msg, err)
 }

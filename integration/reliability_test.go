@@ -705,3 +705,78 @@ func TestStaplePermissionFaults(t *testing.T) {
 		}
 	})
 }
+
+// TestServfailEDE: a SERVFAIL for a failed upstream says why in an
+// Extended DNS Error (RFC 8914), as kdig shows it: No Reachable
+// Authority (22) when the upstream never answers, Network Error (23)
+// when its port refuses; a client without EDNS gets the bare SERVFAIL.
+// The SERVFAIL the cache keeps for failure_ttl carries it too, and the
+// upstream is not asked again meanwhile.
+func TestServfailEDE(t *testing.T) {
+	hole, err := net.ListenPacket("udp", "127.0.0.1:0") // reads, never answers
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { hole.Close() })
+	var asked atomic.Int64
+	go func() {
+		buf := make([]byte, 4096)
+		for {
+			if _, _, err := hole.ReadFrom(buf); err != nil {
+				return
+			}
+			asked.Add(1)
+		}
+	}()
+	port, refPort, dohPort, closed := freePort(t), freePort(t), freePort(t), freePort(t)
+	startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		cache {
+			failure_ttl 1m
+		}
+		forward udp://{{.Hole}} {
+			timeout 200ms
+			tries 2
+		}
+	}
+	dot 127.0.0.1:{{.Ref}} {
+		forward tcp://127.0.0.1:{{.Closed}}
+	}
+	doh 127.0.0.1:{{.DoH}} {
+		forward tcp://127.0.0.1:{{.Closed}}
+	}
+}
+`, Vars{"Port": port, "Ref": refPort, "DoH": dohPort, "Hole": hole.LocalAddr().String(), "Closed": closed})
+	for _, p := range []int{port, refPort, dohPort} {
+		waitListen(t, fmt.Sprintf("127.0.0.1:%d", p))
+	}
+	p, rp, dp := strconv.Itoa(port), strconv.Itoa(refPort), strconv.Itoa(dohPort)
+	const unreachable, network = "EDE: 22 (No Reachable Authority)", "EDE: 23 (Network Error)"
+	out := kdig(t, "+tls", "@127.0.0.1", "-p", p, "down.up.test", "A")
+	if !strings.Contains(out, "status: SERVFAIL") || !strings.Contains(out, unreachable) {
+		t.Fatalf("upstream that never answers: want SERVFAIL with %s\n%s", unreachable, out)
+	}
+	n := asked.Load()
+	if n != 2 {
+		t.Fatalf("the silent upstream was asked %d times, want 2 (tries 2)", n)
+	}
+	out = kdig(t, "+tls", "@127.0.0.1", "-p", p, "DOWN.up.test", "A")
+	if !strings.Contains(out, "status: SERVFAIL") || !strings.Contains(out, unreachable) {
+		t.Fatalf("the kept SERVFAIL: want it with %s\n%s", unreachable, out)
+	}
+	if out := kdig(t, "+tls", "+noedns", "@127.0.0.1", "-p", p, "down.up.test", "A"); !strings.Contains(out, "status: SERVFAIL") || strings.Contains(out, "EDE") || strings.Contains(out, "EDNS PSEUDOSECTION") {
+		t.Fatalf("a client without EDNS: want a bare SERVFAIL\n%s", out)
+	}
+	if got := asked.Load(); got != n {
+		t.Fatalf("the upstream was asked %d more times within failure_ttl, want 0", got-n)
+	}
+	for _, args := range [][]string{{"+tls", "-p", rp}, {"+https=/dns-query", "-p", dp}} {
+		out := kdig(t, append(args, "@127.0.0.1", "q.up.test", "A")...)
+		if !strings.Contains(out, "status: SERVFAIL") || !strings.Contains(out, network) {
+			t.Fatalf("kdig %s to a closed port's upstream: want SERVFAIL with %s\n%s", args[0], network, out)
+		}
+	}
+}

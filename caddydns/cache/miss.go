@@ -139,8 +139,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 		c.store.failed(hash, key, old.stored, now+int64(c.FailureTTL))
 		return caddydns.Response{}, err
 	}
-	sf := new(dns.Msg)
-	sf.SetRcode(r.Msg, dns.RcodeServerFailure)
+	sf := caddydns.ServfailFor(r.Msg, err) // with its Extended DNS Error, for those answered from it too
 	if b, perr := sf.Pack(); perr == nil {
 		if l, ok := dnswire.Walk(b); ok {
 			c.keep(hash, key, b, &l, r, now)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/caddyserver/caddy/v2"
 	"github.com/caddyserver/caddy/v2/caddyconfig/caddyfile"
+	"github.com/miekg/dns"
 	"go.uber.org/zap"
 	"go.uber.org/zap/zapcore"
 
@@ -307,12 +308,22 @@ func (f *Forward) checkWeights() error {
 //go:noinline
 func packError(err error) error { return fmt.Errorf("forward: packing query: %w", err) }
 
+// noAnswer is forward's error when no upstream answered: its SERVFAIL
+// carries the Extended DNS Error No Reachable Authority (RFC 8914 4.23)
+// when the last try timed out or found no upstream to ask, Network Error
+// (4.24) when it failed otherwise (refused, reset, a TLS failure).
+//
 //go:noinline
 func noAnswer(lastErr error) error {
 	if lastErr == nil {
 		lastErr = errNoUpstream
 	}
-	return fmt.Errorf("forward: no upstream answered: %w", lastErr)
+	code := dns.ExtendedErrorCodeNetworkError
+	if errors.Is(lastErr, context.DeadlineExceeded) || errors.Is(lastErr, os.ErrDeadlineExceeded) ||
+		errors.Is(lastErr, errNoUpstream) || errors.Is(lastErr, ErrUpstreamBusy) {
+		code = dns.ExtendedErrorCodeNoReachableAuthority
+	}
+	return &caddydns.ExtendedError{Code: code, Err: fmt.Errorf("forward: no upstream answered: %w", lastErr)}
 }
 
 //go:noinline
