@@ -162,9 +162,10 @@ func (s *Server) unmarshal(d *caddyfile.Dispenser, kind string, port int, more f
 			if err := cfparse.Duration(d, into, false); err != nil {
 				return err
 			}
-		case "max_in_flight", "max_queries", "max_connections", "max_connections_per_client":
+		case "max_in_flight", "max_queries", "max_connections", "max_connections_per_client", "tcp_fast_open":
 			into := map[string]*int{"max_in_flight": &s.MaxInFlight, "max_queries": &s.MaxQueries,
-				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient}[opt]
+				"max_connections": &s.MaxConnections, "max_connections_per_client": &s.MaxConnectionsPerClient,
+				"tcp_fast_open": &s.TCPFastOpen}[opt]
 			if err := cfparse.Int(d, into, 0); err != nil {
 				return err
 			}

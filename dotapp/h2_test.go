@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"encoding/base64"
+	"fmt"
 	"io"
 	"net/netip"
 	"strconv"
@@ -370,6 +371,7 @@ func TestDoHServerConfigErrors(t *testing.T) {
 		"doh 127.0.0.1:8444 {\n\tframe_size 1\n}":                                   "unrecognized subdirective 'frame_size' (not a doh option nor a dns handler)",
 		"doh 127.0.0.1:8444 {\n\twrite_timeout never\n}":                            "never",
 		"doh 127.0.0.1:8444 {\n\tmax_in_flight -1\n}":                               "-1",
+		"doh 127.0.0.1:8444 {\n\ttcp_fast_open many\n}":                             "many",
 		"doh 127.0.0.1:8444 {\n\tmax_connection_rate_per_client 0\n}":               `max_connection_rate_per_client "0": want a rate above 0`,
 		"doh 127.0.0.1:8444 {\n\tmax_connection_rate_per_client lots\n}":            `max_connection_rate_per_client "lots": want a rate above 0`,
 		"doh 127.0.0.1:8444 {\n\tmax_connection_duration soon\n}":                   `max_connection_duration: time: invalid duration "soon", at Testfile:2`,
@@ -432,6 +434,12 @@ func TestDoHServerConfigErrors(t *testing.T) {
 	app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, MaxConnectionRatePerClient: -1}}}}
 	if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), "server d: max_connection_rate_per_client -1: want a rate above 0, or 0 for none") {
 		t.Errorf("a negative connection rate: %v", err)
+	}
+	for _, q := range []int{-1, 65536} {
+		app = &DoHApp{Servers: map[string]*DoHServer{"d": {Server: Server{Listen: []string{"127.0.0.1:8444"}, TCPFastOpen: q}}}}
+		if err := app.Provision(ctx); err == nil || !strings.Contains(err.Error(), fmt.Sprintf("server d: tcp_fast_open %d: want a queue length of 1 to 65535, or 0 for off", q)) {
+			t.Errorf("tcp_fast_open %d: %v", q, err)
+		}
 	}
 }
 

@@ -30,7 +30,7 @@ func (s *Server) start() error {
 	for _, na := range s.addrs {
 		for port := na.StartPort; port <= na.EndPort; port++ {
 			var raw syscall.RawConn
-			ln, err := na.Listen(s.ctx, port-na.StartPort, listenConfig(&raw))
+			ln, err := na.Listen(s.ctx, port-na.StartPort, listenConfig(&raw, s.TCPFastOpen))
 			if err != nil {
 				return fmt.Errorf("listen on %s: %w", na.JoinHostPort(port-na.StartPort), err)
 			}
@@ -66,13 +66,17 @@ func (s *Server) start() error {
 
 // listenConfig is how a server opens its listening sockets (Caddy adds
 // SO_REUSEPORT): *raw is set to the socket, which Caddy's listener wraps
-// (see stop). Plain TCP: Go would open an MPTCP socket, which takes no
-// reuseport program (steerToNewest); a listener of either kind serves a
-// client that does not speak MPTCP (every DoT and DoH client known)
+// (see stop), and TCP Fast Open is turned on with a queue of fastOpen
+// (when above 0). Plain TCP: Go would open an MPTCP socket, which takes
+// no reuseport program (steerToNewest); a listener of either kind serves
+// a client that does not speak MPTCP (every DoT and DoH client known)
 // over plain TCP.
-func listenConfig(raw *syscall.RawConn) net.ListenConfig {
+func listenConfig(raw *syscall.RawConn, fastOpen int) net.ListenConfig {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		*raw = c
+		if fastOpen > 0 {
+			return setFastOpen(c, fastOpen)
+		}
 		return nil
 	}}
 	lc.SetMultipathTCP(false)

@@ -2,8 +2,11 @@ package dotapp
 
 import (
 	"errors"
+	"fmt"
 	"net"
 	"os"
+	"strconv"
+	"strings"
 	"syscall"
 	"time"
 
@@ -91,4 +94,45 @@ func steerToNewest(ln syscall.RawConn) error {
 			&unix.SockFprog{Len: uint16(len(prog)), Filter: &prog[0]})
 	})
 	return errors.Join(cerr, err)
+}
+
+// maxFastOpenQueue bounds tcp_fast_open: the kernel caps a listener's
+// backlog at net.core.somaxconn, at most 65535.
+const maxFastOpenQueue = 65535
+
+// fastOpenSysctl is where Linux says whom TCP Fast Open is for.
+const fastOpenSysctl = "/proc/sys/net/ipv4/tcp_fastopen"
+
+// fastOpenUsable says why TCP Fast Open cannot serve clients here: the
+// kernel allows it for servers only when bit 2 of net.ipv4.tcp_fastopen
+// is set (the default, 1, is for clients alone); without it the socket
+// option is taken and nothing comes of it.
+func fastOpenUsable() error {
+	b, err := os.ReadFile(fastOpenSysctl)
+	if err != nil {
+		return fmt.Errorf("reading %s: %w", fastOpenSysctl, err)
+	}
+	v, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return fmt.Errorf("%s: %q is not a number", fastOpenSysctl, strings.TrimSpace(string(b)))
+	}
+	if v&2 == 0 {
+		return fmt.Errorf("the kernel serves no TCP Fast Open: net.ipv4.tcp_fastopen is %d, which lacks bit 2 (servers); set it to %d (sysctl -w net.ipv4.tcp_fastopen=%d), or leave tcp_fast_open out", v, v|2, v|2)
+	}
+	return nil
+}
+
+// setFastOpen turns on TCP Fast Open on the listening socket c, with a
+// queue of qlen connections whose handshake is not complete.
+func setFastOpen(c syscall.RawConn, qlen int) error {
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		err = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, unix.TCP_FASTOPEN, qlen)
+	}); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return fmt.Errorf("tcp_fast_open: setsockopt TCP_FASTOPEN: %w", err)
+	}
+	return nil
 }

@@ -69,7 +69,7 @@ func TestAcceptQueued(t *testing.T) {
 func TestSteerToNewest(t *testing.T) {
 	listen := func(addr string) (net.Listener, syscall.RawConn) {
 		var raw syscall.RawConn
-		lc := listenConfig(&raw) // the servers' own, with SO_REUSEPORT as Caddy adds it
+		lc := listenConfig(&raw, 0) // the servers' own, with SO_REUSEPORT as Caddy adds it
 		control := lc.Control
 		lc.Control = func(network, address string, c syscall.RawConn) error {
 			var err error
@@ -121,5 +121,26 @@ func TestSteerToNewest(t *testing.T) {
 	_, nextRaw := listen(addr)
 	if got := connect(40, newRaw, nextRaw); got[0] != 0 || got[1] != 40 {
 		t.Fatalf("the next reload's sockets queued %v of 40 connections, want [0 40]", got)
+	}
+}
+
+// TestFastOpenListener: tcp_fast_open's queue is set on the listening
+// socket, as the kernel reads it back; without it the socket has none.
+func TestFastOpenListener(t *testing.T) {
+	for _, qlen := range []int{0, 16} {
+		var raw syscall.RawConn
+		lc := listenConfig(&raw, qlen)
+		ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, gerr := -1, error(nil)
+		if err := raw.Control(func(fd uintptr) { got, gerr = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN) }); err != nil || gerr != nil {
+			t.Fatal(err, gerr)
+		}
+		ln.Close()
+		if got != qlen {
+			t.Fatalf("tcp_fast_open %d: the socket's TCP_FASTOPEN is %d", qlen, got)
+		}
 	}
 }

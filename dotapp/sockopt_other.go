@@ -3,6 +3,7 @@
 package dotapp
 
 import (
+	"errors"
 	"net"
 	"syscall"
 	"time"
@@ -22,3 +23,14 @@ func acceptQueued(syscall.RawConn) []net.Conn { return nil }
 // steerToNewest is Linux's; elsewhere the kernel splits new connections
 // between the old and the new listener during a reload.
 func steerToNewest(syscall.RawConn) error { return nil }
+
+// maxFastOpenQueue bounds tcp_fast_open (Linux's).
+const maxFastOpenQueue = 65535
+
+// fastOpenUsable: TCP Fast Open is turned on for Linux alone.
+func fastOpenUsable() error {
+	return errors.New("TCP Fast Open is turned on only on Linux")
+}
+
+// setFastOpen is Linux's: elsewhere tcp_fast_open is refused.
+func setFastOpen(syscall.RawConn, int) error { return fastOpenUsable() }

@@ -2,6 +2,8 @@ package integration
 
 import (
 	"bytes"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"net"
 	"net/http"
@@ -13,11 +15,13 @@ import (
 	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
 	"github.com/miekg/dns"
 	"golang.org/x/crypto/ocsp"
+	"golang.org/x/sys/unix"
 
 	"github.com/dnsfront/dnsfront/internal/testpki"
 )
@@ -634,4 +638,106 @@ func TestDoTConnectionRate(t *testing.T) {
 		}
 		t.Errorf("the refusal is not counted:\n%s", strings.Join(lines, "\n"))
 	}
+}
+
+// TestDoTFastOpen: with tcp_fast_open, a client that has its cookie
+// (kdig +fastopen, the second time) opens its connection with its
+// ClientHello in the SYN, as the kernel's TCPFastOpenPassive count shows,
+// and is answered over DoT and DoH. It needs the kernel to allow TCP Fast
+// Open for servers (net.ipv4.tcp_fastopen with bit 2, which the test
+// does not change): without it, it skips.
+func TestDoTFastOpen(t *testing.T) {
+	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen")
+	if err != nil {
+		t.Skipf("no TCP Fast Open setting to read: %v", err)
+	}
+	if v, err := strconv.Atoi(strings.TrimSpace(string(b))); err != nil || v&3 != 3 {
+		t.Skipf("net.ipv4.tcp_fastopen is %s: TCP Fast Open needs 3 (client and server) for this test (sysctl -w net.ipv4.tcp_fastopen=3)", strings.TrimSpace(string(b)))
+	}
+	need(t, "kdig")
+	port, dohPort := freePort(t), freePort(t)
+	startCaddy(t, t.TempDir(), `{
+	ocsp {
+		issue dns.example.test 127.0.0.1
+	}
+	dot 127.0.0.1:{{.Port}} {
+		tcp_fast_open 64
+		zone example.test {
+			file {{.Zone}}
+		}
+	}
+	doh 127.0.0.1:{{.DoH}} {
+		tcp_fast_open 64
+		zone example.test {
+			file {{.Zone}}
+		}
+	}
+}
+`, Vars{"Port": port, "DoH": dohPort, "Zone": exampleZone(t)})
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", port))
+	waitListen(t, fmt.Sprintf("127.0.0.1:%d", dohPort))
+	for _, args := range [][]string{{"+tls", "-p", strconv.Itoa(port)}, {"+https=/dns-query", "-p", strconv.Itoa(dohPort)}} {
+		// the cookie first: kdig +tls +fastopen without one stalls its
+		// handshake with any server (openssl s_server too), so a Go
+		// client with TCP_FASTOPEN_CONNECT asks for it
+		fastOpenCookie(t, "127.0.0.1:"+args[2])
+		before := fastOpenPassive(t)
+		out := kdig(t, append(args, "+fastopen", "@127.0.0.1", "www.example.test", "A")...)
+		if !strings.Contains(out, "status: NOERROR") || !strings.Contains(out, "192.0.2.80") {
+			t.Fatalf("kdig %s +fastopen:\n%s", args[0], out)
+		}
+		if after := fastOpenPassive(t); after <= before {
+			t.Fatalf("kdig %s +fastopen: TCPFastOpenPassive %d before, %d after: no connection was opened with TCP Fast Open", args[0], before, after)
+		}
+	}
+}
+
+// fastOpenCookie makes a TLS connection to addr with TCP Fast Open (its
+// ClientHello in the SYN, with a cookie request), so that the kernel
+// keeps the server's cookie for the clients after it.
+func fastOpenCookie(t *testing.T, addr string) {
+	t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, Control: func(_, _ string, c syscall.RawConn) error {
+		var err error
+		cerr := c.Control(func(fd uintptr) { err = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_FASTOPEN_CONNECT, 1) })
+		return errors.Join(cerr, err)
+	}}
+	raw, err := d.Dial("tcp", addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	_ = raw.SetDeadline(time.Now().Add(5 * time.Second))
+	c := tls.Client(raw, &tls.Config{InsecureSkipVerify: true, NextProtos: []string{"dot", "h2"}}) // the handshake, not the certificate, is what this is for
+	if err := c.Handshake(); err != nil {
+		t.Fatalf("a TLS handshake over TCP Fast Open to %s: %v", addr, err)
+	}
+}
+
+// fastOpenPassive is the kernel's count of connections it accepted with
+// TCP Fast Open (TcpExt TCPFastOpenPassive in /proc/net/netstat).
+func fastOpenPassive(t *testing.T) int64 {
+	t.Helper()
+	b, err := os.ReadFile("/proc/net/netstat")
+	if err != nil {
+		t.Fatal(err)
+	}
+	lines := strings.Split(string(b), "\n")
+	for i := 0; i+1 < len(lines); i += 2 {
+		names, values := strings.Fields(lines[i]), strings.Fields(lines[i+1])
+		if len(names) == 0 || names[0] != "TcpExt:" || len(values) != len(names) {
+			continue
+		}
+		for j, n := range names {
+			if n == "TCPFastOpenPassive" {
+				v, err := strconv.ParseInt(values[j], 10, 64)
+				if err != nil {
+					t.Fatal(err)
+				}
+				return v
+			}
+		}
+	}
+	t.Fatal("/proc/net/netstat has no TCPFastOpenPassive")
+	return 0
 }
