@@ -162,13 +162,13 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 	}
 	hash := hashKey(key)
 	now := r.Now()
-	f := c.store.lookup(hash, key, now, c.Prefetch)
+	f := c.store.lookup(hash, key, now, c.Prefetch, true)
 	zero := false
 	if f.wire == nil && r.ECS {
 		// an answer the upstream gave for every subnet (scope 0)
 		var zb [320]byte
 		if zk, ok := zeroKey(zb[:0], key); ok {
-			if z := c.store.lookup(hashKey(zk), zk, now, c.Prefetch); z.wire != nil {
+			if z := c.store.lookup(hashKey(zk), zk, now, c.Prefetch, false); z.wire != nil {
 				f, zero = z, true
 			}
 		}
@@ -188,7 +188,7 @@ func (c *Cache) ServeDNS(ctx context.Context, r *caddydns.Request, next caddydns
 	}
 	c.store.misses.Add(1)
 	r.Cache = caddydns.CacheMiss
-	return c.miss(ctx, r, next, hash, key, f.old)
+	return c.miss(ctx, r, next, hash, key, f.old, f.rejected)
 }
 
 // served is an answer from the store: one kept for every subnet (zero)

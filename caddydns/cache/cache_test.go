@@ -767,7 +767,7 @@ func FuzzAnswer(f *testing.F) {
 		}
 		key := appendKey(nil, q, true, nil)
 		h := hashKey(key)
-		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano())
+		c.keep(h, key, msg, &l, &caddydns.Request{Msg: q}, time.Now().UnixNano(), false)
 		var e *entry
 		sh := c.store.shard(h)
 		if _, off, ok := sh.idx.find(h, key, sh.buf); ok {
@@ -1114,5 +1114,35 @@ func BenchmarkEntryMemory(b *testing.B) {
 		b.ReportMetric(float64(c.store.indexBytes())/n, "index-B/entry")
 		runtime.KeepAlive(c)
 		_ = c.Cleanup()
+	}
+}
+
+// TestDoorkeeperAtLookup: in a full cache (one shard: its doorkeeper's
+// bitset is made empty when it fills), the doorkeeper judges a new name
+// at its look-up: its first answer is not kept (counted not admitted),
+// its second is, and the third query is a hit.
+func TestDoorkeeperAtLookup(t *testing.T) {
+	ch, c, u := newCache(t, `{"max_entries":32,"max_bytes":98304}`)
+	if len(c.store.shards) != 1 {
+		t.Fatalf("%d shards, want 1", len(c.store.shards))
+	}
+	for i := range 32 { // full, with nothing turned away yet
+		ask(t, ch, query("fill"+strconv.Itoa(i)+".example.org.", dns.TypeA))
+	}
+	if n, na := c.store.entries(), c.store.notAdmitted.Load(); n != 32 || na != 0 {
+		t.Fatalf("%d entries after the fill, %d not admitted; want 32 and 0", n, na)
+	}
+	asked := u.asked.Load()
+	q := query("new.example.org.", dns.TypeA)
+	for i, want := range []struct {
+		asked int32
+		not   uint64
+	}{{1, 1}, {2, 1}, {2, 1}} {
+		if m, _ := ask(t, ch, q); m.Rcode != dns.RcodeSuccess || len(m.Answer) == 0 {
+			t.Fatalf("query %d: %v", i+1, m)
+		}
+		if got, na := u.asked.Load()-asked, c.store.notAdmitted.Load(); got != want.asked || na != want.not {
+			t.Fatalf("query %d: upstream asked %d times in all, %d not admitted; want %d and %d", i+1, got, na, want.asked, want.not)
+		}
 	}
 }

@@ -21,8 +21,9 @@ func (c *Cache) staleOK(e *entry, now int64) bool {
 // miss asks the rest of the chain, once for all the identical misses of
 // the moment (coalescing), and keeps the answer. When the chain fails,
 // an expired entry young enough is answered stale; with
-// stale_answer_timeout, it is also when the chain is slow.
-func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry) (caddydns.Response, error) {
+// stale_answer_timeout, it is also when the chain is slow. rejected is
+// the look-up's doorkeeper's (see keep).
+func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry, rejected bool) (caddydns.Response, error) {
 	timed := c.StaleAnswerTimeout > 0 && c.staleOK(old, time.Now().UnixNano())
 	f, own := c.store.flights.join(hash, timed)
 	if !own {
@@ -35,7 +36,7 @@ func (c *Cache) miss(ctx context.Context, r *caddydns.Request, next caddydns.Nex
 	// the query is the flight's, not only this client's: it goes on when
 	// this client gives up (its waiters, and the store, want the answer);
 	// the chain's own timeouts bound it
-	res, err := c.fetch(detached(ctx), r, next, hash, key, old)
+	res, err := c.fetch(detached(ctx), r, next, hash, key, old, rejected)
 	c.store.flights.land(hash, res, err)
 	if res.Wire == nil {
 		if now := time.Now().UnixNano(); c.staleOK(old, now) {
@@ -55,7 +56,7 @@ func (c *Cache) missTimed(ctx context.Context, r *caddydns.Request, next caddydn
 	rr := r.Clone()                      // the client's request may end before the flight
 	owned := append([]byte(nil), key...) // key is the caller's, on its stack
 	go func() {
-		res, err := c.fetch(detached(ctx), rr, next, hash, owned, old)
+		res, err := c.fetch(detached(ctx), rr, next, hash, owned, old, false)
 		c.store.flights.land(hash, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()
@@ -116,7 +117,7 @@ func (c *Cache) orStale(r *caddydns.Request, f *flight, old *entry) (caddydns.Re
 // remembered: an entry that may be served stale is, without asking, for
 // failure_ttl (RFC 8767 5); with none, a SERVFAIL is kept for
 // failure_ttl, so that a dead upstream is not asked again and again.
-func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry) (caddydns.Response, error) {
+func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry, rejected bool) (caddydns.Response, error) {
 	res, err := next(ctx, r)
 	now := time.Now().UnixNano()
 	if err == nil && res.Wire == nil && res.Msg != nil {
@@ -129,7 +130,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 		}
 	}
 	if err == nil && res.Wire != nil {
-		c.keep(hash, key, res.Wire.Bytes(), res.Wire.Layout(), r, now)
+		c.keep(hash, key, res.Wire.Bytes(), res.Wire.Layout(), r, now, rejected)
 		return caddydns.Response{Wire: res.Wire}, nil
 	}
 	if err == nil {
@@ -142,7 +143,7 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 	sf := caddydns.ServfailFor(r.Msg, err) // with its Extended DNS Error, for those answered from it too
 	if b, perr := sf.Pack(); perr == nil {
 		if l, ok := dnswire.Walk(b); ok {
-			c.keep(hash, key, b, &l, r, now)
+			c.keep(hash, key, b, &l, r, now, rejected)
 		}
 	}
 	return caddydns.Response{}, err
@@ -154,9 +155,12 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 // negative answer, RFC 2308, at most max_negative_ttl), or SERVFAIL or an
 // answer with nothing to go by (for failure_ttl). REFUSED, FORMERR and
 // other rcodes are not kept. An answer for every subnet (ECS scope 0) is
-// kept under key's zeroKey.
-func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64) {
-	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 || !sameQuestion(msg, l, r) {
+// kept under key's zeroKey. rejected says the doorkeeper turned key
+// away at its look-up (a full cache, a key not asked lately): such an
+// answer is not kept, unless it goes under the zeroKey (that key's own
+// doorkeeper judges it in put).
+func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64, rejected bool) {
+	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 {
 		return
 	}
 	failure := false
@@ -165,6 +169,15 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 		failure = true
 	case !l.Cacheable:
 		return // REFUSED, FORMERR, NOTIMP, an extended rcode
+	}
+	if rejected {
+		if scope, ok := dnswire.ECSScope(msg, l); !ok || scope != 0 {
+			c.store.notAdmitted.Add(1)
+			return
+		}
+	}
+	if !sameQuestion(msg, l, r) {
+		return
 	}
 	var tb [32]uint16
 	ttls, ok := dnswire.AppendTTLs(tb[:0], msg)
@@ -242,7 +255,7 @@ func (c *Cache) prefetch(e *entry, hash uint64, key []byte, r *caddydns.Request,
 	rr := r.Clone()
 	owned := append([]byte(nil), key...) // the caller's, on its stack (e's may be the answer for every subnet's)
 	go func() {
-		res, err := c.fetch(context.Background(), rr, next, hash, owned, e)
+		res, err := c.fetch(context.Background(), rr, next, hash, owned, e, false)
 		c.store.flights.land(hash, res, err)
 		if res.Wire != nil {
 			res.Wire.Release()

@@ -217,6 +217,9 @@ type found struct {
 	// entry that may be answered stale, or a fresh one to prefetch
 	old      *entry
 	prefetch bool
+	// rejected: the key has no record, its shard is full, and the
+	// doorkeeper, asked at the look-up, lets it in on its next miss only
+	rejected bool
 }
 
 // lookup answers from the entry of key, if there is one: a fresh entry
@@ -224,12 +227,17 @@ type found struct {
 // handed for prefetch when it has been hit prefetch times and reached
 // the last tenth of its lifetime); an expired one the upstream failed to
 // refresh a moment ago is answered stale; another expired one that may
-// still be answered stale is copied into found.old.
-func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int) (f found) {
+// still be answered stale is copied into found.old. judge asks the
+// doorkeeper about a key the store does not have (found.rejected).
+func (s *store) lookup(hash uint64, key []byte, now int64, prefetch int, judge bool) (f found) {
 	sh := s.shard(hash)
 	sh.mu.Lock()
 	slot, off, ok := sh.idx.find(hash, key, sh.buf)
 	if !ok {
+		// with judge, a key a full shard does not have goes past the
+		// doorkeeper now, under the lock already held: one asked once
+		// (a flood) then costs its answer no store work at all (keep)
+		f.rejected = judge && sh.crowded() && !sh.admit(hash)
 		sh.mu.Unlock()
 		return f
 	}

@@ -104,7 +104,7 @@ func ringOps(t testing.TB, s *store, ops []byte) {
 			s.put(hash, key, msg[:max(size, 40)], ttls, packedLayout{qEnd: 12, end: uint16(max(size, 40)), opt: noOffset, maxPtr: noOffset},
 				now, now+int64(arg%5)*int64(time.Second), op%16 == 3)
 		case 4, 5:
-			if f := s.lookup(hash, key, now, 2); f.wire != nil {
+			if f := s.lookup(hash, key, now, 2, false); f.wire != nil {
 				f.wire.Release()
 			}
 		case 6:
@@ -236,7 +236,7 @@ func TestRefreshInPlace(t *testing.T) {
 	if off, used := where(); off != off0 || used != used0 {
 		t.Fatalf("a refresh that fits moved from %d to %d (used %d, then %d)", off0, off, used0, used)
 	}
-	if f := s.lookup(hash, key, now+2, 0); f.wire == nil || len(f.wire.Bytes()) != 90 {
+	if f := s.lookup(hash, key, now+2, 0, false); f.wire == nil || len(f.wire.Bytes()) != 90 {
 		t.Fatal("the refreshed entry does not answer with its new answer")
 	} else {
 		f.wire.Release()
@@ -308,7 +308,7 @@ func TestDoorkeeper(t *testing.T) {
 	}
 	has := func(name string) bool {
 		key := keyOf(name)
-		f := s.lookup(hashKey(key), key, now, 0)
+		f := s.lookup(hashKey(key), key, now, 0, false)
 		if f.wire != nil {
 			f.wire.Release()
 			return true
