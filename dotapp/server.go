@@ -107,9 +107,9 @@ type Server struct {
 	// listening sockets, with a queue of that many connections whose
 	// handshake is not complete: a client that has been here before
 	// (kdig +fastopen) sends its ClientHello in its SYN, and the
-	// connection's first answer comes a round trip sooner (RFC 7858 3.4).
-	// Linux only, and only where the kernel allows it for servers
-	// (net.ipv4.tcp_fastopen has bit 2: 3 or more; the default is 1).
+	// connection's first answer comes a round trip sooner. Linux only,
+	// and only where the kernel allows it for servers (net.ipv4.tcp_fastopen
+	// with its server flag, 0x2, as in 3; the default, 1, lacks it).
 	// Default: 0, off.
 	TCPFastOpen int `json:"tcp_fast_open,omitempty"`
 	// GracePeriod is how long connections are served after the server

@@ -104,8 +104,8 @@ const maxFastOpenQueue = 65535
 const fastOpenSysctl = "/proc/sys/net/ipv4/tcp_fastopen"
 
 // fastOpenUsable says why TCP Fast Open cannot serve clients here: the
-// kernel allows it for servers only when bit 2 of net.ipv4.tcp_fastopen
-// is set (the default, 1, is for clients alone); without it the socket
+// kernel allows it for servers only when net.ipv4.tcp_fastopen has its
+// server flag (0x2) (the default, 1, is for clients alone); without it the socket
 // option is taken and nothing comes of it.
 func fastOpenUsable() error {
 	b, err := os.ReadFile(fastOpenSysctl)
@@ -117,7 +117,7 @@ func fastOpenUsable() error {
 		return fmt.Errorf("%s: %q is not a number", fastOpenSysctl, strings.TrimSpace(string(b)))
 	}
 	if v&2 == 0 {
-		return fmt.Errorf("the kernel serves no TCP Fast Open: net.ipv4.tcp_fastopen is %d, which lacks bit 2 (servers); set it to %d (sysctl -w net.ipv4.tcp_fastopen=%d), or leave tcp_fast_open out", v, v|2, v|2)
+		return fmt.Errorf("the kernel serves no TCP Fast Open: net.ipv4.tcp_fastopen is %d, which lacks the server flag (0x2); set it to %d (sysctl -w net.ipv4.tcp_fastopen=%d), or leave tcp_fast_open out", v, v|2, v|2)
 	}
 	return nil
 }

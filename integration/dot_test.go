@@ -644,7 +644,7 @@ func TestDoTConnectionRate(t *testing.T) {
 // (kdig +fastopen, the second time) opens its connection with its
 // ClientHello in the SYN, as the kernel's TCPFastOpenPassive count shows,
 // and is answered over DoT and DoH. It needs the kernel to allow TCP Fast
-// Open for servers (net.ipv4.tcp_fastopen with bit 2, which the test
+// Open for servers (net.ipv4.tcp_fastopen with its server flag, 0x2, which the test
 // does not change): without it, it skips.
 func TestDoTFastOpen(t *testing.T) {
 	b, err := os.ReadFile("/proc/sys/net/ipv4/tcp_fastopen")
