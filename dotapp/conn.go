@@ -215,24 +215,14 @@ const lingerTime = 500 * time.Millisecond
 // server takes (RFC 9110 9.3; net/http answers them).
 var h1Methods = []string{"GET ", "POST ", "HEAD ", "OPTIONS ", "PUT ", "DELETE ", "PATCH ", "CONNECT ", "TRACE "}
 
-// replayConn is a cleartext connection: its first octets, read already
-// by sniff, are read again, and small reads (the Framer's: a frame
-// header, then its payload) come from a buffer that one read of the
-// socket fills, as TLS's record buffer does for a TLS connection, rather
-// than costing a system call each. The buffer is the pool's while it
-// holds nothing: an idle connection keeps none.
+// replayConn is a cleartext connection whose first octets, read already
+// by sniff, are read again. (The HTTP/2 loop reads through a buffer of
+// its own, h2ReadBuffer, and net/http through its own: neither reads the
+// socket a frame header at a time.)
 type replayConn struct {
 	net.Conn
-	pre  []byte  // read by sniff, to read again
-	buf  *[]byte // while it holds unread octets, [r:w]
-	r, w int
+	pre []byte // read by sniff, to read again
 }
-
-// cleartextReadSize is a cleartext connection's read buffer: reads as
-// large go straight to the socket (net/http's, for HTTP/1.1).
-const cleartextReadSize = 4 << 10
-
-var cleartextBufs = sync.Pool{New: func() any { b := make([]byte, cleartextReadSize); return &b }}
 
 func (c *replayConn) Read(p []byte) (int, error) {
 	if len(c.pre) > 0 {
@@ -240,26 +230,7 @@ func (c *replayConn) Read(p []byte) (int, error) {
 		c.pre = c.pre[n:]
 		return n, nil
 	}
-	if c.buf == nil {
-		if len(p) >= cleartextReadSize {
-			return c.Conn.Read(p)
-		}
-		buf := cleartextBufs.Get().(*[]byte)
-		n, err := c.Conn.Read(*buf)
-		if n == 0 {
-			cleartextBufs.Put(buf)
-			return 0, err
-		}
-		// an error with octets comes again on the next read of the
-		// socket (a deadline, EOF): these are returned first
-		c.buf, c.r, c.w = buf, 0, n
-	}
-	n := copy(p, (*c.buf)[c.r:c.w])
-	if c.r += n; c.r == c.w {
-		cleartextBufs.Put(c.buf)
-		c.buf = nil
-	}
-	return n, nil
+	return c.Conn.Read(p)
 }
 
 // drop closes a connection that never finished its handshake.

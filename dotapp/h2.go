@@ -1,6 +1,7 @@
 package dotapp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"errors"
@@ -43,6 +44,12 @@ const (
 	// frame for a closed stream from one for a stream never opened.
 	h2Recent    = 32
 	h2MaxWindow = 1<<31 - 1
+	// h2ReadBuffer is the read buffer of a running connection (a parked
+	// one has none): a batch of a client's requests, often a whole TLS
+	// record; a larger frame is read past it.
+	h2ReadBuffer = 4 << 10
+	// http2FrameHeaderLen is a frame header's length (RFC 9113 4.1).
+	http2FrameHeaderLen = 9
 	// h2Drain is how much more of its body a request answered before its
 	// end (413, 431) may send, read and dropped, so that a client that
 	// reads its answer only once it has sent its request (curl) sees it;
@@ -96,7 +103,7 @@ type h2conn struct {
 // livePool, so that a connection that resumes reuses another's rather
 // than making its own.
 type h2live struct {
-	in  h2reader      // rw, counted
+	in  *bufio.Reader // rw's octets, for fr; empty when the connection parks
 	fr  *http2.Framer // reads: the reader only; writes: under mu, into out
 	blk *hblock       // the header block being decoded, from the first
 
@@ -115,12 +122,25 @@ type h2live struct {
 	wdone chan struct{}
 }
 
-var livePool = sync.Pool{New: func() any { return new(h2live) }}
+var (
+	livePool     = sync.Pool{New: func() any { return new(h2live) }}
+	h2ReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h2ReadBuffer) }}
+)
+
+// putReader gives a connection's read buffer back, once its reader has
+// stopped.
+func putReader(in *bufio.Reader) {
+	if in != nil {
+		in.Reset(nil)
+		h2ReaderPool.Put(in)
+	}
+}
 
 // takeLive gives the connection its live state, with a new Framer.
 func (h *h2conn) takeLive() {
 	l := livePool.Get().(*h2live)
-	l.in = h2reader{r: h.rw}
+	l.in = h2ReaderPool.Get().(*bufio.Reader)
+	l.in.Reset(h.rw)
 	h.h2live = l
 	h.newFramer()
 }
@@ -134,7 +154,8 @@ func (h *h2conn) dropLive() {
 	l := h.h2live
 	h.h2live = nil
 	h.mu.Unlock()
-	l.in, l.fr = h2reader{}, nil
+	putReader(l.in)
+	l.in, l.fr = nil, nil
 	if l.blk != nil {
 		*l.blk = hblock{}
 	}
@@ -182,17 +203,15 @@ type h2stream struct {
 	out           []byte // answer octets still to send
 }
 
-// h2reader counts what the Framer reads, so that a read that timed out
-// is known to have read nothing of a frame.
-type h2reader struct {
-	r io.Reader
-	n int
-}
-
-func (r *h2reader) Read(p []byte) (int, error) {
-	n, err := r.r.Read(p)
-	r.n += n
-	return n, err
+// frameBuffered reports whether in holds a whole frame: its header and
+// its payload.
+func frameBuffered(in *bufio.Reader) bool {
+	n := in.Buffered()
+	if n < http2FrameHeaderLen {
+		return false
+	}
+	b, _ := in.Peek(http2FrameHeaderLen)
+	return n >= http2FrameHeaderLen+int(b[0])<<16|int(b[1])<<8|int(b[2])
 }
 
 // h2buf is where the Framer writes, under h2conn.mu.
@@ -232,7 +251,7 @@ func init() {
 // between frames that are not in a header block; HPACK's is the
 // connection's own (hdec, henc).
 func (h *h2conn) newFramer() {
-	h.fr = http2.NewFramer(&h.out, &h.in)
+	h.fr = http2.NewFramer(&h.out, h.in)
 	h.fr.SetMaxReadFrameSize(h2MaxFrame)
 	h.fr.SetReuseFrames()
 }
@@ -281,7 +300,7 @@ const (
 func (h *h2conn) start() h2end {
 	h.setDeadline(time.Now().Add(h.c.srv.Load().set.read))
 	var preface [len(http2.ClientPreface)]byte
-	if _, err := io.ReadFull(&h.in, preface[:]); err != nil {
+	if _, err := io.ReadFull(h.in, preface[:]); err != nil {
 		return h2Graceful
 	}
 	if string(preface[:]) != http2.ClientPreface {
@@ -324,17 +343,28 @@ func (h *h2conn) read() h2end {
 			wait = minTime(deadline, now.Add(srv.set.parkAfter))
 		}
 		c.reading.Store(true)
-		if c.raw != nil {
+		if c.raw != nil && h.in.Buffered() == 0 {
 			// a wait that ends early parks the connection a little sooner,
 			// or goes round this loop again (below)
 			set = lazyReadDeadline(c.raw, set, now, wait, srv.set.parkAfter/8)
 		}
-		h.in.n = 0
-		f, err := h.fr.ReadFrame()
+		_, err := h.in.Peek(1)
 		c.reading.Store(false)
-		if err == nil {
-			h.last = monoNow()
-			err = h.process(f)
+		begun := err == nil // a frame has begun: nothing is lost if not
+		if begun && c.raw != nil && !frameBuffered(h.in) {
+			// the rest of the frame must come within read_timeout (a slow
+			// sender), not within the wait for a frame, which only parks
+			// the connection: the Framer cannot take up a frame again
+			// once a read of it has failed
+			_ = c.raw.SetReadDeadline(time.Now().Add(srv.set.read))
+			set = 0
+		}
+		if begun {
+			var f http2.Frame
+			if f, err = h.fr.ReadFrame(); err == nil {
+				h.last = monoNow()
+				err = h.process(f)
+			}
 		}
 		if err != nil {
 			switch e := err.(type) {
@@ -352,10 +382,10 @@ func (h *h2conn) read() h2end {
 			// quiet, with nothing of a frame read and nothing in flight:
 			// park (a read returns what TLS holds before it waits, so
 			// TLS holds nothing either)
-			if canPark && isTimeout(err) && h.in.n == 0 && time.Now().Before(deadline) && h.park() {
+			if canPark && isTimeout(err) && !begun && time.Now().Before(deadline) && h.park() {
 				return h2Parked
 			}
-			if isTimeout(err) && h.in.n == 0 && time.Now().Before(deadline) {
+			if isTimeout(err) && !begun && time.Now().Before(deadline) {
 				continue // streams in flight: wait on
 			}
 			// idle (or draining), or the client went: stop reading, and
@@ -1068,6 +1098,8 @@ func (h *h2conn) wake() {
 // finish ends the connection once the reader is done: after a graceful
 // end the answers in flight are made and sent first.
 func (h *h2conn) finish(graceful bool) {
+	putReader(h.in) // the reader has stopped
+	h.in = nil
 	if graceful {
 		h.answers.Wait()
 	}

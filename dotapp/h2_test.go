@@ -54,13 +54,18 @@ func h2exchange(t testing.TB, s *Server, input []byte) []byte {
 // h2run is h2exchange that also returns the connection, for a test that
 // looks at what it kept.
 func h2run(s *Server, input []byte) (*h2conn, []byte) {
+	return h2runFrom(s, bytes.NewReader(input))
+}
+
+// h2runFrom is h2run reading the client's octets from in.
+func h2runFrom(s *Server, in io.Reader) (*h2conn, []byte) {
 	c := &conn{client: netip.MustParseAddrPort("192.0.2.1:5300"), metrics: s.metrics}
 	c.srv.Store(s)
 	var out syncBuf
 	h := newH2(c, struct {
 		io.Reader
 		io.Writer
-	}{bytes.NewReader(input), &out}, s.set.maxInFlight)
+	}{in, &out}, s.set.maxInFlight)
 	h.startWriter()
 	h.finish(h.start() == h2Graceful)
 	return h, out.b.Bytes()
