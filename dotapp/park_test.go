@@ -153,6 +153,41 @@ func TestParkAndResume(t *testing.T) {
 	}
 }
 
+// TestQueryAcrossPause: a query whose octets come in TLS records with
+// pauses between them longer than the quiet that parks a connection (a
+// slow link) is answered: inside its length, inside its message, and
+// between two pipelined queries; the rest of a query begun gets
+// read_timeout, not the wait that parks.
+func TestQueryAcrossPause(t *testing.T) {
+	s, addr := parkServer(t, 10*time.Second, 0)
+	c := dialDoT(t, addr)
+	waitParked(t, s, 1)
+	q := new(dns.Msg)
+	q.SetQuestion("www.example.org.", dns.TypeA)
+	var in []byte
+	for id := uint16(1); id <= 2; id++ {
+		q.Id = id
+		in = append(in, frame(q)...)
+	}
+	one, from := len(in)/2, 0
+	for _, to := range []int{1, 2 + 5, one, one + 1, len(in)} {
+		if _, err := c.Write(in[from:to]); err != nil {
+			t.Fatal(err)
+		}
+		from = to
+		time.Sleep(3 * s.quietPark) // the slow link: what the test is about
+	}
+	for id := uint16(1); id <= 2; id++ {
+		m, err := readAnswer(c)
+		if err != nil {
+			t.Fatalf("reading answer %d: %v", id, err)
+		}
+		if m.Id != id || len(m.Answer) != 1 {
+			t.Fatalf("answer %d: %v", id, m)
+		}
+	}
+}
+
 // TestParkedIdleTimeout: a parked connection is closed cleanly
 // (close_notify) at its idle deadline.
 func TestParkedIdleTimeout(t *testing.T) {
