@@ -211,7 +211,7 @@ func frameBuffered(in *bufio.Reader) bool {
 		return false
 	}
 	b, _ := in.Peek(http2FrameHeaderLen)
-	return n >= http2FrameHeaderLen+int(b[0])<<16|int(b[1])<<8|int(b[2])
+	return n >= http2FrameHeaderLen+(int(b[0])<<16|int(b[1])<<8|int(b[2]))
 }
 
 // h2buf is where the Framer writes, under h2conn.mu.

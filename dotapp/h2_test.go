@@ -1,6 +1,7 @@
 package dotapp
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"encoding/base64"
@@ -479,5 +480,30 @@ func TestLengthText(t *testing.T) {
 	}
 	if a := testing.AllocsPerRun(100, func() { _ = lengthText(468) }); a != 0 {
 		t.Fatalf("lengthText(468) allocates %v times", a)
+	}
+}
+
+// TestFrameBuffered: a frame is whole in the read buffer when its header
+// and all of its payload are, whatever its length's octets.
+func TestFrameBuffered(t *testing.T) {
+	for _, l := range []int{0, 1, 2, 6, 7, 8, 9, 255, 256, 257, 0x0F0F, h2ReadBuffer - http2FrameHeaderLen} {
+		for _, have := range []int{l - 1, l} {
+			if have < 0 {
+				continue
+			}
+			b := append([]byte{byte(l >> 16), byte(l >> 8), byte(l), 0, 0, 0, 0, 0, 1}, make([]byte, have)...)
+			in := bufio.NewReaderSize(bytes.NewReader(b), h2ReadBuffer)
+			if _, err := in.Peek(1); err != nil {
+				t.Fatal(err)
+			}
+			if got := frameBuffered(in); got != (have == l) {
+				t.Errorf("length %d, %d octets of payload buffered: whole %v", l, have, got)
+			}
+		}
+	}
+	in := bufio.NewReaderSize(bytes.NewReader([]byte{0, 0, 0, 4, 0, 0, 0}), h2ReadBuffer)
+	_, _ = in.Peek(1)
+	if frameBuffered(in) {
+		t.Error("7 octets of a header: whole")
 	}
 }
