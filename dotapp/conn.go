@@ -216,9 +216,9 @@ const lingerTime = 500 * time.Millisecond
 var h1Methods = []string{"GET ", "POST ", "HEAD ", "OPTIONS ", "PUT ", "DELETE ", "PATCH ", "CONNECT ", "TRACE "}
 
 // replayConn is a cleartext connection whose first octets, read already
-// by sniff, are read again. (The HTTP/2 loop reads through a buffer of
-// its own, h2ReadBuffer, and net/http through its own: neither reads the
-// socket a frame header at a time.)
+// by sniff, are read again. (The HTTP/2 loop reads through a pooled
+// buffer, as DoT's reader does, and net/http through its own: neither
+// reads the socket a frame header at a time.)
 type replayConn struct {
 	net.Conn
 	pre []byte // read by sniff, to read again

@@ -284,7 +284,7 @@ func TestH2ReadsBuffered(t *testing.T) {
 	if len(replies) != 40 {
 		t.Fatalf("%d answers, want 40", len(replies))
 	}
-	if want := (len(in)+h2ReadBuffer-1)/h2ReadBuffer + 1; tc.calls > want {
+	if want := (len(in)+readBufferSize-1)/readBufferSize + 1; tc.calls > want {
 		t.Fatalf("%d reads of the connection for %d octets, want at most %d", tc.calls, len(in), want)
 	}
 }

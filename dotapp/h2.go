@@ -44,10 +44,6 @@ const (
 	// frame for a closed stream from one for a stream never opened.
 	h2Recent    = 32
 	h2MaxWindow = 1<<31 - 1
-	// h2ReadBuffer is the read buffer of a running connection (a parked
-	// one has none): a batch of a client's requests, often a whole TLS
-	// record; a larger frame is read past it.
-	h2ReadBuffer = 4 << 10
 	// http2FrameHeaderLen is a frame header's length (RFC 9113 4.1).
 	http2FrameHeaderLen = 9
 	// h2Drain is how much more of its body a request answered before its
@@ -122,24 +118,21 @@ type h2live struct {
 	wdone chan struct{}
 }
 
-var (
-	livePool     = sync.Pool{New: func() any { return new(h2live) }}
-	h2ReaderPool = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, h2ReadBuffer) }}
-)
+var livePool = sync.Pool{New: func() any { return new(h2live) }}
 
 // putReader gives a connection's read buffer back, once its reader has
 // stopped.
 func putReader(in *bufio.Reader) {
 	if in != nil {
 		in.Reset(nil)
-		h2ReaderPool.Put(in)
+		readerPool.Put(in)
 	}
 }
 
 // takeLive gives the connection its live state, with a new Framer.
 func (h *h2conn) takeLive() {
 	l := livePool.Get().(*h2live)
-	l.in = h2ReaderPool.Get().(*bufio.Reader)
+	l.in = readerPool.Get().(*bufio.Reader) // DoT's: a batch of requests; a larger frame is read past it
 	l.in.Reset(h.rw)
 	h.h2live = l
 	h.newFramer()

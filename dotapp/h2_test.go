@@ -486,13 +486,13 @@ func TestLengthText(t *testing.T) {
 // TestFrameBuffered: a frame is whole in the read buffer when its header
 // and all of its payload are, whatever its length's octets.
 func TestFrameBuffered(t *testing.T) {
-	for _, l := range []int{0, 1, 2, 6, 7, 8, 9, 255, 256, 257, 0x0F0F, h2ReadBuffer - http2FrameHeaderLen} {
+	for _, l := range []int{0, 1, 2, 6, 7, 8, 9, 255, 256, 257, 0x0303, readBufferSize - http2FrameHeaderLen} {
 		for _, have := range []int{l - 1, l} {
 			if have < 0 {
 				continue
 			}
 			b := append([]byte{byte(l >> 16), byte(l >> 8), byte(l), 0, 0, 0, 0, 0, 1}, make([]byte, have)...)
-			in := bufio.NewReaderSize(bytes.NewReader(b), h2ReadBuffer)
+			in := bufio.NewReaderSize(bytes.NewReader(b), readBufferSize)
 			if _, err := in.Peek(1); err != nil {
 				t.Fatal(err)
 			}
@@ -501,7 +501,7 @@ func TestFrameBuffered(t *testing.T) {
 			}
 		}
 	}
-	in := bufio.NewReaderSize(bytes.NewReader([]byte{0, 0, 0, 4, 0, 0, 0}), h2ReadBuffer)
+	in := bufio.NewReaderSize(bytes.NewReader([]byte{0, 0, 0, 4, 0, 0, 0}), readBufferSize)
 	_, _ = in.Peek(1)
 	if frameBuffered(in) {
 		t.Error("7 octets of a header: whole")
