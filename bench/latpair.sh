@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# DoH GET latency (p50, p99, max) of two Caddy binaries with dnsfront,
+# both held at once on ports of their own (1xxxx and 2xxxx) and loaded
+# in turns by h2load -c 10 -m 10 --log-file, so that both meet the same
+# minutes of a noisy machine.
+#
+#   HOLD=1 bash bench/run.sh &      # nsd, the certificates, the config, the URLs
+#   bash bench/latpair.sh OLD NEW [turns] [requests]
+set -euo pipefail
+A=$1 B=$2 TURNS=${3:-4} REQ=${4:-150000}
+T=$(ls -d /tmp/dnsfront-bench.* 2>/dev/null | head -1)
+[ -n "$T" ] && [ -f "$T/Caddyfile" ] || { echo "start HOLD=1 bash bench/run.sh first" >&2; exit 1; }
+# shellcheck source=bench/lib.sh
+. "$(dirname "$0")/lib.sh"
+workdir dnsfront-latpair
+i=0
+for bin in "$A" "$B"; do
+	i=$((i + 1))
+	mkdir -p "$W/$i"
+	sed -e "s/localhost:2999/localhost:299$i/" -e "s/127.0.0.1:\(8[0-9][0-9][0-9]\)\b/127.0.0.1:$i\1/" \
+		-e "s/https:\/\/:8443/https:\/\/:${i}8443/" "$T/Caddyfile" > "$W/$i/Caddyfile"
+	sed "s#127.0.0.1:8444#127.0.0.1:${i}8444#" "$T/urls-8444.txt" > "$W/$i/urls.txt"
+	HOME=$T taskset -c 0 "$bin" run --config "$W/$i/Caddyfile" --adapter caddyfile > "$W/$i/log" 2>&1 &
+	pids+=($!)
+	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${i}8444") 2>/dev/null && break; sleep 0.1; done
+done
+sleep 2
+for turn in $(seq "$TURNS"); do
+	for i in 1 2; do
+		bin=$A; [ "$i" = 2 ] && bin=$B
+		rm -f "$W/$i/h2.log"
+		taskset -c 1 h2load -c 10 -m 10 -n "$REQ" -i "$W/$i/urls.txt" --log-file="$W/$i/h2.log" > "$W/$i/out" 2>&1
+		rps=$(awk '/^finished in/ {print $4}' "$W/$i/out")
+		awk '{print $3}' "$W/$i/h2.log" | sort -n | awk -v t="$turn" -v b="$bin" -v r="$rps" \
+			'{a[NR] = $1} END {printf "%s %-30s %s req/s  p50 %.3f  p99 %.3f  max %.3f ms\n", t, b, r, a[int(NR * .5) + 1] / 1000, a[int(NR * .99) + 1] / 1000, a[NR] / 1000}'
+	done
+done
