@@ -22,14 +22,7 @@ for turn in $(seq "$TURNS"); do
 		pid=$!
 		for _ in $(seq 100); do (exec 3<>/dev/tcp/127.0.0.1/38444) 2>/dev/null && break; sleep 0.1; done
 		sleep 2
-		rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-		coproc IC { taskset -c 1 "$T/idleconns" -addr 127.0.0.1:38444 -n "$N" -h2 2>&1; }
-		read -r line <&"${IC[0]}"
-		sleep 2
-		rss1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-		n=$(echo "$line" | awk '{print $2}')
-		eval "exec ${IC[1]}>&-"
-		wait "$IC_PID" 2>/dev/null || true
+		read -r n rss0 rss1 <<<"$(idle_hold "$pid" "$T/idleconns" 1 127.0.0.1:38444 "$N" -h2)"
 		kill "$pid"; wait "$pid" 2>/dev/null || true
 		printf '%s %-30s %s connections, %s bytes each\n' "$turn" "$bin" "$n" $(((rss1 - rss0) * 1024 / n))
 	done

@@ -480,17 +480,10 @@ interleave() {
 # servers' handshake timeouts)
 IDLE="$T/idle.tsv"
 idle_measure() {
-	local kind=$1 name=$2 pid=$3 addr=$4 rss0 rss1 line n count=$IDLE_CONNS
+	local kind=$1 name=$2 pid=$3 addr=$4 rss0 rss1 n count=$IDLE_CONNS
 	shift 4
 	[ "$name" = unbound ] && count=$UNBOUND_IDLE_CONNS
-	rss0=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-	coproc IDLECONNS { taskset -c "$CLIENT_CPU" "$T/idleconns" -addr "$addr" -n "$count" "$@" 2>&1; }
-	read -r line <&"${IDLECONNS[0]}"
-	sleep 2
-	rss1=$(awk '/VmRSS/ {print $2}' "/proc/$pid/status")
-	n=$(echo "$line" | awk '{print $2}')
-	eval "exec ${IDLECONNS[1]}>&-"
-	wait "$IDLECONNS_PID" 2>/dev/null || true
+	read -r n rss0 rss1 <<<"$(idle_hold "$pid" "$T/idleconns" "$CLIENT_CPU" "$addr" "$count" "$@")"
 	local per
 	per=$(awk -v a="$rss1" -v b="$rss0" -v n="$n" 'BEGIN {printf "%.0f", (a - b) * 1024 / n}')
 	printf '%s\t%s\t%s\t%s\t%s\t%s\n' "$name" "$round" "$n" "$per" "$((rss1 / 1024))" "$kind" >> "$IDLE"
