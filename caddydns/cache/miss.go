@@ -119,7 +119,6 @@ func (c *Cache) orStale(r *caddydns.Request, f *flight, old *entry) (caddydns.Re
 // failure_ttl, so that a dead upstream is not asked again and again.
 func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Next, hash uint64, key []byte, old *entry, rejected bool) (caddydns.Response, error) {
 	res, err := next(ctx, r)
-	now := time.Now().UnixNano()
 	if err == nil && res.Wire == nil && res.Msg != nil {
 		m := res.Msg.Copy() // the handler's own: it is packed compressed
 		m.Compress = true
@@ -130,20 +129,20 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 		}
 	}
 	if err == nil && res.Wire != nil {
-		c.keep(hash, key, res.Wire.Bytes(), res.Wire.Layout(), r, now, rejected)
+		c.keep(hash, key, res.Wire.Bytes(), res.Wire.Layout(), r, rejected)
 		return caddydns.Response{Wire: res.Wire}, nil
 	}
 	if err == nil {
 		err = errNoAnswer
 	}
-	if c.staleOK(old, now) {
+	if now := time.Now().UnixNano(); c.staleOK(old, now) {
 		c.store.failed(hash, key, old.stored, now+int64(c.FailureTTL))
 		return caddydns.Response{}, err
 	}
 	sf := caddydns.ServfailFor(r.Msg, err) // with its Extended DNS Error, for those answered from it too
 	if b, perr := sf.Pack(); perr == nil {
 		if l, ok := dnswire.Walk(b); ok {
-			c.keep(hash, key, b, &l, r, now, rejected)
+			c.keep(hash, key, b, &l, r, rejected)
 		}
 	}
 	return caddydns.Response{}, err
@@ -158,8 +157,10 @@ func (c *Cache) fetch(ctx context.Context, r *caddydns.Request, next caddydns.Ne
 // kept under key's zeroKey. rejected says the doorkeeper turned key
 // away at its look-up (a full cache, a key not asked lately): such an
 // answer is not kept, unless it goes under the zeroKey (that key's own
-// doorkeeper judges it in put).
-func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, now int64, rejected bool) {
+// doorkeeper judges it in put). The entry is stored as of now: the clock
+// is read only for an answer that may be kept (a flood's answers, turned
+// away, cost no reading).
+func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydns.Request, rejected bool) {
 	if len(msg) > c.MaxEntrySize || msg[2]&dnswire.FlagTC != 0 {
 		return
 	}
@@ -201,6 +202,7 @@ func (c *Cache) keep(hash uint64, key, msg []byte, l *dnswire.Layout, r *caddydn
 		lay.TTL = min(max(lay.TTL, lo), hi) // a negative answer's SOA minimum too
 		lifetime = time.Duration(lay.TTL) * time.Second
 	}
+	now := time.Now().UnixNano()
 	expires := now + int64(lifetime)
 	if c.store.staleUntil(expires, failure) <= now {
 		return // TTL 0 and no serve-stale: nothing to keep

@@ -327,9 +327,12 @@ func (sh *shard) crowded() bool {
 // second miss within the last limit keys it was asked for, so that a
 // flood of names asked once (a scan, or random subdomains) neither
 // evicts the entries that are asked again and again nor costs a store
-// each. The keys are two bits each of a bitset of 8 bits per entry of
-// the shard (a false "seen" about 1 time in 20), cleared when it has
-// taken limit keys.
+// each. A key is two bits of one 64-bit word of a bitset of 8 bits per
+// entry of the shard (a blocked Bloom filter: one read of memory a key,
+// where two bits anywhere in the bitset took two, each a cache miss in a
+// large cache; a false "seen" as often as before: about 1 time in 20
+// when the bitset is due to be cleared, 1 in 60 over its window),
+// cleared when it has taken limit keys.
 func (sh *shard) admit(hash uint64) bool {
 	if sh.seen == nil {
 		words := 1
@@ -338,20 +341,27 @@ func (sh *shard) admit(hash uint64) bool {
 		}
 		sh.seen = make([]uint64, words)
 	}
-	mask := uint64(len(sh.seen)*64 - 1)
-	a, b := hash&mask, (hash>>24)&mask // the top bits chose the shard
-	wa, wb := &sh.seen[a>>6], &sh.seen[b>>6]
-	ba, bb := uint64(1)<<(a&63), uint64(1)<<(b&63)
-	if *wa&ba != 0 && *wb&bb != 0 {
+	i, bits := doorBits(hash, len(sh.seen))
+	w := &sh.seen[i]
+	if *w&bits == bits {
 		return true
 	}
-	*wa |= ba
-	*wb |= bb
+	*w |= bits
 	if sh.seenN++; sh.seenN >= max(sh.limit, 1) {
 		clear(sh.seen)
 		sh.seenN = 0
 	}
 	return false
+}
+
+// doorBits is the word (of words, a power of 2) and the two bits (never
+// the same) of the doorkeeper's bitset for hash: the top bits of a hash
+// chose its shard and the low 32 its index slot, so the word comes from
+// the bits between and the two bits from the lowest 12.
+func doorBits(hash uint64, words int) (int, uint64) {
+	a := hash & 63
+	b := (a + 1 + (hash>>6&63)%63) & 63
+	return int((hash >> 32) & uint64(words-1)), 1<<a | 1<<b
 }
 
 // write writes a record of size octets at off.
