@@ -6,6 +6,9 @@
 #
 #   HOLD=1 bash bench/run.sh &      # nsd, the certificates, the config, the URLs
 #   bash bench/latpair.sh OLD NEW [turns] [requests]
+#
+# PEER=1 loads the held dnsdist (port 9443) in the same turns, a third
+# row each turn.
 set -euo pipefail
 A=$1 B=$2 TURNS=${3:-4} REQ=${4:-150000}
 T=$(ls -d /tmp/dnsfront-bench.* 2>/dev/null | head -1)
@@ -25,9 +28,13 @@ for bin in "$A" "$B"; do
 	for _ in $(seq 100); do (exec 3<>"/dev/tcp/127.0.0.1/${i}8444") 2>/dev/null && break; sleep 0.1; done
 done
 sleep 2
+mkdir -p "$W/3"
+cp "$T/urls-9443.txt" "$W/3/urls.txt"
+sides="1 2"
+[ "${PEER:-0}" = 1 ] && sides="1 2 3"
 for turn in $(seq "$TURNS"); do
-	for i in 1 2; do
-		bin=$A; [ "$i" = 2 ] && bin=$B
+	for i in $sides; do
+		bin=$A; [ "$i" = 2 ] && bin=$B; [ "$i" = 3 ] && bin=dnsdist
 		rm -f "$W/$i/h2.log"
 		taskset -c 1 h2load -c 10 -m 10 -n "$REQ" -i "$W/$i/urls.txt" --log-file="$W/$i/h2.log" > "$W/$i/out" 2>&1
 		rps=$(awk '/^finished in/ {print $4}' "$W/$i/out")
