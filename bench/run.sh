@@ -503,27 +503,31 @@ latency_row() {
 	tail -1 "$T/latency.tsv" | awk -F'\t' '{printf "   %-28s %-22s %s answers  p50 %s ms  p99 %s ms  max %s ms\n", "DoT latency -c 10 -q 100", $1, $3, $4, $5, $6}'
 }
 
-# cache_counts SERVER: "hits misses" of its cache so far
+# cache_counts SERVER: "hits misses coalesced" of its cache so far
 cache_counts() {
 	case $1 in
-	dnsfront) curl -s localhost:2999/dns/cache | awk -F'[:,]' '/"hits"/ {h += $2} /"misses"/ {m += $2} END {print h + 0, m + 0}' ;;
+	dnsfront) curl -s localhost:2999/dns/cache |
+		awk -F'[:,]' '/"hits"/ {h += $2} /"misses"/ {m += $2} /"coalesced"/ {c += $2} END {print h + 0, m + 0, c + 0}' ;;
 	dnsdist) curl -s -H 'X-API-Key: bench' http://127.0.0.1:8084/api/v1/servers/localhost/statistics |
-		grep -o '"name": *"cache-\(hits\|misses\)"[^}]*' | awk -F'[:,}]' '/hits/ {h = $NF} /misses/ {m = $NF} END {print h + 0, m + 0}' ;;
+		grep -o '"name": *"cache-\(hits\|misses\)"[^}]*' | awk -F'[:,}]' '/hits/ {h = $NF} /misses/ {m = $NF} END {print h + 0, m + 0, 0}' ;;
 	unbound) unbound-control -c "$T/unbound.conf" stats_noreset 2>/dev/null |
-		awk -F= '/^total.num.cachehits=/ {h = $2} /^total.num.cachemiss=/ {m = $2} END {print h + 0, m + 0}' ;;
+		awk -F= '/^total.num.cachehits=/ {h = $2} /^total.num.cachemiss=/ {m = $2} END {print h + 0, m + 0, 0}' ;;
 	esac
 }
 
 # cache_measure SCENARIO NAME SERVER PID command...: measure, and note the
-# hit ratio the server reached during the run
+# hit ratio the server reached during the run, and the share of queries
+# answered without an upstream query of their own: the hits and the
+# misses that joined an identical one under way (dnsfront's coalesced;
+# 0 for the peers, whose counters do not tell them apart)
 cache_measure() {
-	local scenario=$1 name=$2 server=$3 pid=$4 h0 m0 h1 m1
+	local scenario=$1 name=$2 server=$3 pid=$4 h0 m0 c0 h1 m1 c1
 	shift 4
-	read -r h0 m0 <<<"$(cache_counts "$server")"
+	read -r h0 m0 c0 <<<"$(cache_counts "$server")"
 	measure "$scenario" "$name" "$pid" "$@"
-	read -r h1 m1 <<<"$(cache_counts "$server")"
-	awk -v s="$scenario" -v n="$name" -v r="$round" -v h=$((h1 - h0)) -v m=$((m1 - m0)) -v out="$T/hits.tsv" \
-		'BEGIN {if (h + m > 0) {printf "%s\t%s\t%s\t%.1f\n", s, n, r, h * 100 / (h + m) >> out; printf "   %-28s %-22s hit ratio %.1f%%\n", s, n, h * 100 / (h + m)}}'
+	read -r h1 m1 c1 <<<"$(cache_counts "$server")"
+	awk -v s="$scenario" -v n="$name" -v r="$round" -v h=$((h1 - h0)) -v m=$((m1 - m0)) -v c=$((c1 - c0)) -v out="$T/hits.tsv" \
+		'BEGIN {if (h + m > 0) {printf "%s\t%s\t%s\t%.1f\t%.1f\n", s, n, r, h * 100 / (h + m), (h + c) * 100 / (h + m) >> out; printf "   %-28s %-22s hit ratio %.1f%%, %.1f%% with no upstream query of its own\n", s, n, h * 100 / (h + m), (h + c) * 100 / (h + m)}}'
 }
 
 DP="dnsperf -d $T/dnsperf.txt -l $DURATION"
@@ -683,9 +687,9 @@ for round in $(seq "$ROUNDS"); do
 			for srv in "dnsfront cache:dnsfront:$DNSFRONT:8855" "dnsfront forward, no cache:-:$DNSFRONT:8853" "dnsdist packet cache:dnsdist:$DNSDIST:9855"; do
 				IFS=: read -r name server pid port <<<"$srv"
 				rss0=$(rss_kb "$pid")
-				read -r h0 m0 <<<"$(cache_counts "$server")"
+				read -r h0 m0 _ <<<"$(cache_counts "$server")"
 				measure "DoT cache, 0% hits -c 10 -q 100" "$name" "$pid" $U -m dot -s 127.0.0.1 -p "$port" -c 10 -q 100
-				read -r h1 m1 <<<"$(cache_counts "$server")"
+				read -r h1 m1 _ <<<"$(cache_counts "$server")"
 				rss1=$(rss_kb "$pid")
 				[ "$server" = - ] || awk -v n="$name" -v r="$round" -v m=$((m1 - m0)) -v d=$((rss1 - rss0)) -v out="$T/entries.tsv" \
 					'BEGIN {if (m > 0) {printf "%s\t%s\t%d\t%.0f\n", n, r, m, d * 1024 / m >> out; printf "   %-28s %-22s %d new entries, %.0f bytes each (RSS growth)\n", "cache memory", n, m, d * 1024 / m}}'
@@ -745,13 +749,13 @@ mkdir -p bench/results
 	fi
 	if [ -s "$T/hits.tsv" ]; then
 		echo
-		echo "Hit ratio each cache reached in its rows (hits / (hits + misses) during the run, from its own counters; median over rounds):"
+		echo "Hit ratio each cache reached in its rows (hits / (hits + misses) during the run, from its own counters; median over rounds), and the queries answered without an upstream query of their own (hits, and misses that joined an identical query under way: dnsfront's coalesced; the peers' counters do not tell these apart):"
 		echo
-		echo "| scenario | server | hit ratio % |"
-		echo "|---|---|---:|"
-		awk -F'\t' '{k = $1 "\t" $2; if (!(k in seen)) {o[++n] = k; seen[k] = 1}; v[k] = v[k] " " $4}
+		echo "| scenario | server | hit ratio % | no upstream query of its own % |"
+		echo "|---|---|---:|---:|"
+		awk -F'\t' '{k = $1 "\t" $2; if (!(k in seen)) {o[++n] = k; seen[k] = 1}; v[k] = v[k] " " $4; w[k] = w[k] " " ($5 == "" ? $4 : $5)}
 		function median(s,   a, m, i, j, t) {m = split(s, a, " "); for (i = 1; i <= m; i++) for (j = i + 1; j <= m; j++) if (a[j] + 0 < a[i] + 0) {t = a[i]; a[i] = a[j]; a[j] = t}; return a[int((m + 1) / 2)]}
-		END {for (i = 1; i <= n; i++) {split(o[i], f, "\t"); printf "| %s | %s | %s |\n", f[1], f[2], median(v[o[i]])}}' "$T/hits.tsv"
+		END {for (i = 1; i <= n; i++) {split(o[i], f, "\t"); printf "| %s | %s | %s | %s |\n", f[1], f[2], median(v[o[i]]), median(w[o[i]])}}' "$T/hits.tsv"
 		cp "$T/hits.tsv" bench/results/latest-hits.tsv
 	fi
 	if [ -s "$IDLE" ]; then
