@@ -74,14 +74,31 @@ func (s *Server) start() error {
 func listenConfig(raw *syscall.RawConn, fastOpen int) net.ListenConfig {
 	lc := net.ListenConfig{Control: func(_, _ string, c syscall.RawConn) error {
 		*raw = c
+		if keepAliveOnListener {
+			if err := setKeepAlive(c); err != nil {
+				return err
+			}
+		}
 		if fastOpen > 0 {
 			return setFastOpen(c, fastOpen)
 		}
 		return nil
 	}}
+	if keepAliveOnListener {
+		lc.KeepAlive = -1 // the accepted connections have it from the listening socket
+	}
 	lc.SetMultipathTCP(false)
 	return lc
 }
+
+// TCP keepalive of the connections accepted (Go's defaults for them): a
+// client gone without a word is noticed even where no idle timeout ends
+// its connection first.
+const (
+	keepAliveIdle     = 15 // seconds quiet before the first probe
+	keepAliveInterval = 15 // seconds between probes
+	keepAliveCount    = 9  // probes unanswered before the connection ends
+)
 
 // sayTryIt logs the commands that query the server at addr and show its
 // staple.

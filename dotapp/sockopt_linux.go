@@ -124,6 +124,38 @@ func fastOpenUsable() error {
 
 // setFastOpen turns on TCP Fast Open on the listening socket c, with a
 // queue of qlen connections whose handshake is not complete.
+// keepAliveOnListener: the listening socket's TCP keepalive options are
+// the accepted connections' (Linux copies them, and starts the timer, in
+// tcp_create_openreq_child), so Go need not set them on each connection.
+const keepAliveOnListener = true
+
+// setKeepAlive turns TCP keepalive on for the connections the listening
+// socket c accepts, with Go's defaults for accepted connections (probes
+// after 15 s quiet, every 15 s, 9 of them): the same as before, with four
+// system calls fewer a connection (setsockopt SO_KEEPALIVE, TCP_KEEPIDLE,
+// TCP_KEEPINTVL, TCP_KEEPCNT).
+func setKeepAlive(c syscall.RawConn) error {
+	var err error
+	if cerr := c.Control(func(fd uintptr) {
+		for _, o := range []struct{ level, opt, v int }{
+			{syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepAliveIdle},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval},
+			{syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount},
+		} {
+			if err = syscall.SetsockoptInt(int(fd), o.level, o.opt, o.v); err != nil {
+				return
+			}
+		}
+	}); cerr != nil {
+		return cerr
+	}
+	if err != nil {
+		return fmt.Errorf("setsockopt TCP keepalive on the listening socket: %w", err)
+	}
+	return nil
+}
+
 func setFastOpen(c syscall.RawConn, qlen int) error {
 	var err error
 	if cerr := c.Control(func(fd uintptr) {

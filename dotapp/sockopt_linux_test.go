@@ -144,3 +144,56 @@ func TestFastOpenListener(t *testing.T) {
 		}
 	}
 }
+
+// TestKeepAliveFromListener: a connection accepted on listenConfig's
+// socket has TCP keepalive on, with Go's values for accepted connections
+// (15 s, 15 s, 9 probes), though Go no longer sets them on it: they come
+// from the listening socket.
+func TestKeepAliveFromListener(t *testing.T) {
+	var raw syscall.RawConn
+	lc := listenConfig(&raw, 0)
+	ln, err := lc.Listen(t.Context(), "tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	client, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer client.Close()
+	c, err := ln.Accept()
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	rc, err := c.(*net.TCPConn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range []struct {
+		name       string
+		level, opt int
+		want       int
+	}{
+		{"SO_KEEPALIVE", syscall.SOL_SOCKET, syscall.SO_KEEPALIVE, 1},
+		{"TCP_KEEPIDLE", syscall.IPPROTO_TCP, syscall.TCP_KEEPIDLE, keepAliveIdle},
+		{"TCP_KEEPINTVL", syscall.IPPROTO_TCP, syscall.TCP_KEEPINTVL, keepAliveInterval},
+		{"TCP_KEEPCNT", syscall.IPPROTO_TCP, syscall.TCP_KEEPCNT, keepAliveCount},
+		{"TCP_NODELAY", syscall.IPPROTO_TCP, syscall.TCP_NODELAY, 1},
+	} {
+		var v int
+		var gerr error
+		if err := rc.Control(func(fd uintptr) { v, gerr = syscall.GetsockoptInt(int(fd), o.level, o.opt) }); err != nil || gerr != nil {
+			t.Fatalf("%s: %v %v", o.name, err, gerr)
+		}
+		if v != o.want {
+			t.Errorf("accepted connection: %s %d, want %d", o.name, v, o.want)
+		}
+	}
+	// and Go's own per-connection keepalive is off, or the listener's
+	// options would be set again on each connection
+	if lc.KeepAlive >= 0 {
+		t.Errorf("ListenConfig.KeepAlive %v: Go would set keepalive on each connection", lc.KeepAlive)
+	}
+}

@@ -32,5 +32,10 @@ func fastOpenUsable() error {
 	return errors.New("TCP Fast Open is turned on only on Linux")
 }
 
+// keepAliveOnListener: elsewhere Go sets keepalive on each connection.
+const keepAliveOnListener = false
+
+func setKeepAlive(syscall.RawConn) error { return nil }
+
 // setFastOpen is Linux's: elsewhere tcp_fast_open is refused.
 func setFastOpen(syscall.RawConn, int) error { return fastOpenUsable() }
