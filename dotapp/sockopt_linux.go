@@ -122,8 +122,6 @@ func fastOpenUsable() error {
 	return nil
 }
 
-// setFastOpen turns on TCP Fast Open on the listening socket c, with a
-// queue of qlen connections whose handshake is not complete.
 // keepAliveOnListener: the listening socket's TCP keepalive options are
 // the accepted connections' (Linux copies them, and starts the timer, in
 // tcp_create_openreq_child), so Go need not set them on each connection.
@@ -156,6 +154,8 @@ func setKeepAlive(c syscall.RawConn) error {
 	return nil
 }
 
+// setFastOpen turns on TCP Fast Open on the listening socket c, with a
+// queue of qlen connections whose handshake is not complete.
 func setFastOpen(c syscall.RawConn, qlen int) error {
 	var err error
 	if cerr := c.Control(func(fd uintptr) {
