@@ -281,6 +281,9 @@ func dialUDP(ua *net.UDPAddr) (*net.UDPConn, error) {
 func (s *udpSocket) read() {
 	r, err := newBatchReader(s.conn)
 	var msgs [][]byte
+	if err == nil {
+		msgs = r.batch()
+	}
 	for err == nil {
 		if msgs, err = r.read(msgs[:0]); err == nil {
 			deliverAll(&s.mu, s.pending, msgs, s.c.forged)

@@ -118,6 +118,46 @@ func TestBatchReader(t *testing.T) {
 	}
 }
 
+// TestBatchReaderAllocs: a read of a full batch into the reader's own
+// list (batch) allocates nothing: a socket's first reads grew a list of
+// their own, and a socket lasts socketQueries queries.
+func TestBatchReaderAllocs(t *testing.T) {
+	srv, conn := dialLoopback(t)
+	r, err := newBatchReader(conn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer r.release()
+	if err := conn.SetReadDeadline(time.Now().Add(10 * time.Second)); err != nil { // a datagram lost fails, not hangs
+		t.Fatal(err)
+	}
+	answer := make([]byte, 100)
+	to := conn.LocalAddr().(*net.UDPAddr).AddrPort()
+	var n int
+	var rerr error
+	allocs := testing.AllocsPerRun(20, func() {
+		for range readBatch {
+			if _, err := srv.WriteToUDPAddrPort(answer, to); err != nil { // no allocation either
+				t.Fatal(err)
+			}
+		}
+		var msgs [][]byte
+		for got := 0; got < readBatch && rerr == nil; got += len(msgs) {
+			msgs, rerr = r.read(r.batch())
+		}
+		n = len(msgs)
+	})
+	if rerr != nil {
+		t.Fatal(rerr)
+	}
+	if n == 0 {
+		t.Fatal("no datagram read")
+	}
+	if allocs != 0 {
+		t.Fatalf("%v allocations a batch of %d datagrams, want 0", allocs, readBatch)
+	}
+}
+
 // dialLoopback returns a loopback UDP socket and an upstream socket
 // dialed to it (dialUDP), both closed when the test ends.
 func dialLoopback(t *testing.T) (srv, conn *net.UDPConn) {

@@ -24,6 +24,7 @@ type batchReader struct {
 	bufs [readBatch][]byte
 	iovs [readBatch]unix.Iovec
 	hdrs [readBatch]unix.Mmsghdr
+	out  [readBatch][]byte // what a read returns (batch), pooled with the rest
 	n    int
 	err  error
 }
@@ -61,6 +62,11 @@ func (r *batchReader) release() {
 	r.rc, r.n, r.err = nil, 0, nil
 	readerPool.Put(r)
 }
+
+// batch is an empty list of datagrams of r's own, room for a read's:
+// with it, read allocates nothing (a socket's reads, which a new one
+// every socketQueries queries starts, grew their own list each).
+func (r *batchReader) batch() [][]byte { return r.out[:0] }
 
 // read waits for at least one datagram and returns those that came, in
 // buffers that the next read reuses.

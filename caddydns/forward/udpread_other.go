@@ -22,6 +22,9 @@ func newBatchReader(conn *net.UDPConn) (*batchReader, error) {
 // release lets r go (nothing to pool here).
 func (r *batchReader) release() {}
 
+// batch is an empty list of datagrams for read.
+func (r *batchReader) batch() [][]byte { return nil }
+
 // read waits for a datagram and returns it in a buffer that the next
 // read reuses.
 func (r *batchReader) read(msgs [][]byte) ([][]byte, error) {
