@@ -6,6 +6,7 @@ import (
 	"encoding/binary"
 	"net"
 	"reflect"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -576,8 +577,18 @@ func TestDecodeQuick(t *testing.T) {
 	}
 	b := pack("www.example.org.", dns.TypeA, edns)
 	r := new(Request)
-	if n := testing.AllocsPerRun(100, func() { decode(b, &r.msg, &r.quick) }); n != 1 {
-		t.Errorf("decode allocates %v times, want 1 (the name)", n)
+	if n := testing.AllocsPerRun(100, func() { decode(b, &r.msg, &r.quick) }); n != 0 {
+		t.Errorf("decode allocates %v times, want 0 (the name was asked a moment before)", n)
+	}
+	var fresh [][]byte // names decoded once each
+	for i := range 101 {
+		fresh = append(fresh, pack("n"+strconv.Itoa(i)+".fresh.example.org.", dns.TypeA, edns))
+	}
+	if n := testing.AllocsPerRun(100, func() {
+		decode(fresh[0], &r.msg, &r.quick)
+		fresh = fresh[1:]
+	}); n != 1 {
+		t.Errorf("decode of a name not asked before allocates %v times, want 1 (the name)", n)
 	}
 }
 

@@ -50,7 +50,8 @@ func decode(b []byte, into *dns.Msg, quick *quickMsg) (q *dns.Msg, formErr *dns.
 
 // quickMsg is where decodeQuick puts a query's question and OPT record:
 // in its Request, reused with it, so that decoding the common query
-// allocates only its name.
+// allocates nothing but its name, and that only when the name was not
+// asked lately (internName).
 type quickMsg struct {
 	question [1]dns.Question
 	extra    [1]dns.RR
@@ -136,7 +137,7 @@ func decodeQuick(b []byte, q *dns.Msg, s *quickMsg) bool {
 	q.AuthenticatedData = bits&(1<<5) != 0
 	q.CheckingDisabled = bits&(1<<4) != 0
 	q.Rcode = int(bits & 0xF)
-	s.question[0] = dns.Question{Name: string(name[:n]), Qtype: binary.BigEndian.Uint16(b[off:]), Qclass: binary.BigEndian.Uint16(b[off+2:])}
+	s.question[0] = dns.Question{Name: internName(name[:n]), Qtype: binary.BigEndian.Uint16(b[off:]), Qclass: binary.BigEndian.Uint16(b[off+2:])}
 	q.Question = s.question[:1:1]
 	if b[11] == 1 {
 		s.opt = dns.OPT{Hdr: dns.RR_Header{Name: ".", Rrtype: dns.TypeOPT,
