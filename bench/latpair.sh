@@ -1,16 +1,17 @@
 #!/usr/bin/env bash
-# DoH GET latency (p50, p99, max) of two Caddy binaries with dnsfront,
-# both held at once on ports of their own (1xxxx and 2xxxx) and loaded
-# in turns by h2load -c 10 -m 10 --log-file, so that both meet the same
-# minutes of a noisy machine.
+# DoH GET latency (p50, p99, p99.9, max) of two Caddy binaries with
+# dnsfront, both held at once on ports of their own (1xxxx and 2xxxx) and
+# loaded in turns by h2load -c 10 -m 10 --log-file, so that both meet the
+# same minutes of a noisy machine. Each turn logs seconds (4) of requests
+# after one of warm-up, as bench/run.sh's latency rows do.
 #
 #   HOLD=1 bash bench/run.sh &      # nsd, the certificates, the config, the URLs
-#   bash bench/latpair.sh OLD NEW [turns] [requests]
+#   bash bench/latpair.sh OLD NEW [turns] [seconds]
 #
 # PEER=1 loads the held dnsdist (port 9443) in the same turns, a third
 # row each turn.
 set -euo pipefail
-A=$1 B=$2 TURNS=${3:-4} REQ=${4:-150000}
+A=$1 B=$2 TURNS=${3:-4} SECS=${4:-4}
 T=$(ls -d /tmp/dnsfront-bench.* 2>/dev/null | head -1)
 [ -n "$T" ] && [ -f "$T/Caddyfile" ] || { echo "start HOLD=1 bash bench/run.sh first" >&2; exit 1; }
 # shellcheck source=bench/lib.sh
@@ -36,9 +37,8 @@ for turn in $(seq "$TURNS"); do
 	for i in $sides; do
 		bin=$A; [ "$i" = 2 ] && bin=$B; [ "$i" = 3 ] && bin=dnsdist
 		rm -f "$W/$i/h2.log"
-		taskset -c 1 h2load -c 10 -m 10 -n "$REQ" -i "$W/$i/urls.txt" --log-file="$W/$i/h2.log" > "$W/$i/out" 2>&1
-		rps=$(awk '/^finished in/ {print $4}' "$W/$i/out")
-		awk '{print $3}' "$W/$i/h2.log" | sort -n | awk -v t="$turn" -v b="$bin" -v r="$rps" \
-			'{a[NR] = $1} END {printf "%s %-30s %s req/s  p50 %.3f  p99 %.3f  max %.3f ms\n", t, b, r, a[int(NR * .5) + 1] / 1000, a[int(NR * .99) + 1] / 1000, a[NR] / 1000}'
+		taskset -c 1 h2load -c 10 -m 10 -D "$SECS" --warm-up-time 1 -i "$W/$i/urls.txt" --log-file="$W/$i/h2.log" > "$W/$i/out" 2>&1
+		awk '{print $3}' "$W/$i/h2.log" | sort -n | awk -v t="$turn" -v b="$bin" -v s="$SECS" \
+			'{a[NR] = $1} END {printf "%s %-30s %.0f req/s  p50 %.3f  p99 %.3f  p99.9 %.3f  max %.3f ms\n", t, b, NR / s, a[int(NR * .5) + 1] / 1000, a[int(NR * .99) + 1] / 1000, a[int(NR * .999) + 1] / 1000, a[NR] / 1000}'
 	done
 done
