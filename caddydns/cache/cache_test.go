@@ -453,7 +453,7 @@ func TestServeStale(t *testing.T) {
 		t.Fatalf("stale served %d, want 2", c.store.staleServed.Load())
 	}
 	u.fail.Store(false)
-	edit(t, c, q, func(h *header) { h.failedUntil = 0 }) // failure_ttl over
+	edit(t, c, q, func(h *header) { h.failedFor = 0 }) // failure_ttl over
 	if m, _ := ask(t, ch, q); m.Answer[0].Header().Ttl != 300 || u.asked.Load() != asked+1 {
 		t.Fatalf("upstream back: %v", m)
 	}

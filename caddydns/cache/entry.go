@@ -53,12 +53,13 @@ func answer(msg, ttls []byte, lay *packedLayout, stored, now, ttl int64) *caddyd
 }
 
 // packedLayout is a dnswire.Layout in 2-octet offsets (a message is at
-// most 65535 octets): a quarter of its size, kept by every entry.
+// most 65535 octets): a quarter of its size, kept by every entry. Its
+// fields are in this order so that it has no padding (20 octets).
 type packedLayout struct {
 	qEnd, end, opt, optRdata, maxPtr uint16 // opt and maxPtr: noOffset for -1
 	optCount, rcode                  uint16
-	ttl                              uint32
 	optLast, cacheable               bool
+	ttl                              uint32
 }
 
 const noOffset = 0xFFFF // past any offset of a 65535-octet message that holds the field

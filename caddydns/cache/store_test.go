@@ -2,6 +2,7 @@ package cache
 
 import (
 	"encoding/binary"
+	"math"
 	"math/rand/v2"
 	"strconv"
 	"strings"
@@ -280,6 +281,34 @@ func TestStoreSizes(t *testing.T) {
 	s.put(hash, key, make([]byte, 4096), nil, packedLayout{opt: noOffset, maxPtr: noOffset}, now, now+int64(time.Minute), false)
 	if s.entries() != 1 {
 		t.Fatal("an answer of max_entry_size was not kept at the least max_bytes")
+	}
+}
+
+// TestHeader: a record's header is 56 octets, with no padding (a field
+// added, or reordered, that pads it to 64 costs every entry 8 octets);
+// a failed refresh holds back another until its time past expires, in
+// whole milliseconds at most that late, none when it is not past expires,
+// and at most failedFor's 49 days.
+func TestHeader(t *testing.T) {
+	if hdrSize != 56 || unsafe.Sizeof(packedLayout{}) != 20 {
+		t.Errorf("header %d octets, its layout %d; want 56 and 20", hdrSize, unsafe.Sizeof(packedLayout{}))
+	}
+	expires := time.Now().UnixNano()
+	for _, tc := range []struct {
+		until, want int64
+	}{
+		{expires + int64(5*time.Second) + 999_999, expires + int64(5*time.Second)}, // rounded down
+		{expires + int64(time.Millisecond), expires + int64(time.Millisecond)},
+		{expires, expires},                      // none
+		{expires - int64(time.Minute), expires}, // not past expires: none
+		{expires + int64(60*24*time.Hour), expires + int64(math.MaxUint32)*int64(time.Millisecond)}, // 60 days: cut to 49.7
+	} {
+		h := header{expires: expires}
+		h.setFailedUntil(tc.until)
+		if got := h.failedUntil(); got != tc.want {
+			t.Errorf("until expires%+v: failedUntil expires%+v, want expires%+v", time.Duration(tc.until-expires),
+				time.Duration(got-expires), time.Duration(tc.want-expires))
+		}
 	}
 }
 
