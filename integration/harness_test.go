@@ -83,16 +83,37 @@ func fileModesApply(t testing.TB) []string {
 	return []string{need(t, "setpriv"), "--inh-caps=" + caps, "--bounding-set=" + caps}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago, and
+// that it has not returned before in this test process. The kernel may
+// hand the same free port to two listens in a row, and Caddy's and
+// dnsfront's listeners set SO_REUSEPORT, so two listeners of one config
+// given the same port both start and share its connections: a test saw
+// its admin API's requests go to a DoT listener on the same port.
 func freePort(t testing.TB) int {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for range 1000 {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		port := l.Addr().(*net.TCPAddr).Port
+		l.Close()
+		if !portsGiven[port] {
+			portsGiven[port] = true
+			return port
+		}
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
+	t.Fatal("no free loopback port that was not given out before, in 1000 tries")
+	return 0
 }
+
+// the ports freePort has given out
+var (
+	portsMu    sync.Mutex
+	portsGiven = map[int]bool{}
+)
 
 // caddyProc is a running Caddy.
 type caddyProc struct {
@@ -417,4 +438,17 @@ func eventually(timeout time.Duration, cond func() bool) error {
 		time.Sleep(100 * time.Millisecond)
 	}
 	return errTimeout
+}
+
+// TestFreePortsDiffer: freePort never gives a port twice in 2,000 calls
+// (the kernel's own choices, taken as they come, repeated within them).
+func TestFreePortsDiffer(t *testing.T) {
+	seen := map[int]bool{}
+	for range 2000 {
+		p := freePort(t)
+		if seen[p] {
+			t.Fatalf("port %d given twice", p)
+		}
+		seen[p] = true
+	}
 }
